@@ -1,0 +1,14 @@
+//! Process wiring shared by `pirus-catalogue` and `pirus-runner`: command-line options, logging,
+//! metrics, the operations HTTP port (`/livez`, `/readyz`, `/metrics`), gRPC health and
+//! reflection, the database watchdog that drives health, and graceful shutdown.
+//!
+//! It holds no business logic and does not depend on either service's domain or on LXD.
+
+pub mod health;
+pub mod metrics;
+pub mod ops;
+pub mod options;
+pub mod serve;
+pub mod telemetry;
+
+pub use serve::{Listeners, ServeError, ServeOptions, Service, serve, shutdown_signal};

@@ -1,0 +1,185 @@
+//! Option parsing helpers: durations (`10s`, `5m`, `24h`), sizes (`512MiB`, `64GiB`), the
+//! options both binaries take, and a parse that reports a bad option in one line.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, ValueEnum};
+
+/// Options every Pirus binary takes (CONTRACT §1).
+#[derive(Args, Clone, Debug)]
+pub struct CommonOptions {
+    /// PostgreSQL URL shared by the catalogue and every runner.
+    #[arg(
+        long,
+        env = "PIRUS_DATABASE_URL",
+        default_value = "postgres://localhost/pirus"
+    )]
+    pub database_url: String,
+
+    /// Log format: `text` for people, `json` for machines.
+    #[arg(long, env = "PIRUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Write the bound addresses here as JSON (`{"grpc": "...", "http": "..."}`) once serving.
+    #[arg(long, env = "PIRUS_ADDR_FILE")]
+    pub addr_file: Option<PathBuf>,
+
+    /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+    #[arg(long, env = "PIRUS_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Connections in the database pool.
+    #[arg(long, env = "PIRUS_DATABASE_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub database_max_connections: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses the command line and the environment. A bad option ends the process with one line on
+/// stderr and exit status 2; `--help` and `--version` print as usual.
+pub fn parse<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(options) => options,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+                || matches!(
+                    e.kind(),
+                    ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            {
+                e.exit();
+            }
+            let rendered = e.to_string();
+            let line = rendered
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("invalid command line");
+            let name = T::command().get_name().to_owned();
+            eprintln!("{name}: {line}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Parses a duration written like `10s`, `5m`, `24h` or `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (write durations like 10s, 5m, 24h)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    Ok(d)
+}
+
+/// Parses a size written like `512MiB`, `64GiB`, `1.5GB` or a plain number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    const UNITS: &[(&str, u64)] = &[
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("TiB", 1 << 40),
+        ("KB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("TB", 1_000_000_000_000),
+        ("K", 1 << 10),
+        ("M", 1 << 20),
+        ("G", 1 << 30),
+        ("T", 1 << 40),
+        ("B", 1),
+    ];
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = (&s[..split], s[split..].trim());
+    let bad = || format!("invalid size '{s}' (write sizes like 512MiB, 64GiB, or bytes)");
+    let multiplier = if unit.is_empty() {
+        1
+    } else {
+        UNITS
+            .iter()
+            .find(|(u, _)| u.eq_ignore_ascii_case(unit))
+            .map(|&(_, m)| m)
+            .ok_or_else(bad)?
+    };
+    if number.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(n) = number.parse::<u64>() {
+        return n.checked_mul(multiplier).ok_or_else(bad);
+    }
+    let f: f64 = number.parse().map_err(|_| bad())?;
+    let bytes = f * multiplier as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Formats a size the way options are written (`64GiB`), for logs and headers.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: &[(&str, u64)] = &[
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for &(unit, size) in UNITS {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    format!("{bytes}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64GiB"), Ok(64 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("512mib"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size(" 10 KiB "), Ok(10 << 10));
+        for bad in [
+            "",
+            "GiB",
+            "banana",
+            "12XB",
+            "-1MiB",
+            "1.2.3MiB",
+            "99999999999TiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn sizes_round_trip() {
+        for n in [1u64, 1023, 1 << 10, 3 << 20, 64 << 30, 5 << 40] {
+            assert_eq!(parse_size(&format_size(n)), Ok(n));
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("10").is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! Runs one Pirus process's servers: gRPC (the service, health, reflection v1 and v1alpha, one
+//! tower layer stack) and the operations HTTP port, from pre-bound listeners, until shutdown.
+//!
+//! Shutdown order: readiness flips to not serving first, then both servers stop accepting and
+//! drain in-flight calls under a deadline; whatever is still running then is dropped.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use pirus_db::sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use crate::{
+    health::{self, Health},
+    metrics::{GrpcMetricsLayer, Metrics},
+    ops,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write the address file {path}: {source}")]
+    AddrFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// The two listening sockets of a process, bound before anything else so that a taken port is
+/// reported at once and `127.0.0.1:0` resolves to a real port.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> Result<Self, ServeError> {
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { what, addr, source })
+        };
+        Ok(Self {
+            grpc: bind("gRPC", grpc).await?,
+            http: bind("HTTP", http).await?,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+}
+
+pub struct ServeOptions {
+    /// Fully qualified gRPC service names to report in health.
+    pub services: Vec<&'static str>,
+    pub addr_file: Option<PathBuf>,
+    pub shutdown_timeout: Duration,
+    /// Deadline of a unary call; streaming calls are bounded by their own logic.
+    pub request_timeout: Option<Duration>,
+    /// Encoded `FileDescriptorSet`s that reflection publishes (health's is added here).
+    pub reflection: Vec<&'static [u8]>,
+}
+
+/// What a service hands to [`serve`]: its gRPC routes and any HTTP routes of its own.
+pub struct Service {
+    pub grpc: Routes,
+    pub http: axum::Router,
+}
+
+/// Serves until `shutdown` is cancelled, then drains. `db` must be connected and migrated:
+/// health turns SERVING here, and the database watchdog keeps it honest afterwards.
+pub async fn serve(
+    options: ServeOptions,
+    listeners: Listeners,
+    service: Service,
+    db: DatabaseConnection,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let grpc_addr = listeners.grpc_addr();
+    let http_addr = listeners.http_addr();
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter, &options.services, metrics.clone()).await;
+
+    // Both reflection versions describe everything served, themselves included, so that
+    // `list` answers the same whichever version a client speaks.
+    let reflection = || {
+        options.reflection.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                ),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    // Servers stop on `stop`, which is cancelled only after readiness has flipped.
+    let stop = CancellationToken::new();
+
+    let mut builder = tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .layer(GrpcMetricsLayer::new(metrics.clone()))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            grpc_panic_response,
+        ));
+    if let Some(timeout) = options.request_timeout {
+        builder = builder.timeout(timeout);
+    }
+    let grpc_server = builder
+        .add_routes(service.grpc)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            stop.clone().cancelled_owned(),
+        );
+    let mut grpc_task = tokio::spawn(grpc_server);
+
+    let http_router = ops::router(health.clone(), metrics.clone()).merge(service.http);
+    let http_server = axum::serve(listeners.http, http_router)
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let mut http_task = tokio::spawn(async move { http_server.await });
+
+    let watchdog = tokio::spawn(health::watch_database(db, health.clone(), stop.clone()));
+    health.set_ready().await;
+
+    if let Some(path) = &options.addr_file {
+        write_addr_file(path, grpc_addr, http_addr)?;
+    }
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
+
+    // Run until asked to stop, or until a server fails on its own.
+    let early = tokio::select! {
+        () = shutdown.cancelled() => None,
+        r = &mut grpc_task => Some(r.map(|r| r.map_err(ServeError::Grpc))),
+        r = &mut http_task => Some(r.map(|r| r.map_err(ServeError::Http))),
+    };
+    health.set_not_ready("shutting down").await;
+    stop.cancel();
+    let _ = watchdog.await;
+    if let Some(result) = early {
+        tracing::error!("a server stopped unexpectedly");
+        return match result {
+            Ok(r) => r,
+            Err(join) => {
+                tracing::error!(error = %join, "server task failed");
+                Ok(())
+            }
+        };
+    }
+
+    tracing::info!(deadline = ?options.shutdown_timeout, "shutting down: draining in-flight calls");
+    let drain = async {
+        let (grpc, http) = tokio::join!(grpc_task, http_task);
+        if let Ok(Err(e)) = grpc {
+            tracing::warn!(error = %e, "gRPC server ended with an error");
+        }
+        if let Ok(Err(e)) = http {
+            tracing::warn!(error = %e, "HTTP server ended with an error");
+        }
+    };
+    if tokio::time::timeout(options.shutdown_timeout, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed; dropping the calls still in flight");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A panic in a handler answers INTERNAL instead of dropping the connection.
+fn grpc_panic_response(
+    _panic: Box<dyn std::any::Any + Send + 'static>,
+) -> http::Response<tonic::body::Body> {
+    tracing::error!("a gRPC handler panicked");
+    tonic::Status::internal("internal error").into_http()
+}
+
+/// Writes the bound addresses atomically (temporary file, then rename), so a reader never sees a
+/// half-written file.
+fn write_addr_file(path: &PathBuf, grpc: SocketAddr, http: SocketAddr) -> Result<(), ServeError> {
+    let body = serde_json::json!({ "grpc": grpc.to_string(), "http": http.to_string() });
+    let tmp = path.with_extension("tmp");
+    let err = |source| ServeError::AddrFile {
+        path: path.clone(),
+        source,
+    };
+    std::fs::write(&tmp, format!("{body}\n")).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
