@@ -1,0 +1,82 @@
+//! Options of `pirus-catalogue` (CONTRACT §1): every one a `--flag` and a `PIRUS_*` variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use pirus_server::options::{CommonOptions, parse_duration, parse_size};
+
+/// Pirus catalogue: pipeline packages, data files, resumable uploads (tus 1.0 and gRPC).
+#[derive(Parser, Clone, Debug)]
+#[command(name = "pirus-catalogue", version, about)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonOptions,
+
+    /// gRPC listen address; port 0 binds a free port.
+    #[arg(long, env = "PIRUS_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// HTTP listen address: tus uploads, /metrics, /livez, /readyz.
+    #[arg(long, env = "PIRUS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Base of absolute tus Location URLs; default `http://` + the bound HTTP address.
+    #[arg(long, env = "PIRUS_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+
+    /// Partial uploads and content-addressed blobs. Several catalogue processes may share it.
+    #[arg(long, env = "PIRUS_DATA_DIR", default_value = "./var/catalogue")]
+    pub data_dir: PathBuf,
+
+    /// Largest upload accepted (announced as Tus-Max-Size).
+    #[arg(long, env = "PIRUS_MAX_UPLOAD_SIZE", default_value = "64GiB", value_parser = parse_size)]
+    pub max_upload_size: u64,
+
+    /// An incomplete upload untouched this long is removed.
+    #[arg(long, env = "PIRUS_UPLOAD_EXPIRY", default_value = "24h", value_parser = parse_duration)]
+    pub upload_expiry: Duration,
+}
+
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) if uri.query().is_none() => {
+            Ok(s.trim_end_matches('/').to_owned())
+        }
+        _ => Err(
+            "must be an http:// or https:// URL without a query, like https://pirus.example.org"
+                .to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_url() {
+        assert_eq!(
+            parse_public_url("https://h.example/base/").as_deref(),
+            Ok("https://h.example/base")
+        );
+        assert_eq!(
+            parse_public_url("http://127.0.0.1:8080").as_deref(),
+            Ok("http://127.0.0.1:8080")
+        );
+        assert!(parse_public_url("ftp://h").is_err());
+        assert!(parse_public_url("/relative").is_err());
+        assert!(parse_public_url("http://h/?q=1").is_err());
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::try_parse_from(["pirus-catalogue"]).unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.max_upload_size, 64 << 30);
+        assert_eq!(c.upload_expiry, Duration::from_secs(86_400));
+        assert_eq!(c.data_dir, PathBuf::from("./var/catalogue"));
+        assert_eq!(c.common.database_url, "postgres://localhost/pirus");
+    }
+}

@@ -1,0 +1,139 @@
+//! Options of `pirus-runner` (CONTRACT §1): every one a `--flag` and a `PIRUS_*` variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use pirus_server::options::{CommonOptions, parse_duration};
+
+/// The LXD sockets tried, in order, when `--lxd-socket` is not given.
+pub const DEFAULT_LXD_SOCKETS: &[&str] = &[
+    "/var/lib/lxd/unix.socket",
+    "/var/snap/lxd/common/lxd/unix.socket",
+];
+
+/// Pirus runner: one per LXD host; claims queued runs and runs each in its own container.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "pirus-runner", version, about)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonOptions,
+
+    /// gRPC listen address; port 0 binds a free port.
+    #[arg(long, env = "PIRUS_GRPC_ADDR", default_value = "127.0.0.1:50052")]
+    pub grpc_addr: SocketAddr,
+
+    /// HTTP listen address: /metrics, /livez, /readyz.
+    #[arg(long, env = "PIRUS_HTTP_ADDR", default_value = "127.0.0.1:8081")]
+    pub http_addr: SocketAddr,
+
+    /// Per-run folders, and the image and input cache.
+    #[arg(long, env = "PIRUS_WORK_DIR", default_value = "./var/runner")]
+    pub work_dir: PathBuf,
+
+    /// gRPC address of the catalogue, where images and inputs are fetched and outputs pushed.
+    #[arg(long, env = "PIRUS_CATALOGUE_ADDR", default_value = "http://127.0.0.1:50051",
+          value_parser = parse_endpoint)]
+    pub catalogue_addr: String,
+
+    /// Name of this node; default the host name.
+    #[arg(long, env = "PIRUS_NODE_NAME", value_parser = parse_node_name)]
+    pub node_name: Option<String>,
+
+    /// Address other runners use to reach this one; default the bound gRPC address.
+    #[arg(long, env = "PIRUS_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// A node not heard from for this long is OFFLINE.
+    #[arg(long, env = "PIRUS_NODE_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub node_lease: Duration,
+
+    /// LXD's unix socket; default the first that exists of /var/lib/lxd/unix.socket and
+    /// /var/snap/lxd/common/lxd/unix.socket.
+    #[arg(long, env = "PIRUS_LXD_SOCKET")]
+    pub lxd_socket: Option<PathBuf>,
+
+    /// LXD project the run containers live in.
+    #[arg(long, env = "PIRUS_LXD_PROJECT", default_value = "default")]
+    pub lxd_project: String,
+
+    /// Runs held at once (INITIALIZING through FINISHING, PAUSE included); default the CPUs.
+    #[arg(long, env = "PIRUS_MAX_RUNS", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub max_runs: Option<u32>,
+
+    /// Reference databases, mounted read-only into runs.
+    #[arg(long, env = "PIRUS_DATABASES_DIR")]
+    pub databases_dir: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(host_name)
+    }
+
+    pub fn max_runs(&self) -> u32 {
+        self.max_runs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+    }
+
+    pub fn lxd_socket(&self) -> PathBuf {
+        self.lxd_socket.clone().unwrap_or_else(|| {
+            let found = DEFAULT_LXD_SOCKETS
+                .iter()
+                .find(|p| std::path::Path::new(p).exists());
+            PathBuf::from(found.unwrap_or(&DEFAULT_LXD_SOCKETS[0]))
+        })
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(s.trim_end_matches('/').to_owned()),
+        _ => Err("must be an http:// or https:// URL like http://127.0.0.1:50051".to_owned()),
+    }
+}
+
+fn parse_node_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1 to 63 letters, digits, '-', '_' or '.'".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::try_parse_from(["pirus-runner"]).unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50052");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.catalogue_addr, "http://127.0.0.1:50051");
+        assert_eq!(c.node_lease, Duration::from_secs(30));
+        assert_eq!(c.lxd_project, "default");
+        assert!(c.max_runs() >= 1);
+        assert!(!c.node_name().is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(Config::try_parse_from(["pirus-runner", "--node-lease", "soon"]).is_err());
+        assert!(Config::try_parse_from(["pirus-runner", "--node-name", "a/b"]).is_err());
+        assert!(Config::try_parse_from(["pirus-runner", "--catalogue-addr", "nope"]).is_err());
+        assert!(Config::try_parse_from(["pirus-runner", "--max-runs", "-1"]).is_err());
+    }
+}
