@@ -1,0 +1,395 @@
+//! Black-box test harness: every test gets a fresh PostgreSQL database, starts the real
+//! `pirus-catalogue` and `pirus-runner` binaries on `127.0.0.1:0`, reads their bound addresses
+//! from `--addr-file`, and talks to them over gRPC and HTTP like any client.
+//!
+//! The binaries are the ones next to the test executable (`target/<profile>/`); build them first
+//! (`cargo build --bins`, which `tests/run.sh` does), or point `PIRUS_BIN_DIR` elsewhere.
+//! PostgreSQL is reached through `PIRUS_TEST_DATABASE_URL` (an account that may create
+//! databases); a missing PostgreSQL fails the tests loudly, it never skips them.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+pub mod pg;
+
+pub const DEFAULT_ADMIN_URL: &str = "postgres://pirus:pirus@127.0.0.1:5432/postgres";
+
+/// The admin URL used to create and drop test databases: `PIRUS_TEST_DATABASE_URL`, else the
+/// `postgres` database of `PIRUS_DATABASE_URL`, else a local default.
+pub fn admin_url() -> String {
+    std::env::var("PIRUS_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("PIRUS_DATABASE_URL").map(|u| with_database(&u, "postgres")))
+        .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+}
+
+/// Replaces the database name (the path) of a PostgreSQL URL.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &base[..host_end], database);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Opens a plain tokio-postgres connection (for assertions on the schema and rows).
+pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// A database of its own for one test, dropped (with its connections) when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Result<Self> {
+        Self::create_on(&admin_url()).await
+    }
+
+    pub async fn create_on(admin_url: &str) -> Result<Self> {
+        let name = format!("pirus_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = pg_connect(admin_url).await.context(
+            "PostgreSQL is needed for these tests: run deploy/setup.sh --deps-only, or set \
+             PIRUS_TEST_DATABASE_URL",
+        )?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        Ok(Self {
+            url: with_database(admin_url, &name),
+            name,
+            admin_url: admin_url.to_owned(),
+        })
+    }
+
+    pub async fn client(&self) -> Result<tokio_postgres::Client> {
+        pg_connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee: use a thread with its own small runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let admin = pg_connect(&admin_url).await.ok()?;
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Which binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Catalogue,
+    Runner,
+}
+
+impl Kind {
+    pub fn binary(self) -> &'static str {
+        match self {
+            Kind::Catalogue => "pirus-catalogue",
+            Kind::Runner => "pirus-runner",
+        }
+    }
+
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Kind::Catalogue => pirus_proto::CATALOGUE_SERVICE,
+            Kind::Runner => pirus_proto::RUNNER_SERVICE,
+        }
+    }
+}
+
+/// Where the binaries are: `PIRUS_BIN_DIR`, or the profile folder of this test executable.
+pub fn bin_path(kind: Kind) -> PathBuf {
+    let dir = std::env::var_os("PIRUS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> -> target/<profile>
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target folder")
+                .to_path_buf()
+        });
+    let path = dir.join(kind.binary());
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --bins) or set PIRUS_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// How to start a service.
+pub struct Launch {
+    pub kind: Kind,
+    pub database_url: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Whether to pass `--grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --addr-file`.
+    pub ephemeral_ports: bool,
+}
+
+impl Launch {
+    pub fn new(kind: Kind, database_url: &str) -> Self {
+        Self {
+            kind,
+            database_url: database_url.to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            ephemeral_ports: true,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Spawns the process and returns at once (before it serves).
+    pub fn spawn(self) -> Result<Process> {
+        let dir = tempdir()?;
+        let addr_file = dir.join("addr.json");
+        let stderr_path = dir.join("stderr.log");
+        let mut command = Command::new(bin_path(self.kind));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("PIRUS_DATABASE_URL", &self.database_url)
+            .env("PIRUS_SHUTDOWN_TIMEOUT", "5s");
+        match self.kind {
+            Kind::Catalogue => command.env("PIRUS_DATA_DIR", dir.join("data")),
+            Kind::Runner => command.env("PIRUS_WORK_DIR", dir.join("work")),
+        };
+        if self.ephemeral_ports {
+            command.args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--addr-file",
+            ]);
+            command.arg(&addr_file);
+        }
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path)?)
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.kind.binary()))?;
+        Ok(Process {
+            kind: self.kind,
+            child,
+            dir,
+            addr_file,
+            stderr_path,
+            addrs: None,
+        })
+    }
+
+    /// Spawns the process and waits until it reports its addresses.
+    pub async fn start(self) -> Result<Process> {
+        let mut process = self.spawn()?;
+        process.wait_serving(Duration::from_secs(60)).await?;
+        Ok(process)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Addrs {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// A running service process; killed when dropped.
+pub struct Process {
+    pub kind: Kind,
+    child: Child,
+    pub dir: PathBuf,
+    addr_file: PathBuf,
+    stderr_path: PathBuf,
+    addrs: Option<Addrs>,
+}
+
+impl Process {
+    /// Waits for the addr file; fails early, with the process's stderr, if it exits first.
+    pub async fn wait_serving(&mut self, timeout: Duration) -> Result<Addrs> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&self.addr_file) {
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                let addrs = Addrs {
+                    grpc: v["grpc"].as_str().context("grpc address")?.parse()?,
+                    http: v["http"].as_str().context("http address")?.parse()?,
+                };
+                self.addrs = Some(addrs);
+                return Ok(addrs);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited with {status} before serving:\n{}",
+                    self.kind.binary(),
+                    self.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not serve within {timeout:?}:\n{}",
+                    self.kind.binary(),
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn addrs(&self) -> Addrs {
+        self.addrs.expect("process is serving")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process is running")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub async fn channel(&self) -> Result<Channel> {
+        let endpoint = format!("http://{}", self.addrs().grpc);
+        Ok(Channel::from_shared(endpoint)?.connect().await?)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addrs().http, path)
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| format!("{} still running after {timeout:?}", self.kind.binary()))?
+            .map_err(Into::into)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh folder under the system temporary folder.
+pub fn tempdir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("pirus-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A minimal HTTP/1.1 GET over loopback: status and body.
+pub async fn http_get(url: &str) -> Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+    let client: Client<_, Empty<hyper::body::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let response = client.get(url.parse()?).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The gRPC health status of `service` ("" for the whole server).
+pub async fn health_status(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(response.into_inner().status)
+}
+
+pub const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+pub const NOT_SERVING: i32 =
+    tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+
+/// Polls `check` every 100 ms until it returns true, at most `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{what}: not within {timeout:?}")
+}

