@@ -3,6 +3,7 @@
 //!
 //! This crate knows nothing of gRPC, HTTP or LXD.
 
+pub mod entity;
 mod migrations;
 
 use std::time::Duration;

@@ -190,28 +190,34 @@ ALTER TABLE pipelines
     ADD CONSTRAINT pipelines_image_file FOREIGN KEY (image_file_id) REFERENCES files (id);
 
 -- Resumable uploads, one per file being filled. The id is what clients address: the file id,
--- or the pipeline id for a package upload (file_id then names the package file).
+-- or the pipeline id for a package upload (file_id then names the package file). A tus partial
+-- upload (concatenation) has no file of its own: its bytes become part of a final upload's.
 CREATE TABLE uploads (
     id             uuid        PRIMARY KEY,
-    file_id        uuid        NOT NULL UNIQUE REFERENCES files (id) ON DELETE CASCADE,
+    -- Which tus endpoint addresses it: /uploads/files/ or /uploads/pipelines/.
+    endpoint       text        NOT NULL CHECK (endpoint IN ('files', 'pipelines')),
+    file_id        uuid        UNIQUE REFERENCES files (id) ON DELETE CASCADE,
     pipeline_id    uuid        REFERENCES pipelines (id) ON DELETE CASCADE,
     -- NULL while the length is deferred.
     size           bigint      CHECK (size >= 0),
-    -- Bytes durably on disk (fsynced before this row is updated).
+    -- Bytes durably on disk: fsynced before this row is updated, so after a crash the partial
+    -- file may hold more than this, never less.
     "offset"       bigint      NOT NULL DEFAULT 0 CHECK ("offset" >= 0),
-    -- tus Upload-Metadata, as sent (values base64-decoded when they are UTF-8).
-    metadata       jsonb       NOT NULL DEFAULT '{}',
+    -- tus Upload-Metadata, as sent.
+    metadata       text        NOT NULL DEFAULT '',
     -- tus concatenation: a partial upload is only ever a part of a final one; a final one
     -- lists its parts.
     is_partial     boolean     NOT NULL DEFAULT false,
     parts          uuid[],
     complete       boolean     NOT NULL DEFAULT false,
-    -- A transfer is under way (set while a writer holds the upload's lock).
-    transferring   boolean     NOT NULL DEFAULT false,
-    expires_at     timestamptz,
+    expires_at     timestamptz NOT NULL,
     created_at     timestamptz NOT NULL DEFAULT now(),
+    -- Refreshed by every durable commit of a transfer (at least every few seconds while bytes
+    -- flow), so an upload untouched for 30 s is known to be idle.
     updated_at     timestamptz NOT NULL DEFAULT now(),
-    CHECK (size IS NULL OR "offset" <= size)
+    CHECK (size IS NULL OR "offset" <= size),
+    CHECK (is_partial = (file_id IS NULL))
 );
--- The expiry sweeper: incomplete uploads by deadline.
-CREATE INDEX uploads_expiry ON uploads (expires_at) WHERE NOT complete;
+-- The sweepers: idle uploads to mark paused, expired ones to remove.
+CREATE INDEX uploads_idle ON uploads (updated_at) WHERE NOT complete;
+CREATE INDEX uploads_expiry ON uploads (expires_at);
