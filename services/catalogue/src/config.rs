@@ -35,6 +35,20 @@ pub struct Config {
     /// An incomplete upload untouched this long is removed.
     #[arg(long, env = "PIRUS_UPLOAD_EXPIRY", default_value = "24h", value_parser = parse_duration)]
     pub upload_expiry: Duration,
+
+    /// How often upkeep runs (pausing idle uploads, removing expired ones, collecting blobs);
+    /// default half the upload expiry, between 500ms and 5s. An expired upload answers 410
+    /// until the next sweep removes it, 404 after.
+    #[arg(long, env = "PIRUS_UPLOAD_SWEEP_INTERVAL", value_parser = parse_duration)]
+    pub upload_sweep_interval: Option<Duration>,
+}
+
+impl Config {
+    pub fn upload_sweep_interval(&self) -> Duration {
+        self.upload_sweep_interval.unwrap_or_else(|| {
+            (self.upload_expiry / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
+        })
+    }
 }
 
 fn parse_public_url(s: &str) -> Result<String, String> {

@@ -5,13 +5,22 @@
 //! cancellation token so that tests can run the service in-process.
 
 mod config;
+mod domain;
 mod grpc;
+mod storage;
+mod store;
+mod tus;
+mod uploads;
 
 use pirus_proto::catalogue::v1::catalogue_service_server::CatalogueServiceServer;
 use pirus_server::{Listeners, ServeOptions, Service, metrics::MetricsBuilder};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// Transfers (tus PATCH bodies and WriteUpload streams) running at once; each holds one
+/// database connection of its own for its upload lock.
+const MAX_TRANSFERS: usize = 256;
 
 /// Connects to and migrates the database, then serves until `shutdown` is cancelled.
 pub async fn run(
@@ -23,18 +32,39 @@ pub async fn run(
     db_config.max_connections = config.common.database_max_connections;
     let db = pirus_db::connect(&db_config).await?;
     pirus_db::migrate(&db).await?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+    let storage = storage::Storage::open(&config.data_dir).map_err(|e| {
         anyhow::anyhow!(
-            "cannot create the data folder {}: {e}",
+            "cannot prepare the data folder {}: {e}",
             config.data_dir.display()
         )
     })?;
-    tracing::info!(data_dir = %config.data_dir.display(), "catalogue starting");
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", listeners.http_addr()));
+    tracing::info!(data_dir = %config.data_dir.display(), %public_url, "catalogue starting");
+
+    let locks = uploads::LockConnector::new(&config.common.database_url, MAX_TRANSFERS)?;
+    let uploads = uploads::Uploads::new(
+        store::Store::new(db.clone()),
+        storage,
+        locks,
+        config.max_upload_size,
+        config.upload_expiry,
+    );
+    let sweeper = tokio::spawn(uploads::run_sweeper(
+        uploads.clone(),
+        config.upload_sweep_interval(),
+        shutdown.clone(),
+    ));
 
     let metrics = MetricsBuilder::new("catalogue").build();
     let service = Service {
-        grpc: tonic::service::Routes::new(CatalogueServiceServer::new(grpc::Catalogue::new())),
-        http: axum::Router::new(),
+        grpc: tonic::service::Routes::new(
+            CatalogueServiceServer::new(grpc::Catalogue::new(uploads.clone(), &public_url))
+                .max_decoding_message_size(16 << 20),
+        ),
+        http: tus::router(uploads, &public_url),
     };
     let options = ServeOptions {
         services: vec![pirus_proto::CATALOGUE_SERVICE],
@@ -44,5 +74,6 @@ pub async fn run(
         reflection: vec![pirus_proto::CATALOGUE_DESCRIPTOR_SET],
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
+    let _ = sweeper.await;
     Ok(())
 }

@@ -2,29 +2,99 @@
 //! convert the answer. RPCs whose work has not landed answer UNIMPLEMENTED and say so: declared,
 //! never faked.
 
-use std::pin::Pin;
+mod convert;
+
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_server::CatalogueService};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-pub struct Catalogue {}
+pub use convert::upload_url;
+use convert::{file_to_proto, parse_id, parse_optional_id, upload_status};
+
+use crate::{
+    domain::{Error, FileFilter, FileKind, NewFile, check_filename, parse_sha256},
+    uploads::Uploads,
+};
+
+/// A transfer that receives nothing for this long is cut off (and the upload paused).
+const TRANSFER_IDLE: Duration = Duration::from_secs(30);
+
+pub struct Catalogue {
+    uploads: Uploads,
+    public_url: Arc<str>,
+}
 
 impl Catalogue {
-    pub fn new() -> Self {
-        Self {}
+    pub fn new(uploads: Uploads, public_url: &str) -> Self {
+        Self {
+            uploads,
+            public_url: public_url.into(),
+        }
     }
 }
 
 /// The answer of an RPC whose work is still to come.
 fn not_yet(rpc: &str) -> Status {
     Status::unimplemented(format!(
-        "{rpc} is not implemented yet: uploads, package install and the pipeline and file API \
-         are still being built"
+        "{rpc} is not implemented yet: package install and the pipeline API are still being built"
     ))
 }
 
 type ReadFileStream = Pin<Box<dyn Stream<Item = Result<pb::ReadFileResponse, Status>> + Send>>;
+
+/// Request fields of CreateFile that describe the file, checked.
+fn new_file(request: pb::CreateFileRequest) -> Result<NewFile, Error> {
+    let name = check_filename("filename", &request.filename)?;
+    if request.size < 0 {
+        return Err(Error::invalid("size", "must not be negative"));
+    }
+    let sha256 = parse_sha256("sha256", &request.sha256)?;
+    let request_id = match request.request_id.as_str() {
+        "" => None,
+        id if id.len() > 256 => {
+            return Err(Error::invalid("request_id", "is longer than 256 bytes"));
+        }
+        id => Some(id.to_owned()),
+    };
+    if request.tags.len() > 100 {
+        return Err(Error::invalid("tags", "more than 100 tags"));
+    }
+    if let Some(tag) = request.tags.iter().find(|t| t.is_empty() || t.len() > 256) {
+        return Err(Error::invalid(
+            "tags",
+            format!("'{tag}' must be 1 to 256 bytes"),
+        ));
+    }
+    let kind = convert::file_kind(request.kind)?;
+    let source_run_id = parse_optional_id("source_run_id", &request.source_run_id)?;
+    match kind {
+        Some(FileKind::Package | FileKind::Image) => {
+            return Err(Error::invalid(
+                "kind",
+                "PACKAGE and IMAGE files are made by the catalogue when it installs a pipeline",
+            ));
+        }
+        Some(FileKind::Output | FileKind::Log) if source_run_id.is_none() => {
+            return Err(Error::invalid(
+                "source_run_id",
+                "is required for OUTPUT and LOG files",
+            ));
+        }
+        _ => {}
+    }
+    Ok(NewFile {
+        name,
+        size: Some(request.size as u64),
+        sha256,
+        request_id,
+        tags: request.tags,
+        kind,
+        source_run_id,
+        metadata: String::new(),
+    })
+}
 
 #[tonic::async_trait]
 impl CatalogueService for Catalogue {
@@ -72,49 +142,158 @@ impl CatalogueService for Catalogue {
 
     async fn create_file(
         &self,
-        _: Request<pb::CreateFileRequest>,
+        request: Request<pb::CreateFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
-        Err(not_yet("CreateFile"))
+        let new = new_file(request.into_inner())?;
+        let file = self.uploads.create_file(new).await?;
+        Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
 
-    async fn get_file(&self, _: Request<pb::GetFileRequest>) -> Result<Response<pb::File>, Status> {
-        Err(not_yet("GetFile"))
+    async fn get_file(
+        &self,
+        request: Request<pb::GetFileRequest>,
+    ) -> Result<Response<pb::File>, Status> {
+        let id = parse_id("id", &request.into_inner().id)?;
+        let file = self.uploads.store().get_file(id).await?;
+        Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
 
     async fn list_files(
         &self,
-        _: Request<pb::ListFilesRequest>,
+        request: Request<pb::ListFilesRequest>,
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
-        Err(not_yet("ListFiles"))
+        let request = request.into_inner();
+        let page = convert::page(request.page_size, &request.page_token)?;
+        let filter = FileFilter {
+            status: convert::file_status(request.status)?,
+            kind: convert::file_kind(request.kind)?,
+            source_run_id: parse_optional_id("source_run_id", &request.source_run_id)?,
+        };
+        let files = self.uploads.store().list_files(&filter, page).await?;
+        let next_page_token =
+            convert::next_page_token(page, files.last().map(|f| f.id), files.len());
+        Ok(Response::new(pb::ListFilesResponse {
+            files: files
+                .into_iter()
+                .map(|f| file_to_proto(f, &self.public_url))
+                .collect(),
+            next_page_token,
+        }))
     }
 
     async fn delete_file(
         &self,
-        _: Request<pb::DeleteFileRequest>,
+        request: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
-        Err(not_yet("DeleteFile"))
+        let id = parse_id("id", &request.into_inner().id)?;
+        let file = self.uploads.delete_file(id).await?;
+        Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
 
     async fn write_upload(
         &self,
-        _: Request<Streaming<pb::WriteUploadRequest>>,
+        request: Request<Streaming<pb::WriteUploadRequest>>,
     ) -> Result<Response<pb::UploadStatus>, Status> {
-        Err(not_yet("WriteUpload"))
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Error::invalid("upload_id", "the stream carried no message"))?;
+        let id = parse_id("upload_id", &first.upload_id)?;
+        if first.offset < 0 {
+            return Err(Error::invalid("offset", "must not be negative").into());
+        }
+        let transfer = self
+            .uploads
+            .begin(id, None, first.offset as u64, None, None)
+            .await?;
+        // In its own task: a client that goes away mid-stream still leaves a durable offset and
+        // a paused upload behind, even if this handler's future is dropped.
+        let task = tokio::spawn(write_stream(transfer, first, stream));
+        let state = task
+            .await
+            .map_err(|e| Status::internal(format!("transfer failed: {e}")))??;
+        Ok(Response::new(upload_status(&state)))
     }
 
     async fn get_upload_status(
         &self,
-        _: Request<pb::GetUploadStatusRequest>,
+        request: Request<pb::GetUploadStatusRequest>,
     ) -> Result<Response<pb::UploadStatus>, Status> {
-        Err(not_yet("GetUploadStatus"))
+        let id = parse_id("upload_id", &request.into_inner().upload_id)?;
+        let state = self.uploads.state(id).await?;
+        Ok(Response::new(upload_status(&state)))
     }
 
     type ReadFileStream = ReadFileStream;
 
     async fn read_file(
         &self,
-        _: Request<pb::ReadFileRequest>,
+        request: Request<pb::ReadFileRequest>,
     ) -> Result<Response<Self::ReadFileStream>, Status> {
-        Err(not_yet("ReadFile"))
+        let request = request.into_inner();
+        let id = parse_id("file_id", &request.file_id)?;
+        if request.offset < 0 {
+            return Err(Error::invalid("offset", "must not be negative").into());
+        }
+        if request.limit < 0 {
+            return Err(Error::invalid("limit", "must not be negative").into());
+        }
+        let chunks = self
+            .uploads
+            .read(id, request.offset as u64, request.limit as u64)
+            .await?;
+        let stream = chunks.map(|chunk| {
+            chunk
+                .map(|(offset, data)| pb::ReadFileResponse {
+                    offset: offset as i64,
+                    data: data.into(),
+                })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Feeds a WriteUpload stream into a transfer: every message must continue where the previous
+/// one ended and name the same upload.
+async fn write_stream(
+    mut transfer: crate::uploads::Transfer,
+    first: pb::WriteUploadRequest,
+    mut stream: Streaming<pb::WriteUploadRequest>,
+) -> Result<crate::domain::UploadState, Status> {
+    let upload_id = first.upload_id.clone();
+    let mut next = Some(first);
+    loop {
+        let message = match next.take() {
+            Some(message) => message,
+            None => match tokio::time::timeout(TRANSFER_IDLE, stream.next()).await {
+                Err(_) => {
+                    transfer.abort("nothing arrived for 30 s").await;
+                    return Err(Status::deadline_exceeded("nothing arrived for 30 s"));
+                }
+                Ok(None) => return Ok(transfer.finish().await?),
+                Ok(Some(Err(status))) => {
+                    transfer.abort("the stream failed").await;
+                    return Err(status);
+                }
+                Ok(Some(Ok(message))) => message,
+            },
+        };
+        if !message.upload_id.is_empty() && message.upload_id != upload_id {
+            transfer.abort("a message named another upload").await;
+            return Err(Error::invalid("upload_id", "differs from the first message's").into());
+        }
+        if message.offset != transfer.position() as i64 {
+            let state = transfer.abort("a message was at the wrong offset").await;
+            return Err(Error::OffsetMismatch {
+                actual: state.offset,
+            }
+            .into());
+        }
+        if let Err(e) = transfer.write(message.data.into()).await {
+            transfer.abort("the data was refused").await;
+            return Err(e.into());
+        }
     }
 }

@@ -1,0 +1,107 @@
+//! The catalogue's one error enum. gRPC and tus each map it in one place; internal details
+//! (SQL, paths) are logged there and never sent to clients.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed; `field` names it.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Known once, gone since (an expired upload).
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The client's offset is not the upload's; `actual` is the durable one.
+    #[error("offset mismatch: the upload is at offset {actual}")]
+    OffsetMismatch { actual: u64 },
+    /// Another transfer holds the upload.
+    #[error("another transfer is writing this upload; retry when it ends")]
+    Locked,
+    /// The chunk's checksum did not match; the chunk was discarded.
+    #[error("checksum mismatch: the chunk was discarded")]
+    ChecksumMismatch,
+    #[error("{0}")]
+    TooLarge(String),
+    /// Temporarily unable to serve (database down, too many transfers).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(e: sea_orm::DbErr) -> Self {
+        use sea_orm::{DbErr, RuntimeErr};
+        match &e {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                Self::Unavailable("the database is unavailable; retry later".to_owned())
+            }
+            DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s))
+                if matches!(
+                    &**s,
+                    sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolTimedOut
+                ) =>
+            {
+                tracing::warn!(error = %e, "database unavailable");
+                Self::Unavailable("the database is unavailable; retry later".to_owned())
+            }
+            _ => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<sea_orm::sqlx::Error> for Error {
+    fn from(e: sea_orm::sqlx::Error) -> Self {
+        match e {
+            sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolTimedOut => {
+                tracing::warn!(error = %e, "database unavailable");
+                Self::Unavailable("the database is unavailable; retry later".to_owned())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Status;
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            Error::NotFound(_) | Error::Gone(_) => Status::not_found(e.to_string()),
+            Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
+            Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            Error::OffsetMismatch { .. } | Error::Locked => Status::aborted(e.to_string()),
+            Error::ChecksumMismatch => Status::data_loss(e.to_string()),
+            Error::TooLarge(_) => Status::resource_exhausted(e.to_string()),
+            Error::Unavailable(_) => Status::unavailable(e.to_string()),
+            Error::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

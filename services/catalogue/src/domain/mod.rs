@@ -1,0 +1,184 @@
+//! Domain types of the catalogue: files, pipelines and uploads, their states, and the errors
+//! use cases return. Nothing here knows of gRPC, HTTP or SQL.
+
+mod error;
+
+pub use error::Error;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// The spelling stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// What a file is for.
+    FileKind { Data = "data", Package = "package", Image = "image", Output = "output", Log = "log" }
+);
+text_enum!(
+    /// Upload and content state of a file.
+    FileStatus { Uploading = "uploading", Pause = "pause", Ready = "ready", Error = "error" }
+);
+text_enum!(
+    /// Which tus endpoint addresses an upload.
+    Endpoint { Files = "files", Pipelines = "pipelines" }
+);
+
+/// A file as clients see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct File {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: FileKind,
+    pub status: FileStatus,
+    /// `None` while the length is deferred.
+    pub size: Option<u64>,
+    pub upload_offset: u64,
+    /// The verified digest once ready, else the announced one (if any).
+    pub sha256: Option<String>,
+    pub source_run_id: Option<Uuid>,
+    pub tags: Vec<String>,
+    pub error_message: String,
+    pub created_at: DateTime<Utc>,
+    /// The upload that fills this file (its id is the file id, or a pipeline id).
+    pub upload_id: Option<Uuid>,
+    pub upload_endpoint: Option<Endpoint>,
+}
+
+/// A file to create: what CreateFile and tus POST on /uploads/files/ ask for.
+#[derive(Clone, Debug, Default)]
+pub struct NewFile {
+    pub name: String,
+    /// `None`: deferred length (tus creation-defer-length).
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    pub request_id: Option<String>,
+    pub tags: Vec<String>,
+    pub kind: Option<FileKind>,
+    pub source_run_id: Option<Uuid>,
+    /// tus Upload-Metadata as sent, echoed by HEAD.
+    pub metadata: String,
+}
+
+/// The durable state of an upload, as HEAD and GetUploadStatus report it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UploadState {
+    pub id: Uuid,
+    pub endpoint: Endpoint,
+    pub file_id: Option<Uuid>,
+    pub pipeline_id: Option<Uuid>,
+    pub size: Option<u64>,
+    pub offset: u64,
+    pub metadata: String,
+    pub is_partial: bool,
+    pub parts: Vec<Uuid>,
+    pub complete: bool,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Keyset paging: at most `size` items after `after`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub size: u64,
+    pub after: Option<Uuid>,
+}
+
+/// Filters of ListFiles.
+#[derive(Clone, Debug, Default)]
+pub struct FileFilter {
+    pub status: Option<FileStatus>,
+    pub kind: Option<FileKind>,
+    pub source_run_id: Option<Uuid>,
+}
+
+/// Checks a lowercase hex SHA-256, naming `field` when it is not one.
+pub fn parse_sha256(field: &str, value: &str) -> Result<Option<String>> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let lower = value.to_ascii_lowercase();
+    if lower.len() == 64 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(Some(lower))
+    } else {
+        Err(Error::invalid(
+            field,
+            "must be a SHA-256 digest: 64 hexadecimal digits",
+        ))
+    }
+}
+
+/// Checks a file name a client gives: not empty, bounded, no path and no control characters.
+pub fn check_filename(field: &str, name: &str) -> Result<String> {
+    if name.trim().is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if name.len() > 1024 {
+        return Err(Error::invalid(field, "is longer than 1024 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "contains control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_round_trip() {
+        for kind in [
+            FileKind::Data,
+            FileKind::Package,
+            FileKind::Image,
+            FileKind::Output,
+            FileKind::Log,
+        ] {
+            assert_eq!(FileKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(FileStatus::parse("nope"), None);
+    }
+
+    #[test]
+    fn sha256_checks() {
+        let good = "A".repeat(64);
+        assert_eq!(parse_sha256("sha256", &good).unwrap(), Some("a".repeat(64)));
+        assert_eq!(parse_sha256("sha256", "").unwrap(), None);
+        let err = parse_sha256("sha256", "abc").unwrap_err();
+        assert!(err.to_string().contains("sha256"), "{err}");
+        assert!(parse_sha256("sha256", &"g".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn filenames() {
+        assert!(check_filename("filename", "reads.fastq.gz").is_ok());
+        assert!(check_filename("filename", " ").is_err());
+        assert!(check_filename("filename", "a\nb").is_err());
+        assert!(check_filename("filename", &"x".repeat(2000)).is_err());
+    }
+}

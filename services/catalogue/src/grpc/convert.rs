@@ -1,0 +1,192 @@
+//! Conversions between the generated proto types and the domain, in one place. Request fields
+//! that fail to convert are INVALID_ARGUMENT naming the field.
+
+use chrono::{DateTime, Utc};
+use pirus_proto::catalogue::v1 as pb;
+use uuid::Uuid;
+
+use crate::domain::{Endpoint, Error, File, FileKind, FileStatus, Page, Result, UploadState};
+
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
+pub const MAX_PAGE_SIZE: u64 = 1000;
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A required UUID field.
+pub fn parse_id(field: &str, value: &str) -> Result<Uuid> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Uuid::parse_str(value).map_err(|_| Error::invalid(field, format!("'{value}' is not a UUID")))
+}
+
+/// An optional UUID field (empty means none).
+pub fn parse_optional_id(field: &str, value: &str) -> Result<Option<Uuid>> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        parse_id(field, value).map(Some)
+    }
+}
+
+/// Page size and token of a List request. The token is opaque to clients: the last id seen.
+pub fn page(page_size: i32, page_token: &str) -> Result<Page> {
+    if page_size < 0 {
+        return Err(Error::invalid("page_size", "must not be negative"));
+    }
+    let size = match page_size as u64 {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        Some(
+            Uuid::try_parse(page_token)
+                .map_err(|_| Error::invalid("page_token", "is not a token this service issued"))?,
+        )
+    };
+    Ok(Page { size, after })
+}
+
+/// The token of the page after `items`, or empty on the last page.
+pub fn next_page_token(page: Page, last: Option<Uuid>, count: usize) -> String {
+    match last {
+        Some(id) if count as u64 == page.size => id.simple().to_string(),
+        _ => String::new(),
+    }
+}
+
+pub fn file_kind(value: i32) -> Result<Option<FileKind>> {
+    match pb::FileKind::try_from(value) {
+        Ok(pb::FileKind::Unspecified) => Ok(None),
+        Ok(pb::FileKind::Data) => Ok(Some(FileKind::Data)),
+        Ok(pb::FileKind::Package) => Ok(Some(FileKind::Package)),
+        Ok(pb::FileKind::Image) => Ok(Some(FileKind::Image)),
+        Ok(pb::FileKind::Output) => Ok(Some(FileKind::Output)),
+        Ok(pb::FileKind::Log) => Ok(Some(FileKind::Log)),
+        Err(_) => Err(Error::invalid("kind", format!("{value} is not a FileKind"))),
+    }
+}
+
+pub fn file_status(value: i32) -> Result<Option<FileStatus>> {
+    match pb::FileStatus::try_from(value) {
+        Ok(pb::FileStatus::Unspecified) => Ok(None),
+        Ok(pb::FileStatus::Uploading) => Ok(Some(FileStatus::Uploading)),
+        Ok(pb::FileStatus::Pause) => Ok(Some(FileStatus::Pause)),
+        Ok(pb::FileStatus::Ready) => Ok(Some(FileStatus::Ready)),
+        Ok(pb::FileStatus::Error) => Ok(Some(FileStatus::Error)),
+        Err(_) => Err(Error::invalid(
+            "status",
+            format!("{value} is not a FileStatus"),
+        )),
+    }
+}
+
+fn kind_to_proto(kind: FileKind) -> pb::FileKind {
+    match kind {
+        FileKind::Data => pb::FileKind::Data,
+        FileKind::Package => pb::FileKind::Package,
+        FileKind::Image => pb::FileKind::Image,
+        FileKind::Output => pb::FileKind::Output,
+        FileKind::Log => pb::FileKind::Log,
+    }
+}
+
+fn status_to_proto(status: FileStatus) -> pb::FileStatus {
+    match status {
+        FileStatus::Uploading => pb::FileStatus::Uploading,
+        FileStatus::Pause => pb::FileStatus::Pause,
+        FileStatus::Ready => pb::FileStatus::Ready,
+        FileStatus::Error => pb::FileStatus::Error,
+    }
+}
+
+/// The absolute tus URL of an upload.
+pub fn upload_url(public_url: &str, endpoint: Endpoint, id: Uuid) -> String {
+    format!("{public_url}/uploads/{endpoint}/{id}")
+}
+
+pub fn file_to_proto(file: File, public_url: &str) -> pb::File {
+    let upload_url = match (file.upload_id, file.upload_endpoint) {
+        (Some(id), Some(endpoint)) => upload_url(public_url, endpoint, id),
+        _ => String::new(),
+    };
+    pb::File {
+        id: file.id.to_string(),
+        name: file.name,
+        kind: kind_to_proto(file.kind) as i32,
+        size: file.size.unwrap_or(0) as i64,
+        upload_offset: file.upload_offset as i64,
+        upload_url,
+        status: status_to_proto(file.status) as i32,
+        sha256: file.sha256.unwrap_or_default(),
+        source_run_id: file
+            .source_run_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        created_at: Some(timestamp(file.created_at)),
+        tags: file.tags,
+        error_message: file.error_message,
+    }
+}
+
+pub fn upload_status(state: &UploadState) -> pb::UploadStatus {
+    pb::UploadStatus {
+        id: state.id.to_string(),
+        offset: state.offset as i64,
+        size: state.size.unwrap_or(0) as i64,
+        complete: state.complete,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging() {
+        assert_eq!(
+            page(0, "").unwrap(),
+            Page {
+                size: 50,
+                after: None
+            }
+        );
+        assert_eq!(page(5000, "").unwrap().size, 1000);
+        assert!(page(-1, "").unwrap_err().to_string().contains("page_size"));
+        assert!(
+            page(10, "garbage")
+                .unwrap_err()
+                .to_string()
+                .contains("page_token")
+        );
+        let id = Uuid::now_v7();
+        let p = page(2, "").unwrap();
+        let token = next_page_token(p, Some(id), 2);
+        assert_eq!(page(2, &token).unwrap().after, Some(id));
+        assert_eq!(next_page_token(p, Some(id), 1), "");
+    }
+
+    #[test]
+    fn ids_name_their_field() {
+        assert!(
+            parse_id("file_id", "nope")
+                .unwrap_err()
+                .to_string()
+                .starts_with("file_id:")
+        );
+        assert!(
+            parse_id("file_id", "")
+                .unwrap_err()
+                .to_string()
+                .contains("required")
+        );
+        assert_eq!(parse_optional_id("source_run_id", "").unwrap(), None);
+    }
+}

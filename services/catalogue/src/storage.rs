@@ -1,0 +1,170 @@
+//! The catalogue's data folder: partial uploads and content-addressed blobs.
+//!
+//! ```text
+//! <data-dir>/uploads/<upload-id>.part     bytes of an upload in progress
+//! <data-dir>/blobs/<aa>/<sha256>          finished content, named by its SHA-256
+//! ```
+//!
+//! Everything here is blocking file-system work; callers run it on the blocking pool. Several
+//! catalogue processes may share the folder: every change is a create, an append to a file
+//! only its upload's lock holder writes, or an atomic rename.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io,
+    path::{Path, PathBuf},
+};
+
+use uuid::Uuid;
+
+#[derive(Clone, Debug)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+impl Storage {
+    /// Creates the folder layout if needed.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        for sub in ["uploads", "blobs"] {
+            fs::create_dir_all(root.join(sub))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn partial_path(&self, upload: Uuid) -> PathBuf {
+        self.root.join("uploads").join(format!("{upload}.part"))
+    }
+
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs").join(&sha256[..2]).join(sha256)
+    }
+
+    /// Opens an upload's partial file for appending at `offset`, the durable offset. Bytes past
+    /// it were written by a transfer that never committed them (a crash between write and
+    /// commit): they are cut off, since nothing vouches for them.
+    pub fn open_partial(&self, upload: Uuid, offset: u64) -> io::Result<File> {
+        let path = self.partial_path(upload);
+        // Append mode: after the cut below, the end of the file is the offset.
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let len = file.metadata()?.len();
+        if len < offset {
+            return Err(io::Error::other(format!(
+                "partial file {} holds {len} bytes, less than the committed offset {offset}",
+                path.display()
+            )));
+        }
+        if len > offset {
+            file.set_len(offset)?;
+        }
+        if offset == 0 {
+            // A new file's directory entry must be durable too.
+            sync_dir(path.parent().expect("partial files live in a folder"))?;
+        }
+        Ok(file)
+    }
+
+    /// Moves a finished upload's bytes into the blob store under its digest. Identical content
+    /// already stored is kept and the partial file dropped. Callers hold the blob's database row
+    /// lock, so this never races the collector removing the same blob.
+    pub fn promote(&self, upload: Uuid, sha256: &str) -> io::Result<()> {
+        let partial = self.partial_path(upload);
+        let blob = self.blob_path(sha256);
+        let folder = blob.parent().expect("blobs live in a folder");
+        fs::create_dir_all(folder)?;
+        if blob.exists() {
+            remove_if_exists(&partial)?;
+        } else {
+            fs::rename(&partial, &blob)?;
+            sync_dir(folder)?;
+        }
+        sync_dir(partial.parent().expect("partial files live in a folder"))?;
+        Ok(())
+    }
+
+    /// Copies the content of several finished partial uploads, in order, into `upload`'s
+    /// partial file (tus concatenation), and makes it durable.
+    pub fn concatenate(&self, upload: Uuid, parts: &[Uuid]) -> io::Result<u64> {
+        let target_path = self.partial_path(upload);
+        let mut target = File::create(&target_path)?;
+        let mut total = 0;
+        for part in parts {
+            let mut source = File::open(self.partial_path(*part))?;
+            total += io::copy(&mut source, &mut target)?;
+        }
+        target.sync_all()?;
+        sync_dir(
+            target_path
+                .parent()
+                .expect("partial files live in a folder"),
+        )?;
+        Ok(total)
+    }
+
+    pub fn remove_partial(&self, upload: Uuid) -> io::Result<()> {
+        remove_if_exists(&self.partial_path(upload))
+    }
+
+    pub fn remove_blob(&self, sha256: &str) -> io::Result<()> {
+        remove_if_exists(&self.blob_path(sha256))
+    }
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// fsync of a folder, so that a create or rename in it survives a crash.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn storage() -> (Storage, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pirus-storage-{}", Uuid::new_v4()));
+        (Storage::open(&dir).unwrap(), dir)
+    }
+
+    #[test]
+    fn uncommitted_tail_is_cut_and_missing_bytes_are_an_error() {
+        let (storage, dir) = storage();
+        let id = Uuid::new_v4();
+        let mut file = storage.open_partial(id, 0).unwrap();
+        file.write_all(b"0123456789").unwrap();
+        drop(file);
+        // Committed 4: the 6 bytes after were never vouched for.
+        let mut file = storage.open_partial(id, 4).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 4);
+        file.write_all(b"ab").unwrap();
+        assert_eq!(fs::read(storage.partial_path(id)).unwrap(), b"0123ab");
+        assert!(storage.open_partial(id, 8).is_err());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn promote_keeps_one_copy_of_identical_content() {
+        let (storage, dir) = storage();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        for id in [a, b] {
+            storage
+                .open_partial(id, 0)
+                .unwrap()
+                .write_all(b"same")
+                .unwrap();
+        }
+        let digest = "ab".repeat(32);
+        storage.promote(a, &digest).unwrap();
+        storage.promote(b, &digest).unwrap();
+        assert_eq!(fs::read(storage.blob_path(&digest)).unwrap(), b"same");
+        assert!(!storage.partial_path(a).exists() && !storage.partial_path(b).exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

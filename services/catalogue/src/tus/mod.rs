@@ -1,0 +1,446 @@
+//! tus 1.0 over HTTP (CONTRACT §3): the core protocol with creation, creation-with-upload,
+//! creation-defer-length, termination, checksum, expiration and concatenation, on
+//! `/uploads/files/` and `/uploads/pipelines/`. Uploads are the same resources WriteUpload
+//! fills: either protocol resumes what the other started.
+
+mod headers;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode},
+    response::{IntoResponse, Response},
+    routing::any,
+};
+use tokio_stream::StreamExt;
+use uuid::Uuid;
+
+use crate::{
+    domain::{Endpoint, Error, NewFile, Result, UploadState, check_filename, parse_sha256},
+    grpc::upload_url,
+    uploads::{Transfer, Uploads},
+};
+use headers::{Concat, OFFSET_OCTET_STREAM, TUS_VERSION};
+
+/// A transfer that receives nothing for this long is cut off (and the upload paused).
+const TRANSFER_IDLE: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+struct Tus {
+    uploads: Uploads,
+    public_url: Arc<str>,
+}
+
+pub fn router(uploads: Uploads, public_url: &str) -> Router {
+    let state = Tus {
+        uploads,
+        public_url: public_url.into(),
+    };
+    Router::new()
+        .route("/uploads/{endpoint}", any(collection))
+        .route("/uploads/{endpoint}/", any(collection))
+        .route("/uploads/{endpoint}/{id}", any(member))
+        .with_state(state)
+}
+
+/// The status code of an error, as tus and CONTRACT §3 want it.
+fn error_response(e: Error) -> Response {
+    let status = match &e {
+        Error::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::Gone(_) => StatusCode::GONE,
+        Error::AlreadyExists(_) | Error::FailedPrecondition(_) | Error::OffsetMismatch { .. } => {
+            StatusCode::CONFLICT
+        }
+        Error::Locked => StatusCode::LOCKED,
+        Error::ChecksumMismatch => StatusCode::from_u16(460).expect("460 is a valid status"),
+        Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Internal(detail) => {
+            tracing::error!(error = %detail, "internal error");
+            return reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response();
+        }
+    };
+    reply(status, format!("{e}\n")).into_response()
+}
+
+/// A response carrying Tus-Resumable, as every tus response must.
+fn reply(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = (status, body.into()).into_response();
+    let h = response.headers_mut();
+    h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(
+            "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, \
+             Tus-Extension, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Expires",
+        ),
+    );
+    response
+}
+
+fn set(response: &mut Response, name: &'static str, value: impl ToString) {
+    if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+        response.headers_mut().insert(name, v);
+    }
+}
+
+fn endpoint(name: &str) -> Result<Endpoint> {
+    Endpoint::parse(name).ok_or_else(|| Error::NotFound(format!("/uploads/{name}/")))
+}
+
+fn precondition_failed() -> Response {
+    let mut r = reply(
+        StatusCode::PRECONDITION_FAILED,
+        "Tus-Resumable must be 1.0.0\n",
+    );
+    set(&mut r, "tus-version", TUS_VERSION);
+    r
+}
+
+async fn collection(
+    State(tus): State<Tus>,
+    Path(endpoint_name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let endpoint = match endpoint(&endpoint_name) {
+        Ok(e) => e,
+        Err(e) => return error_response(e),
+    };
+    if method == Method::OPTIONS {
+        return options(&tus, &headers);
+    }
+    if method != Method::POST {
+        return tus_method_not_allowed("OPTIONS, POST");
+    }
+    if !headers::resumable_ok(&headers) {
+        return precondition_failed();
+    }
+    create(&tus, endpoint, &headers, body)
+        .await
+        .unwrap_or_else(error_response)
+}
+
+async fn member(
+    State(tus): State<Tus>,
+    Path((endpoint_name, id)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let endpoint = match endpoint(&endpoint_name) {
+        Ok(e) => e,
+        Err(e) => return error_response(e),
+    };
+    if method == Method::OPTIONS {
+        return options(&tus, &headers);
+    }
+    // Clients behind proxies that only pass GET and POST.
+    let method = match headers
+        .get("x-http-method-override")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(overridden) if method == Method::POST => {
+            Method::from_bytes(overridden.as_bytes()).unwrap_or(method)
+        }
+        _ => method,
+    };
+    if !headers::resumable_ok(&headers) {
+        return precondition_failed();
+    }
+    let Ok(id) = Uuid::try_parse(&id) else {
+        return error_response(Error::NotFound(format!("upload {id}")));
+    };
+    let result = match method {
+        Method::HEAD => head(&tus, endpoint, id).await,
+        Method::PATCH => patch(&tus, endpoint, id, &headers, body).await,
+        Method::DELETE => tus
+            .uploads
+            .terminate(id, endpoint)
+            .await
+            .map(|()| tus_empty(StatusCode::NO_CONTENT)),
+        _ => return tus_method_not_allowed("OPTIONS, HEAD, PATCH, DELETE"),
+    };
+    result.unwrap_or_else(error_response)
+}
+
+fn tus_empty(status: StatusCode) -> Response {
+    reply(status, Body::empty())
+}
+
+fn tus_method_not_allowed(allow: &'static str) -> Response {
+    let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    set(&mut r, "allow", allow);
+    r
+}
+
+fn options(tus: &Tus, request: &HeaderMap) -> Response {
+    let mut r = tus_empty(StatusCode::NO_CONTENT);
+    set(&mut r, "tus-version", TUS_VERSION);
+    set(&mut r, "tus-extension", headers::EXTENSIONS);
+    set(
+        &mut r,
+        "tus-checksum-algorithm",
+        headers::CHECKSUM_ALGORITHMS,
+    );
+    set(&mut r, "tus-max-size", tus.uploads.max_size());
+    // CORS preflight, for browser clients (tus-js-client).
+    if request.contains_key("origin") {
+        set(
+            &mut r,
+            "access-control-allow-methods",
+            "POST, HEAD, PATCH, DELETE, OPTIONS",
+        );
+        set(
+            &mut r,
+            "access-control-allow-headers",
+            "Authorization, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, \
+             Content-Type, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata, \
+             Upload-Defer-Length, Upload-Concat, Upload-Checksum",
+        );
+        set(&mut r, "access-control-max-age", 86_400);
+    }
+    r
+}
+
+/// The upload's headers, as HEAD and creation report them.
+fn describe(r: &mut Response, state: &UploadState) {
+    set(r, "upload-offset", state.offset);
+    match state.size {
+        Some(size) => set(r, "upload-length", size),
+        None => set(r, "upload-defer-length", 1),
+    }
+    if !state.complete {
+        set(r, "upload-expires", headers::http_date(state.expires_at));
+    }
+}
+
+async fn head(tus: &Tus, endpoint: Endpoint, id: Uuid) -> Result<Response> {
+    let state = tus.uploads.state_at(id, endpoint).await?;
+    let mut r = tus_empty(StatusCode::OK);
+    describe(&mut r, &state);
+    set(&mut r, "cache-control", "no-store");
+    if !state.metadata.is_empty() {
+        set(&mut r, "upload-metadata", &state.metadata);
+    }
+    if state.is_partial {
+        set(&mut r, "upload-concat", "partial");
+    } else if !state.parts.is_empty() {
+        let urls: Vec<String> = state
+            .parts
+            .iter()
+            .map(|p| format!("/uploads/{endpoint}/{p}"))
+            .collect();
+        set(&mut r, "upload-concat", format!("final;{}", urls.join(" ")));
+    }
+    Ok(r)
+}
+
+async fn create(
+    tus: &Tus,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let concat = headers::concat(headers, endpoint)?;
+    let length = headers::number(headers, "Upload-Length")?;
+    let deferred = match headers.get("upload-defer-length").map(|v| v.as_bytes()) {
+        None => false,
+        Some(b"1") => true,
+        Some(_) => return Err(Error::invalid("Upload-Defer-Length", "must be 1")),
+    };
+    let (raw_metadata, metadata) = headers::metadata(headers)?;
+    let value = |key: &str| {
+        metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.clone())
+    };
+
+    if let Some(Concat::Final(_)) = &concat {
+        if length.is_some() || deferred {
+            return Err(Error::invalid(
+                "Upload-Length",
+                "a final upload's length is its parts'",
+            ));
+        }
+    } else if length.is_some() == deferred {
+        return Err(Error::invalid(
+            "Upload-Length",
+            "send exactly one of Upload-Length and Upload-Defer-Length: 1",
+        ));
+    }
+    if let Some(length) = length
+        && length > tus.uploads.max_size()
+    {
+        return Err(Error::TooLarge(format!(
+            "Upload-Length: {length} bytes is over the limit of {} bytes",
+            tus.uploads.max_size()
+        )));
+    }
+    if endpoint == Endpoint::Pipelines && concat != Some(Concat::Partial) {
+        return Ok(reply(
+            StatusCode::NOT_IMPLEMENTED,
+            "pipeline package uploads are not implemented yet: package install is still being built\n",
+        ));
+    }
+
+    let state = if concat == Some(Concat::Partial) {
+        tus.uploads
+            .create_partial(endpoint, length, raw_metadata)
+            .await?
+    } else {
+        let name = check_filename(
+            "Upload-Metadata filename",
+            &value("filename").ok_or_else(|| {
+                Error::invalid("Upload-Metadata", "the key 'filename' is required")
+            })?,
+        )?;
+        let sha256 = parse_sha256(
+            "Upload-Metadata sha256",
+            &value("sha256").unwrap_or_default(),
+        )?;
+        let tags = value("tags")
+            .map(|t| {
+                t.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let new = NewFile {
+            name,
+            size: length,
+            sha256,
+            request_id: value("request_id").filter(|r| !r.is_empty()),
+            tags,
+            kind: None,
+            source_run_id: None,
+            metadata: raw_metadata,
+        };
+        let file = match concat {
+            Some(Concat::Final(parts)) => tus.uploads.create_final(new, parts).await?,
+            _ => tus.uploads.create_file(new).await?,
+        };
+        tus.uploads.state(file.id).await?
+    };
+
+    let mut state = state;
+    // creation-with-upload: the body carries the first bytes.
+    let carries_data = headers.get("content-type").map(|v| v.as_bytes())
+        == Some(OFFSET_OCTET_STREAM.as_bytes())
+        && !state.complete;
+    if carries_data {
+        let checksum = headers::checksum(headers)?;
+        let transfer = tus
+            .uploads
+            .begin(state.id, Some(endpoint), 0, None, checksum)
+            .await?;
+        state = run_transfer(transfer, body).await?;
+    }
+
+    let mut r = tus_empty(StatusCode::CREATED);
+    set(
+        &mut r,
+        "location",
+        upload_url(&tus.public_url, endpoint, state.id),
+    );
+    describe(&mut r, &state);
+    Ok(r)
+}
+
+async fn patch(
+    tus: &Tus,
+    endpoint: Endpoint,
+    id: Uuid,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    if headers.get("content-type").map(|v| v.as_bytes()) != Some(OFFSET_OCTET_STREAM.as_bytes()) {
+        let mut r = reply(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be {OFFSET_OCTET_STREAM}\n"),
+        );
+        set(&mut r, "accept-patch", OFFSET_OCTET_STREAM);
+        return Ok(r);
+    }
+    let offset = headers::number(headers, "Upload-Offset")?
+        .ok_or_else(|| Error::invalid("Upload-Offset", "is required"))?;
+    let checksum = headers::checksum(headers)?;
+    let length = headers::number(headers, "Upload-Length")?;
+    let content_length = headers::number(headers, "Content-Length")?;
+
+    let state = tus.uploads.state_at(id, endpoint).await?;
+    if !state.parts.is_empty() {
+        return Ok(reply(
+            StatusCode::FORBIDDEN,
+            "a final upload cannot be patched\n",
+        ));
+    }
+    // Nothing to add to a finished upload: the same answer as the PATCH that finished it.
+    if state.complete && offset == state.offset && content_length.unwrap_or(0) == 0 {
+        let mut r = tus_empty(StatusCode::NO_CONTENT);
+        set(&mut r, "upload-offset", state.offset);
+        return Ok(r);
+    }
+    if let (Some(size), Some(content_length)) = (length.or(state.size), content_length)
+        && offset + content_length > size
+    {
+        return Err(Error::TooLarge(format!(
+            "Content-Length: {content_length} bytes at offset {offset} go past the upload's \
+             length of {size} bytes"
+        )));
+    }
+    let transfer = tus
+        .uploads
+        .begin(id, Some(endpoint), offset, length, checksum)
+        .await?;
+    let state = run_transfer(transfer, body).await?;
+    let mut r = tus_empty(StatusCode::NO_CONTENT);
+    set(&mut r, "upload-offset", state.offset);
+    if !state.complete {
+        set(
+            &mut r,
+            "upload-expires",
+            headers::http_date(state.expires_at),
+        );
+    }
+    Ok(r)
+}
+
+/// Streams a request body into a transfer, in a task of its own: a client that disconnects
+/// mid-body still leaves its bytes durable and the upload paused, even though hyper drops this
+/// request's future.
+async fn run_transfer(mut transfer: Transfer, body: Body) -> Result<UploadState> {
+    let task = tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        loop {
+            match tokio::time::timeout(TRANSFER_IDLE, stream.next()).await {
+                Err(_) => {
+                    transfer.abort("nothing arrived for 30 s").await;
+                    return Err(Error::invalid("body", "nothing arrived for 30 s"));
+                }
+                Ok(None) => return transfer.finish().await,
+                Ok(Some(Err(e))) => {
+                    let why = format!("the request body was cut off: {e}");
+                    transfer.abort(&why).await;
+                    return Err(Error::invalid("body", why));
+                }
+                Ok(Some(Ok(data))) => {
+                    if let Err(e) = transfer.write(data).await {
+                        transfer.abort("the data was refused").await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    });
+    task.await.map_err(Error::internal)?
+}
