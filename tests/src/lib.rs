@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
+pub mod http;
 pub mod pg;
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://pirus:pirus@127.0.0.1:5432/postgres";

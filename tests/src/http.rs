@@ -1,0 +1,98 @@
+//! A plain HTTP/1.1 client for tus requests: any method, any headers, a body in memory.
+
+use anyhow::Result;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+pub struct Response {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.header("upload-offset")
+            .and_then(|v| v.parse().ok())
+            .expect("Upload-Offset")
+    }
+}
+
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl Http {
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Response> {
+        let mut request = hyper::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(body.into()))?)
+            .await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// A tus request (Tus-Resumable set) with an empty body.
+    pub async fn tus(&self, method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Response> {
+        let mut all = vec![("tus-resumable", "1.0.0")];
+        all.extend_from_slice(headers);
+        self.send(method, url, &all, Bytes::new()).await
+    }
+
+    /// A tus PATCH of `data` at `offset`.
+    pub async fn patch(
+        &self,
+        url: &str,
+        offset: u64,
+        data: impl Into<Bytes>,
+        extra: &[(&str, &str)],
+    ) -> Result<Response> {
+        let offset = offset.to_string();
+        let mut headers = vec![
+            ("tus-resumable", "1.0.0"),
+            ("content-type", "application/offset+octet-stream"),
+            ("upload-offset", offset.as_str()),
+        ];
+        headers.extend_from_slice(extra);
+        self.send("PATCH", url, &headers, data).await
+    }
+}
+
+/// Base64 of `s` (for Upload-Metadata values).
+pub fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
