@@ -127,7 +127,8 @@ build_and_install() {
   fi
   say "building release binaries"
   (cd "$repo" && cargo build --release --locked --bins)
-  install -m 0755 "$repo/target/release/pirus-catalogue" "$repo/target/release/pirus-runner" /usr/local/bin/
+  local target=${CARGO_TARGET_DIR:-$repo/target}
+  install -m 0755 "$target/release/pirus-catalogue" "$target/release/pirus-runner" /usr/local/bin/
   mkdir -p /var/lib/pirus/catalogue /var/lib/pirus/runner "$log_dir" "$run_dir"
 }
 
