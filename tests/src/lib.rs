@@ -19,6 +19,7 @@ use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 pub mod http;
+pub mod packages;
 pub mod pg;
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://pirus:pirus@127.0.0.1:5432/postgres";

@@ -214,23 +214,9 @@ async fn operations_port_serves_livez_readyz_and_metrics() -> Result<()> {
 /// RPCs whose issue has not landed are declared and answer UNIMPLEMENTED, saying so.
 #[tokio::test]
 async fn unbuilt_rpcs_answer_unimplemented() -> Result<()> {
-    use pirus_proto::{catalogue::v1 as cat, runner::v1 as run};
+    use pirus_proto::runner::v1 as run;
     let db = TestDb::create().await?;
-    let catalogue = catalogue(&db.url).start().await?;
     let runner = runner(&db.url).start().await?;
-    let status =
-        cat::catalogue_service_client::CatalogueServiceClient::new(catalogue.channel().await?)
-            .get_pipeline(cat::GetPipelineRequest { id: "x".into() })
-            .await
-            .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(
-        status
-            .message()
-            .contains("GetPipeline is not implemented yet"),
-        "{}",
-        status.message()
-    );
     let status = run::runner_service_client::RunnerServiceClient::new(runner.channel().await?)
         .submit_run(run::SubmitRunRequest::default())
         .await

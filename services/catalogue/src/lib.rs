@@ -7,6 +7,7 @@
 mod config;
 mod domain;
 mod grpc;
+mod install;
 mod storage;
 mod store;
 mod tus;
@@ -45,12 +46,17 @@ pub async fn run(
     tracing::info!(data_dir = %config.data_dir.display(), %public_url, "catalogue starting");
 
     let locks = uploads::LockConnector::new(&config.common.database_url, MAX_TRANSFERS)?;
+    let store = store::Store::new(db.clone());
+    let (installs, install_queue) = tokio::sync::mpsc::unbounded_channel();
+    let installer = install::Installer::new(store.clone(), storage.clone(), locks.clone());
+    let installer = tokio::spawn(installer.run(install_queue, shutdown.clone()));
     let uploads = uploads::Uploads::new(
-        store::Store::new(db.clone()),
+        store,
         storage,
         locks,
         config.max_upload_size,
         config.upload_expiry,
+        installs,
     );
     let sweeper = tokio::spawn(uploads::run_sweeper(
         uploads.clone(),
@@ -74,6 +80,6 @@ pub async fn run(
         reflection: vec![pirus_proto::CATALOGUE_DESCRIPTOR_SET],
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
-    let _ = sweeper.await;
+    let _ = tokio::join!(sweeper, installer);
     Ok(())
 }

@@ -44,6 +44,16 @@ text_enum!(
     FileStatus { Uploading = "uploading", Pause = "pause", Ready = "ready", Error = "error" }
 );
 text_enum!(
+    /// Package upload and install state of a pipeline.
+    PipelineStatus {
+        Uploading = "uploading",
+        Pause = "pause",
+        Installing = "installing",
+        Ready = "ready",
+        Error = "error",
+    }
+);
+text_enum!(
     /// Which tus endpoint addresses an upload.
     Endpoint { Files = "files", Pipelines = "pipelines" }
 );
@@ -68,6 +78,43 @@ pub struct File {
     pub upload_id: Option<Uuid>,
     pub upload_endpoint: Option<Endpoint>,
 }
+
+/// A pipeline as clients see it: its package upload, then what its install found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pipeline {
+    pub id: Uuid,
+    pub status: PipelineStatus,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub license: String,
+    pub developers: Vec<String>,
+    pub pirus_api: String,
+    /// Of the package.
+    pub size: Option<u64>,
+    pub upload_offset: u64,
+    /// The package upload, while there is one to address (CreatePipeline, tus).
+    pub upload_id: Option<Uuid>,
+    pub sha256: Option<String>,
+    pub package_file_id: Option<Uuid>,
+    pub image_file_id: Option<Uuid>,
+    pub image_sha256: Option<String>,
+    /// The normalised form, once installed.
+    pub form: Option<serde_json::Value>,
+    pub error_message: String,
+    pub created_at: DateTime<Utc>,
+    pub installed_at: Option<DateTime<Utc>>,
+}
+
+/// Filters of ListPipelines.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineFilter {
+    pub status: Option<PipelineStatus>,
+    pub name: Option<String>,
+}
+
+/// The documents a pipeline may have.
+pub const DOCUMENT_NAMES: &[&str] = &["form", "icon", "help", "readme", "license", "manifest"];
 
 /// A file to create: what CreateFile and tus POST on /uploads/files/ ask for.
 #[derive(Clone, Debug, Default)]

@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use pirus_proto::catalogue::v1 as pb;
 use uuid::Uuid;
 
-use crate::domain::{Endpoint, Error, File, FileKind, FileStatus, Page, Result, UploadState};
+use crate::domain::{
+    Endpoint, Error, File, FileKind, FileStatus, Page, Pipeline, PipelineStatus, Result,
+    UploadState,
+};
 
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
 pub const MAX_PAGE_SIZE: u64 = 1000;
@@ -133,6 +136,59 @@ pub fn file_to_proto(file: File, public_url: &str) -> pb::File {
         created_at: Some(timestamp(file.created_at)),
         tags: file.tags,
         error_message: file.error_message,
+    }
+}
+
+pub fn pipeline_status(value: i32) -> Result<Option<PipelineStatus>> {
+    match pb::PipelineStatus::try_from(value) {
+        Ok(pb::PipelineStatus::Unspecified) => Ok(None),
+        Ok(pb::PipelineStatus::Uploading) => Ok(Some(PipelineStatus::Uploading)),
+        Ok(pb::PipelineStatus::Pause) => Ok(Some(PipelineStatus::Pause)),
+        Ok(pb::PipelineStatus::Installing) => Ok(Some(PipelineStatus::Installing)),
+        Ok(pb::PipelineStatus::Ready) => Ok(Some(PipelineStatus::Ready)),
+        Ok(pb::PipelineStatus::Error) => Ok(Some(PipelineStatus::Error)),
+        Err(_) => Err(Error::invalid(
+            "status",
+            format!("{value} is not a PipelineStatus"),
+        )),
+    }
+}
+
+fn pipeline_status_to_proto(status: PipelineStatus) -> pb::PipelineStatus {
+    match status {
+        PipelineStatus::Uploading => pb::PipelineStatus::Uploading,
+        PipelineStatus::Pause => pb::PipelineStatus::Pause,
+        PipelineStatus::Installing => pb::PipelineStatus::Installing,
+        PipelineStatus::Ready => pb::PipelineStatus::Ready,
+        PipelineStatus::Error => pb::PipelineStatus::Error,
+    }
+}
+
+pub fn pipeline_to_proto(p: Pipeline, public_url: &str) -> pb::Pipeline {
+    let id_text = |id: Option<Uuid>| id.map(|i| i.to_string()).unwrap_or_default();
+    pb::Pipeline {
+        id: p.id.to_string(),
+        name: p.name,
+        version: p.version,
+        description: p.description,
+        license: p.license,
+        developers: p.developers,
+        pirus_api: p.pirus_api,
+        status: pipeline_status_to_proto(p.status) as i32,
+        size: p.size.unwrap_or(0) as i64,
+        upload_offset: p.upload_offset as i64,
+        upload_url: p
+            .upload_id
+            .map(|id| upload_url(public_url, Endpoint::Pipelines, id))
+            .unwrap_or_default(),
+        sha256: p.sha256.unwrap_or_default(),
+        package_file_id: id_text(p.package_file_id),
+        image_file_id: id_text(p.image_file_id),
+        image_sha256: p.image_sha256.unwrap_or_default(),
+        form_json: p.form.map(|f| f.to_string()).unwrap_or_default(),
+        error_message: p.error_message,
+        created_at: Some(timestamp(p.created_at)),
+        installed_at: p.installed_at.map(timestamp),
     }
 }
 

@@ -1,6 +1,5 @@
 //! gRPC edge of the catalogue. Handlers stay thin: convert the request, call one use case,
-//! convert the answer. RPCs whose work has not landed answer UNIMPLEMENTED and say so: declared,
-//! never faked.
+//! convert the answer.
 
 mod convert;
 
@@ -11,10 +10,14 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use convert::upload_url;
-use convert::{file_to_proto, parse_id, parse_optional_id, upload_status};
+use convert::{file_to_proto, parse_id, parse_optional_id, pipeline_to_proto, upload_status};
 
 use crate::{
-    domain::{Error, FileFilter, FileKind, NewFile, check_filename, parse_sha256},
+    domain::{
+        DOCUMENT_NAMES, Error, FileFilter, FileKind, NewFile, PipelineFilter, check_filename,
+        parse_sha256,
+    },
+    store::NewPackage,
     uploads::Uploads,
 };
 
@@ -35,11 +38,13 @@ impl Catalogue {
     }
 }
 
-/// The answer of an RPC whose work is still to come.
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not implemented yet: package install and the pipeline API are still being built"
-    ))
+/// An optional idempotency key, bounded.
+fn request_id(value: &str) -> Result<Option<String>, Error> {
+    match value {
+        "" => Ok(None),
+        id if id.len() > 256 => Err(Error::invalid("request_id", "is longer than 256 bytes")),
+        id => Ok(Some(id.to_owned())),
+    }
 }
 
 type ReadFileStream = Pin<Box<dyn Stream<Item = Result<pb::ReadFileResponse, Status>> + Send>>;
@@ -51,13 +56,7 @@ fn new_file(request: pb::CreateFileRequest) -> Result<NewFile, Error> {
         return Err(Error::invalid("size", "must not be negative"));
     }
     let sha256 = parse_sha256("sha256", &request.sha256)?;
-    let request_id = match request.request_id.as_str() {
-        "" => None,
-        id if id.len() > 256 => {
-            return Err(Error::invalid("request_id", "is longer than 256 bytes"));
-        }
-        id => Some(id.to_owned()),
-    };
+    let request_id = request_id(&request.request_id)?;
     if request.tags.len() > 100 {
         return Err(Error::invalid("tags", "more than 100 tags"));
     }
@@ -100,44 +99,99 @@ fn new_file(request: pb::CreateFileRequest) -> Result<NewFile, Error> {
 impl CatalogueService for Catalogue {
     async fn create_pipeline(
         &self,
-        _: Request<pb::CreatePipelineRequest>,
+        request: Request<pb::CreatePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
-        Err(not_yet("CreatePipeline"))
+        let request = request.into_inner();
+        let filename = check_filename("filename", &request.filename)?;
+        if request.size < 0 {
+            return Err(Error::invalid("size", "must not be negative").into());
+        }
+        let new = NewPackage {
+            filename,
+            size: Some(request.size as u64),
+            sha256: parse_sha256("sha256", &request.sha256)?,
+            request_id: request_id(&request.request_id)?,
+            metadata: String::new(),
+        };
+        let pipeline = self.uploads.create_pipeline(new).await?;
+        Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
     async fn install_pipeline(
         &self,
-        _: Request<pb::InstallPipelineRequest>,
+        request: Request<pb::InstallPipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
-        Err(not_yet("InstallPipeline"))
+        let file = parse_id("file_id", &request.into_inner().file_id)?;
+        let pipeline = self.uploads.install_file(file).await?;
+        Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
     async fn get_pipeline(
         &self,
-        _: Request<pb::GetPipelineRequest>,
+        request: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
-        Err(not_yet("GetPipeline"))
+        let id = parse_id("id", &request.into_inner().id)?;
+        let pipeline = self.uploads.store().get_pipeline(id).await?;
+        Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
     async fn list_pipelines(
         &self,
-        _: Request<pb::ListPipelinesRequest>,
+        request: Request<pb::ListPipelinesRequest>,
     ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
-        Err(not_yet("ListPipelines"))
+        let request = request.into_inner();
+        let page = convert::page(request.page_size, &request.page_token)?;
+        let filter = PipelineFilter {
+            status: convert::pipeline_status(request.status)?,
+            name: (!request.name.is_empty()).then_some(request.name),
+        };
+        let pipelines = self.uploads.store().list_pipelines(&filter, page).await?;
+        let next_page_token =
+            convert::next_page_token(page, pipelines.last().map(|p| p.id), pipelines.len());
+        Ok(Response::new(pb::ListPipelinesResponse {
+            pipelines: pipelines
+                .into_iter()
+                .map(|p| pipeline_to_proto(p, &self.public_url))
+                .collect(),
+            next_page_token,
+        }))
     }
 
     async fn delete_pipeline(
         &self,
-        _: Request<pb::DeletePipelineRequest>,
+        request: Request<pb::DeletePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
-        Err(not_yet("DeletePipeline"))
+        let id = parse_id("id", &request.into_inner().id)?;
+        let pipeline = self.uploads.delete_pipeline(id).await?;
+        Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
     async fn get_pipeline_document(
         &self,
-        _: Request<pb::GetPipelineDocumentRequest>,
+        request: Request<pb::GetPipelineDocumentRequest>,
     ) -> Result<Response<pb::PipelineDocument>, Status> {
-        Err(not_yet("GetPipelineDocument"))
+        let request = request.into_inner();
+        let id = parse_id("pipeline_id", &request.pipeline_id)?;
+        if !DOCUMENT_NAMES.contains(&request.name.as_str()) {
+            return Err(Error::invalid(
+                "name",
+                format!(
+                    "'{}' is not one of {}",
+                    request.name,
+                    DOCUMENT_NAMES.join(", ")
+                ),
+            )
+            .into());
+        }
+        let (content_type, content) = self
+            .uploads
+            .store()
+            .pipeline_document(id, &request.name)
+            .await?;
+        Ok(Response::new(pb::PipelineDocument {
+            content_type,
+            content,
+        }))
     }
 
     async fn create_file(

@@ -12,6 +12,10 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+mod pipelines;
+
+pub use pipelines::{InstallRecord, NewPackage};
+
 use crate::domain::{
     Endpoint, Error, File, FileFilter, FileKind, FileStatus, NewFile, Page, Result, UploadState,
 };
@@ -104,11 +108,11 @@ impl From<UploadRow> for UploadState {
     }
 }
 
-fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+pub(crate) fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
-fn expiry_deadline(expiry: Duration) -> DateTime<Utc> {
+pub(crate) fn expiry_deadline(expiry: Duration) -> DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(expiry).unwrap_or(chrono::Duration::days(1))
 }
 
@@ -429,6 +433,16 @@ impl Store {
         ))
         .await?;
         mark_complete(&txn, upload.id, size).await?;
+        if let Some(pipeline) = upload.pipeline_id {
+            // The package is whole: its install is due, in the same transaction, so a crash
+            // right after leaves it INSTALLING for the installer to pick up.
+            txn.execute_raw(stmt(
+                "UPDATE pipelines SET status = 'installing', updated_at = now()
+                 WHERE id = $1 AND status IN ('uploading', 'pause')",
+                [pipeline.into()],
+            ))
+            .await?;
+        }
         txn.commit().await?;
         Ok(())
     }
@@ -442,6 +456,17 @@ impl Store {
                 "UPDATE files SET status = 'error', error_message = $2, updated_at = now()
                  WHERE id = $1",
                 [file_id.into(), reason.into()],
+            ))
+            .await?;
+        }
+        if let Some(pipeline) = upload.pipeline_id {
+            txn.execute_raw(stmt(
+                "UPDATE pipelines SET status = 'error', error_message = $2, updated_at = now()
+                 WHERE id = $1",
+                [
+                    pipeline.into(),
+                    format!("the package upload failed: {reason}").into(),
+                ],
             ))
             .await?;
         }

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::{
     domain::{Endpoint, Error, NewFile, Result, UploadState, check_filename, parse_sha256},
     grpc::upload_url,
+    store::NewPackage,
     uploads::{Transfer, Uploads},
 };
 use headers::{Concat, OFFSET_OCTET_STREAM, TUS_VERSION};
@@ -284,13 +285,6 @@ async fn create(
             tus.uploads.max_size()
         )));
     }
-    if endpoint == Endpoint::Pipelines && concat != Some(Concat::Partial) {
-        return Ok(reply(
-            StatusCode::NOT_IMPLEMENTED,
-            "pipeline package uploads are not implemented yet: package install is still being built\n",
-        ));
-    }
-
     let state = if concat == Some(Concat::Partial) {
         tus.uploads
             .create_partial(endpoint, length, raw_metadata)
@@ -325,11 +319,29 @@ async fn create(
             source_run_id: None,
             metadata: raw_metadata,
         };
-        let file = match concat {
-            Some(Concat::Final(parts)) => tus.uploads.create_final(new, parts).await?,
-            _ => tus.uploads.create_file(new).await?,
+        let upload_id = match (endpoint, concat) {
+            (Endpoint::Files, Some(Concat::Final(parts))) => {
+                tus.uploads.create_final(new, parts).await?.id
+            }
+            (Endpoint::Files, _) => tus.uploads.create_file(new).await?.id,
+            (Endpoint::Pipelines, Some(Concat::Final(_))) => {
+                return Err(Error::invalid(
+                    "Upload-Concat",
+                    "upload a package whole (or in PATCH chunks); concatenation is for files",
+                ));
+            }
+            (Endpoint::Pipelines, _) => {
+                let package = NewPackage {
+                    filename: new.name,
+                    size: new.size,
+                    sha256: new.sha256,
+                    request_id: new.request_id,
+                    metadata: new.metadata,
+                };
+                tus.uploads.create_pipeline(package).await?.id
+            }
         };
-        tus.uploads.state(file.id).await?
+        tus.uploads.state(upload_id).await?
     };
 
     let mut state = state;

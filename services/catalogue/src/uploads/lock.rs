@@ -52,11 +52,20 @@ impl LockConnector {
     /// Takes the lock of `upload`, or fails at once with [`Error::Locked`] if another transfer
     /// holds it.
     pub async fn lock(&self, upload: Uuid) -> Result<UploadLock> {
+        self.lock_key(key(upload)).await
+    }
+
+    /// Takes the install lock of a pipeline (a key apart from its package upload's).
+    pub async fn lock_install(&self, pipeline: Uuid) -> Result<UploadLock> {
+        const INSTALL: i64 = 0x5049_5255_535f_494e; // "PIRUS_IN"
+        self.lock_key(key(pipeline) ^ INSTALL).await
+    }
+
+    async fn lock_key(&self, key: i64) -> Result<UploadLock> {
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             Error::Unavailable("too many uploads in progress; retry shortly".to_owned())
         })?;
         let mut connection = PgConnection::connect_with(&self.options).await?;
-        let key = key(upload);
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
             .fetch_one(&mut connection)

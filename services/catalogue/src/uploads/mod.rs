@@ -12,7 +12,10 @@ use bytes::Bytes;
 use chrono::Utc;
 use sea_orm::sqlx;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncSeekExt},
+    sync::mpsc,
+};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::io::ReaderStream;
 use uuid::Uuid;
@@ -22,9 +25,9 @@ pub use sweeper::run_sweeper;
 pub use transfer::{ChecksumAlgorithm, ChunkChecksum, Transfer};
 
 use crate::{
-    domain::{Endpoint, Error, File, FileStatus, NewFile, Result, UploadState},
+    domain::{Endpoint, Error, File, FileStatus, NewFile, Pipeline, Result, UploadState},
     storage::Storage,
-    store::Store,
+    store::{NewPackage, Store},
 };
 
 /// SHA-256 of no bytes.
@@ -41,6 +44,8 @@ struct Inner {
     locks: LockConnector,
     max_size: u64,
     expiry: Duration,
+    /// Pipelines whose package just completed, for the installer.
+    installs: mpsc::UnboundedSender<Uuid>,
 }
 
 impl Uploads {
@@ -50,6 +55,7 @@ impl Uploads {
         locks: LockConnector,
         max_size: u64,
         expiry: Duration,
+        installs: mpsc::UnboundedSender<Uuid>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -58,6 +64,7 @@ impl Uploads {
                 locks,
                 max_size,
                 expiry,
+                installs,
             }),
         }
     }
@@ -301,7 +308,58 @@ impl Uploads {
             .complete_upload(upload, &digest, size, promote)
             .await?;
         tracing::info!(upload = %upload.id, sha256 = %digest, size, "upload complete");
+        if let Some(pipeline) = upload.pipeline_id {
+            // The scan finds it anyway should the installer be gone (shutdown).
+            let _ = self.inner.installs.send(pipeline);
+        }
         Ok(())
+    }
+
+    /// Announces a package upload: a pipeline UPLOADING, installed once its last byte arrives.
+    pub async fn create_pipeline(&self, new: NewPackage) -> Result<Pipeline> {
+        self.check_size(new.size)?;
+        let pipeline = self
+            .inner
+            .store
+            .create_pipeline(new, self.inner.expiry)
+            .await?;
+        if pipeline.size == Some(0) {
+            let upload = self.state(pipeline.id).await?;
+            if !upload.complete {
+                let storage = self.inner.storage.clone();
+                tokio::task::spawn_blocking(move || storage.open_partial(upload.id, 0).map(drop))
+                    .await
+                    .map_err(Error::internal)??;
+                self.complete(&upload, Some(EMPTY_SHA256.to_owned()))
+                    .await?;
+            }
+            return self.inner.store.get_pipeline(pipeline.id).await;
+        }
+        Ok(pipeline)
+    }
+
+    /// Installs a package uploaded earlier as a plain file.
+    pub async fn install_file(&self, file: Uuid) -> Result<Pipeline> {
+        let pipeline = self.inner.store.create_install(file).await?;
+        let _ = self.inner.installs.send(pipeline.id);
+        Ok(pipeline)
+    }
+
+    /// Uninstalls a pipeline: its row and documents, its image, its package upload.
+    pub async fn delete_pipeline(&self, id: Uuid) -> Result<Pipeline> {
+        let deleted = self.inner.store.delete_pipeline(id).await?;
+        let pipeline = deleted.pipeline;
+        if let Some(upload) = pipeline.upload_id
+            && pipeline.status != crate::domain::PipelineStatus::Ready
+        {
+            self.remove_partial(upload).await;
+        }
+        for file in deleted.files {
+            if let Err(e) = self.delete_file(file).await {
+                tracing::warn!(%file, error = %e, "could not delete a file of a deleted pipeline");
+            }
+        }
+        Ok(pipeline)
     }
 
     /// tus termination: removes an upload and its file, unless a transfer holds it.

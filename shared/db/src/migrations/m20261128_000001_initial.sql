@@ -62,10 +62,12 @@ CREATE TABLE pipelines (
     installed_at     timestamptz,
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
--- Name + version is unique among pipelines that are (being) installed; a package repeating one
--- ends in error. Failed installs do not block a retry.
-CREATE UNIQUE INDEX pipelines_name_version ON pipelines (name, version)
-    WHERE status IN ('installing', 'ready');
+-- Name + version is unique among installed pipelines: the install that would repeat one ends in
+-- error (a pipeline being installed has no name until its manifest is read). Failed installs
+-- do not block a retry.
+CREATE UNIQUE INDEX pipelines_name_version ON pipelines (name, version) WHERE status = 'ready';
+-- Installs to run or resume.
+CREATE INDEX pipelines_installing ON pipelines (id) WHERE status = 'installing';
 CREATE INDEX pipelines_by_status ON pipelines (status, id);
 CREATE INDEX pipelines_by_name ON pipelines (name, id);
 

@@ -1,0 +1,407 @@
+//! Inspecting a package: two passes over the archive, blocking, in bounded time and memory.
+//!
+//! Pass 1 lists every entry (checking names, links and the inflation bound) and reads the
+//! manifest. Pass 2 reads the documents the manifest names and streams the embedded image into
+//! the data folder while hashing it; the image is then checked to be an LXD unified tarball
+//! (`metadata.yaml` and `rootfs/`). Every problem found is reported, not just the first.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Read, Write},
+    path::Path,
+};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{
+    archive::{self, EntryKind, Format, Limits, Visit, WalkError},
+    form,
+    manifest::{self, Manifest, PackageFormat, Problems},
+};
+use crate::storage::Storage;
+
+pub const MAX_ENTRIES: usize = 10_000;
+pub const MAX_MANIFEST: u64 = 1 << 20;
+pub const MAX_FORM: u64 = 1 << 20;
+pub const MAX_DOCUMENT: u64 = 16 << 20;
+/// Bytes that may be inflated outside the image, per byte of package (with a 1 MiB floor, so a
+/// tiny package holding a few small files is never mistaken for a bomb).
+pub const INFLATION_RATIO: u64 = 100;
+
+/// Where the pipeline's image is.
+#[derive(Debug)]
+pub enum Image {
+    /// Extracted from the package into the data folder's partial file `temp`.
+    Extracted {
+        temp: Uuid,
+        sha256: String,
+        size: u64,
+    },
+    /// The package itself is the image (legacy LXD image packages).
+    Package,
+}
+
+#[derive(Debug)]
+pub struct Document {
+    pub name: String,
+    pub content_type: String,
+    pub content: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Inspected {
+    pub manifest: Manifest,
+    pub form: Value,
+    pub documents: Vec<Document>,
+    pub image: Image,
+}
+
+struct Listed {
+    kind: EntryKind,
+    raw: String,
+}
+
+/// Reads `reader` into memory, at most `limit` bytes; `None` if there is more.
+fn read_bounded(reader: &mut impl Read, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    reader.take(limit + 1).read_to_end(&mut out)?;
+    Ok((out.len() as u64 <= limit).then_some(out))
+}
+
+fn walk_problem(e: WalkError) -> String {
+    e.to_string()
+}
+
+/// Inspects the package at `path` (`size` bytes). On success the image, when extracted, is in
+/// `storage` under a temporary partial id the caller promotes or removes.
+pub fn inspect(path: &Path, size: u64, storage: &Storage) -> Result<Inspected, Vec<String>> {
+    let Some(format) =
+        Format::sniff(path).map_err(|e| vec![format!("the package cannot be read: {e}")])?
+    else {
+        return Err(vec![
+            "the package is not a .zip, .tar.gz or .tar.xz archive".to_owned(),
+        ]);
+    };
+    let limits = Limits {
+        max_entries: MAX_ENTRIES,
+        max_inflated: (size.saturating_mul(INFLATION_RATIO)).max(1 << 20),
+    };
+    let mut problems: Vec<String> = Vec::new();
+
+    // Pass 1: every entry's name and kind; the manifest candidates.
+    let mut entries: BTreeMap<String, Listed> = BTreeMap::new();
+    let mut candidates: BTreeMap<String, Result<Vec<u8>, String>> = BTreeMap::new();
+    let pass1 = archive::walk(path, format, limits, |entry, reader| {
+        let base = entry.name.rsplit('/').next().unwrap_or_default();
+        let depth = entry.name.matches('/').count();
+        if entry.kind == EntryKind::File
+            && depth <= 1
+            && (base == "manifest.json" || (depth == 0 && base == "metadata.yaml"))
+        {
+            let content = read_bounded(reader, MAX_MANIFEST)?
+                .ok_or_else(|| format!("{}: is larger than 1 MiB", entry.name));
+            candidates.insert(entry.name.clone(), content);
+        }
+        entries.insert(
+            entry.name.clone(),
+            Listed {
+                kind: entry.kind,
+                raw: entry.raw.clone(),
+            },
+        );
+        Ok(Visit::Continue)
+    });
+    if let Err(e) = pass1 {
+        return Err(vec![walk_problem(e)]);
+    }
+
+    // Where the manifest is: the root, or a single top-level folder.
+    let top_folders: std::collections::BTreeSet<&str> = entries
+        .keys()
+        .map(|n| n.split('/').next().unwrap_or_default())
+        .collect();
+    let (prefix, manifest) = if let Some(found) = candidates.get("manifest.json") {
+        (String::new(), Some(("manifest.json", found)))
+    } else if let (1, Some(folder)) = (top_folders.len(), top_folders.iter().next()) {
+        let name = format!("{folder}/manifest.json");
+        match candidates.get(&name) {
+            Some(found) => (format!("{folder}/"), Some(("manifest.json", found))),
+            None => (String::new(), None),
+        }
+    } else {
+        (String::new(), None)
+    };
+    let legacy_image = manifest.is_none() && candidates.contains_key("metadata.yaml");
+
+    // Names and links: the package itself is checked; a legacy image's rootfs/ and templates/
+    // are LXD's business and may hold links.
+    for (name, listed) in &entries {
+        let in_image =
+            legacy_image && (name.starts_with("rootfs/") || name.starts_with("templates/"));
+        let probe = archive::Entry {
+            name: name.clone(),
+            raw: listed.raw.clone(),
+            kind: listed.kind,
+        };
+        if let Some(why) = archive::unsafe_name(&probe) {
+            problems.push(format!("entry '{}': {why}", listed.raw));
+        } else if !in_image && listed.kind == EntryKind::Link {
+            problems.push(format!(
+                "entry '{}': is a link; packages may not hold links",
+                listed.raw
+            ));
+        } else if !in_image && listed.kind == EntryKind::Other {
+            problems.push(format!(
+                "entry '{}': is not a regular file or folder",
+                listed.raw
+            ));
+        }
+    }
+
+    let manifest = match (manifest, legacy_image) {
+        (Some((file, content)), _) => {
+            let mut p = Problems {
+                file,
+                list: Vec::new(),
+            };
+            let m = match content {
+                Ok(bytes) => manifest::parse_manifest_json(bytes, &mut p),
+                Err(e) => {
+                    p.list.push(e.clone());
+                    None
+                }
+            };
+            problems.extend(p.list);
+            m
+        }
+        (None, true) => {
+            let mut p = Problems {
+                file: "metadata.yaml",
+                list: Vec::new(),
+            };
+            let m = match &candidates["metadata.yaml"] {
+                Ok(bytes) => manifest::parse_legacy_metadata(bytes, &mut p),
+                Err(e) => {
+                    p.list.push(e.clone());
+                    None
+                }
+            };
+            if !entries
+                .keys()
+                .any(|n| n == "rootfs" || n.starts_with("rootfs/"))
+            {
+                p.list.push("the image has no rootfs/ folder".to_owned());
+            }
+            problems.extend(p.list);
+            m
+        }
+        (None, false) => {
+            problems.push(
+                "no manifest.json at the package root (or in its single top-level folder): \
+                 not a Pirus package"
+                    .to_owned(),
+            );
+            None
+        }
+    };
+    let Some(manifest) = manifest else {
+        return Err(problems);
+    };
+
+    // Everything the manifest names must be a regular file of the package.
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new(); // entry name -> what it is
+    let named = manifest
+        .image
+        .iter()
+        .map(|i| ("image".to_owned(), i.clone()))
+        .chain(
+            manifest
+                .documents
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+    for (what, relative) in named {
+        let entry = format!("{prefix}{relative}");
+        match entries.get(&entry) {
+            Some(Listed {
+                kind: EntryKind::File,
+                ..
+            }) => {
+                wanted.insert(entry, what);
+            }
+            Some(_) => problems.push(format!("{what}: '{relative}' is not a regular file")),
+            None => problems.push(format!("{what}: '{relative}' is not in the package")),
+        }
+    }
+
+    // Pass 2: the documents in memory, the image into the data folder.
+    let temp = Uuid::now_v7();
+    let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut image: Option<(String, u64)> = None;
+    let pass2 = archive::walk(path, format, limits, |entry, reader| {
+        let Some(what) = wanted.get(&entry.name) else {
+            return Ok(Visit::Continue);
+        };
+        if what == "image" {
+            reader.exempt();
+            image = Some(copy_hashing(reader, &mut storage.open_partial(temp, 0)?)?);
+            return Ok(Visit::Continue);
+        }
+        let limit = if what == "form" {
+            MAX_FORM
+        } else {
+            MAX_DOCUMENT
+        };
+        match read_bounded(reader, limit)? {
+            Some(bytes) => {
+                contents.insert(what.clone(), bytes);
+            }
+            None => problems.push(format!("{what}: is larger than {} MiB", limit >> 20)),
+        }
+        Ok(Visit::Continue)
+    });
+    let cleanup = |storage: &Storage| {
+        let _ = storage.remove_partial(temp);
+    };
+    if let Err(e) = pass2 {
+        cleanup(storage);
+        problems.push(walk_problem(e));
+        return Err(problems);
+    }
+
+    let form = match contents.remove("form") {
+        None => form::empty(),
+        Some(bytes) => match form::normalise(&bytes) {
+            Ok(form) => form,
+            Err(p) => {
+                problems.extend(p);
+                Value::Null
+            }
+        },
+    };
+
+    let image = match (manifest.format, image) {
+        (PackageFormat::LegacyImage, _) => Image::Package,
+        (_, Some((sha256, size))) => {
+            problems.extend(check_image(
+                &storage.partial_path(temp),
+                manifest.image.as_deref(),
+            ));
+            Image::Extracted { temp, sha256, size }
+        }
+        (_, None) => Image::Package, // Already reported as missing.
+    };
+
+    if !problems.is_empty() {
+        cleanup(storage);
+        return Err(problems);
+    }
+    let mut documents: Vec<Document> = contents
+        .into_iter()
+        .map(|(name, content)| Document {
+            content_type: content_type(&name, &manifest, &content),
+            name,
+            content,
+        })
+        .collect();
+    documents.push(Document {
+        name: "form".to_owned(),
+        content_type: "application/schema+json".to_owned(),
+        content: serde_json::to_vec_pretty(&form).unwrap_or_default(),
+    });
+    documents.push(Document {
+        name: "manifest".to_owned(),
+        content_type: "application/json".to_owned(),
+        content: serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+    });
+    Ok(Inspected {
+        manifest,
+        form,
+        documents,
+        image,
+    })
+}
+
+/// Copies all of `reader` into `out`, fsyncs it, and answers its SHA-256 and size.
+fn copy_hashing(reader: &mut impl Read, out: &mut std::fs::File) -> io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = reader.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        out.write_all(&buffer[..n])?;
+        size += n as u64;
+    }
+    out.sync_all()?;
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// An LXD unified image tarball holds `metadata.yaml` and `rootfs/`. Its content is otherwise
+/// LXD's business (links and all), so only those two are looked for, stopping once found.
+fn check_image(path: &Path, name: Option<&str>) -> Vec<String> {
+    let name = name.unwrap_or("image");
+    let format = match Format::sniff(path) {
+        Ok(Some(f @ (Format::TarGz | Format::TarXz))) => f,
+        _ => {
+            return vec![format!(
+                "image: '{name}' is not a .tar.gz or .tar.xz LXD image"
+            )];
+        }
+    };
+    let (mut metadata, mut rootfs) = (false, false);
+    let unbounded = Limits {
+        max_entries: usize::MAX,
+        max_inflated: u64::MAX,
+    };
+    let walked = archive::walk(path, format, unbounded, |entry, _| {
+        metadata |= entry.name == "metadata.yaml" && entry.kind == EntryKind::File;
+        rootfs |= entry.name == "rootfs" || entry.name.starts_with("rootfs/");
+        Ok(if metadata && rootfs {
+            Visit::Stop
+        } else {
+            Visit::Continue
+        })
+    });
+    let mut problems = Vec::new();
+    if let Err(e) = walked {
+        problems.push(format!("image: '{name}' cannot be read: {e}"));
+    }
+    if !metadata {
+        problems.push(format!(
+            "image: '{name}' has no metadata.yaml: not an LXD image"
+        ));
+    }
+    if !rootfs {
+        problems.push(format!(
+            "image: '{name}' has no rootfs/ folder: not an LXD image"
+        ));
+    }
+    problems
+}
+
+/// The media type of a document, from its name in the manifest and its first bytes.
+fn content_type(name: &str, manifest: &Manifest, content: &[u8]) -> String {
+    let path = manifest
+        .documents
+        .get(name)
+        .map(|p| p.to_ascii_lowercase())
+        .unwrap_or_default();
+    let t = match name {
+        "icon" if content.starts_with(b"\x89PNG") => "image/png",
+        "icon" if content.starts_with(&[0xff, 0xd8, 0xff]) => "image/jpeg",
+        "icon" if content.starts_with(b"GIF8") => "image/gif",
+        "icon" if path.ends_with(".svg") => "image/svg+xml",
+        "icon" => "application/octet-stream",
+        _ if path.ends_with(".html") || path.ends_with(".htm") => "text/html; charset=utf-8",
+        _ if path.ends_with(".md") => "text/markdown; charset=utf-8",
+        _ if path.ends_with(".pdf") => "application/pdf",
+        _ => "text/plain; charset=utf-8",
+    };
+    t.to_owned()
+}
