@@ -660,3 +660,42 @@ async fn delete_pipeline_uninstalls_unless_runs_are_unfinished() -> Result<()> {
     );
     Ok(())
 }
+
+/// A restart keeps installed pipelines and their documents; an install a dead process left
+/// INSTALLING is resumed by the next catalogue (here the row is put back to INSTALLING, as a
+/// crash between the package's completion and the install's end leaves it).
+#[tokio::test]
+async fn a_restart_keeps_pipelines_and_resumes_unfinished_installs() -> Result<()> {
+    let db = TestDb::create().await?;
+    let dir = pirus_tests::tempdir()?;
+    let args = ["--data-dir", dir.to_str().unwrap()];
+    let mut p = Launch::new(Kind::Catalogue, &db.url).args(args).start().await?;
+    let mut c = CatalogueServiceClient::new(p.channel().await?);
+    let image = packages::image()?;
+    let kept = upload_package(&mut c, "kept", &packages::package(Format::Zip, "kept", "1", &image)?).await?;
+    assert_eq!(status(&installed(&mut c, &kept).await?), pb::PipelineStatus::Ready);
+    let redo = upload_package(&mut c, "redo", &packages::package(Format::Zip, "redo", "1", &image)?).await?;
+    assert_eq!(status(&installed(&mut c, &redo).await?), pb::PipelineStatus::Ready);
+    p.signal("TERM")?;
+    assert!(p.wait_exit(Duration::from_secs(10)).await?.success());
+
+    let sql = db.client().await?;
+    sql.execute(
+        "UPDATE pipelines SET status = 'installing', image_file_id = NULL WHERE id = $1::text::uuid",
+        &[&redo],
+    )
+    .await?;
+    sql.execute("DELETE FROM files WHERE kind = 'image' AND name = 'redo-1.image'", &[]).await?;
+
+    let p = Launch::new(Kind::Catalogue, &db.url).args(args).start().await?;
+    let mut c = CatalogueServiceClient::new(p.channel().await?);
+    let kept = c.get_pipeline(pb::GetPipelineRequest { id: kept }).await?.into_inner();
+    assert_eq!(status(&kept), pb::PipelineStatus::Ready);
+    assert_eq!(document(&mut c, &kept.id, "icon").await?.content, packages::PNG);
+    assert_eq!(read_all(&mut c, &kept.image_file_id).await?, image);
+    let redone = installed(&mut c, &redo).await?;
+    assert_eq!(status(&redone), pb::PipelineStatus::Ready, "{}", redone.error_message);
+    assert_eq!(read_all(&mut c, &redone.image_file_id).await?, image);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}

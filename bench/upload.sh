@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Upload throughput benchmark (a benchmark, not a test): one file of SIZE MiB (default 1024)
+# over loopback, measured in the same run as its baselines.
+#
+#   cp + sync          a plain copy of the file, made durable: the disk's own speed
+#   tus curl PATCH     curl streaming one tus PATCH into pirus-catalogue (release build)
+#   WriteUpload        the gRPC twin, 1 MiB messages (bench client pirus-bench-upload)
+#   Node @tus/server   the reference tus server (@tus/server + @tus/file-store), curl PATCH
+#
+# and the catalogue's peak RSS (VmHWM). Pirus acknowledges an offset only after fsync; the
+# Node file store does not fsync, so its number flatters it.
+#
+# Needs PostgreSQL (deploy/setup.sh --deps-only), curl, node and npm (the @tus packages are
+# installed from npm into a temporary folder). Run as root from the repository.
+set -euo pipefail
+size_mib=${1:-1024}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+cargo build -q --release --locked -p pirus-catalogue -p pirus-tests --bins
+bin=$CARGO_TARGET_DIR/release
+
+work=$(mktemp -d /var/tmp/pirus-bench.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+  [ -n "${db:-}" ] && psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+url=$(grep '^PIRUS_DATABASE_URL=' /etc/pirus/pirus.env | cut -d= -f2-)
+admin="${url%/*}/postgres"
+db=pirus_bench_$$
+psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null
+
+echo "==> making a ${size_mib} MiB input file"
+input=$work/input.bin
+head -c "$((size_mib << 20))" /dev/urandom > "$input"
+sync
+bytes=$(stat -c %s "$input")
+mbs() { awk -v b="$bytes" -v s="$1" 'BEGIN { printf "%.0f", b / 1e6 / s }'; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+echo "==> cp + sync"
+t0=$(now); cp "$input" "$work/copy.bin"; sync; t1=$(now)
+cp_s=$(elapsed "$t0" "$t1"); rm -f "$work/copy.bin"; sync
+
+echo "==> pirus-catalogue (release)"
+"$bin/pirus-catalogue" --database-url "${url%/*}/$db" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+  --addr-file "$work/addr.json" --data-dir "$work/data" --max-upload-size 64GiB \
+  > "$work/catalogue.log" 2>&1 &
+cat_pid=$!; pids+=("$cat_pid")
+for _ in $(seq 1 100); do [ -s "$work/addr.json" ] && break; sleep 0.1; done
+http=$(sed -E 's/.*"http": *"([^"]+)".*/\1/' "$work/addr.json")
+grpc=$(sed -E 's/.*"grpc": *"([^"]+)".*/\1/' "$work/addr.json")
+
+tus_upload() { # base-url -> seconds for POST + one streamed PATCH
+  local base=$1 meta location t0 t1
+  meta="filename $(printf bench.bin | base64)"
+  t0=$(now)
+  location=$(curl -sS -D - -o /dev/null -X POST "$base" -H 'Tus-Resumable: 1.0.0' \
+    -H "Upload-Length: $bytes" -H "Upload-Metadata: $meta" | tr -d '\r' | awk -F': ' 'tolower($1)=="location" {print $2}')
+  case $location in http*) ;; *) location="${base%/files*}$location" ;; esac
+  curl -sS -f -o /dev/null -X PATCH "$location" -H 'Tus-Resumable: 1.0.0' \
+    -H 'Content-Type: application/offset+octet-stream' -H 'Upload-Offset: 0' \
+    -H 'Expect:' -T "$input"
+  t1=$(now)
+  elapsed "$t0" "$t1"
+}
+
+echo "==> tus PATCH (curl) into pirus"
+pirus_tus_s=$(tus_upload "http://$http/uploads/files/")
+echo "==> WriteUpload into pirus"
+pirus_grpc_s=$("$bin/pirus-bench-upload" "$grpc" "$input")
+rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status")
+
+echo "==> Node.js @tus/server + @tus/file-store"
+mkdir -p "$work/node" "$work/node-files"
+(cd "$work/node" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund @tus/server @tus/file-store >/dev/null)
+cp bench/tus-node-server.mjs "$work/node/"
+node "$work/node/tus-node-server.mjs" "$work/node-files" > "$work/node.port" 2> "$work/node.log" &
+pids+=("$!")
+for _ in $(seq 1 100); do [ -s "$work/node.port" ] && break; sleep 0.1; done
+node_s=$(tus_upload "http://127.0.0.1:$(cat "$work/node.port")/files")
+
+printf '\nupload of %s MiB over loopback (%s)\n' "$size_mib" "$(date -u +%Y-%m-%dT%H:%MZ)"
+printf '%-34s %8s %8s\n' "" seconds "MB/s"
+printf '%-34s %8s %8s\n' "cp + sync (baseline)" "$cp_s" "$(mbs "$cp_s")"
+printf '%-34s %8s %8s\n' "pirus tus PATCH (curl, fsync)" "$pirus_tus_s" "$(mbs "$pirus_tus_s")"
+printf '%-34s %8s %8s\n' "pirus WriteUpload (gRPC, fsync)" "$pirus_grpc_s" "$(mbs "$pirus_grpc_s")"
+printf '%-34s %8s %8s\n' "Node @tus/server (no fsync)" "$node_s" "$(mbs "$node_s")"
+awk -v cp="$cp_s" -v t="$pirus_tus_s" -v g="$pirus_grpc_s" -v n="$node_s" 'BEGIN {
+  printf "ratios: tus/Node %.2fx, WriteUpload/Node %.2fx, tus/cp %.2f, WriteUpload/cp %.2f\n", n/t, n/g, cp/t, cp/g }'
+printf 'pirus-catalogue peak RSS (VmHWM): %d MiB\n' "$((rss_kib / 1024))"
