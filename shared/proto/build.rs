@@ -22,6 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             fds.encode_to_vec(),
         )?;
     }
-    tonic_prost_build::configure().compile_fds(protox::compile(PROTOS, [&root])?)?;
+    // `bytes` fields as `bytes::Bytes`: upload and download chunks move without a copy.
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(protox::compile(PROTOS, [&root])?)?;
     Ok(())
 }

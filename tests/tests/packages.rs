@@ -61,7 +61,7 @@ async fn upload_package(c: &mut Client, name: &str, package: &[u8]) -> Result<St
         .map(|(i, chunk)| pb::WriteUploadRequest {
             upload_id: pipeline.id.clone(),
             offset: (i * (256 << 10)) as i64,
-            data: chunk.to_vec(),
+            data: chunk.to_vec().into(),
         })
         .collect();
     let status = c
@@ -243,7 +243,7 @@ async fn a_package_uploaded_with_tus_installs_by_itself() -> Result<()> {
     ] {
         let d = document(&mut c, &id, name).await?;
         assert_eq!(
-            (d.content_type.as_str(), d.content),
+            (d.content_type.as_str(), d.content.to_vec()),
             (content_type, content),
             "{name}"
         );
@@ -372,7 +372,7 @@ async fn install_pipeline_installs_a_file_uploaded_earlier() -> Result<()> {
     c.write_upload(tokio_stream::iter([pb::WriteUploadRequest {
         upload_id: file.id.clone(),
         offset: 0,
-        data: package.clone(),
+        data: package.clone().into(),
     }]))
     .await?;
     let p = c
@@ -450,7 +450,7 @@ async fn legacy_packages_install() -> Result<()> {
     let form: serde_json::Value = serde_json::from_str(&p.form_json)?;
     assert_eq!(form["required"], serde_json::json!(["file"]));
     assert_eq!(form["properties"]["file"]["x-pirus-enum"], "input_files");
-    assert_eq!(document(&mut c, &id, "help").await?.content, b"<p>old</p>");
+    assert_eq!(document(&mut c, &id, "help").await?.content.as_ref(), b"<p>old</p>");
     let manifest: serde_json::Value =
         serde_json::from_slice(&document(&mut c, &id, "manifest").await?.content)?;
     assert_eq!(
@@ -691,7 +691,7 @@ async fn a_restart_keeps_pipelines_and_resumes_unfinished_installs() -> Result<(
     let mut c = CatalogueServiceClient::new(p.channel().await?);
     let kept = c.get_pipeline(pb::GetPipelineRequest { id: kept }).await?.into_inner();
     assert_eq!(status(&kept), pb::PipelineStatus::Ready);
-    assert_eq!(document(&mut c, &kept.id, "icon").await?.content, packages::PNG);
+    assert_eq!(document(&mut c, &kept.id, "icon").await?.content.as_ref(), packages::PNG);
     assert_eq!(read_all(&mut c, &kept.image_file_id).await?, image);
     let redone = installed(&mut c, &redo).await?;
     assert_eq!(status(&redone), pb::PipelineStatus::Ready, "{}", redone.error_message);

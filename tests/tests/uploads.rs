@@ -116,7 +116,7 @@ async fn write_upload(
         .map(|(i, part)| pb::WriteUploadRequest {
             upload_id: if i == 0 { id.to_owned() } else { String::new() },
             offset: (offset + (i * chunk) as u64) as i64,
-            data: part.to_vec(),
+            data: part.to_vec().into(),
         })
         .collect();
     c.write_upload(tokio_stream::iter(messages))

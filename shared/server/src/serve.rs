@@ -122,7 +122,12 @@ pub async fn serve(
     // Servers stop on `stop`, which is cancelled only after readiness has flipped.
     let stop = CancellationToken::new();
 
+    // Large single streams (uploads, downloads, logs) need more than HTTP/2's default 64 KiB
+    // window; the adaptive window grows it to what the connection sustains.
     let mut builder = tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(true))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .layer(GrpcMetricsLayer::new(metrics.clone()))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

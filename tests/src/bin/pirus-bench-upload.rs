@@ -48,7 +48,7 @@ async fn main() -> Result<()> {
                 break;
             }
             data.truncate(filled);
-            let message = pb::WriteUploadRequest { upload_id: id.clone(), offset, data };
+            let message = pb::WriteUploadRequest { upload_id: id.clone(), offset, data: data.into() };
             offset += filled as i64;
             if tx.send(message).await.is_err() {
                 break;

@@ -190,7 +190,7 @@ impl CatalogueService for Catalogue {
             .await?;
         Ok(Response::new(pb::PipelineDocument {
             content_type,
-            content,
+            content: content.into(),
         }))
     }
 
