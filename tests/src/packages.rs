@@ -131,6 +131,10 @@ pub fn metadata_yaml(extra: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// PID 1 of a test container: stays up until LXD stops it (SIGPWR) or it is killed.
+pub const INIT: &str =
+    "#!/bin/sh\ntrap 'exit 0' PWR TERM INT\nwhile :; do /bin/busybox sleep 3600 & wait $!; done\n";
+
 /// The entries of a minimal LXD image: busybox and its links, the folders a pipeline uses, and
 /// `extra` files under rootfs/.
 pub fn image_entries(metadata: Vec<u8>, extra: &[(&str, Item)]) -> Result<Vec<(String, Item)>> {
@@ -141,6 +145,11 @@ pub fn image_entries(metadata: Vec<u8>, extra: &[(&str, Item)]) -> Result<Vec<(S
         ("rootfs/bin/busybox".into(), Item::Exec(busybox()?)),
         ("rootfs/bin/sh".into(), Item::Symlink("busybox".into())),
         ("rootfs/bin/cat".into(), Item::Symlink("busybox".into())),
+        ("rootfs/sbin".into(), Item::Dir),
+        (
+            "rootfs/sbin/init".into(),
+            Item::Exec(INIT.as_bytes().to_vec()),
+        ),
         ("rootfs/etc".into(), Item::Dir),
         ("rootfs/tmp".into(), Item::Dir),
         ("rootfs/pipeline".into(), Item::Dir),

@@ -450,7 +450,10 @@ async fn legacy_packages_install() -> Result<()> {
     let form: serde_json::Value = serde_json::from_str(&p.form_json)?;
     assert_eq!(form["required"], serde_json::json!(["file"]));
     assert_eq!(form["properties"]["file"]["x-pirus-enum"], "input_files");
-    assert_eq!(document(&mut c, &id, "help").await?.content.as_ref(), b"<p>old</p>");
+    assert_eq!(
+        document(&mut c, &id, "help").await?.content.as_ref(),
+        b"<p>old</p>"
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&document(&mut c, &id, "manifest").await?.content)?;
     assert_eq!(
@@ -669,13 +672,32 @@ async fn a_restart_keeps_pipelines_and_resumes_unfinished_installs() -> Result<(
     let db = TestDb::create().await?;
     let dir = pirus_tests::tempdir()?;
     let args = ["--data-dir", dir.to_str().unwrap()];
-    let mut p = Launch::new(Kind::Catalogue, &db.url).args(args).start().await?;
+    let mut p = Launch::new(Kind::Catalogue, &db.url)
+        .args(args)
+        .start()
+        .await?;
     let mut c = CatalogueServiceClient::new(p.channel().await?);
     let image = packages::image()?;
-    let kept = upload_package(&mut c, "kept", &packages::package(Format::Zip, "kept", "1", &image)?).await?;
-    assert_eq!(status(&installed(&mut c, &kept).await?), pb::PipelineStatus::Ready);
-    let redo = upload_package(&mut c, "redo", &packages::package(Format::Zip, "redo", "1", &image)?).await?;
-    assert_eq!(status(&installed(&mut c, &redo).await?), pb::PipelineStatus::Ready);
+    let kept = upload_package(
+        &mut c,
+        "kept",
+        &packages::package(Format::Zip, "kept", "1", &image)?,
+    )
+    .await?;
+    assert_eq!(
+        status(&installed(&mut c, &kept).await?),
+        pb::PipelineStatus::Ready
+    );
+    let redo = upload_package(
+        &mut c,
+        "redo",
+        &packages::package(Format::Zip, "redo", "1", &image)?,
+    )
+    .await?;
+    assert_eq!(
+        status(&installed(&mut c, &redo).await?),
+        pb::PipelineStatus::Ready
+    );
     p.signal("TERM")?;
     assert!(p.wait_exit(Duration::from_secs(10)).await?.success());
 
@@ -685,16 +707,34 @@ async fn a_restart_keeps_pipelines_and_resumes_unfinished_installs() -> Result<(
         &[&redo],
     )
     .await?;
-    sql.execute("DELETE FROM files WHERE kind = 'image' AND name = 'redo-1.image'", &[]).await?;
+    sql.execute(
+        "DELETE FROM files WHERE kind = 'image' AND name = 'redo-1.image'",
+        &[],
+    )
+    .await?;
 
-    let p = Launch::new(Kind::Catalogue, &db.url).args(args).start().await?;
+    let p = Launch::new(Kind::Catalogue, &db.url)
+        .args(args)
+        .start()
+        .await?;
     let mut c = CatalogueServiceClient::new(p.channel().await?);
-    let kept = c.get_pipeline(pb::GetPipelineRequest { id: kept }).await?.into_inner();
+    let kept = c
+        .get_pipeline(pb::GetPipelineRequest { id: kept })
+        .await?
+        .into_inner();
     assert_eq!(status(&kept), pb::PipelineStatus::Ready);
-    assert_eq!(document(&mut c, &kept.id, "icon").await?.content.as_ref(), packages::PNG);
+    assert_eq!(
+        document(&mut c, &kept.id, "icon").await?.content.as_ref(),
+        packages::PNG
+    );
     assert_eq!(read_all(&mut c, &kept.image_file_id).await?, image);
     let redone = installed(&mut c, &redo).await?;
-    assert_eq!(status(&redone), pb::PipelineStatus::Ready, "{}", redone.error_message);
+    assert_eq!(
+        status(&redone),
+        pb::PipelineStatus::Ready,
+        "{}",
+        redone.error_message
+    );
     assert_eq!(read_all(&mut c, &redone.image_file_id).await?, image);
     let _ = std::fs::remove_dir_all(dir);
     Ok(())

@@ -6,10 +6,10 @@
 
 mod config;
 mod grpc;
-pub mod lxd;
 
 use std::time::Duration;
 
+use pirus_lxd as lxd;
 use pirus_proto::runner::v1::runner_service_server::RunnerServiceServer;
 use pirus_server::{Listeners, ServeOptions, Service, metrics::MetricsBuilder};
 use prometheus_client::metrics::gauge::Gauge;

@@ -4,6 +4,9 @@
 //!
 //! Usage: pirus-bench-upload GRPC_ADDR FILE
 
+// A command-line tool: its answer goes to stdout.
+#![allow(clippy::print_stdout)]
+
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -15,8 +18,12 @@ const MESSAGE: usize = 1 << 20;
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().context("usage: pirus-bench-upload GRPC_ADDR FILE")?;
-    let path = args.next().context("usage: pirus-bench-upload GRPC_ADDR FILE")?;
+    let addr = args
+        .next()
+        .context("usage: pirus-bench-upload GRPC_ADDR FILE")?;
+    let path = args
+        .next()
+        .context("usage: pirus-bench-upload GRPC_ADDR FILE")?;
     let size = std::fs::metadata(&path)?.len();
     let mut client = CatalogueServiceClient::connect(format!("http://{addr}"))
         .await?
@@ -38,7 +45,10 @@ async fn main() -> Result<()> {
             let mut data = vec![0u8; MESSAGE];
             let mut filled = 0;
             while filled < MESSAGE {
-                let n = reader.read(&mut data[filled..]).await.expect("read the input file");
+                let n = reader
+                    .read(&mut data[filled..])
+                    .await
+                    .expect("read the input file");
                 if n == 0 {
                     break;
                 }
@@ -48,7 +58,11 @@ async fn main() -> Result<()> {
                 break;
             }
             data.truncate(filled);
-            let message = pb::WriteUploadRequest { upload_id: id.clone(), offset, data: data.into() };
+            let message = pb::WriteUploadRequest {
+                upload_id: id.clone(),
+                offset,
+                data: data.into(),
+            };
             offset += filled as i64;
             if tx.send(message).await.is_err() {
                 break;
@@ -62,7 +76,9 @@ async fn main() -> Result<()> {
 }
 
 /// A stream fed by a producer task through a small channel (two messages in flight).
-fn async_stream<F, Fut>(produce: F) -> tokio_stream::wrappers::ReceiverStream<pb::WriteUploadRequest>
+fn async_stream<F, Fut>(
+    produce: F,
+) -> tokio_stream::wrappers::ReceiverStream<pb::WriteUploadRequest>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<pb::WriteUploadRequest>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -301,7 +301,7 @@ impl CatalogueService for Catalogue {
             chunk
                 .map(|(offset, data)| pb::ReadFileResponse {
                     offset: offset as i64,
-                    data: data.into(),
+                    data,
                 })
                 .map_err(Status::from)
         });
@@ -345,7 +345,7 @@ async fn write_stream(
             }
             .into());
         }
-        if let Err(e) = transfer.write(message.data.into()).await {
+        if let Err(e) = transfer.write(message.data).await {
             transfer.abort("the data was refused").await;
             return Err(e.into());
         }
