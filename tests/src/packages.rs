@@ -154,6 +154,18 @@ pub fn image_entries(metadata: Vec<u8>, extra: &[(&str, Item)]) -> Result<Vec<(S
         ("rootfs/tmp".into(), Item::Dir),
         ("rootfs/pipeline".into(), Item::Dir),
     ];
+    // Every applet as a link, so that a run's shell finds sed, grep, wc... on its PATH.
+    let list = std::process::Command::new("busybox")
+        .arg("--list")
+        .output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if !matches!(applet, "" | "busybox" | "sh" | "cat" | "init") && !applet.contains('/') {
+            entries.push((
+                format!("rootfs/bin/{applet}"),
+                Item::Symlink("busybox".into()),
+            ));
+        }
+    }
     for (name, item) in extra {
         entries.push(((*name).to_owned(), item.clone()));
     }

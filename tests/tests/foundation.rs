@@ -218,7 +218,9 @@ async fn unbuilt_rpcs_answer_unimplemented() -> Result<()> {
     let db = TestDb::create().await?;
     let runner = runner(&db.url).start().await?;
     let status = run::runner_service_client::RunnerServiceClient::new(runner.channel().await?)
-        .submit_run(run::SubmitRunRequest::default())
+        .pause_run(run::PauseRunRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);

@@ -5,11 +5,15 @@
 //! cancellation token so that tests can run the service in-process.
 
 mod config;
+mod domain;
+mod executor;
 mod grpc;
+mod inputs;
+mod node;
+mod scheduler;
+mod store;
+mod submit;
 
-use std::time::Duration;
-
-use pirus_lxd as lxd;
 use pirus_proto::runner::v1::runner_service_server::RunnerServiceServer;
 use pirus_server::{Listeners, ServeOptions, Service, metrics::MetricsBuilder};
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
-/// Connects to and migrates the database, then serves until `shutdown` is cancelled. LXD being
-/// unreachable does not stop the runner from serving: it is watched and reported.
+/// Connects to and migrates the database, registers the node, then serves and runs until
+/// `shutdown` is cancelled. LXD being unreachable does not stop the runner from serving: it is
+/// reported with the node, and no run is claimed until LXD answers.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -34,13 +39,20 @@ pub async fn run(
             config.work_dir.display()
         )
     })?;
-
-    let lxd = lxd::Client::new(config.lxd_socket(), config.lxd_project.clone());
+    // Absolute: LXD resolves disk device sources itself.
+    let work_dir = std::fs::canonicalize(&config.work_dir)?;
+    let node_name = config.node_name();
+    let max_runs = config.max_runs();
+    let address = config
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| listeners.grpc_addr().to_string());
+    let lxd = pirus_lxd::Client::new(config.lxd_socket(), config.lxd_project.clone());
     tracing::info!(
-        node = %config.node_name(),
-        max_runs = config.max_runs(),
+        node = %node_name,
+        max_runs,
         lxd_socket = %lxd.socket().display(),
-        work_dir = %config.work_dir.display(),
+        work_dir = %work_dir.display(),
         "runner starting"
     );
 
@@ -52,10 +64,61 @@ pub async fn run(
         lxd_up.clone(),
     );
     let metrics = metrics.build();
-    tokio::spawn(watch_lxd(lxd.clone(), lxd_up, shutdown.clone()));
 
+    let store = store::Store::new(db.clone());
+    let notices = pirus_db::listen::spawn_listener(
+        config.common.database_url.clone(),
+        vec![store::RUNS_CHANNEL, store::EVENTS_CHANNEL],
+        shutdown.clone(),
+    );
+    let node_state = node::NodeState::default();
+    let (registered_tx, registered) = tokio::sync::oneshot::channel();
+    let node = node::Node {
+        store: store.clone(),
+        lxd: lxd.clone(),
+        name: node_name.clone(),
+        address,
+        max_runs,
+        lease: config.node_lease,
+        lxd_gauge: lxd_up,
+    };
+    let node_task = tokio::spawn(node.run(node_state.clone(), registered_tx, shutdown.clone()));
+    if registered.await.is_err() {
+        match node_task.await {
+            Ok(Err(e)) => anyhow::bail!("cannot register the node: {e}"),
+            other => anyhow::bail!("cannot register the node: {other:?}"),
+        }
+    }
+
+    let catalogue = executor::Catalogue::connect_lazy(&config.catalogue_addr)?;
+    let executor = executor::Executor::new(
+        store.clone(),
+        lxd.clone(),
+        catalogue.clone(),
+        node_name.clone(),
+        work_dir.clone(),
+        config.databases_dir.clone(),
+    );
+    let scheduler = scheduler::Scheduler {
+        store: store.clone(),
+        executor,
+        node: node_name.clone(),
+        max_runs,
+        state: node_state,
+    };
+    tokio::spawn(scheduler.run(notices.subscribe(), shutdown.clone()));
+
+    let runner = grpc::Runner {
+        store,
+        notices,
+        node: node_name,
+        work_dir,
+        databases_dir: config.databases_dir.clone(),
+        catalogue,
+        lxd,
+    };
     let service = Service {
-        grpc: tonic::service::Routes::new(RunnerServiceServer::new(grpc::Runner::new())),
+        grpc: tonic::service::Routes::new(RunnerServiceServer::new(runner)),
         http: axum::Router::new(),
     };
     let options = ServeOptions {
@@ -67,41 +130,4 @@ pub async fn run(
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
     Ok(())
-}
-
-/// Probes LXD every few seconds and logs each change, so an operator sees when it goes away and
-/// comes back.
-async fn watch_lxd(client: lxd::Client, up: Gauge, shutdown: CancellationToken) {
-    let mut last: Option<bool> = None;
-    loop {
-        let probe = tokio::time::timeout(Duration::from_secs(5), client.server_info()).await;
-        let now_up = match probe {
-            Ok(Ok(info)) => {
-                if last != Some(true) {
-                    tracing::info!(version = %info.server_version, "LXD reachable");
-                }
-                true
-            }
-            Ok(Err(e)) => {
-                if last != Some(false) {
-                    tracing::warn!(error = %e, "LXD unreachable; no runs are claimed until it answers");
-                }
-                false
-            }
-            Err(_) => {
-                if last != Some(false) {
-                    tracing::warn!(
-                        "LXD did not answer within 5s; no runs are claimed until it does"
-                    );
-                }
-                false
-            }
-        };
-        up.set(i64::from(now_up));
-        last = Some(now_up);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
 }

@@ -138,12 +138,24 @@ impl Store {
         {
             return Ok(file);
         }
+        let kind = new.kind.unwrap_or(FileKind::Data);
+        let run_output = match (new.source_run_id, kind) {
+            (Some(run), FileKind::Output | FileKind::Log) => Some((run, kind, new.name.clone())),
+            _ => None,
+        };
+        if let Some((run, kind, name)) = &run_output
+            && let Some(file) = self.run_file(*run, *kind, name).await?
+        {
+            // Registering a run's outputs is idempotent: a runner finishing again gets the
+            // file it registered before.
+            return Ok(file);
+        }
         let id = Uuid::now_v7();
         let txn = self.db.begin().await?;
         let file = files::ActiveModel {
             id: Set(id),
             name: Set(new.name),
-            kind: Set(new.kind.unwrap_or(FileKind::Data).as_str().to_owned()),
+            kind: Set(kind.as_str().to_owned()),
             status: Set(FileStatus::Uploading.as_str().to_owned()),
             size: Set(new.size.map(|s| s as i64)),
             expected_sha256: Set(new.sha256),
@@ -160,6 +172,13 @@ impl Store {
                 drop(txn);
                 return self
                     .file_by_request_id(request_id)
+                    .await?
+                    .ok_or_else(|| Error::internal(e));
+            }
+            if let (Some((run, kind, name)), true) = (&run_output, is_unique_violation(&e)) {
+                drop(txn);
+                return self
+                    .run_file(*run, *kind, name)
                     .await?
                     .ok_or_else(|| Error::internal(e));
             }
@@ -211,6 +230,18 @@ impl Store {
         .insert(&self.db)
         .await?;
         self.get_upload(id).await
+    }
+
+    async fn run_file(&self, run: Uuid, kind: FileKind, name: &str) -> Result<Option<File>> {
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files f LEFT JOIN uploads u ON u.file_id = f.id
+             WHERE f.source_run_id = $1 AND f.kind = $2 AND f.name = $3"
+        );
+        let values = [run.into(), kind.as_str().into(), name.into()];
+        let row = FileRow::find_by_statement(stmt(&sql, values))
+            .one(&self.db)
+            .await?;
+        Ok(row.map(FileRow::into_file))
     }
 
     async fn file_by_request_id(&self, request_id: &str) -> Result<Option<File>> {

@@ -1,0 +1,226 @@
+//! Domain types of the runner: runs, their events, nodes, and the errors use cases return.
+//! Nothing here knows of gRPC, SQL or LXD.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    Waiting,
+    Initializing,
+    Running,
+    Pause,
+    Finishing,
+    Done,
+    Error,
+    Canceled,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 8] = [
+        Self::Waiting,
+        Self::Initializing,
+        Self::Running,
+        Self::Pause,
+        Self::Finishing,
+        Self::Done,
+        Self::Error,
+        Self::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Initializing => "initializing",
+            Self::Running => "running",
+            Self::Pause => "pause",
+            Self::Finishing => "finishing",
+            Self::Done => "done",
+            Self::Error => "error",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Done | Self::Error | Self::Canceled)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    pub value: f64,
+    pub label: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub id: Uuid,
+    pub pipeline_id: Uuid,
+    pub pipeline_version: String,
+    pub image_sha256: String,
+    pub name: String,
+    pub status: RunStatus,
+    pub config: serde_json::Value,
+    pub input_file_ids: Vec<Uuid>,
+    pub output_file_ids: Vec<Uuid>,
+    pub log_file_ids: Vec<Uuid>,
+    pub progress: Progress,
+    pub node: Option<String>,
+    pub attempt: i32,
+    pub exit_code: Option<i32>,
+    pub error_message: String,
+    pub priority: i32,
+    pub max_attempts: i32,
+    pub cpu_limit: Option<i32>,
+    pub memory_limit: Option<i64>,
+    pub timeout_seconds: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunEvent {
+    pub run_id: Uuid,
+    pub seq: i64,
+    pub attempt: i32,
+    pub status: RunStatus,
+    pub progress: Progress,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A run to queue, as SubmitRun asks for it (validated by the submit use case).
+#[derive(Clone, Debug, Default)]
+pub struct NewRun {
+    pub pipeline_id: Uuid,
+    pub name: String,
+    pub config_json: String,
+    pub input_file_ids: Vec<Uuid>,
+    pub priority: i32,
+    pub request_id: Option<String>,
+    pub cpu: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub timeout_seconds: Option<u64>,
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeStatus {
+    Online,
+    Draining,
+    Offline,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub address: String,
+    pub status: NodeStatus,
+    pub max_runs: i32,
+    pub active_runs: i32,
+    pub heartbeat_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub lxd_version: Option<String>,
+    pub lxd_available: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub pipeline_id: Option<Uuid>,
+    pub node: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub size: u64,
+    pub after: Option<Uuid>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(e: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match &e {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                Self::Unavailable("the database is unavailable; retry later".to_owned())
+            }
+            _ => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Status;
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            Error::NotFound(_) => Status::not_found(e.to_string()),
+            Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            Error::Unavailable(_) => Status::unavailable(e.to_string()),
+            Error::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_and_terminal_ones_are_known() {
+        for s in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+        }
+        let terminal: Vec<_> = RunStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            vec![RunStatus::Done, RunStatus::Error, RunStatus::Canceled]
+        );
+    }
+}

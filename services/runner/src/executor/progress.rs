@@ -1,0 +1,134 @@
+//! The pipeline's progress file (`$PIRUS_PROGRESS_FILE`): `{"value": 0.42, "label": "21 / 50"}`
+//! (value in 0..1) or the older `{"min", "max", "value", "label"}`. A value becomes an event
+//! once it has stayed in place for the settle time (100 ms, CONTRACT §2.2).
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::domain::Progress;
+
+/// Bytes read of the file at most: progress is a small JSON object.
+const MAX: u64 = 64 << 10;
+
+pub struct Tracker {
+    path: PathBuf,
+    settle: Duration,
+    candidate: Option<(Progress, Instant)>,
+    published: Option<Progress>,
+}
+
+pub fn parse(bytes: &[u8]) -> Option<Progress> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let value = v["value"].as_f64()?;
+    let value = match (v["min"].as_f64(), v["max"].as_f64()) {
+        (Some(min), Some(max)) if max > min => (value - min) / (max - min),
+        _ => value,
+    };
+    if !value.is_finite() {
+        return None;
+    }
+    let label = match &v["label"] {
+        serde_json::Value::String(s) => s.chars().take(256).collect(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    Some(Progress {
+        value: value.clamp(0.0, 1.0),
+        label,
+    })
+}
+
+impl Tracker {
+    pub fn new(path: PathBuf, settle: Duration) -> Self {
+        Self {
+            path,
+            settle,
+            candidate: None,
+            published: None,
+        }
+    }
+
+    async fn read(&self) -> Option<Progress> {
+        use tokio::io::AsyncReadExt;
+        let file = tokio::fs::File::open(&self.path).await.ok()?;
+        let mut bytes = Vec::new();
+        file.take(MAX).read_to_end(&mut bytes).await.ok()?;
+        parse(&bytes)
+    }
+
+    /// A value to publish: one that changed and then stayed for the settle time.
+    pub async fn poll(&mut self) -> Option<Progress> {
+        let now = self.read().await?;
+        match &self.candidate {
+            Some((candidate, _)) if *candidate == now => {}
+            _ => self.candidate = Some((now.clone(), Instant::now())),
+        }
+        let (candidate, since) = self.candidate.as_ref()?;
+        if since.elapsed() >= self.settle && self.published.as_ref() != Some(candidate) {
+            self.published = Some(candidate.clone());
+            return Some(candidate.clone());
+        }
+        None
+    }
+
+    /// The file's value now, if it differs from the last one published (the final read after
+    /// the command ended, which does not wait to settle).
+    pub async fn poll_now(&mut self) -> Option<Progress> {
+        let now = self.read().await?;
+        if self.published.as_ref() == Some(&now) {
+            return None;
+        }
+        self.published = Some(now.clone());
+        Some(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_formats() {
+        assert_eq!(
+            parse(br#"{"value": 0.42, "label": "21 / 50"}"#),
+            Some(Progress {
+                value: 0.42,
+                label: "21 / 50".into()
+            })
+        );
+        assert_eq!(
+            parse(br#"{"min": 0, "max": 50, "value": 25, "label": 3}"#),
+            Some(Progress {
+                value: 0.5,
+                label: "3".into()
+            })
+        );
+        assert_eq!(parse(br#"{"value": 7}"#).unwrap().value, 1.0);
+        assert_eq!(parse(br#"{"value": 0.5"#), None);
+        assert_eq!(parse(br#"{"label": "x"}"#), None);
+    }
+
+    #[tokio::test]
+    async fn a_value_must_settle_before_it_is_published() {
+        let path = std::env::temp_dir().join(format!("pirus-progress-{}", uuid::Uuid::new_v4()));
+        let mut tracker = Tracker::new(path.clone(), Duration::from_millis(100));
+        assert_eq!(tracker.poll().await, None, "no file yet");
+        std::fs::write(&path, br#"{"value": 0.1}"#).unwrap();
+        assert_eq!(tracker.poll().await, None, "not settled");
+        std::fs::write(&path, br#"{"value": 0.2}"#).unwrap();
+        assert_eq!(tracker.poll().await, None, "changed: not settled");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(tracker.poll().await.map(|p| p.value), Some(0.2));
+        assert_eq!(tracker.poll().await, None, "published once");
+        assert_eq!(
+            tracker.poll_now().await,
+            None,
+            "the final read repeats nothing"
+        );
+        std::fs::write(&path, br#"{"value": 1.0}"#).unwrap();
+        assert_eq!(tracker.poll_now().await.map(|p| p.value), Some(1.0));
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -1,0 +1,138 @@
+//! Conversions between the generated proto types and the runner's domain, in one place.
+
+use chrono::{DateTime, Utc};
+use pirus_proto::runner::v1 as pb;
+use uuid::Uuid;
+
+use crate::domain::{Error, Node, NodeStatus, Page, Progress, Result, Run, RunEvent, RunStatus};
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn parse_id(field: &str, value: &str) -> Result<Uuid> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Uuid::parse_str(value).map_err(|_| Error::invalid(field, format!("'{value}' is not a UUID")))
+}
+
+pub fn page(page_size: i32, page_token: &str) -> Result<Page> {
+    if page_size < 0 {
+        return Err(Error::invalid("page_size", "must not be negative"));
+    }
+    let size = match page_size as u64 {
+        0 => 50,
+        n => n.min(1000),
+    };
+    let after = match page_token {
+        "" => None,
+        token => Some(
+            Uuid::try_parse(token)
+                .map_err(|_| Error::invalid("page_token", "is not a token this service issued"))?,
+        ),
+    };
+    Ok(Page { size, after })
+}
+
+pub fn next_page_token(page: Page, last: Option<Uuid>, count: usize) -> String {
+    match last {
+        Some(id) if count as u64 == page.size => id.simple().to_string(),
+        _ => String::new(),
+    }
+}
+
+pub fn status_to_proto(s: RunStatus) -> pb::RunStatus {
+    match s {
+        RunStatus::Waiting => pb::RunStatus::Waiting,
+        RunStatus::Initializing => pb::RunStatus::Initializing,
+        RunStatus::Running => pb::RunStatus::Running,
+        RunStatus::Pause => pb::RunStatus::Pause,
+        RunStatus::Finishing => pb::RunStatus::Finishing,
+        RunStatus::Done => pb::RunStatus::Done,
+        RunStatus::Error => pb::RunStatus::Error,
+        RunStatus::Canceled => pb::RunStatus::Canceled,
+    }
+}
+
+pub fn status_from_proto(value: i32) -> Result<Option<RunStatus>> {
+    let status = pb::RunStatus::try_from(value)
+        .map_err(|_| Error::invalid("status", format!("{value} is not a RunStatus")))?;
+    Ok(RunStatus::ALL
+        .into_iter()
+        .find(|s| status_to_proto(*s) == status))
+}
+
+fn progress(p: Progress) -> pb::Progress {
+    pb::Progress {
+        value: p.value,
+        label: p.label,
+    }
+}
+
+pub fn run_to_proto(r: Run) -> pb::Run {
+    let ids = |v: Vec<Uuid>| v.into_iter().map(|id| id.to_string()).collect();
+    pb::Run {
+        id: r.id.to_string(),
+        pipeline_id: r.pipeline_id.to_string(),
+        pipeline_version: r.pipeline_version,
+        image_sha256: r.image_sha256,
+        name: r.name,
+        status: status_to_proto(r.status) as i32,
+        config_json: r.config.to_string(),
+        input_file_ids: ids(r.input_file_ids),
+        output_file_ids: ids(r.output_file_ids),
+        log_file_ids: ids(r.log_file_ids),
+        progress: Some(progress(r.progress)),
+        node: r.node.unwrap_or_default(),
+        attempt: r.attempt,
+        exit_code: r.exit_code,
+        error_message: r.error_message,
+        created_at: Some(timestamp(r.created_at)),
+        started_at: r.started_at.map(timestamp),
+        ended_at: r.ended_at.map(timestamp),
+        priority: r.priority,
+        max_attempts: r.max_attempts,
+        resources: Some(pb::Resources {
+            cpu: r.cpu_limit.unwrap_or(0) as u32,
+            memory_bytes: r.memory_limit.unwrap_or(0),
+        }),
+        timeout: r.timeout_seconds.map(|s| prost_types::Duration {
+            seconds: s,
+            nanos: 0,
+        }),
+    }
+}
+
+pub fn event_to_proto(e: RunEvent) -> pb::RunEvent {
+    pb::RunEvent {
+        seq: e.seq,
+        run_id: e.run_id.to_string(),
+        status: status_to_proto(e.status) as i32,
+        progress: Some(progress(e.progress)),
+        message: e.message,
+        at: Some(timestamp(e.at)),
+        attempt: e.attempt,
+    }
+}
+
+pub fn node_to_proto(n: Node) -> pb::Node {
+    pb::Node {
+        name: n.name,
+        address: n.address,
+        status: match n.status {
+            NodeStatus::Online => pb::NodeStatus::Online,
+            NodeStatus::Draining => pb::NodeStatus::Draining,
+            NodeStatus::Offline => pb::NodeStatus::Offline,
+        } as i32,
+        max_runs: n.max_runs,
+        active_runs: n.active_runs,
+        heartbeat_at: Some(timestamp(n.heartbeat_at)),
+        lxd_version: n.lxd_version.unwrap_or_default(),
+        lxd_available: n.lxd_available,
+        started_at: Some(timestamp(n.started_at)),
+    }
+}

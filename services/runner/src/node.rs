@@ -1,0 +1,110 @@
+//! This runner's node: registered at start (taking over a node of the same name), its lease
+//! renewed every third of `--node-lease`, LXD's availability reported with it.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{domain::Result, store::Store};
+
+/// What the rest of the runner reads of the node's state.
+#[derive(Clone, Default)]
+pub struct NodeState {
+    lxd_up: Arc<AtomicBool>,
+}
+
+impl NodeState {
+    pub fn lxd_up(&self) -> bool {
+        self.lxd_up.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Node {
+    pub store: Store,
+    pub lxd: pirus_lxd::Client,
+    pub name: String,
+    pub address: String,
+    pub max_runs: u32,
+    pub lease: Duration,
+    pub lxd_gauge: Gauge,
+}
+
+impl Node {
+    async fn lxd_version(&self, state: &NodeState, last: &mut Option<bool>) -> Option<String> {
+        let probe = tokio::time::timeout(Duration::from_secs(5), self.lxd.server_info()).await;
+        let version = match probe {
+            Ok(Ok(info)) => Some(info.server_version),
+            Ok(Err(e)) => {
+                if *last != Some(false) {
+                    tracing::warn!(error = %e, "LXD unreachable; no runs are claimed until it answers");
+                }
+                None
+            }
+            Err(_) => {
+                if *last != Some(false) {
+                    tracing::warn!(
+                        "LXD did not answer within 5s; no runs are claimed until it does"
+                    );
+                }
+                None
+            }
+        };
+        if version.is_some() && *last != Some(true) {
+            tracing::info!(
+                version = version.as_deref().unwrap_or_default(),
+                "LXD reachable"
+            );
+        }
+        *last = Some(version.is_some());
+        state.lxd_up.store(version.is_some(), Ordering::Relaxed);
+        self.lxd_gauge.set(i64::from(version.is_some()));
+        version
+    }
+
+    /// Registers the node, then renews its lease until shutdown.
+    pub async fn run(
+        self,
+        state: NodeState,
+        registered: tokio::sync::oneshot::Sender<()>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let incarnation = Uuid::now_v7();
+        let mut last = None;
+        let version = self.lxd_version(&state, &mut last).await;
+        self.store
+            .register_node(
+                &self.name,
+                &self.address,
+                self.max_runs,
+                self.lease.as_secs().max(1),
+                incarnation,
+                version,
+            )
+            .await?;
+        tracing::info!(node = %self.name, address = %self.address, "node registered");
+        let _ = registered.send(());
+        let period = (self.lease / 3).max(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(period) => {}
+            }
+            let version = self.lxd_version(&state, &mut last).await;
+            match self.store.heartbeat(&self.name, incarnation, version).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(node = %self.name, "another runner took this node over")
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
+            }
+        }
+    }
+}

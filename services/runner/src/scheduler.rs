@@ -1,0 +1,72 @@
+//! Claims runs for this node: woken by a NOTIFY of a new run, by a finished run freeing a slot,
+//! by a reconnection of the listener (notifications may have been lost), and every few seconds
+//! regardless. It claims nothing while LXD is unreachable or the node drains.
+
+use std::{sync::Arc, time::Duration};
+
+use pirus_db::listen::Notice;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    executor::Executor,
+    node::NodeState,
+    store::{RUNS_CHANNEL, Store},
+};
+
+pub struct Scheduler {
+    pub store: Store,
+    pub executor: Executor,
+    pub node: String,
+    pub max_runs: u32,
+    pub state: NodeState,
+}
+
+impl Scheduler {
+    pub async fn run(self, mut notices: broadcast::Receiver<Notice>, shutdown: CancellationToken) {
+        let freed = Arc::new(Notify::new());
+        loop {
+            self.claim_all(&freed).await;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = freed.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                notice = notices.recv() => match notice {
+                    Ok(Notice::Notification { channel, .. }) if channel != RUNS_CHANNEL => continue,
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    async fn claim_all(&self, freed: &Arc<Notify>) {
+        if !self.state.lxd_up() {
+            return;
+        }
+        match self.store.is_draining(&self.node).await {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the node's state");
+                return;
+            }
+        }
+        loop {
+            match self.store.claim(&self.node, self.max_runs).await {
+                Ok(Some(run)) => {
+                    let executor = self.executor.clone();
+                    let freed = freed.clone();
+                    tokio::spawn(async move {
+                        executor.execute(run).await;
+                        freed.notify_one();
+                    });
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming a run failed");
+                    return;
+                }
+            }
+        }
+    }
+}

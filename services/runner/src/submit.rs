@@ -1,0 +1,260 @@
+//! SubmitRun: validates a run against its pipeline and queues it.
+//!
+//! The configuration is parsed, completed with the form's defaults, and validated against the
+//! form (JSON Schema 2020-12), with the legacy placeholder enums (`x-pirus-enum`) resolved:
+//! `input_files` to the run's sanitised input names, `databases` to the node's reference
+//! databases. A problem is INVALID_ARGUMENT naming the field (`config_json.threads: ...`).
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::{
+    domain::{Error, NewRun, Result, Run},
+    inputs::input_names,
+    store::{RunInsert, Store},
+};
+
+/// Queues a run, or answers the run an earlier submission with the same `request_id` queued.
+pub async fn submit(store: &Store, databases_dir: Option<&Path>, new: NewRun) -> Result<Run> {
+    if let Some(request_id) = &new.request_id
+        && let Some(run) = store.run_by_request_id(request_id).await?
+    {
+        return Ok(run);
+    }
+    let pipeline = store
+        .pipeline(new.pipeline_id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("pipeline {}", new.pipeline_id)))?;
+    if pipeline.status != "ready" {
+        return Err(Error::FailedPrecondition(format!(
+            "pipeline {} is not ready (it is {})",
+            pipeline.id, pipeline.status
+        )));
+    }
+
+    let files = store.input_files(&new.input_file_ids).await?;
+    let mut names = Vec::new();
+    for (i, id) in new.input_file_ids.iter().enumerate() {
+        let file = files.iter().find(|f| f.id == *id).ok_or_else(|| {
+            Error::invalid(
+                &format!("input_file_ids[{i}]"),
+                format!("file {id} not found"),
+            )
+        })?;
+        if file.status == "error" {
+            return Err(Error::invalid(
+                &format!("input_file_ids[{i}]"),
+                format!("file {id} failed its upload"),
+            ));
+        }
+        names.push(file.name.clone());
+    }
+    let names = input_names(&names);
+
+    let databases = databases_dir.map(list_databases).unwrap_or_default();
+    let form = pipeline
+        .form
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+    let config = validate_config(&new.config_json, &form, &names, &databases)?;
+
+    let manifest = pipeline.manifest.clone().unwrap_or_default();
+    let name = if new.name.trim().is_empty() {
+        format!("{} {}", pipeline.name, pipeline.version)
+    } else if new.name.len() > 256 || new.name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "name",
+            "must be at most 256 characters, without control characters",
+        ));
+    } else {
+        new.name.trim().to_owned()
+    };
+    let resources = &manifest["resources"];
+    let insert = RunInsert {
+        id: Uuid::now_v7(),
+        name,
+        config,
+        input_file_ids: new.input_file_ids,
+        priority: new.priority,
+        request_id: new.request_id,
+        cpu: new
+            .cpu
+            .map(|c| c as i32)
+            .or(resources["cpu"].as_i64().map(|c| c as i32)),
+        memory: new
+            .memory_bytes
+            .map(|m| m as i64)
+            .or(resources["memory_bytes"].as_i64()),
+        timeout_seconds: new
+            .timeout_seconds
+            .map(|t| t as i64)
+            .or(manifest["timeout_seconds"].as_i64()),
+        max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
+        pipeline,
+    };
+    store.insert_run(insert).await
+}
+
+fn list_databases(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Parses `config_json`, applies the form's defaults, resolves dynamic enums, and validates.
+pub fn validate_config(
+    config_json: &str,
+    form: &Value,
+    input_names: &[String],
+    databases: &[String],
+) -> Result<Value> {
+    let mut config: Value = if config_json.trim().is_empty() {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_str(config_json)
+            .map_err(|e| Error::invalid("config_json", format!("is not valid JSON: {e}")))?
+    };
+    if !config.is_object() {
+        return Err(Error::invalid("config_json", "must be a JSON object"));
+    }
+    let mut form = form.clone();
+    resolve_enums(&mut form, input_names, databases);
+    apply_defaults(&form, &mut config);
+
+    let validator = jsonschema::draft202012::new(&form)
+        .map_err(|e| Error::internal(format!("the pipeline's form does not compile: {e}")))?;
+    let problems: Vec<String> = validator
+        .iter_errors(&config)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            let field = if path.is_empty() {
+                "config_json".to_owned()
+            } else {
+                format!("config_json{}", path.replace('/', "."))
+            };
+            format!("{field}: {e}")
+        })
+        .collect();
+    if let Some((first, rest)) = problems.split_first() {
+        let (field, message) = first.split_once(": ").unwrap_or(("config_json", first));
+        let mut message = message.to_owned();
+        for other in rest {
+            message.push_str("; ");
+            message.push_str(other);
+        }
+        return Err(Error::invalid(field, message));
+    }
+    Ok(config)
+}
+
+/// Replaces `x-pirus-enum` markers by real enums.
+fn resolve_enums(schema: &mut Value, input_names: &[String], databases: &[String]) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(source) = map.remove("x-pirus-enum") {
+                let values = match source.as_str() {
+                    Some("input_files") => input_names,
+                    _ => databases,
+                };
+                map.insert(
+                    "enum".to_owned(),
+                    values.iter().cloned().map(Value::String).collect(),
+                );
+            }
+            map.values_mut()
+                .for_each(|v| resolve_enums(v, input_names, databases));
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| resolve_enums(v, input_names, databases)),
+        _ => {}
+    }
+}
+
+/// Fills absent properties with their `default`, recursively into objects.
+fn apply_defaults(schema: &Value, value: &mut Value) {
+    let (Some(properties), Some(object)) =
+        (schema["properties"].as_object(), value.as_object_mut())
+    else {
+        return;
+    };
+    for (name, property) in properties {
+        match object.get_mut(name) {
+            Some(child) => apply_defaults(property, child),
+            None => {
+                if let Some(default) = property.get("default") {
+                    object.insert(name.clone(), default.clone());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn form() -> Value {
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["threads"],
+            "properties": {
+                "threads": {"type": "integer", "minimum": 1, "maximum": 64, "default": 2},
+                "mode": {"type": "string", "enum": ["fast", "slow"], "default": "fast"},
+                "input": {"x-pirus-enum": "input_files"},
+                "reference": {"x-pirus-enum": "databases"}
+            }
+        })
+    }
+
+    fn check(config: &str) -> Result<Value> {
+        validate_config(config, &form(), &["reads.fq".into()], &["hg38".into()])
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        assert_eq!(check("{}").unwrap(), json!({"threads": 2, "mode": "fast"}));
+        assert_eq!(check("").unwrap(), json!({"threads": 2, "mode": "fast"}));
+        assert_eq!(check(r#"{"threads": 8}"#).unwrap()["threads"], 8);
+    }
+
+    #[test]
+    fn every_kind_of_bad_config_names_its_field() {
+        let cases = [
+            (r#"{"threads": "many"}"#, "config_json.threads"),
+            (r#"{"threads": 0}"#, "config_json.threads"),
+            (r#"{"threads": 65}"#, "config_json.threads"),
+            (r#"{"mode": "medium"}"#, "config_json.mode"),
+            (r#"{"colour": "red"}"#, "config_json"),
+            (r#"{"input": "other.fq"}"#, "config_json.input"),
+            (r#"{"reference": "mm10"}"#, "config_json.reference"),
+            ("{threads: 2", "config_json"),
+            ("[1, 2]", "config_json"),
+        ];
+        for (config, field) in cases {
+            match check(config) {
+                Err(Error::InvalidArgument { field: f, message }) => {
+                    assert_eq!(f, field, "{config}: {message}");
+                    if config.contains("colour") {
+                        assert!(message.contains("colour"), "{message}");
+                    }
+                }
+                other => panic!("{config} gave {other:?}"),
+            }
+        }
+        assert!(check(r#"{"input": "reads.fq", "reference": "hg38"}"#).is_ok());
+    }
+}

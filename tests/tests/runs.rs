@@ -1,0 +1,559 @@
+//! Runs, end to end, against real PostgreSQL and LXD and the real catalogue: a busybox pipeline
+//! built here is installed, runs are submitted and executed in unprivileged containers, their
+//! events, logs and outputs checked, and nothing is left behind.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use pirus_proto::{
+    catalogue::v1::{self as cat, catalogue_service_client::CatalogueServiceClient},
+    runner::v1::{self as run, runner_service_client::RunnerServiceClient},
+};
+use pirus_tests::{
+    Kind, Launch, Process, TestDb,
+    packages::{self, Format, Item},
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, transport::Channel};
+
+const SCRIPT: &str = r#"#!/bin/sh
+echo "starting run $PIRUS_RUN_ID"
+echo "a warning" >&2
+code=$(sed -n 's/.*"exit_code": *\([0-9]*\).*/\1/p' "$PIRUS_CONFIG_FILE")
+pause=$(sed -n 's/.*"sleep": *\([0-9]*\).*/\1/p' "$PIRUS_CONFIG_FILE")
+mkdir -p "$PIRUS_OUTPUTS/sub"
+wc -l < "$PIRUS_INPUTS/reads.txt" > "$PIRUS_OUTPUTS/count.txt"
+sed 's/^/> /' "$PIRUS_INPUTS/reads.txt" > "$PIRUS_OUTPUTS/sub/lines.txt"
+ln -s /etc/shadow "$PIRUS_OUTPUTS/escape"
+for i in 1 2 3 4; do
+  echo "{\"min\": 0, \"max\": 4, \"value\": $i, \"label\": \"$i / 4\"}" > "$PIRUS_PROGRESS_FILE"
+  sleep 0.3
+done
+sleep "${pause:-0}"
+echo "done"
+exit "${code:-0}"
+"#;
+
+const FORM: &str = r#"{
+  "type": "object",
+  "properties": {
+    "exit_code": {"type": "integer", "minimum": 0, "maximum": 255, "default": 0},
+    "sleep": {"type": "integer", "minimum": 0, "maximum": 600, "default": 0},
+    "input": {"type": "string", "enum": "__PIRUS_INPUT_FILES__"}
+  }
+}"#;
+
+struct Stack {
+    _db: TestDb,
+    _catalogue: Process,
+    _runner: Process,
+    node: String,
+    cat: CatalogueServiceClient<Channel>,
+    run: RunnerServiceClient<Channel>,
+    work_dir: std::path::PathBuf,
+}
+
+async fn stack(max_runs: u32) -> Result<Stack> {
+    let db = TestDb::create().await?;
+    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
+    let node = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let work_dir = pirus_tests::tempdir()?;
+    let runner = Launch::new(Kind::Runner, &db.url)
+        .args(["--node-name", &node, "--max-runs", &max_runs.to_string()])
+        .args(["--work-dir", work_dir.to_str().unwrap()])
+        .args([
+            "--catalogue-addr",
+            &format!("http://{}", catalogue.addrs().grpc),
+        ])
+        .start()
+        .await?;
+    Ok(Stack {
+        cat: CatalogueServiceClient::new(catalogue.channel().await?),
+        run: RunnerServiceClient::new(runner.channel().await?),
+        _db: db,
+        _catalogue: catalogue,
+        _runner: runner,
+        node,
+        work_dir,
+    })
+}
+
+impl Stack {
+    async fn upload(&mut self, name: &str, data: &[u8]) -> Result<String> {
+        let file = self
+            .cat
+            .create_file(cat::CreateFileRequest {
+                filename: name.into(),
+                size: data.len() as i64,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        if !data.is_empty() {
+            let message = cat::WriteUploadRequest {
+                upload_id: file.id.clone(),
+                offset: 0,
+                data: data.to_vec().into(),
+            };
+            self.cat.write_upload(tokio_stream::iter([message])).await?;
+        }
+        Ok(file.id)
+    }
+
+    /// Installs the test pipeline; answers its id.
+    async fn pipeline(&mut self) -> Result<String> {
+        let manifest = r#"{"pirus_api": "2", "name": "wc", "version": "1.0.0", "image": "image.tar.gz",
+            "run": "/pipeline/run.sh", "form": "form.json", "resources": {"cpu": 1, "memory": "256MiB"}}"#;
+        let entries = packages::image_entries(
+            packages::metadata_yaml(""),
+            &[(
+                "rootfs/pipeline/run.sh",
+                Item::Exec(SCRIPT.as_bytes().to_vec()),
+            )],
+        )?;
+        let refs: Vec<(&str, Item)> = entries
+            .iter()
+            .map(|(n, i)| (n.as_str(), i.clone()))
+            .collect();
+        let image = packages::archive(Format::TarGz, &refs)?;
+        let package = packages::archive(
+            Format::TarGz,
+            &[
+                ("manifest.json", Item::File(manifest.as_bytes().to_vec())),
+                ("image.tar.gz", Item::File(image)),
+                ("form.json", Item::File(FORM.as_bytes().to_vec())),
+            ],
+        )?;
+        let file = self.upload("wc.tar.gz", &package).await?;
+        let p = self
+            .cat
+            .install_pipeline(cat::InstallPipelineRequest { file_id: file })
+            .await?
+            .into_inner();
+        for _ in 0..300 {
+            let p = self
+                .cat
+                .get_pipeline(cat::GetPipelineRequest { id: p.id.clone() })
+                .await?
+                .into_inner();
+            match cat::PipelineStatus::try_from(p.status)? {
+                cat::PipelineStatus::Ready => return Ok(p.id),
+                cat::PipelineStatus::Error => bail!("install failed: {}", p.error_message),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        bail!("install did not end")
+    }
+
+    async fn submit(&mut self, request: run::SubmitRunRequest) -> Result<run::Run, tonic::Status> {
+        self.run.submit_run(request).await.map(|r| r.into_inner())
+    }
+
+    /// Every event of a run from `after`, until its terminal one.
+    async fn watch(&mut self, id: &str, after: i64) -> Result<Vec<run::RunEvent>> {
+        let mut stream = self
+            .run
+            .watch_run(run::WatchRunRequest {
+                run_id: id.into(),
+                after_seq: after,
+            })
+            .await?
+            .into_inner();
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while let Some(event) = tokio::time::timeout_at(deadline, stream.next()).await? {
+            events.push(event?);
+        }
+        Ok(events)
+    }
+
+    async fn read(&mut self, file: &str) -> Result<Vec<u8>> {
+        let mut stream = self
+            .cat
+            .read_file(cat::ReadFileRequest {
+                file_id: file.into(),
+                offset: 0,
+                limit: 0,
+            })
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?.data);
+        }
+        Ok(out)
+    }
+
+    /// No container of this node is left in LXD, and no run folder on disk.
+    fn assert_clean(&self) -> Result<()> {
+        let output = std::process::Command::new("lxc")
+            .args([
+                "list",
+                &format!("user.pirus.node={}", self.node),
+                "--format",
+                "csv",
+                "-c",
+                "n",
+            ])
+            .output()?;
+        let left = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        assert!(left.is_empty(), "containers left behind: {left}");
+        let runs = self.work_dir.join("runs");
+        let folders = std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(folders, 0, "run folders left in {}", runs.display());
+        Ok(())
+    }
+}
+
+fn status(value: i32) -> run::RunStatus {
+    run::RunStatus::try_from(value).unwrap()
+}
+
+/// The distinct statuses of a run's events, in order.
+fn statuses(events: &[run::RunEvent]) -> Vec<run::RunStatus> {
+    let mut out: Vec<run::RunStatus> = Vec::new();
+    for e in events {
+        if out.last() != Some(&status(e.status)) {
+            out.push(status(e.status));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_run_executes_in_lxd_with_inputs_outputs_logs_and_progress() -> Result<()> {
+    let mut s = stack(2).await?;
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"one\ntwo\nthree\n").await?;
+
+    let submitted = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline.clone(),
+            name: "count".into(),
+            config_json: r#"{"input": "reads.txt"}"#.into(),
+            input_file_ids: vec![input.clone()],
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(status(submitted.status), run::RunStatus::Waiting);
+    let config: serde_json::Value = serde_json::from_str(&submitted.config_json)?;
+    assert_eq!(
+        config,
+        serde_json::json!({"input": "reads.txt", "exit_code": 0, "sleep": 0})
+    );
+    assert_eq!(submitted.pipeline_version, "1.0.0");
+    assert_eq!(
+        submitted.resources.as_ref().map(|r| r.memory_bytes),
+        Some(256 << 20)
+    );
+
+    let events = s.watch(&submitted.id, 0).await?;
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "seq starts at 1 with no gap"
+    );
+    use run::RunStatus::*;
+    assert_eq!(
+        statuses(&events),
+        vec![Waiting, Initializing, Running, Finishing, Done]
+    );
+    let values: Vec<f64> = events
+        .iter()
+        .filter(|e| status(e.status) == Running)
+        .filter_map(|e| e.progress.as_ref().map(|p| p.value))
+        .collect();
+    assert!(values.contains(&1.0), "progress reached 1.0: {values:?}");
+    assert!(
+        values.windows(2).all(|w| w[0] <= w[1]),
+        "progress only grows: {values:?}"
+    );
+
+    let done = s
+        .run
+        .get_run(run::GetRunRequest {
+            id: submitted.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(status(done.status), Done);
+    assert_eq!(done.exit_code, Some(0));
+    assert_eq!(done.node, s.node);
+    assert_eq!(done.attempt, 1);
+    assert_eq!(
+        done.progress.as_ref().map(|p| p.label.as_str()),
+        Some("4 / 4")
+    );
+    assert!(done.ended_at.is_some());
+
+    // Outputs, named by their path, links never collected.
+    assert_eq!(done.output_file_ids.len(), 2, "{done:?}");
+    let mut outputs = Vec::new();
+    for id in &done.output_file_ids {
+        let f = s
+            .cat
+            .get_file(cat::GetFileRequest { id: id.clone() })
+            .await?
+            .into_inner();
+        assert_eq!(cat::FileKind::try_from(f.kind)?, cat::FileKind::Output);
+        assert_eq!(f.source_run_id, submitted.id);
+        outputs.push((f.name.clone(), String::from_utf8(s.read(id).await?)?));
+    }
+    outputs.sort();
+    assert_eq!(
+        outputs,
+        vec![
+            ("count.txt".into(), "3\n".into()),
+            ("sub/lines.txt".into(), "> one\n> two\n> three\n".into())
+        ]
+    );
+
+    // Both logs, in the catalogue and through StreamRunLogs after the end.
+    assert_eq!(done.log_file_ids.len(), 2);
+    let mut logs = s
+        .run
+        .stream_run_logs(run::StreamRunLogsRequest {
+            run_id: done.id.clone(),
+            stream: "stdout".into(),
+            offset: 0,
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    let mut stdout = Vec::new();
+    while let Some(chunk) = logs.next().await {
+        stdout.extend_from_slice(&chunk?.data);
+    }
+    let stdout = String::from_utf8(stdout)?;
+    assert!(
+        stdout.starts_with(&format!("starting run {}", done.id)),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("done\n"), "{stdout}");
+    let mut logs = s
+        .run
+        .stream_run_logs(run::StreamRunLogsRequest {
+            run_id: done.id.clone(),
+            stream: "stderr".into(),
+            offset: 2,
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    let first = logs.next().await.expect("a chunk")?;
+    assert_eq!((first.offset, first.data.as_ref()), (2, &b"warning\n"[..]));
+
+    s.assert_clean()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn failing_and_timed_out_runs_end_in_error() -> Result<()> {
+    let mut s = stack(2).await?;
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let failing = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline.clone(),
+            config_json: r#"{"exit_code": 3}"#.into(),
+            input_file_ids: vec![input.clone()],
+            ..Default::default()
+        })
+        .await?;
+    let slow = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline.clone(),
+            config_json: r#"{"sleep": 120}"#.into(),
+            input_file_ids: vec![input.clone()],
+            timeout: Some(prost_types::Duration {
+                seconds: 4,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await?;
+
+    let events = s.watch(&failing.id, 0).await?;
+    assert_eq!(statuses(&events).last(), Some(&run::RunStatus::Error));
+    assert!(
+        statuses(&events).contains(&run::RunStatus::Finishing),
+        "a run whose command ended passes FINISHING"
+    );
+    let failed = s
+        .run
+        .get_run(run::GetRunRequest {
+            id: failing.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(failed.exit_code, Some(3));
+    assert!(
+        failed.error_message.contains("status 3"),
+        "{}",
+        failed.error_message
+    );
+    assert_eq!(
+        failed.output_file_ids.len(),
+        2,
+        "a failed run's outputs are kept"
+    );
+
+    let events = s.watch(&slow.id, 0).await?;
+    assert_eq!(statuses(&events).last(), Some(&run::RunStatus::Error));
+    let timed_out = s
+        .run
+        .get_run(run::GetRunRequest {
+            id: slow.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        timed_out.error_message.contains("timed out after 4s"),
+        "{}",
+        timed_out.error_message
+    );
+    assert_eq!(timed_out.exit_code, None);
+    assert_eq!(timed_out.log_file_ids.len(), 2, "logs are kept");
+    s.assert_clean()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn submissions_are_validated_and_idempotent() -> Result<()> {
+    let mut s = stack(1).await?;
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let base = run::SubmitRunRequest {
+        pipeline_id: pipeline.clone(),
+        input_file_ids: vec![input.clone()],
+        ..Default::default()
+    };
+    for (config, field) in [
+        (r#"{"exit_code": "zero"}"#, "config_json.exit_code"),
+        (r#"{"exit_code": 300}"#, "config_json.exit_code"),
+        (r#"{"colour": "red"}"#, "config_json"),
+        (r#"{"input": "other.txt"}"#, "config_json.input"),
+        (r#"{"exit_code": "#, "config_json"),
+        ("[]", "config_json"),
+    ] {
+        let status = s
+            .submit(run::SubmitRunRequest {
+                config_json: config.into(),
+                ..base.clone()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{config}");
+        assert!(
+            status.message().starts_with(field),
+            "{config}: {}",
+            status.message()
+        );
+        if config.contains("colour") {
+            assert!(
+                status.message().contains("colour"),
+                "the unexpected field is named: {}",
+                status.message()
+            );
+        }
+    }
+    for (request, code, field) in [
+        (
+            run::SubmitRunRequest {
+                pipeline_id: "nope".into(),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "pipeline_id",
+        ),
+        (
+            run::SubmitRunRequest {
+                pipeline_id: uuid::Uuid::now_v7().to_string(),
+                ..base.clone()
+            },
+            Code::NotFound,
+            "pipeline",
+        ),
+        (
+            run::SubmitRunRequest {
+                input_file_ids: vec![uuid::Uuid::now_v7().to_string()],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "input_file_ids[0]",
+        ),
+        (
+            run::SubmitRunRequest {
+                input_file_ids: vec!["x".into()],
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "input_file_ids[0]",
+        ),
+        (
+            run::SubmitRunRequest {
+                timeout: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "timeout",
+        ),
+    ] {
+        let status = s.submit(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+
+    let once = run::SubmitRunRequest {
+        request_id: "submit-1".into(),
+        ..base.clone()
+    };
+    let a = s.submit(once.clone()).await?;
+    let b = s.submit(once).await?;
+    assert_eq!(a.id, b.id);
+    let list = s
+        .run
+        .list_runs(run::ListRunsRequest {
+            pipeline_id: pipeline.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(list.runs.len(), 1);
+    s.watch(&a.id, 0).await?;
+
+    // Replay from any point gives exactly the events after it.
+    let all = s.watch(&a.id, 0).await?;
+    for after in 0..all.len() as i64 {
+        let tail = s.watch(&a.id, after).await?;
+        assert_eq!(
+            tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            ((after + 1)..=all.len() as i64).collect::<Vec<_>>()
+        );
+    }
+    let nodes = s
+        .run
+        .list_nodes(run::ListNodesRequest {})
+        .await?
+        .into_inner();
+    let node = nodes
+        .nodes
+        .iter()
+        .find(|n| n.name == s.node)
+        .expect("the node is registered");
+    assert_eq!(
+        run::NodeStatus::try_from(node.status)?,
+        run::NodeStatus::Online
+    );
+    assert!(node.lxd_available && !node.lxd_version.is_empty());
+    assert_eq!(node.max_runs, 1);
+    Ok(())
+}
