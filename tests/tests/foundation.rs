@@ -225,9 +225,7 @@ async fn unbuilt_rpcs_answer_unimplemented() -> Result<()> {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(
-        status
-            .message()
-            .contains("SubmitRun is not implemented yet"),
+        status.message().contains("PauseRun is not implemented yet"),
         "{}",
         status.message()
     );
