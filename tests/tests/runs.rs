@@ -209,6 +209,13 @@ fn status(value: i32) -> run::RunStatus {
     run::RunStatus::try_from(value).unwrap()
 }
 
+fn terminal(s: run::RunStatus) -> bool {
+    matches!(
+        s,
+        run::RunStatus::Done | run::RunStatus::Error | run::RunStatus::Canceled
+    )
+}
+
 /// The distinct statuses of a run's events, in order.
 fn statuses(events: &[run::RunEvent]) -> Vec<run::RunStatus> {
     let mut out: Vec<run::RunStatus> = Vec::new();
@@ -555,5 +562,166 @@ async fn submissions_are_validated_and_idempotent() -> Result<()> {
     );
     assert!(node.lxd_available && !node.lxd_version.is_empty());
     assert_eq!(node.max_runs, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_concurrency_cap_holds_under_load() -> Result<()> {
+    let mut s = stack(2).await?;
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let r = s
+            .submit(run::SubmitRunRequest {
+                pipeline_id: pipeline.clone(),
+                name: format!("load {i}"),
+                config_json: r#"{"sleep": 1}"#.into(),
+                input_file_ids: vec![input.clone()],
+                ..Default::default()
+            })
+            .await?;
+        ids.push(r.id);
+    }
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let runs = s
+            .run
+            .list_runs(run::ListRunsRequest {
+                page_size: 100,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .runs;
+        use run::RunStatus::*;
+        let active = runs
+            .iter()
+            .filter(|r| matches!(status(r.status), Initializing | Running | Pause | Finishing))
+            .count();
+        assert!(
+            active <= 2,
+            "{active} runs active at once with --max-runs 2"
+        );
+        most = most.max(active);
+        if runs.iter().all(|r| terminal(status(r.status))) {
+            assert!(runs.iter().all(|r| status(r.status) == Done), "{runs:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "runs did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(most, 2, "the node used both of its slots");
+    s.assert_clean()?;
+    Ok(())
+}
+
+/// The LISTEN connection is killed mid-run: the watch still sees every event once.
+#[tokio::test]
+async fn a_watch_survives_the_loss_of_the_listen_connection() -> Result<()> {
+    let mut s = stack(1).await?;
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let r = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline,
+            config_json: r#"{"sleep": 3}"#.into(),
+            input_file_ids: vec![input],
+            ..Default::default()
+        })
+        .await?;
+    let mut stream = s
+        .run
+        .watch_run(run::WatchRunRequest {
+            run_id: r.id.clone(),
+            after_seq: 0,
+        })
+        .await?
+        .into_inner();
+    let mut events = vec![stream.next().await.expect("first event")?];
+    // Wait until the run is running, then cut every LISTEN connection of the database.
+    while status(events.last().unwrap().status) != run::RunStatus::Running {
+        events.push(stream.next().await.expect("more events")?);
+    }
+    let sql = s._db.client().await?;
+    let killed = sql
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await?;
+    assert!(
+        !killed.is_empty(),
+        "a LISTEN connection was found and terminated"
+    );
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), stream.next()).await? {
+        events.push(event?);
+    }
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    assert_eq!(statuses(&events).last(), Some(&run::RunStatus::Done));
+    Ok(())
+}
+
+/// StreamRunLogs with follow, from the start of a run to its end, gives the whole log once.
+#[tokio::test]
+async fn logs_stream_while_the_run_is_alive_and_after() -> Result<()> {
+    let mut s = stack(1).await?;
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let r = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline,
+            config_json: r#"{"sleep": 2}"#.into(),
+            input_file_ids: vec![input],
+            ..Default::default()
+        })
+        .await?;
+    let mut logs = s
+        .run
+        .stream_run_logs(run::StreamRunLogsRequest {
+            run_id: r.id.clone(),
+            stream: "stdout".into(),
+            offset: 0,
+            follow: true,
+        })
+        .await?
+        .into_inner();
+    let mut followed = Vec::new();
+    let mut saw_alive = false;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), logs.next()).await? {
+        let chunk = chunk?;
+        assert_eq!(chunk.offset as usize, followed.len(), "contiguous offsets");
+        followed.extend_from_slice(&chunk.data);
+        let now = s
+            .run
+            .get_run(run::GetRunRequest { id: r.id.clone() })
+            .await?
+            .into_inner();
+        saw_alive |= !terminal(status(now.status));
+    }
+    assert!(saw_alive, "some of the log arrived while the run was alive");
+    let followed = String::from_utf8(followed)?;
+    assert!(
+        followed.starts_with("starting run") && followed.ends_with("done\n"),
+        "{followed}"
+    );
+    let bad = s
+        .run
+        .stream_run_logs(run::StreamRunLogsRequest {
+            run_id: r.id.clone(),
+            stream: "stdlog".into(),
+            offset: 0,
+            follow: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(bad.message().starts_with("stream"), "{}", bad.message());
     Ok(())
 }
