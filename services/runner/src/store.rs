@@ -457,6 +457,20 @@ impl Store {
         Ok(true)
     }
 
+    /// This node's unfinished runs, with the attempt each holds.
+    pub async fn active_runs(&self, node: &str) -> Result<Vec<(Uuid, i32)>> {
+        let rows = self
+            .db
+            .query_all_raw(stmt(
+                &format!("SELECT id, attempt FROM runs WHERE node = $1 AND status IN {ACTIVE}"),
+                [node.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "attempt")?)))
+            .collect()
+    }
+
     /// Registers (or takes over) this node; a new incarnation tells an older process it lost it.
     pub async fn register_node(
         &self,

@@ -167,6 +167,41 @@ impl Executor {
         tracing::info!(run = %run.id, elapsed = ?started.elapsed(), "run ended");
     }
 
+    /// At start-up, before claiming: this node's containers and run folders are removed, and
+    /// its unfinished runs ended ERROR saying why. Re-adopting them instead is the next step
+    /// (CONTRACT §2.2); until then nothing is left RUNNING with no runner watching it.
+    pub async fn sweep_at_start(&self) -> Result<()> {
+        let inner = &self.inner;
+        for instance in inner.lxd.instances().await.map_err(Error::internal)? {
+            if instance.config.get("user.pirus.node") == Some(&inner.node) {
+                tracing::warn!(container = %instance.name, "removing a container left by an earlier process");
+                inner
+                    .lxd
+                    .remove_instance(&instance.name, LXD_TIMEOUT)
+                    .await
+                    .map_err(Error::internal)?;
+            }
+        }
+        for (run, attempt) in inner.store.active_runs(&inner.node).await? {
+            let reason =
+                "the runner restarted during the run; re-adopting runs is not implemented yet"
+                    .to_owned();
+            let change = Change {
+                status: Some(RunStatus::Error),
+                error_message: Some(reason.clone()),
+                message: reason,
+                ..Default::default()
+            };
+            inner
+                .store
+                .change(run, &inner.node, attempt, change)
+                .await?;
+            tracing::warn!(%run, attempt, "ended a run an earlier process of this node left unfinished");
+        }
+        let _ = tokio::fs::remove_dir_all(inner.work_dir.join("runs")).await;
+        Ok(())
+    }
+
     async fn change(&self, attempt: &Attempt, change: Change) -> Result<bool> {
         self.inner
             .store
@@ -452,7 +487,7 @@ impl Executor {
     }
 
     async fn publish_progress(&self, attempt: &Attempt, p: Progress) -> bool {
-        let message = format!("progress {:.3}", p.value);
+        let message = format!("progress {:.3} {}", p.value, p.label);
         match self
             .change(
                 attempt,
