@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use pirus_server::options::{CommonOptions, parse_duration, parse_size};
+use pirus_server::{
+    options::{CommonOptions, parse_duration, parse_size},
+    process::ServiceConfig,
+};
 
 /// Pirus catalogue: pipeline packages, data files, resumable uploads (tus 1.0 and gRPC).
 #[derive(Parser, Clone, Debug)]
@@ -41,6 +44,16 @@ pub struct Config {
     /// until the next sweep removes it, 404 after.
     #[arg(long, env = "PIRUS_UPLOAD_SWEEP_INTERVAL", value_parser = parse_duration)]
     pub upload_sweep_interval: Option<Duration>,
+}
+
+impl ServiceConfig for Config {
+    fn common(&self) -> &CommonOptions {
+        &self.common
+    }
+
+    fn addresses(&self) -> (SocketAddr, SocketAddr) {
+        (self.grpc_addr, self.http_addr)
+    }
 }
 
 impl Config {

@@ -29,10 +29,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut db_config = pirus_db::DbConfig::new(&config.common.database_url);
-    db_config.max_connections = config.common.database_max_connections;
-    let db = pirus_db::connect(&db_config).await?;
-    pirus_db::migrate(&db).await?;
+    let db = pirus_server::process::database(&config.common).await?;
     let storage = storage::Storage::open(&config.data_dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot prepare the data folder {}: {e}",

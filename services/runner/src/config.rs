@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use pirus_server::options::{CommonOptions, parse_duration};
+use pirus_server::{
+    options::{CommonOptions, parse_duration},
+    process::ServiceConfig,
+};
 
 /// The LXD sockets tried, in order, when `--lxd-socket` is not given.
 pub const DEFAULT_LXD_SOCKETS: &[&str] = &[
@@ -63,6 +66,16 @@ pub struct Config {
     /// Reference databases, mounted read-only into runs.
     #[arg(long, env = "PIRUS_DATABASES_DIR")]
     pub databases_dir: Option<PathBuf>,
+}
+
+impl ServiceConfig for Config {
+    fn common(&self) -> &CommonOptions {
+        &self.common
+    }
+
+    fn addresses(&self) -> (SocketAddr, SocketAddr) {
+        (self.grpc_addr, self.http_addr)
+    }
 }
 
 impl Config {

@@ -138,11 +138,7 @@ pub struct RunFilter {
     pub node: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Page {
-    pub size: u64,
-    pub after: Option<Uuid>,
-}
+pub use pirus_server::paging::Page;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -168,6 +164,15 @@ impl Error {
 
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::Internal(e.to_string())
+    }
+}
+
+impl From<pirus_server::paging::FieldError> for Error {
+    fn from(e: pirus_server::paging::FieldError) -> Self {
+        Self::InvalidArgument {
+            field: e.field,
+            message: e.message,
+        }
     }
 }
 

@@ -270,29 +270,20 @@ impl Store {
     }
 
     pub async fn list_runs(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {
-        let mut conditions = Vec::new();
-        let mut values: Vec<Value> = Vec::new();
-        let mut push = |condition: &str, value: Value| {
-            values.push(value);
-            conditions.push(condition.replace('?', &format!("${}", values.len())));
-        };
+        let mut filter_sql = pirus_db::filter::Where::default();
         if let Some(after) = page.after {
-            push("r.id > ?", after.into());
+            filter_sql.and("r.id > ?", after);
         }
         if let Some(status) = filter.status {
-            push("r.status = ?", status.as_str().into());
+            filter_sql.and("r.status = ?", status.as_str());
         }
         if let Some(pipeline) = filter.pipeline_id {
-            push("r.pipeline_id = ?", pipeline.into());
+            filter_sql.and("r.pipeline_id = ?", pipeline);
         }
         if let Some(node) = &filter.node {
-            push("r.node = ?", node.clone().into());
+            filter_sql.and("r.node = ?", node.clone());
         }
-        let filter_sql = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
+        let (filter_sql, values) = filter_sql.build();
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs r {filter_sql} ORDER BY r.id LIMIT {}",
             page.size

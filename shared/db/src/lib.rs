@@ -4,6 +4,7 @@
 //! This crate knows nothing of gRPC, HTTP or LXD.
 
 pub mod entity;
+pub mod filter;
 pub mod listen;
 mod migrations;
 

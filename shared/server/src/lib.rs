@@ -8,6 +8,8 @@ pub mod health;
 pub mod metrics;
 pub mod ops;
 pub mod options;
+pub mod paging;
+pub mod process;
 pub mod serve;
 pub mod telemetry;
 

@@ -46,6 +46,15 @@ impl Error {
     }
 }
 
+impl From<pirus_server::paging::FieldError> for Error {
+    fn from(e: pirus_server::paging::FieldError) -> Self {
+        Self::InvalidArgument {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
 impl From<sea_orm::DbErr> for Error {
     fn from(e: sea_orm::DbErr) -> Self {
         use sea_orm::{DbErr, RuntimeErr};

@@ -147,12 +147,7 @@ pub struct UploadState {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Keyset paging: at most `size` items after `after`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Page {
-    pub size: u64,
-    pub after: Option<Uuid>,
-}
+pub use pirus_server::paging::Page;
 
 /// Filters of ListFiles.
 #[derive(Clone, Debug, Default)]

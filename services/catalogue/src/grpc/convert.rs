@@ -1,7 +1,6 @@
 //! Conversions between the generated proto types and the domain, in one place. Request fields
 //! that fail to convert are INVALID_ARGUMENT naming the field.
 
-use chrono::{DateTime, Utc};
 use pirus_proto::catalogue::v1 as pb;
 use uuid::Uuid;
 
@@ -10,59 +9,21 @@ use crate::domain::{
     UploadState,
 };
 
-pub const DEFAULT_PAGE_SIZE: u64 = 50;
-pub const MAX_PAGE_SIZE: u64 = 1000;
-
-pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
+pub use pirus_server::paging::{next_page_token, timestamp};
 
 /// A required UUID field.
 pub fn parse_id(field: &str, value: &str) -> Result<Uuid> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| Error::invalid(field, format!("'{value}' is not a UUID")))
+    Ok(pirus_server::paging::parse_id(field, value)?)
 }
 
 /// An optional UUID field (empty means none).
 pub fn parse_optional_id(field: &str, value: &str) -> Result<Option<Uuid>> {
-    if value.is_empty() {
-        Ok(None)
-    } else {
-        parse_id(field, value).map(Some)
-    }
+    Ok(pirus_server::paging::parse_optional_id(field, value)?)
 }
 
-/// Page size and token of a List request. The token is opaque to clients: the last id seen.
+/// Page size and token of a List request.
 pub fn page(page_size: i32, page_token: &str) -> Result<Page> {
-    if page_size < 0 {
-        return Err(Error::invalid("page_size", "must not be negative"));
-    }
-    let size = match page_size as u64 {
-        0 => DEFAULT_PAGE_SIZE,
-        n => n.min(MAX_PAGE_SIZE),
-    };
-    let after = if page_token.is_empty() {
-        None
-    } else {
-        Some(
-            Uuid::try_parse(page_token)
-                .map_err(|_| Error::invalid("page_token", "is not a token this service issued"))?,
-        )
-    };
-    Ok(Page { size, after })
-}
-
-/// The token of the page after `items`, or empty on the last page.
-pub fn next_page_token(page: Page, last: Option<Uuid>, count: usize) -> String {
-    match last {
-        Some(id) if count as u64 == page.size => id.simple().to_string(),
-        _ => String::new(),
-    }
+    Ok(pirus_server::paging::page(page_size, page_token)?)
 }
 
 pub fn file_kind(value: i32) -> Result<Option<FileKind>> {
@@ -206,31 +167,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paging() {
-        assert_eq!(
-            page(0, "").unwrap(),
-            Page {
-                size: 50,
-                after: None
-            }
-        );
-        assert_eq!(page(5000, "").unwrap().size, 1000);
-        assert!(page(-1, "").unwrap_err().to_string().contains("page_size"));
-        assert!(
-            page(10, "garbage")
-                .unwrap_err()
-                .to_string()
-                .contains("page_token")
-        );
-        let id = Uuid::now_v7();
-        let p = page(2, "").unwrap();
-        let token = next_page_token(p, Some(id), 2);
-        assert_eq!(page(2, &token).unwrap().after, Some(id));
-        assert_eq!(next_page_token(p, Some(id), 1), "");
-    }
-
-    #[test]
-    fn ids_name_their_field() {
+    fn field_errors_become_invalid_arguments() {
         assert!(
             parse_id("file_id", "nope")
                 .unwrap_err()
@@ -238,11 +175,10 @@ mod tests {
                 .starts_with("file_id:")
         );
         assert!(
-            parse_id("file_id", "")
+            page(-1, "")
                 .unwrap_err()
                 .to_string()
-                .contains("required")
+                .starts_with("page_size:")
         );
-        assert_eq!(parse_optional_id("source_run_id", "").unwrap(), None);
     }
 }

@@ -269,29 +269,20 @@ impl Store {
 
     /// One page of files in id (creation) order.
     pub async fn list_files(&self, filter: &FileFilter, page: Page) -> Result<Vec<File>> {
-        let mut conditions = Vec::new();
-        let mut values: Vec<Value> = Vec::new();
-        let mut push = |condition: &str, value: Value| {
-            values.push(value);
-            conditions.push(condition.replace('?', &format!("${}", values.len())));
-        };
+        let mut filter_sql = pirus_db::filter::Where::default();
         if let Some(after) = page.after {
-            push("f.id > ?", after.into());
+            filter_sql.and("f.id > ?", after);
         }
         if let Some(status) = filter.status {
-            push("f.status = ?", status.as_str().into());
+            filter_sql.and("f.status = ?", status.as_str());
         }
         if let Some(kind) = filter.kind {
-            push("f.kind = ?", kind.as_str().into());
+            filter_sql.and("f.kind = ?", kind.as_str());
         }
         if let Some(run) = filter.source_run_id {
-            push("f.source_run_id = ?", run.into());
+            filter_sql.and("f.source_run_id = ?", run);
         }
-        let filter_sql = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
+        let (filter_sql, values) = filter_sql.build();
         let sql = format!(
             "SELECT {FILE_COLUMNS} FROM files f LEFT JOIN uploads u ON u.file_id = f.id
              {filter_sql} ORDER BY f.id LIMIT {}",

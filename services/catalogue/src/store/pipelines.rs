@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DbErr, FromQueryResult, SqlErr, TransactionTrait, Value as DbValue,
-};
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, SqlErr, TransactionTrait};
 use uuid::Uuid;
 
 use super::{Store, expiry_deadline, stmt};
@@ -212,26 +210,17 @@ impl Store {
         filter: &PipelineFilter,
         page: Page,
     ) -> Result<Vec<Pipeline>> {
-        let mut conditions = Vec::new();
-        let mut values: Vec<DbValue> = Vec::new();
-        let mut push = |condition: &str, value: DbValue| {
-            values.push(value);
-            conditions.push(condition.replace('?', &format!("${}", values.len())));
-        };
+        let mut filter_sql = pirus_db::filter::Where::default();
         if let Some(after) = page.after {
-            push("p.id > ?", after.into());
+            filter_sql.and("p.id > ?", after);
         }
         if let Some(status) = filter.status {
-            push("p.status = ?", status.as_str().into());
+            filter_sql.and("p.status = ?", status.as_str());
         }
         if let Some(name) = &filter.name {
-            push("p.name = ?", name.clone().into());
+            filter_sql.and("p.name = ?", name.clone());
         }
-        let filter_sql = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
+        let (filter_sql, values) = filter_sql.build();
         let sql = format!(
             "SELECT {PIPELINE_COLUMNS} FROM {PIPELINE_FROM} {filter_sql} ORDER BY p.id LIMIT {}",
             page.size

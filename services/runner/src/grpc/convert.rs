@@ -1,48 +1,18 @@
 //! Conversions between the generated proto types and the runner's domain, in one place.
 
-use chrono::{DateTime, Utc};
 use pirus_proto::runner::v1 as pb;
 use uuid::Uuid;
 
 use crate::domain::{Error, Node, NodeStatus, Page, Progress, Result, Run, RunEvent, RunStatus};
 
-pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
+pub use pirus_server::paging::{next_page_token, timestamp};
 
 pub fn parse_id(field: &str, value: &str) -> Result<Uuid> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| Error::invalid(field, format!("'{value}' is not a UUID")))
+    Ok(pirus_server::paging::parse_id(field, value)?)
 }
 
 pub fn page(page_size: i32, page_token: &str) -> Result<Page> {
-    if page_size < 0 {
-        return Err(Error::invalid("page_size", "must not be negative"));
-    }
-    let size = match page_size as u64 {
-        0 => 50,
-        n => n.min(1000),
-    };
-    let after = match page_token {
-        "" => None,
-        token => Some(
-            Uuid::try_parse(token)
-                .map_err(|_| Error::invalid("page_token", "is not a token this service issued"))?,
-        ),
-    };
-    Ok(Page { size, after })
-}
-
-pub fn next_page_token(page: Page, last: Option<Uuid>, count: usize) -> String {
-    match last {
-        Some(id) if count as u64 == page.size => id.simple().to_string(),
-        _ => String::new(),
-    }
+    Ok(pirus_server::paging::page(page_size, page_token)?)
 }
 
 pub fn status_to_proto(s: RunStatus) -> pb::RunStatus {

@@ -1,0 +1,118 @@
+//! Request helpers both gRPC edges share: ids, keyset paging tokens, timestamps. Problems are
+//! [`FieldError`]s naming the request field; each service turns them into its own error.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// A malformed request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn field_error(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
+pub const MAX_PAGE_SIZE: u64 = 1000;
+
+/// Keyset paging: at most `size` items after `after`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub size: u64,
+    pub after: Option<Uuid>,
+}
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A required UUID field.
+pub fn parse_id(field: &str, value: &str) -> Result<Uuid, FieldError> {
+    if value.is_empty() {
+        return Err(field_error(field, "is required"));
+    }
+    Uuid::parse_str(value).map_err(|_| field_error(field, format!("'{value}' is not a UUID")))
+}
+
+/// An optional UUID field (empty means none).
+pub fn parse_optional_id(field: &str, value: &str) -> Result<Option<Uuid>, FieldError> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        parse_id(field, value).map(Some)
+    }
+}
+
+/// Page size (default 50, at most 1000) and token of a List request. The token is opaque to
+/// clients: the last id of the previous page.
+pub fn page(page_size: i32, page_token: &str) -> Result<Page, FieldError> {
+    if page_size < 0 {
+        return Err(field_error("page_size", "must not be negative"));
+    }
+    let size = match page_size as u64 {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    let after = match page_token {
+        "" => None,
+        token => Some(
+            Uuid::try_parse(token)
+                .map_err(|_| field_error("page_token", "is not a token this service issued"))?,
+        ),
+    };
+    Ok(Page { size, after })
+}
+
+/// The token of the page after one that held `count` items ending with `last`; empty on the
+/// last page.
+pub fn next_page_token(page: Page, last: Option<Uuid>, count: usize) -> String {
+    match last {
+        Some(id) if count as u64 == page.size => id.simple().to_string(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging() {
+        assert_eq!(
+            page(0, "").unwrap(),
+            Page {
+                size: 50,
+                after: None
+            }
+        );
+        assert_eq!(page(5000, "").unwrap().size, 1000);
+        assert_eq!(page(-1, "").unwrap_err().field, "page_size");
+        assert_eq!(page(10, "garbage").unwrap_err().field, "page_token");
+        let id = Uuid::now_v7();
+        let p = page(2, "").unwrap();
+        let token = next_page_token(p, Some(id), 2);
+        assert_eq!(page(2, &token).unwrap().after, Some(id));
+        assert_eq!(next_page_token(p, Some(id), 1), "");
+    }
+
+    #[test]
+    fn ids_name_their_field() {
+        assert_eq!(parse_id("file_id", "nope").unwrap_err().field, "file_id");
+        assert!(
+            parse_id("file_id", "")
+                .unwrap_err()
+                .message
+                .contains("required")
+        );
+        assert_eq!(parse_optional_id("source_run_id", "").unwrap(), None);
+    }
+}

@@ -1,0 +1,62 @@
+//! The process around a service's `run`: options parsed (one-line errors), logging started, a
+//! runtime, the listeners bound, SIGTERM/SIGINT turned into cancellation, and any start-up
+//! failure printed as one line with a non-zero exit.
+
+use std::{future::Future, net::SocketAddr, process::ExitCode};
+
+use clap::Parser;
+use pirus_db::sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Listeners, options::CommonOptions};
+
+/// What a service's options give the process wiring.
+pub trait ServiceConfig: Parser {
+    fn common(&self) -> &CommonOptions;
+    fn addresses(&self) -> (SocketAddr, SocketAddr);
+}
+
+/// `main` of a Pirus binary: everything but the service itself.
+pub fn main<C, F, Fut>(name: &str, run: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, Listeners, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config: C = crate::options::parse();
+    crate::telemetry::init(config.common().log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let (grpc, http) = config.addresses();
+        let listeners = Listeners::bind(grpc, http).await?;
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            on_signal.cancel();
+        });
+        run(config, listeners, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Connects to the database the options name and applies the migrations.
+pub async fn database(common: &CommonOptions) -> anyhow::Result<DatabaseConnection> {
+    let mut db_config = pirus_db::DbConfig::new(&common.database_url);
+    db_config.max_connections = common.database_max_connections;
+    let db = pirus_db::connect(&db_config).await?;
+    pirus_db::migrate(&db).await?;
+    Ok(db)
+}
