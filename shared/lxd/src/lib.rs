@@ -280,6 +280,17 @@ impl Client {
         self.wait(&envelope.operation, timeout).await.map(drop)
     }
 
+    /// The devices a profile gives its instances, by name.
+    pub async fn profile_devices(
+        &self,
+        profile: &str,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        let v = self
+            .json(http::Method::GET, &format!("/1.0/profiles/{profile}"), None)
+            .await?;
+        serde_json::from_value(v["devices"].clone()).map_err(|e| LxdError::Decode(e.to_string()))
+    }
+
     pub async fn instance(&self, name: &str) -> Result<Option<Instance>> {
         match self
             .json(http::Method::GET, &format!("/1.0/instances/{name}"), None)

@@ -20,6 +20,14 @@ async fn a_container_runs_a_detached_command_that_writes_to_a_host_folder() -> R
     let lxd = client();
     let info = lxd.server_info().await?;
     assert!(!info.server_version.is_empty());
+    let devices = lxd.profile_devices("default").await?;
+    assert_eq!(
+        devices
+            .get("root")
+            .and_then(|d| d.get("type"))
+            .map(String::as_str),
+        Some("disk")
+    );
 
     // An image of this run's own (a file makes its fingerprint unique), removed at the end.
     let marker = format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());

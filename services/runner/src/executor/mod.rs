@@ -282,10 +282,22 @@ impl Executor {
                 disk(databases, &layout.databases, true),
             );
         }
-        if layout.network {
-            // The default profile's network, when the host has one; nothing is added here so
-            // that a pipeline without network gets none.
-            tracing::info!(run = %run.id, "the pipeline asks for a network: using the default profile's");
+        if !layout.network {
+            // No network unless the manifest asks: every NIC the profile would bring is masked
+            // by a device of type none under the same name.
+            let profile = inner
+                .lxd
+                .profile_devices("default")
+                .await
+                .map_err(Error::internal)?;
+            for (name, device) in profile {
+                if device.get("type").map(String::as_str) == Some("nic") {
+                    devices.insert(
+                        name,
+                        BTreeMap::from([("type".to_owned(), "none".to_owned())]),
+                    );
+                }
+            }
         }
         let mut config = BTreeMap::from([
             ("user.pirus.run".to_owned(), run.id.to_string()),
