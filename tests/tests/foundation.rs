@@ -211,27 +211,6 @@ async fn operations_port_serves_livez_readyz_and_metrics() -> Result<()> {
     Ok(())
 }
 
-/// RPCs whose issue has not landed are declared and answer UNIMPLEMENTED, saying so.
-#[tokio::test]
-async fn unbuilt_rpcs_answer_unimplemented() -> Result<()> {
-    use pirus_proto::runner::v1 as run;
-    let db = TestDb::create().await?;
-    let runner = runner(&db.url).start().await?;
-    let status = run::runner_service_client::RunnerServiceClient::new(runner.channel().await?)
-        .pause_run(run::PauseRunRequest {
-            id: uuid::Uuid::now_v7().to_string(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(
-        status.message().contains("PauseRun is not implemented yet"),
-        "{}",
-        status.message()
-    );
-    Ok(())
-}
-
 const TABLES: &[&str] = &[
     "blobs",
     "files",

@@ -848,3 +848,137 @@ async fn a_run_waits_for_its_inputs_to_finish_uploading() -> Result<()> {
     assert_eq!(counts, vec!["3\n"], "the run saw the whole input");
     Ok(())
 }
+
+/// Pause, resume, cancel and delete, sent to a runner that does not own the run (it claims
+/// nothing: --max-runs 0); the owner acts on them. A waiting run is canceled at once.
+#[tokio::test]
+async fn control_requests_through_another_runner_reach_the_owner() -> Result<()> {
+    let mut s = stack(1).await?;
+    let other = Launch::new(Kind::Runner, &s._db.url)
+        .args(["--node-name", &format!("{}-b", s.node), "--max-runs", "0"])
+        .args([
+            "--catalogue-addr",
+            &format!("http://{}", s._catalogue.addrs().grpc),
+        ])
+        .start()
+        .await?;
+    let mut b = RunnerServiceClient::new(other.channel().await?);
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let long = run::SubmitRunRequest {
+        pipeline_id: pipeline.clone(),
+        config_json: r#"{"sleep": 120}"#.into(),
+        input_file_ids: vec![input.clone()],
+        ..Default::default()
+    };
+    let r = s.submit(long.clone()).await?;
+    let queued = s.submit(long).await?;
+    let get = |c: &mut RunnerServiceClient<Channel>, id: String| {
+        let mut c = c.clone();
+        async move {
+            c.get_run(run::GetRunRequest { id })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let a = s.run.clone();
+    let wait_for = |want: run::RunStatus, id: String| {
+        let c = a.clone();
+        async move {
+            for _ in 0..600 {
+                let now = get(&mut c.clone(), id.clone()).await?;
+                if status(now.status) == want {
+                    return Ok::<_, anyhow::Error>(now);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            bail!("run {id} never became {want:?}")
+        }
+    };
+    wait_for(run::RunStatus::Running, r.id.clone()).await?;
+
+    // The queued run is canceled at once, by the other runner.
+    let canceled = b
+        .cancel_run(run::CancelRunRequest {
+            id: queued.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(status(canceled.status), run::RunStatus::Canceled);
+    let events = s.watch(&queued.id, 0).await?;
+    assert_eq!(
+        statuses(&events),
+        vec![run::RunStatus::Waiting, run::RunStatus::Canceled]
+    );
+
+    let monitoring = |c: &mut RunnerServiceClient<Channel>, id: String| {
+        let mut c = c.clone();
+        async move {
+            c.get_run_monitoring(run::GetRunMonitoringRequest { id })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    b.pause_run(run::PauseRunRequest { id: r.id.clone() })
+        .await?;
+    wait_for(run::RunStatus::Pause, r.id.clone()).await?;
+    assert_eq!(
+        monitoring(&mut s.run, r.id.clone()).await?.container_status,
+        "Frozen"
+    );
+    b.resume_run(run::ResumeRunRequest { id: r.id.clone() })
+        .await?;
+    wait_for(run::RunStatus::Running, r.id.clone()).await?;
+    let m = monitoring(&mut s.run, r.id.clone()).await?;
+    assert_eq!(m.container_status, "Running");
+    assert!(m.processes >= 2 && m.memory_bytes > 0, "{m:?}");
+    let refused = b
+        .resume_run(run::ResumeRunRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+
+    b.cancel_run(run::CancelRunRequest { id: r.id.clone() })
+        .await?;
+    let ended = wait_for(run::RunStatus::Canceled, r.id.clone()).await?;
+    assert_eq!(ended.log_file_ids.len(), 2, "logs kept");
+    assert!(ended.output_file_ids.is_empty(), "outputs not collected");
+    let events = s.watch(&r.id, 0).await?;
+    use run::RunStatus::*;
+    assert_eq!(
+        statuses(&events),
+        vec![Waiting, Initializing, Running, Pause, Running, Canceled]
+    );
+    for refused in [
+        b.pause_run(run::PauseRunRequest { id: r.id.clone() })
+            .await
+            .unwrap_err(),
+        b.cancel_run(run::CancelRunRequest { id: r.id.clone() })
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    }
+    s.assert_clean()?;
+
+    let deleted = b
+        .delete_run(run::DeleteRunRequest { id: r.id.clone() })
+        .await?
+        .into_inner();
+    assert_eq!(deleted.id, r.id);
+    assert_eq!(
+        get(&mut s.run, r.id.clone()).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    for log in ended.log_file_ids {
+        let gone = s
+            .cat
+            .get_file(cat::GetFileRequest { id: log })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound);
+    }
+    Ok(())
+}

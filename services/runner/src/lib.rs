@@ -65,7 +65,11 @@ pub async fn run(
     let store = store::Store::new(db.clone());
     let notices = pirus_db::listen::spawn_listener(
         config.common.database_url.clone(),
-        vec![store::RUNS_CHANNEL, store::EVENTS_CHANNEL],
+        vec![
+            store::RUNS_CHANNEL,
+            store::EVENTS_CHANNEL,
+            store::CONTROL_CHANNEL,
+        ],
         shutdown.clone(),
     );
     let node_state = node::NodeState::default();
@@ -95,6 +99,7 @@ pub async fn run(
         node_name.clone(),
         work_dir.clone(),
         config.databases_dir.clone(),
+        notices.clone(),
     );
     let scheduler = scheduler::Scheduler {
         store: store.clone(),

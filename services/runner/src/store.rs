@@ -18,6 +18,32 @@ use crate::domain::{
 
 pub const RUNS_CHANNEL: &str = "pirus_runs";
 pub const EVENTS_CHANNEL: &str = "pirus_run_events";
+/// A control request (pause, resume, cancel) for the owning runner; payload: the run id.
+pub const CONTROL_CHANNEL: &str = "pirus_run_control";
+
+/// What a client asked a run to become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Desired {
+    Running,
+    Pause,
+    Canceled,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Pause => "pause",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Running, Self::Pause, Self::Canceled]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+    }
+}
 
 /// Statuses that hold a node's slot.
 const ACTIVE: &str = "('initializing', 'running', 'pause', 'finishing')";
@@ -170,6 +196,8 @@ pub struct Change {
     pub exit_code: Option<i32>,
     pub error_message: Option<String>,
     pub message: String,
+    /// The control request this change fulfils is cleared with it.
+    pub clear_desired: bool,
 }
 
 #[derive(Clone)]
@@ -392,6 +420,7 @@ impl Store {
                         exit_code = coalesce($7, exit_code),
                         error_message = coalesce($8, error_message),
                         ended_at = CASE WHEN $9 THEN now() ELSE ended_at END,
+                        desired_state = CASE WHEN $10 OR $9 THEN NULL ELSE desired_state END,
                         last_seq = last_seq + 1, updated_at = now()
                  WHERE id = $1 AND node = $2 AND attempt = $3
                    AND status NOT IN ('done', 'error', 'canceled')
@@ -406,6 +435,7 @@ impl Store {
                     change.exit_code.into(),
                     change.error_message.clone().into(),
                     terminal.into(),
+                    change.clear_desired.into(),
                 ],
             ))
             .await?;
@@ -446,6 +476,108 @@ impl Store {
         notify(&txn, EVENTS_CHANNEL, &run.to_string()).await?;
         txn.commit().await?;
         Ok(true)
+    }
+
+    /// Records a control request. A WAITING run is canceled at once (no runner holds it); a
+    /// claimed run gets it as desired state for its owner, announced on [`CONTROL_CHANNEL`].
+    /// Impossible transitions are FAILED_PRECONDITION.
+    pub async fn request(&self, id: Uuid, desired: Desired) -> Result<Run> {
+        let run = self.get_run(id).await?;
+        let allowed: &[RunStatus] = match desired {
+            Desired::Pause => &[RunStatus::Running, RunStatus::Pause],
+            Desired::Running => &[RunStatus::Pause, RunStatus::Running],
+            Desired::Canceled => &[
+                RunStatus::Waiting,
+                RunStatus::Initializing,
+                RunStatus::Running,
+                RunStatus::Pause,
+            ],
+        };
+        if !allowed.contains(&run.status) {
+            return Err(Error::FailedPrecondition(format!(
+                "run {id} is {}: it cannot be {}",
+                run.status.as_str(),
+                match desired {
+                    Desired::Pause => "paused",
+                    Desired::Running => "resumed",
+                    Desired::Canceled => "canceled",
+                }
+            )));
+        }
+        let txn = self.db.begin().await?;
+        if desired == Desired::Canceled {
+            let canceled = txn
+                .query_one_raw(stmt(
+                    "UPDATE runs SET status = 'canceled', ended_at = now(), desired_state = NULL,
+                            last_seq = last_seq + 1, updated_at = now()
+                     WHERE id = $1 AND status = 'waiting' RETURNING last_seq",
+                    [id.into()],
+                ))
+                .await?;
+            if let Some(row) = canceled {
+                let seq: i64 = row.try_get("", "last_seq")?;
+                txn.execute_raw(stmt(
+                    "INSERT INTO run_events (run_id, seq, attempt, status, message)
+                     SELECT id, $2, attempt, 'canceled', 'canceled before it started' FROM runs WHERE id = $1",
+                    [id.into(), seq.into()],
+                ))
+                .await?;
+                notify(&txn, EVENTS_CHANNEL, &id.to_string()).await?;
+                txn.commit().await?;
+                return self.get_run(id).await;
+            }
+        }
+        let updated = txn
+            .execute_raw(stmt(
+                "UPDATE runs SET desired_state = $2, updated_at = now()
+                 WHERE id = $1 AND status NOT IN ('done', 'error', 'canceled', 'waiting')",
+                [id.into(), desired.as_str().into()],
+            ))
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "run {id} changed meanwhile; ask again"
+            )));
+        }
+        notify(&txn, CONTROL_CHANNEL, &id.to_string()).await?;
+        txn.commit().await?;
+        self.get_run(id).await
+    }
+
+    /// The control request pending for a run, if any.
+    pub async fn desired(&self, id: Uuid) -> Result<Option<Desired>> {
+        let row = self
+            .db
+            .query_one_raw(stmt(
+                "SELECT desired_state FROM runs WHERE id = $1",
+                [id.into()],
+            ))
+            .await?;
+        let value: Option<String> = row
+            .map(|r| r.try_get("", "desired_state"))
+            .transpose()?
+            .flatten();
+        Ok(value.as_deref().and_then(Desired::parse))
+    }
+
+    /// Removes a finished run (its events and attempts go with it) and answers the ids of its
+    /// output and log files, for the caller to delete in the catalogue.
+    pub async fn delete_run(&self, id: Uuid) -> Result<(Run, Vec<Uuid>)> {
+        let run = self.get_run(id).await?;
+        if !run.status.is_terminal() {
+            return Err(Error::FailedPrecondition(format!(
+                "run {id} is {}: cancel it or wait for it to end before deleting it",
+                run.status.as_str()
+            )));
+        }
+        let files = [run.output_file_ids.clone(), run.log_file_ids.clone()].concat();
+        self.db
+            .execute_raw(stmt(
+                "DELETE FROM runs WHERE id = $1 AND status IN ('done', 'error', 'canceled')",
+                [id.into()],
+            ))
+            .await?;
+        Ok((run, files))
     }
 
     /// This node's unfinished runs, with the attempt each holds.

@@ -126,6 +126,22 @@ impl Catalogue {
         Ok(())
     }
 
+    /// Deletes a file of a deleted run; one already gone is fine.
+    pub async fn delete(&self, file: Uuid) -> Result<()> {
+        match self
+            .client
+            .clone()
+            .delete_file(pb::DeleteFileRequest {
+                id: file.to_string(),
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+            Err(status) => Err(unavailable(status)),
+        }
+    }
+
     /// Registers `path` as an output or log of `run` and uploads what the catalogue lacks.
     pub async fn push(&self, run: Uuid, kind: PushKind, name: &str, path: &Path) -> Result<()> {
         let size = tokio::fs::metadata(path).await?.len();

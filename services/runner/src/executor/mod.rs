@@ -21,9 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use pirus_db::listen::Notice;
 use pirus_lxd::{Action, InstanceSpec};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, broadcast};
 use uuid::Uuid;
 
 pub use catalogue::Catalogue;
@@ -31,7 +32,7 @@ pub use catalogue::Catalogue;
 use crate::{
     domain::{Error, Progress, Result, Run, RunStatus},
     inputs::{CONFIG_FILE, input_names},
-    store::{Change, Store},
+    store::{CONTROL_CHANNEL, Change, Desired, Store},
 };
 
 const LXD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -62,6 +63,8 @@ struct Inner {
     node: String,
     work_dir: PathBuf,
     databases_dir: Option<PathBuf>,
+    /// Notifications, for control requests (pause, resume, cancel) of this node's runs.
+    notices: broadcast::Sender<Notice>,
     /// One import at a time per image fingerprint.
     image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -96,6 +99,8 @@ enum Outcome {
     Exited(i32),
     TimedOut(Duration),
     Failed(String),
+    /// Canceled on request: logs kept, outputs not collected.
+    Canceled,
     /// This node no longer holds the run.
     Lost,
 }
@@ -138,6 +143,7 @@ impl Executor {
         node: String,
         work_dir: PathBuf,
         databases_dir: Option<PathBuf>,
+        notices: broadcast::Sender<Notice>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -147,6 +153,7 @@ impl Executor {
                 node,
                 work_dir,
                 databases_dir,
+                notices,
                 image_locks: Mutex::new(HashMap::new()),
             }),
         }
@@ -159,8 +166,13 @@ impl Executor {
         let started = Instant::now();
         tracing::info!(run = %run.id, attempt = run.attempt, "run claimed");
         let mut progress = progress::Tracker::new(attempt.dir.join("logs/progress.json"), SETTLE);
+        // Subscribed first: a control request that arrives while the run starts is not missed.
+        let mut control = self.inner.notices.subscribe();
         let outcome = match self.prepare_and_start(&run, &attempt).await {
-            Ok(()) => self.monitor(&run, &attempt, &mut progress).await,
+            Ok(()) => {
+                self.monitor(&run, &attempt, &mut progress, &mut control)
+                    .await
+            }
             Err(e) => Outcome::Failed(format!("the run could not start: {e}")),
         };
         self.finish(&run, &attempt, outcome, &mut progress).await;
@@ -456,13 +468,37 @@ impl Executor {
         run: &Run,
         attempt: &Attempt,
         progress: &mut progress::Tracker,
+        control: &mut broadcast::Receiver<Notice>,
     ) -> Outcome {
         let started = Instant::now();
         let timeout = run.timeout_seconds.map(|s| Duration::from_secs(s as u64));
         let exit_path = attempt.dir.join("control/exit_status");
         let mut last_check = Instant::now();
+        let mut paused = false;
+        let id = run.id.to_string();
+        let mut check_control = true;
         loop {
+            if check_control {
+                check_control = false;
+                if let Some(outcome) = self.apply_control(attempt, &mut paused).await {
+                    return outcome;
+                }
+            }
             tokio::time::sleep(POLL).await;
+            loop {
+                match control.try_recv() {
+                    Ok(Notice::Notification { channel, payload })
+                        if channel == CONTROL_CHANNEL && payload == id =>
+                    {
+                        check_control = true;
+                    }
+                    Ok(Notice::Reconnected) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        check_control = true
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
             if let Ok(text) = tokio::fs::read_to_string(&exit_path).await
                 && let Ok(code) = text.trim().parse::<i32>()
             {
@@ -478,9 +514,11 @@ impl Executor {
             {
                 return Outcome::Lost;
             }
-            // Now and then, make sure the container is still there and running.
+            // Now and then, make sure the container is still there and running, and look for
+            // a control request whose notification was missed.
             if last_check.elapsed() > Duration::from_secs(2) {
                 last_check = Instant::now();
+                check_control = true;
                 match self.inner.lxd.state(&attempt.container).await {
                     Ok(s) if s.status == "Running" || s.status == "Frozen" => {}
                     Ok(s) if !exit_path.exists() => {
@@ -494,6 +532,47 @@ impl Executor {
                     }
                     _ => {}
                 }
+            }
+        }
+    }
+
+    /// Drives the container towards the pending control request, and records what happened.
+    async fn apply_control(&self, attempt: &Attempt, paused: &mut bool) -> Option<Outcome> {
+        let desired = match self.inner.store.desired(attempt.run).await {
+            Ok(d) => d?,
+            Err(e) => {
+                tracing::warn!(run = %attempt.run, error = %e, "cannot read the run's desired state");
+                return None;
+            }
+        };
+        let (action, status, message) = match (desired, *paused) {
+            (Desired::Canceled, _) => return Some(Outcome::Canceled),
+            (Desired::Pause, false) => (Action::Freeze, RunStatus::Pause, "paused"),
+            (Desired::Running, true) => (Action::Unfreeze, RunStatus::Running, "resumed"),
+            _ => return None,
+        };
+        if let Err(e) = self
+            .inner
+            .lxd
+            .set_state(&attempt.container, action, LXD_TIMEOUT)
+            .await
+        {
+            tracing::warn!(run = %attempt.run, error = %e, "could not change the container: {message}");
+            return None;
+        }
+        *paused = status == RunStatus::Pause;
+        let change = Change {
+            status: Some(status),
+            message: message.into(),
+            clear_desired: true,
+            ..Default::default()
+        };
+        match self.change(attempt, change).await {
+            Ok(true) => None,
+            Ok(false) => Some(Outcome::Lost),
+            Err(e) => {
+                tracing::warn!(run = %attempt.run, error = %e, "could not record the control request");
+                None
             }
         }
     }
@@ -533,7 +612,10 @@ impl Executor {
             // The progress file is read once more after the command ends.
             self.publish_progress(attempt, p).await;
         }
-        let stop_first = matches!(outcome, Outcome::TimedOut(_) | Outcome::Failed(_));
+        let stop_first = matches!(
+            outcome,
+            Outcome::TimedOut(_) | Outcome::Failed(_) | Outcome::Canceled
+        );
         if stop_first {
             let _ = inner
                 .lxd
@@ -581,6 +663,10 @@ impl Executor {
             Outcome::Failed(reason) => {
                 let _ = self.push_results(run, attempt, false).await;
                 Some((RunStatus::Error, reason))
+            }
+            Outcome::Canceled => {
+                let _ = self.push_results(run, attempt, false).await;
+                Some((RunStatus::Canceled, "canceled on request".to_owned()))
             }
         };
 

@@ -1,5 +1,5 @@
 //! gRPC edge of the runner. Handlers stay thin: convert the request, call one use case,
-//! convert the answer. RPCs whose work has not landed answer UNIMPLEMENTED and say so.
+//! convert the answer.
 
 mod convert;
 
@@ -17,7 +17,7 @@ use convert::{event_to_proto, node_to_proto, parse_id, run_to_proto};
 use crate::{
     domain::{Error, NewRun, RunFilter, RunStatus},
     executor::{Catalogue, container_name},
-    store::{EVENTS_CHANNEL, Store},
+    store::{Desired, EVENTS_CHANNEL, Store},
     submit,
 };
 
@@ -29,12 +29,6 @@ pub struct Runner {
     pub databases_dir: Option<PathBuf>,
     pub catalogue: Catalogue,
     pub lxd: pirus_lxd::Client,
-}
-
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not implemented yet: run control (pause, resume, cancel, delete) is still being built"
-    ))
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -168,30 +162,44 @@ impl RunnerService for Runner {
 
     async fn pause_run(
         &self,
-        _: Request<pb::PauseRunRequest>,
+        request: Request<pb::PauseRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        Err(not_yet("PauseRun"))
+        let id = parse_id("id", &request.into_inner().id)?;
+        Ok(Response::new(run_to_proto(
+            self.store.request(id, Desired::Pause).await?,
+        )))
     }
 
     async fn resume_run(
         &self,
-        _: Request<pb::ResumeRunRequest>,
+        request: Request<pb::ResumeRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        Err(not_yet("ResumeRun"))
+        let id = parse_id("id", &request.into_inner().id)?;
+        Ok(Response::new(run_to_proto(
+            self.store.request(id, Desired::Running).await?,
+        )))
     }
 
     async fn cancel_run(
         &self,
-        _: Request<pb::CancelRunRequest>,
+        request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        Err(not_yet("CancelRun"))
+        let id = parse_id("id", &request.into_inner().id)?;
+        Ok(Response::new(run_to_proto(
+            self.store.request(id, Desired::Canceled).await?,
+        )))
     }
 
     async fn delete_run(
         &self,
-        _: Request<pb::DeleteRunRequest>,
+        request: Request<pb::DeleteRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        Err(not_yet("DeleteRun"))
+        let id = parse_id("id", &request.into_inner().id)?;
+        let (run, files) = self.store.delete_run(id).await?;
+        for file in files {
+            self.catalogue.delete(file).await?;
+        }
+        Ok(Response::new(run_to_proto(run)))
     }
 
     async fn get_run_monitoring(
