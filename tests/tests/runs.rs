@@ -726,17 +726,17 @@ async fn logs_stream_while_the_run_is_alive_and_after() -> Result<()> {
     Ok(())
 }
 
-/// Until runs are re-adopted after a restart, a runner that comes back ends the runs it left
-/// and removes their containers: nothing stays RUNNING unwatched, nothing leaks.
+/// kill -9 of a runner during a run, then a restart under the same node name: the run carries
+/// on (its command is not started again), its logs are complete, and it ends DONE once.
 #[tokio::test]
-async fn a_restarted_runner_leaves_nothing_running_unwatched() -> Result<()> {
+async fn a_run_survives_kill_9_of_its_runner() -> Result<()> {
     let mut s = stack(1).await?;
     let pipeline = s.pipeline().await?;
     let input = s.upload("reads.txt", b"x\n").await?;
     let r = s
         .submit(run::SubmitRunRequest {
             pipeline_id: pipeline,
-            config_json: r#"{"sleep": 60}"#.into(),
+            config_json: r#"{"sleep": 4}"#.into(),
             input_file_ids: vec![input],
             ..Default::default()
         })
@@ -756,6 +756,7 @@ async fn a_restarted_runner_leaves_nothing_running_unwatched() -> Result<()> {
     }
     s._runner.signal("KILL")?;
     let _ = s._runner.wait_exit(Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let runner = Launch::new(Kind::Runner, &s._db.url)
         .args(["--node-name", &s.node, "--max-runs", "1"])
         .args(["--work-dir", s.work_dir.to_str().unwrap()])
@@ -768,17 +769,43 @@ async fn a_restarted_runner_leaves_nothing_running_unwatched() -> Result<()> {
     s.run = RunnerServiceClient::new(runner.channel().await?);
     s._runner = runner;
     let events = s.watch(&r.id, 0).await?;
-    assert_eq!(statuses(&events).last(), Some(&run::RunStatus::Error));
-    let ended = s
+    use run::RunStatus::*;
+    assert_eq!(
+        statuses(&events),
+        vec![Waiting, Initializing, Running, Finishing, Done]
+    );
+    assert_eq!(
+        events.iter().filter(|e| status(e.status) == Done).count(),
+        1,
+        "DONE once"
+    );
+    let done = s
         .run
         .get_run(run::GetRunRequest { id: r.id.clone() })
         .await?
         .into_inner();
-    assert!(
-        ended.error_message.contains("restarted"),
-        "{}",
-        ended.error_message
+    assert_eq!((done.attempt, done.exit_code), (1, Some(0)));
+    let mut logs = s
+        .run
+        .stream_run_logs(run::StreamRunLogsRequest {
+            run_id: r.id.clone(),
+            stream: "stdout".into(),
+            offset: 0,
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    let mut stdout = Vec::new();
+    while let Some(chunk) = logs.next().await {
+        stdout.extend_from_slice(&chunk?.data);
+    }
+    let stdout = String::from_utf8(stdout)?;
+    assert_eq!(
+        stdout.matches("starting run").count(),
+        1,
+        "the command ran once:\n{stdout}"
     );
+    assert!(stdout.ends_with("done\n"), "the log is complete:\n{stdout}");
     s.assert_clean()?;
     Ok(())
 }

@@ -25,14 +25,25 @@ pub struct Scheduler {
 impl Scheduler {
     pub async fn run(self, mut notices: broadcast::Receiver<Notice>, shutdown: CancellationToken) {
         let freed = Arc::new(Notify::new());
-        // Clean up after an earlier process before taking anything new (retried until LXD
-        // and the database answer).
-        while let Err(e) = self.executor.sweep_at_start().await {
-            tracing::warn!(error = %e, "start-up sweep failed; retrying");
+        // Take back what an earlier process of this node left, and clean up the rest, before
+        // claiming anything new (retried until LXD and the database answer).
+        let adopted = loop {
+            match self.executor.adopt_at_start().await {
+                Ok(runs) => break runs,
+                Err(e) => tracing::warn!(error = %e, "start-up reconciliation failed; retrying"),
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
+        };
+        for run in adopted {
+            let executor = self.executor.clone();
+            let freed = freed.clone();
+            tokio::spawn(async move {
+                executor.resume(run).await;
+                freed.notify_one();
+            });
         }
         loop {
             self.claim_all(&freed).await;

@@ -544,6 +544,19 @@ impl Store {
         self.get_run(id).await
     }
 
+    /// Whether `node` still holds `attempt` of `run` (the fencing check).
+    pub async fn holds(&self, run: Uuid, node: &str, attempt: i32) -> Result<bool> {
+        let row = self
+            .db
+            .query_one_raw(stmt(
+                "SELECT 1 AS held FROM runs WHERE id = $1 AND node = $2 AND attempt = $3
+                 AND status NOT IN ('done', 'error', 'canceled')",
+                [run.into(), node.into(), attempt.into()],
+            ))
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// The control request pending for a run, if any.
     pub async fn desired(&self, id: Uuid) -> Result<Option<Desired>> {
         let row = self

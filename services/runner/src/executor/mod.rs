@@ -170,7 +170,7 @@ impl Executor {
         let mut control = self.inner.notices.subscribe();
         let outcome = match self.prepare_and_start(&run, &attempt).await {
             Ok(()) => {
-                self.monitor(&run, &attempt, &mut progress, &mut control)
+                self.monitor(&run, &attempt, &mut progress, &mut control, false)
                     .await
             }
             Err(e) => Outcome::Failed(format!("the run could not start: {e}")),
@@ -179,14 +179,21 @@ impl Executor {
         tracing::info!(run = %run.id, elapsed = ?started.elapsed(), "run ended");
     }
 
-    /// At start-up, before claiming: this node's containers and run folders are removed, and
-    /// its unfinished runs ended ERROR saying why. Re-adopting them instead is the next step
-    /// (CONTRACT §2.2); until then nothing is left RUNNING with no runner watching it.
-    pub async fn sweep_at_start(&self) -> Result<()> {
+    /// At start-up, before claiming: matches this node's containers and run folders with the
+    /// runs it holds. Containers and folders of anything else (finished runs, attempts this
+    /// node no longer holds, unknown runs) are removed; the runs it holds are answered, to be
+    /// resumed with [`Executor::resume`].
+    pub async fn adopt_at_start(&self) -> Result<Vec<Run>> {
         let inner = &self.inner;
+        let held = inner.store.active_runs(&inner.node).await?;
+        let keep: Vec<String> = held
+            .iter()
+            .map(|(run, attempt)| container_name(*run, *attempt))
+            .collect();
         for instance in inner.lxd.instances().await.map_err(Error::internal)? {
-            if instance.config.get("user.pirus.node") == Some(&inner.node) {
-                tracing::warn!(container = %instance.name, "removing a container left by an earlier process");
+            let ours = instance.config.get("user.pirus.node") == Some(&inner.node);
+            if ours && !keep.contains(&instance.name) {
+                tracing::warn!(container = %instance.name, "removing an orphan container");
                 inner
                     .lxd
                     .remove_instance(&instance.name, LXD_TIMEOUT)
@@ -194,24 +201,70 @@ impl Executor {
                     .map_err(Error::internal)?;
             }
         }
-        for (run, attempt) in inner.store.active_runs(&inner.node).await? {
-            let reason =
-                "the runner restarted during the run; re-adopting runs is not implemented yet"
-                    .to_owned();
-            let change = Change {
-                status: Some(RunStatus::Error),
-                error_message: Some(reason.clone()),
-                message: reason,
-                ..Default::default()
-            };
-            inner
-                .store
-                .change(run, &inner.node, attempt, change)
-                .await?;
-            tracing::warn!(%run, attempt, "ended a run an earlier process of this node left unfinished");
+        let folders = inner.work_dir.join("runs");
+        if let Ok(mut entries) = tokio::fs::read_dir(&folders).await {
+            let held_folders: Vec<String> = held
+                .iter()
+                .map(|(run, attempt)| format!("{run}-{attempt}"))
+                .collect();
+            while let Some(entry) = entries.next_entry().await? {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !held_folders.contains(&name) {
+                    tracing::warn!(folder = %name, "removing an orphan run folder");
+                    let _ = tokio::fs::remove_dir_all(entry.path()).await;
+                }
+            }
         }
-        let _ = tokio::fs::remove_dir_all(inner.work_dir.join("runs")).await;
-        Ok(())
+        let mut runs = Vec::new();
+        for (id, _) in held {
+            runs.push(inner.store.get_run(id).await?);
+        }
+        Ok(runs)
+    }
+
+    /// Takes a run this node held before a restart back: a RUNNING or PAUSE run is watched
+    /// again (its command is not started again: the exit status file says when it ended, even
+    /// if that was while the runner was away); an INITIALIZING one is prepared again (its
+    /// half-made container, and anything it started, removed first); a FINISHING one finishes
+    /// again (pushing outputs is idempotent).
+    pub async fn resume(&self, run: Run) {
+        let attempt = Attempt::new(&self.inner.work_dir, &run);
+        tracing::info!(run = %run.id, attempt = run.attempt, status = run.status.as_str(), "re-adopting a run");
+        let mut progress = progress::Tracker::new(attempt.dir.join("logs/progress.json"), SETTLE);
+        progress.assume_published(run.progress.clone());
+        let mut control = self.inner.notices.subscribe();
+        let outcome = match run.status {
+            RunStatus::Initializing => {
+                let _ = self
+                    .inner
+                    .lxd
+                    .remove_instance(&attempt.container, LXD_TIMEOUT)
+                    .await;
+                match self.prepare_and_start(&run, &attempt).await {
+                    Ok(()) => {
+                        self.monitor(&run, &attempt, &mut progress, &mut control, false)
+                            .await
+                    }
+                    Err(e) => Outcome::Failed(format!("the run could not start: {e}")),
+                }
+            }
+            RunStatus::Running | RunStatus::Pause => {
+                match self.inner.lxd.instance(&attempt.container).await {
+                    Ok(Some(_)) => {
+                        let paused = run.status == RunStatus::Pause;
+                        self.monitor(&run, &attempt, &mut progress, &mut control, paused)
+                            .await
+                    }
+                    Ok(None) => Outcome::Failed(
+                        "the container disappeared while its runner was away".into(),
+                    ),
+                    Err(e) => Outcome::Failed(format!("LXD: {e}")),
+                }
+            }
+            RunStatus::Finishing => Outcome::Exited(run.exit_code.unwrap_or(-1)),
+            _ => return,
+        };
+        self.finish(&run, &attempt, outcome, &mut progress).await;
     }
 
     async fn change(&self, attempt: &Attempt, change: Change) -> Result<bool> {
@@ -469,12 +522,17 @@ impl Executor {
         attempt: &Attempt,
         progress: &mut progress::Tracker,
         control: &mut broadcast::Receiver<Notice>,
+        mut paused: bool,
     ) -> Outcome {
-        let started = Instant::now();
+        // The wall clock of the timeout counts from the run's start, across runner restarts.
+        let since_start = run
+            .started_at
+            .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
+            .unwrap_or_default();
+        let started = Instant::now() - since_start;
         let timeout = run.timeout_seconds.map(|s| Duration::from_secs(s as u64));
         let exit_path = attempt.dir.join("control/exit_status");
         let mut last_check = Instant::now();
-        let mut paused = false;
         let id = run.id.to_string();
         let mut check_control = true;
         loop {
@@ -519,6 +577,14 @@ impl Executor {
             if last_check.elapsed() > Duration::from_secs(2) {
                 last_check = Instant::now();
                 check_control = true;
+                if let Ok(false) = self
+                    .inner
+                    .store
+                    .holds(attempt.run, &self.inner.node, attempt.attempt)
+                    .await
+                {
+                    return Outcome::Lost;
+                }
                 match self.inner.lxd.state(&attempt.container).await {
                     Ok(s) if s.status == "Running" || s.status == "Frozen" => {}
                     Ok(s) if !exit_path.exists() => {
@@ -637,7 +703,13 @@ impl Executor {
                     message: message.clone(),
                     ..Default::default()
                 };
-                match self.change(attempt, finishing).await {
+                let already = run.status == RunStatus::Finishing;
+                let finishing = if already {
+                    Ok(true)
+                } else {
+                    self.change(attempt, finishing).await
+                };
+                match finishing {
                     Ok(true) => {
                         let pushed = self.push_results(run, attempt, true).await;
                         Some(match (pushed, code) {

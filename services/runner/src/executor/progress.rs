@@ -58,6 +58,11 @@ impl Tracker {
         parse(&bytes)
     }
 
+    /// The value already published (a re-adopted run's last progress).
+    pub fn assume_published(&mut self, progress: Progress) {
+        self.published = Some(progress);
+    }
+
     /// A value to publish: one that changed and then stayed for the settle time.
     pub async fn poll(&mut self) -> Option<Progress> {
         let now = self.read().await?;
