@@ -1009,3 +1009,148 @@ async fn control_requests_through_another_runner_reach_the_owner() -> Result<()>
     }
     Ok(())
 }
+
+/// A node that is killed and not heard from for its lease: another runner records it OFFLINE,
+/// its run that allows a retry runs again as attempt 2 elsewhere, the one that does not ends
+/// ERROR with the reason. When the lost node comes back, it removes the containers of the
+/// attempts it no longer holds.
+#[tokio::test]
+async fn a_lost_node_s_runs_are_retried_or_ended() -> Result<()> {
+    let db = TestDb::create().await?;
+    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
+    let cat_addr = format!("http://{}", catalogue.addrs().grpc);
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let (a_name, b_name) = (format!("lost-a-{tag}"), format!("lost-b-{tag}"));
+    let a_dir = pirus_tests::tempdir()?;
+    let db_url = db.url.clone();
+    let runner = |name: &str, dir: &std::path::Path, max_runs: &str| {
+        Launch::new(Kind::Runner, &db_url)
+            .args([
+                "--node-name",
+                name,
+                "--max-runs",
+                max_runs,
+                "--node-lease",
+                "3s",
+            ])
+            .args([
+                "--work-dir",
+                dir.to_str().unwrap(),
+                "--catalogue-addr",
+                &cat_addr,
+            ])
+    };
+    let mut a = runner(&a_name, &a_dir, "2").start().await?;
+    let mut s = Stack {
+        cat: CatalogueServiceClient::new(catalogue.channel().await?),
+        run: RunnerServiceClient::new(a.channel().await?),
+        node: a_name.clone(),
+        work_dir: a_dir.clone(),
+        _db: db,
+        _catalogue: catalogue,
+        _runner: runner(&format!("lost-idle-{tag}"), &pirus_tests::tempdir()?, "0")
+            .start()
+            .await?,
+    };
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let submit = |attempts: i32| run::SubmitRunRequest {
+        pipeline_id: pipeline.clone(),
+        config_json: r#"{"sleep": 6}"#.into(),
+        input_file_ids: vec![input.clone()],
+        max_attempts: attempts,
+        ..Default::default()
+    };
+    let retried = s.submit(submit(2)).await?;
+    let ended = s.submit(submit(1)).await?;
+    for id in [&retried.id, &ended.id] {
+        for _ in 0..300 {
+            let r = s
+                .run
+                .get_run(run::GetRunRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            if status(r.status) == run::RunStatus::Running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    a.signal("KILL")?;
+    a.wait_exit(Duration::from_secs(10)).await?;
+    let b = runner(&b_name, &pirus_tests::tempdir()?, "2")
+        .start()
+        .await?;
+    s.run = RunnerServiceClient::new(b.channel().await?);
+
+    let events = s.watch(&retried.id, 0).await?;
+    let done = s
+        .run
+        .get_run(run::GetRunRequest {
+            id: retried.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(status(done.status), run::RunStatus::Done, "{events:?}");
+    assert_eq!((done.attempt, done.node.as_str()), (2, b_name.as_str()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains(&format!("node {a_name} was lost"))),
+        "{events:?}"
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>());
+    s.watch(&ended.id, 0).await?;
+    let failed = s
+        .run
+        .get_run(run::GetRunRequest {
+            id: ended.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(status(failed.status), run::RunStatus::Error);
+    assert!(
+        failed.error_message.contains("was lost"),
+        "{}",
+        failed.error_message
+    );
+    let nodes = s
+        .run
+        .list_nodes(run::ListNodesRequest {})
+        .await?
+        .into_inner()
+        .nodes;
+    let lost = nodes.iter().find(|n| n.name == a_name).expect("node a");
+    assert_eq!(
+        run::NodeStatus::try_from(lost.status)?,
+        run::NodeStatus::Offline
+    );
+
+    // The lost node comes back: the containers of its old attempts go.
+    let a_again = runner(&a_name, &a_dir, "2").start().await?;
+    pirus_tests::eventually(
+        Duration::from_secs(30),
+        "the returning node removes its stale containers",
+        || {
+            let node = a_name.clone();
+            async move {
+                let out = std::process::Command::new("lxc")
+                    .args([
+                        "list",
+                        &format!("user.pirus.node={node}"),
+                        "--format",
+                        "csv",
+                        "-c",
+                        "n",
+                    ])
+                    .output();
+                out.map(|o| o.stdout.is_empty()).unwrap_or(false)
+            }
+        },
+    )
+    .await?;
+    drop(a_again);
+    drop(b);
+    Ok(())
+}

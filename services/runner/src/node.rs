@@ -105,6 +105,15 @@ impl Node {
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
             }
+            // Any runner notices a lost node; the first to lock its row settles its runs.
+            match self.store.expire_nodes().await {
+                Ok(nodes) => {
+                    for node in nodes {
+                        tracing::warn!(%node, "node lost: recorded offline, its runs requeued or ended");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for lost nodes failed; retrying"),
+            }
         }
     }
 }

@@ -544,6 +544,85 @@ impl Store {
         self.get_run(id).await
     }
 
+    /// Records nodes whose lease lapsed OFFLINE and settles their unfinished runs: queued again
+    /// as a new attempt while `attempt < max_attempts`, else ended ERROR with the reason. Each
+    /// lapsed node is handled by whichever runner locks its row first. Answers the nodes handled.
+    pub async fn expire_nodes(&self) -> Result<Vec<String>> {
+        let txn = self.db.begin().await?;
+        let lapsed = txn
+            .query_all_raw(stmt(
+                "SELECT name, lease_seconds FROM nodes
+                 WHERE status <> 'offline' AND heartbeat_at + make_interval(secs => lease_seconds) < now()
+                 FOR UPDATE SKIP LOCKED",
+                [],
+            ))
+            .await?;
+        let mut handled = Vec::new();
+        for row in lapsed {
+            let node: String = row.try_get("", "name")?;
+            let lease: i32 = row.try_get("", "lease_seconds")?;
+            txn.execute_raw(stmt(
+                "UPDATE nodes SET status = 'offline' WHERE name = $1",
+                [node.clone().into()],
+            ))
+            .await?;
+            let runs = txn
+                .query_all_raw(stmt(
+                    &format!(
+                        "SELECT id, attempt, max_attempts FROM runs WHERE node = $1 AND status IN {ACTIVE}
+                         FOR UPDATE"
+                    ),
+                    [node.clone().into()],
+                ))
+                .await?;
+            for run in runs {
+                let id: Uuid = run.try_get("", "id")?;
+                let attempt: i32 = run.try_get("", "attempt")?;
+                let max_attempts: i32 = run.try_get("", "max_attempts")?;
+                let lost = format!("node {node} was lost: not heard from for {lease}s");
+                let (status, message, error) = if attempt < max_attempts {
+                    (
+                        "waiting",
+                        format!("{lost}; queued again for attempt {}", attempt + 1),
+                        String::new(),
+                    )
+                } else {
+                    ("error", lost.clone(), lost.clone())
+                };
+                let seq: i64 = txn
+                    .query_one_raw(stmt(
+                        "UPDATE runs SET status = $2, node = CASE WHEN $2 = 'waiting' THEN NULL ELSE node END,
+                                error_message = $3, desired_state = NULL,
+                                ended_at = CASE WHEN $2 = 'error' THEN now() ELSE ended_at END,
+                                last_seq = last_seq + 1, updated_at = now()
+                         WHERE id = $1 RETURNING last_seq",
+                        [id.into(), status.into(), error.into()],
+                    ))
+                    .await?
+                    .ok_or_else(|| Error::internal("a locked run vanished"))?
+                    .try_get("", "last_seq")?;
+                txn.execute_raw(stmt(
+                    "INSERT INTO run_events (run_id, seq, attempt, status, message) VALUES ($1, $2, $3, $4, $5)",
+                    [id.into(), seq.into(), attempt.into(), status.into(), message.into()],
+                ))
+                .await?;
+                txn.execute_raw(stmt(
+                    "UPDATE run_attempts SET status = 'error', error_message = $3, ended_at = now()
+                     WHERE run_id = $1 AND attempt = $2",
+                    [id.into(), attempt.into(), lost.into()],
+                ))
+                .await?;
+                notify(&txn, EVENTS_CHANNEL, &id.to_string()).await?;
+                if status == "waiting" {
+                    notify(&txn, RUNS_CHANNEL, &id.to_string()).await?;
+                }
+            }
+            handled.push(node);
+        }
+        txn.commit().await?;
+        Ok(handled)
+    }
+
     /// Whether `node` still holds `attempt` of `run` (the fencing check).
     pub async fn holds(&self, run: Uuid, node: &str, attempt: i32) -> Result<bool> {
         let row = self
