@@ -1154,3 +1154,168 @@ async fn a_lost_node_s_runs_are_retried_or_ended() -> Result<()> {
     drop(b);
     Ok(())
 }
+
+/// Two runners race for two dozen runs: every run is executed once, by one of them, in one
+/// attempt; both take part.
+#[tokio::test]
+async fn runners_racing_for_runs_execute_each_once() -> Result<()> {
+    let mut s = stack(3).await?;
+    let second = Launch::new(Kind::Runner, &s._db.url)
+        .args(["--node-name", &format!("{}-2", s.node), "--max-runs", "3"])
+        .args([
+            "--catalogue-addr",
+            &format!("http://{}", s._catalogue.addrs().grpc),
+        ])
+        .start()
+        .await?;
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let request = run::SubmitRunRequest {
+            pipeline_id: pipeline.clone(),
+            name: format!("race {i}"),
+            input_file_ids: vec![input.clone()],
+            ..Default::default()
+        };
+        // Submitted through both runners.
+        let r = if i % 2 == 0 {
+            s.submit(request).await?
+        } else {
+            RunnerServiceClient::new(second.channel().await?)
+                .submit_run(request)
+                .await?
+                .into_inner()
+        };
+        ids.push(r.id);
+    }
+    let mut nodes = std::collections::BTreeSet::new();
+    for id in &ids {
+        let events = s.watch(id, 0).await?;
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| status(e.status) == run::RunStatus::Running
+                    && e.message == "command started")
+                .count(),
+            1
+        );
+        let r = s
+            .run
+            .get_run(run::GetRunRequest { id: id.clone() })
+            .await?
+            .into_inner();
+        assert_eq!(
+            (status(r.status), r.attempt),
+            (run::RunStatus::Done, 1),
+            "{r:?}"
+        );
+        nodes.insert(r.node);
+    }
+    let attempts: i64 = s
+        ._db
+        .client()
+        .await?
+        .query_one("SELECT count(*) FROM run_attempts", &[])
+        .await?
+        .get(0);
+    assert_eq!(attempts, 24, "one attempt per run");
+    assert_eq!(nodes.len(), 2, "both runners took runs: {nodes:?}");
+    s.assert_clean()?;
+    Ok(())
+}
+
+/// A drained node takes no new runs and finishes its own; undrained, it takes runs again.
+#[tokio::test]
+async fn a_drained_node_takes_no_new_runs() -> Result<()> {
+    let mut s = stack(2).await?;
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let request = |sleep: u32| run::SubmitRunRequest {
+        pipeline_id: pipeline.clone(),
+        config_json: format!(r#"{{"sleep": {sleep}}}"#),
+        input_file_ids: vec![input.clone()],
+        ..Default::default()
+    };
+    let own = s.submit(request(2)).await?;
+    for _ in 0..300 {
+        let r = s
+            .run
+            .get_run(run::GetRunRequest { id: own.id.clone() })
+            .await?
+            .into_inner();
+        if status(r.status) == run::RunStatus::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let node = s
+        .run
+        .drain_node(run::DrainNodeRequest {
+            name: s.node.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        run::NodeStatus::try_from(node.status)?,
+        run::NodeStatus::Draining
+    );
+    let later = s.submit(request(0)).await?;
+    s.watch(&own.id, 0).await?;
+    assert_eq!(
+        status(
+            s.run
+                .get_run(run::GetRunRequest { id: own.id.clone() })
+                .await?
+                .into_inner()
+                .status
+        ),
+        run::RunStatus::Done
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = s
+        .run
+        .get_run(run::GetRunRequest {
+            id: later.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        status(waiting.status),
+        run::RunStatus::Waiting,
+        "a draining node takes no new run"
+    );
+    let node = s
+        .run
+        .undrain_node(run::UndrainNodeRequest {
+            name: s.node.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        run::NodeStatus::try_from(node.status)?,
+        run::NodeStatus::Online
+    );
+    s.watch(&later.id, 0).await?;
+    assert_eq!(
+        status(
+            s.run
+                .get_run(run::GetRunRequest {
+                    id: later.id.clone()
+                })
+                .await?
+                .into_inner()
+                .status
+        ),
+        run::RunStatus::Done
+    );
+    let missing = s
+        .run
+        .drain_node(run::DrainNodeRequest {
+            name: "no-such-node".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    Ok(())
+}
