@@ -730,6 +730,16 @@ async fn logs_stream_while_the_run_is_alive_and_after() -> Result<()> {
 /// on (its command is not started again), its logs are complete, and it ends DONE once.
 #[tokio::test]
 async fn a_run_survives_kill_9_of_its_runner() -> Result<()> {
+    survives_runner_restart("KILL").await
+}
+
+/// A runner stopped gracefully leaves its containers running and re-adopts them.
+#[tokio::test]
+async fn a_run_survives_a_graceful_restart_of_its_runner() -> Result<()> {
+    survives_runner_restart("TERM").await
+}
+
+async fn survives_runner_restart(signal: &str) -> Result<()> {
     let mut s = stack(1).await?;
     let pipeline = s.pipeline().await?;
     let input = s.upload("reads.txt", b"x\n").await?;
@@ -754,8 +764,22 @@ async fn a_run_survives_kill_9_of_its_runner() -> Result<()> {
             break;
         }
     }
-    s._runner.signal("KILL")?;
+    s._runner.signal(signal)?;
     let _ = s._runner.wait_exit(Duration::from_secs(10)).await?;
+    let node_containers = std::process::Command::new("lxc")
+        .args([
+            "list",
+            &format!("user.pirus.node={}", s.node),
+            "--format",
+            "csv",
+            "-c",
+            "n",
+        ])
+        .output()?;
+    assert!(
+        !node_containers.stdout.is_empty(),
+        "the container outlives its runner"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let runner = Launch::new(Kind::Runner, &s._db.url)
         .args(["--node-name", &s.node, "--max-runs", "1"])
@@ -953,6 +977,9 @@ async fn control_requests_through_another_runner_reach_the_owner() -> Result<()>
         monitoring(&mut s.run, r.id.clone()).await?.container_status,
         "Frozen"
     );
+    // Asked of the runner that does not own the run: forwarded to the owner.
+    let forwarded = monitoring(&mut b, r.id.clone()).await?;
+    assert_eq!(forwarded.container_status, "Frozen");
     b.resume_run(run::ResumeRunRequest { id: r.id.clone() })
         .await?;
     wait_for(run::RunStatus::Running, r.id.clone()).await?;
@@ -1317,5 +1344,102 @@ async fn a_drained_node_takes_no_new_runs() -> Result<()> {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
+    Ok(())
+}
+
+/// PostgreSQL restarts in the middle of a run (a private cluster): both services reconnect,
+/// the LISTEN connection too, and the run ends DONE with every event in place.
+#[tokio::test]
+async fn a_postgresql_restart_mid_run_loses_nothing() -> Result<()> {
+    let pg = pirus_tests::pg::PrivatePostgres::start()?;
+    let db = TestDb::create_on(&pg.admin_url()).await?;
+    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
+    let node = format!("pg-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let work_dir = pirus_tests::tempdir()?;
+    let runner = Launch::new(Kind::Runner, &db.url)
+        .args([
+            "--node-name",
+            &node,
+            "--max-runs",
+            "1",
+            "--work-dir",
+            work_dir.to_str().unwrap(),
+        ])
+        .args([
+            "--catalogue-addr",
+            &format!("http://{}", catalogue.addrs().grpc),
+        ])
+        .start()
+        .await?;
+    let mut s = Stack {
+        cat: CatalogueServiceClient::new(catalogue.channel().await?),
+        run: RunnerServiceClient::new(runner.channel().await?),
+        _db: db,
+        _catalogue: catalogue,
+        _runner: runner,
+        node,
+        work_dir,
+    };
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let r = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline,
+            config_json: r#"{"sleep": 5}"#.into(),
+            input_file_ids: vec![input],
+            ..Default::default()
+        })
+        .await?;
+    let mut stream = s
+        .run
+        .watch_run(run::WatchRunRequest {
+            run_id: r.id.clone(),
+            after_seq: 0,
+        })
+        .await?
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(e) = stream.next().await {
+        let e = e?;
+        let running = status(e.status) == run::RunStatus::Running;
+        events.push(e);
+        if running {
+            break;
+        }
+    }
+    pg.stop()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.pg_ctl_start()?;
+    // The watch that was open across the restart carries on to the end.
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(90), stream.next()).await? {
+        events.push(e?);
+    }
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    use run::RunStatus::*;
+    assert_eq!(
+        statuses(&events),
+        vec![Waiting, Initializing, Running, Finishing, Done]
+    );
+    let done = s
+        .run
+        .get_run(run::GetRunRequest { id: r.id.clone() })
+        .await?
+        .into_inner();
+    assert_eq!(done.output_file_ids.len(), 2);
+    // And the services serve new work afterwards.
+    let again = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: done.pipeline_id.clone(),
+            input_file_ids: done.input_file_ids.clone(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(statuses(&s.watch(&again.id, 0).await?).last(), Some(&Done));
+    s.assert_clean()?;
     Ok(())
 }

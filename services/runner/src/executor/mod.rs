@@ -267,11 +267,27 @@ impl Executor {
         self.finish(&run, &attempt, outcome, &mut progress).await;
     }
 
+    /// Records a change of the run. A status change is retried with back-off while the
+    /// database is unreachable (for up to 10 minutes): a run must not be stranded by an
+    /// outage. Progress is not retried; the next value supersedes it.
     async fn change(&self, attempt: &Attempt, change: Change) -> Result<bool> {
-        self.inner
-            .store
-            .change(attempt.run, &self.inner.node, attempt.attempt, change)
-            .await
+        let store = &self.inner.store;
+        let node = &self.inner.node;
+        let mut backoff = Duration::from_millis(200);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let result = store
+                .change(attempt.run, node, attempt.attempt, change.clone())
+                .await;
+            match result {
+                Err(e) if change.status.is_some() && Instant::now() < deadline => {
+                    tracing::warn!(run = %attempt.run, error = %e, "recording a status change failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn prepare_and_start(&self, run: &Run, attempt: &Attempt) -> Result<()> {

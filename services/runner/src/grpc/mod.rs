@@ -215,10 +215,20 @@ impl RunnerService for Runner {
             ))
             .into());
         }
-        if run.node.as_deref() != Some(self.node.as_str()) {
-            return Err(Status::unimplemented(
-                "GetRunMonitoring of a run on another node is not implemented yet: ask its node",
-            ));
+        if let Some(owner) = run.node.as_deref().filter(|owner| *owner != self.node) {
+            // Live figures come from the owner's LXD: ask the owner.
+            let address = self.store.node(owner).await?.address;
+            let endpoint = if address.starts_with("http") {
+                address
+            } else {
+                format!("http://{address}")
+            };
+            let mut client = pb::runner_service_client::RunnerServiceClient::connect(endpoint)
+                .await
+                .map_err(|e| Status::unavailable(format!("node {owner} is unreachable: {e}")))?;
+            return client
+                .get_run_monitoring(pb::GetRunMonitoringRequest { id: id.to_string() })
+                .await;
         }
         let state = self
             .lxd
