@@ -994,6 +994,24 @@ async fn control_requests_through_another_runner_reach_the_owner() -> Result<()>
         .unwrap_err();
     assert_eq!(refused.code(), Code::NotFound);
 
+    // A live log read through the runner that does not own the run: forwarded to the owner.
+    let mut logs = b
+        .stream_run_logs(run::StreamRunLogsRequest {
+            run_id: r.id.clone(),
+            stream: "stdout".into(),
+            offset: 0,
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    let mut live = Vec::new();
+    while let Some(chunk) = logs.next().await {
+        live.extend_from_slice(&chunk?.data);
+    }
+    assert!(
+        String::from_utf8(live)?.starts_with("starting run"),
+        "forwarded live log"
+    );
     b.cancel_run(run::CancelRunRequest { id: r.id.clone() })
         .await?;
     let ended = wait_for(run::RunStatus::Canceled, r.id.clone()).await?;

@@ -53,6 +53,12 @@ impl Scheduler {
                 () = tokio::time::sleep(Duration::from_secs(2)) => {}
                 notice = notices.recv() => match notice {
                     Ok(Notice::Notification { channel, .. }) if channel != RUNS_CHANNEL => continue,
+                    // After a reconnection to the database, orphans are looked for again.
+                    Ok(Notice::Reconnected) => {
+                        if let Err(e) = self.executor.sweep_orphans().await {
+                            tracing::warn!(error = %e, "orphan sweep after a reconnection failed");
+                        }
+                    }
                     _ => {}
                 },
             }

@@ -179,18 +179,27 @@ impl Executor {
         tracing::info!(run = %run.id, elapsed = ?started.elapsed(), "run ended");
     }
 
-    /// At start-up, before claiming: matches this node's containers and run folders with the
-    /// runs it holds. Containers and folders of anything else (finished runs, attempts this
-    /// node no longer holds, unknown runs) are removed; the runs it holds are answered, to be
-    /// resumed with [`Executor::resume`].
-    pub async fn adopt_at_start(&self) -> Result<Vec<Run>> {
+    /// Removes this node's containers and run folders that belong to no run it holds
+    /// (finished runs, attempts it lost, unknown runs); answers the runs it holds. Run at
+    /// start-up and after every reconnection to the database, since LXD's events and
+    /// PostgreSQL's notifications can both be missed.
+    pub async fn sweep_orphans(&self) -> Result<Vec<(Uuid, i32)>> {
         let inner = &self.inner;
+        // Containers and folders first, held runs after: a container exists only once its
+        // run's claim committed, so one created meanwhile is never mistaken for an orphan.
+        let instances = inner.lxd.instances().await.map_err(Error::internal)?;
+        let mut folders = Vec::new();
+        if let Ok(mut entries) = tokio::fs::read_dir(inner.work_dir.join("runs")).await {
+            while let Some(entry) = entries.next_entry().await? {
+                folders.push(entry.path());
+            }
+        }
         let held = inner.store.active_runs(&inner.node).await?;
         let keep: Vec<String> = held
             .iter()
             .map(|(run, attempt)| container_name(*run, *attempt))
             .collect();
-        for instance in inner.lxd.instances().await.map_err(Error::internal)? {
+        for instance in instances {
             let ours = instance.config.get("user.pirus.node") == Some(&inner.node);
             if ours && !keep.contains(&instance.name) {
                 tracing::warn!(container = %instance.name, "removing an orphan container");
@@ -201,23 +210,32 @@ impl Executor {
                     .map_err(Error::internal)?;
             }
         }
-        let folders = inner.work_dir.join("runs");
-        if let Ok(mut entries) = tokio::fs::read_dir(&folders).await {
-            let held_folders: Vec<String> = held
-                .iter()
-                .map(|(run, attempt)| format!("{run}-{attempt}"))
-                .collect();
-            while let Some(entry) = entries.next_entry().await? {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !held_folders.contains(&name) {
-                    tracing::warn!(folder = %name, "removing an orphan run folder");
-                    let _ = tokio::fs::remove_dir_all(entry.path()).await;
-                }
+        let held_folders: Vec<String> = held
+            .iter()
+            .map(|(run, attempt)| format!("{run}-{attempt}"))
+            .collect();
+        for folder in folders {
+            let name = folder
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !held_folders.contains(&name) {
+                tracing::warn!(folder = %name, "removing an orphan run folder");
+                let _ = tokio::fs::remove_dir_all(&folder).await;
             }
         }
+        Ok(held)
+    }
+
+    /// At start-up, before claiming: matches this node's containers and run folders with the
+    /// runs it holds. Containers and folders of anything else (finished runs, attempts this
+    /// node no longer holds, unknown runs) are removed; the runs it holds are answered, to be
+    /// resumed with [`Executor::resume`].
+    pub async fn adopt_at_start(&self) -> Result<Vec<Run>> {
+        let held = self.sweep_orphans().await?;
         let mut runs = Vec::new();
         for (id, _) in held {
-            runs.push(inner.store.get_run(id).await?);
+            runs.push(self.inner.store.get_run(id).await?);
         }
         Ok(runs)
     }
