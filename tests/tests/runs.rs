@@ -1461,3 +1461,132 @@ async fn a_postgresql_restart_mid_run_loses_nothing() -> Result<()> {
     s.assert_clean()?;
     Ok(())
 }
+
+/// The same runner process frozen past its lease (SIGSTOP), its run retried elsewhere, then
+/// thawed (SIGCONT): it reports nothing more on the run it lost and removes its container.
+#[tokio::test]
+async fn a_frozen_runner_that_lost_its_run_stands_down() -> Result<()> {
+    let db = TestDb::create().await?;
+    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
+    let cat_addr = format!("http://{}", catalogue.addrs().grpc);
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let (a_name, b_name) = (format!("frozen-a-{tag}"), format!("frozen-b-{tag}"));
+    let db_url = db.url.clone();
+    let runner = |name: &str, max_runs: &str| {
+        Launch::new(Kind::Runner, &db_url)
+            .args([
+                "--node-name",
+                name,
+                "--max-runs",
+                max_runs,
+                "--node-lease",
+                "3s",
+            ])
+            .args([
+                "--work-dir",
+                pirus_tests::tempdir().unwrap().to_str().unwrap(),
+                "--catalogue-addr",
+                &cat_addr,
+            ])
+    };
+    let a = runner(&a_name, "1").start().await?;
+    let mut s = Stack {
+        cat: CatalogueServiceClient::new(catalogue.channel().await?),
+        run: RunnerServiceClient::new(a.channel().await?),
+        node: a_name.clone(),
+        work_dir: pirus_tests::tempdir()?,
+        _db: db,
+        _catalogue: catalogue,
+        _runner: a,
+    };
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let r = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline,
+            config_json: r#"{"sleep": 8}"#.into(),
+            input_file_ids: vec![input],
+            max_attempts: 2,
+            ..Default::default()
+        })
+        .await?;
+    let mut stream = s
+        .run
+        .watch_run(run::WatchRunRequest {
+            run_id: r.id.clone(),
+            after_seq: 0,
+        })
+        .await?
+        .into_inner();
+    while let Some(e) = stream.next().await {
+        if status(e?.status) == run::RunStatus::Running {
+            break;
+        }
+    }
+    s._runner.signal("STOP")?;
+    let b = runner(&b_name, "1").start().await?;
+    s.run = RunnerServiceClient::new(b.channel().await?);
+    // Wait until B holds attempt 2, then thaw A.
+    pirus_tests::eventually(
+        Duration::from_secs(60),
+        "attempt 2 runs on the other node",
+        || {
+            let mut c = s.run.clone();
+            let id = r.id.clone();
+            let b_name = b_name.clone();
+            async move {
+                c.get_run(run::GetRunRequest { id })
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        r.attempt == 2
+                            && r.node == b_name
+                            && status(r.status) == run::RunStatus::Running
+                    })
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await?;
+    s._runner.signal("CONT")?;
+    let events = s.watch(&r.id, 0).await?;
+    assert_eq!(statuses(&events).last(), Some(&run::RunStatus::Done));
+    let lost = events
+        .iter()
+        .position(|e| e.message.contains("was lost"))
+        .expect("the loss is an event");
+    assert!(
+        events[lost + 1..].iter().all(|e| e.attempt == 2),
+        "the lost attempt reported nothing after it lost the run: {events:?}"
+    );
+    let done = s
+        .run
+        .get_run(run::GetRunRequest { id: r.id.clone() })
+        .await?
+        .into_inner();
+    assert_eq!((done.attempt, done.node.as_str()), (2, b_name.as_str()));
+    pirus_tests::eventually(
+        Duration::from_secs(30),
+        "the thawed runner removes its stale container",
+        || {
+            let node = a_name.clone();
+            async move {
+                std::process::Command::new("lxc")
+                    .args([
+                        "list",
+                        &format!("user.pirus.node={node}"),
+                        "--format",
+                        "csv",
+                        "-c",
+                        "n",
+                    ])
+                    .output()
+                    .map(|o| o.stdout.is_empty())
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await?;
+    drop(b);
+    Ok(())
+}
