@@ -173,7 +173,7 @@ impl Executor {
                 self.monitor(&run, &attempt, &mut progress, &mut control, false)
                     .await
             }
-            Err(e) => Outcome::Failed(format!("the run could not start: {e}")),
+            Err(e) => self.start_failed(run.id, e).await,
         };
         self.finish(&run, &attempt, outcome, &mut progress).await;
         tracing::info!(run = %run.id, elapsed = ?started.elapsed(), "run ended");
@@ -263,7 +263,7 @@ impl Executor {
                         self.monitor(&run, &attempt, &mut progress, &mut control, false)
                             .await
                     }
-                    Err(e) => Outcome::Failed(format!("the run could not start: {e}")),
+                    Err(e) => self.start_failed(run.id, e).await,
                 }
             }
             RunStatus::Running | RunStatus::Pause => {
@@ -465,6 +465,12 @@ impl Executor {
             ("PIRUS_COMMAND".to_owned(), layout.command.clone()),
         ]);
         let command = ["/bin/sh".to_owned(), "/.pirus/run.sh".to_owned()];
+        // Canceled while being prepared: the command never starts.
+        if inner.store.desired(run.id).await? == Some(Desired::Canceled) {
+            return Err(Error::FailedPrecondition(
+                "canceled while being prepared".into(),
+            ));
+        }
         inner
             .lxd
             .exec_detached(&attempt.container, &command, &environment)
@@ -633,6 +639,14 @@ impl Executor {
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// What a failed start means: a cancel that arrived meanwhile, or a failure.
+    async fn start_failed(&self, run: Uuid, e: Error) -> Outcome {
+        match self.inner.store.desired(run).await {
+            Ok(Some(Desired::Canceled)) => Outcome::Canceled,
+            _ => Outcome::Failed(format!("the run could not start: {e}")),
         }
     }
 
