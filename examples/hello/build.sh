@@ -38,8 +38,8 @@ for input in "$PIRUS_INPUTS"/*; do
   name=$(basename "$input")
   [ "$name" = config.json ] && continue
   i=$((i + 1))
-  wc "$input" | awk '{print $1" lines, "$2" words, "$3" bytes"}' > "$PIRUS_OUTPUTS/counts/$name.txt"
-  echo "counted $name: $(cat "$PIRUS_OUTPUTS/counts/$name.txt")"
+  wc "$input" | awk '{print $1" lines, "$2" words, "$3" bytes"}' > "$PIRUS_OUTPUTS/counts/$name"
+  echo "counted $name: $(cat "$PIRUS_OUTPUTS/counts/$name")"
   echo "{\"value\": $i, \"min\": 0, \"max\": $total, \"label\": \"$i / $total files\"}" > "$PIRUS_PROGRESS_FILE"
   sleep 0.2
 done

@@ -1590,3 +1590,70 @@ async fn a_frozen_runner_that_lost_its_run_stands_down() -> Result<()> {
     drop(b);
     Ok(())
 }
+
+/// After a reconnection to the database the runner looks for orphans again: a container of
+/// its node that belongs to no run it holds is removed.
+#[tokio::test]
+async fn orphans_are_swept_after_a_database_reconnection() -> Result<()> {
+    let mut s = stack(1).await?;
+    // Installing the pipeline puts its image in reach; a run imports it into LXD.
+    let pipeline = s.pipeline().await?;
+    let input = s.upload("reads.txt", b"x\n").await?;
+    let r = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline,
+            input_file_ids: vec![input],
+            ..Default::default()
+        })
+        .await?;
+    s.watch(&r.id, 0).await?;
+    let image = s
+        .run
+        .get_run(run::GetRunRequest { id: r.id.clone() })
+        .await?
+        .into_inner()
+        .image_sha256;
+    let orphan = format!(
+        "pirus-orphan-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let status = std::process::Command::new("lxc")
+        .args([
+            "init",
+            &image,
+            &orphan,
+            "-c",
+            &format!("user.pirus.node={}", s.node),
+        ])
+        .output()?;
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    let sql = s._db.client().await?;
+    sql.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        &[],
+    )
+    .await?;
+    pirus_tests::eventually(
+        Duration::from_secs(30),
+        "the orphan is removed after the reconnection",
+        || {
+            let orphan = orphan.clone();
+            async move {
+                std::process::Command::new("lxc")
+                    .args(["info", &orphan])
+                    .output()
+                    .map(|o| !o.status.success())
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await?;
+    s.assert_clean()?;
+    Ok(())
+}
