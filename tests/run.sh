@@ -42,4 +42,7 @@ set -e
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "\nsuite: %d passed, %d failed\n", p, f }' "$log"
+# Folders a failed or killed test left behind, once they are an hour old (a suite running
+# beside this one keeps its own).
+find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'pirus-test-*' -mmin +60 -exec rm -rf {} + 2>/dev/null || true
 exit "$status"

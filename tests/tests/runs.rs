@@ -78,6 +78,12 @@ async fn stack(max_runs: u32) -> Result<Stack> {
     })
 }
 
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
 impl Stack {
     async fn upload(&mut self, name: &str, data: &[u8]) -> Result<String> {
         let file = self
