@@ -1122,6 +1122,63 @@ async fn expired_uploads_answer_410_then_are_removed() -> Result<()> {
     Ok(())
 }
 
+/// A partial file that belongs to no upload (left by a process that died while extracting an
+/// image) is removed once older than the expiry; a live upload's is kept.
+#[tokio::test]
+async fn stray_partial_files_are_removed() -> Result<()> {
+    let db = TestDb::create().await?;
+    let dir = tempdir()?;
+    let data_dir = dir.join("data");
+    let p = catalogue(&db.url)
+        .args([
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--upload-expiry",
+            "2s",
+            "--upload-sweep-interval",
+            "500ms",
+        ])
+        .start()
+        .await?;
+    let http = Http::default();
+    let stray = data_dir
+        .join("uploads")
+        .join(format!("{}.part", uuid::Uuid::now_v7()));
+    std::fs::write(&stray, b"half an image")?;
+    // Older than the expiry, as a file left by a process that died long ago.
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2 days ago"])
+        .arg(&stray)
+        .status()?;
+    assert!(touched.success());
+    let location = create(&http, &p, 10, "live.txt").await?;
+    assert_eq!(http.patch(&location, 0, "01234", &[]).await?.status, 204);
+    let live = data_dir
+        .join("uploads")
+        .join(format!("{}.part", id_of(&location)));
+    // Just as old: only its upload row tells it apart from a stray.
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2 days ago"])
+        .arg(&live)
+        .status()?;
+    assert!(touched.success());
+    eventually(
+        Duration::from_secs(15),
+        "the stray partial file is removed",
+        || {
+            let stray = stray.clone();
+            async move { !stray.exists() }
+        },
+    )
+    .await?;
+    // A live upload's partial file stays.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(live.exists(), "a live upload's bytes are kept");
+    assert_eq!(http.tus("HEAD", &location, &[]).await?.offset(), 5);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_restart_keeps_every_file_and_upload() -> Result<()> {
     let db = TestDb::create().await?;

@@ -102,6 +102,27 @@ impl Storage {
         Ok(total)
     }
 
+    /// Partial files not modified for `age`, by the id in their name.
+    pub fn stale_partials(&self, age: std::time::Duration) -> io::Result<Vec<Uuid>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.root.join("uploads"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".part"))
+                .and_then(|n| Uuid::try_parse(n).ok())
+            else {
+                continue;
+            };
+            let modified = entry.metadata()?.modified()?;
+            if modified.elapsed().is_ok_and(|elapsed| elapsed > age) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn remove_partial(&self, upload: Uuid) -> io::Result<()> {
         remove_if_exists(&self.partial_path(upload))
     }

@@ -563,6 +563,20 @@ impl Store {
             .collect()
     }
 
+    /// Which of `ids` are uploads.
+    pub async fn existing_uploads(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        let rows = self
+            .db
+            .query_all_raw(stmt(
+                "SELECT id FROM uploads WHERE id = ANY($1)",
+                [ids.to_vec().into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("", "id").map_err(Into::into))
+            .collect()
+    }
+
     /// Marks uploads nobody wrote for `idle` as paused.
     pub async fn pause_idle_uploads(&self, idle: Duration) -> Result<u64> {
         let result = self

@@ -5,7 +5,9 @@
 //! - an incomplete upload past its expiry is removed with its file and partial bytes;
 //! - an upload whose bytes are all durable but that was never completed (a crash between the
 //!   last commit and completion) is completed;
-//! - a blob whose last reference went away is removed.
+//! - a blob whose last reference went away is removed;
+//! - a partial file that belongs to no upload (the image of an install a crashed process was
+//!   extracting) is removed once it is older than the upload expiry.
 
 use std::time::Duration;
 
@@ -65,6 +67,19 @@ async fn sweep(uploads: &Uploads) -> Result<(), Error> {
 
     for sha256 in store.unreferenced_blobs(100).await? {
         uploads.collect_blob(&sha256).await;
+    }
+
+    let storage = uploads.inner.storage.clone();
+    let age = uploads.inner.expiry;
+    let stale = tokio::task::spawn_blocking(move || storage.stale_partials(age))
+        .await
+        .map_err(Error::internal)??;
+    if !stale.is_empty() {
+        let known = store.existing_uploads(&stale).await?;
+        for id in stale.into_iter().filter(|id| !known.contains(id)) {
+            tracing::info!(file = %id, "removing a partial file that belongs to no upload");
+            uploads.remove_partial(id).await;
+        }
     }
     Ok(())
 }
