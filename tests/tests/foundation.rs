@@ -524,3 +524,21 @@ async fn a_taken_port_fails_fast() -> Result<()> {
     assert!(stderr.contains("cannot bind gRPC address"), "{stderr}");
     Ok(())
 }
+
+/// Pooled connections end a transaction left idle (a frozen process must not hold its locks
+/// forever); the migration lock's transaction lifts the limit for itself.
+#[tokio::test]
+async fn pooled_connections_do_not_hold_idle_transactions_forever() -> Result<()> {
+    use pirus_db::sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let db = TestDb::create().await?;
+    let pool = pirus_db::connect(&pirus_db::DbConfig::new(&db.url)).await?;
+    let show = "SHOW idle_in_transaction_session_timeout";
+    let row = pool
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, show))
+        .await?
+        .expect("a row");
+    let value: String = row.try_get("", "idle_in_transaction_session_timeout")?;
+    assert_eq!(value, "30s");
+    pirus_db::migrate(&pool).await?;
+    Ok(())
+}

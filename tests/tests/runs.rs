@@ -1533,8 +1533,10 @@ async fn a_frozen_runner_that_lost_its_run_stands_down() -> Result<()> {
     let b = runner(&b_name, "1").start().await?;
     s.run = RunnerServiceClient::new(b.channel().await?);
     // Wait until B holds attempt 2, then thaw A.
+    // Frozen inside a transaction, the runner's locks are freed when PostgreSQL ends it
+    // (idle_in_transaction_session_timeout, 30 s), so allow for that beside the lease.
     pirus_tests::eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         "attempt 2 runs on the other node",
         || {
             let mut c = s.run.clone();

@@ -15,6 +15,9 @@ use sea_orm_migration::MigratorTrait;
 
 pub use sea_orm;
 
+/// How long a pooled connection may sit idle inside a transaction before PostgreSQL ends it.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "30s";
+
 /// Key of the session advisory lock that serialises migrations across processes. Any constant
 /// works as long as nothing else in the database uses it: "pirus" in ASCII.
 const MIGRATION_LOCK_KEY: i64 = 0x0070_6972_7573;
@@ -70,7 +73,16 @@ pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbError> {
         .connect_timeout(config.connect_timeout)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        // A process frozen or cut off inside a transaction (SIGSTOP, a partition) must not
+        // hold its locks forever: a runner mid-claim would keep its node row locked and so
+        // unexpirable. Our transactions are short; PostgreSQL ends one idle this long.
+        .map_sqlx_postgres_opts(|o| {
+            o.options([(
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+            )])
+        });
     let deadline = config.connect_timeout + Duration::from_secs(1);
     let db = tokio::time::timeout(deadline, Database::connect(options))
         .await
@@ -105,6 +117,11 @@ async fn preflight(config: &DbConfig) -> Result<(), DbError> {
 /// migrator runs on others, so the pool needs at least two connections.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbError> {
     let lock = db.begin().await.map_err(DbError::Migrate)?;
+    // This transaction idles while the migrator works on other connections, for as long as
+    // the migrations take.
+    lock.execute_unprepared("SET LOCAL idle_in_transaction_session_timeout = 0")
+        .await
+        .map_err(DbError::Migrate)?;
     lock.execute_unprepared(&format!(
         "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
     ))
