@@ -33,6 +33,9 @@ if [ -z "${PIRUS_TEST_DATABASE_URL:-}" ] && [ -r /etc/pirus/pirus.env ]; then
 fi
 
 cargo build --locked --workspace --bins
+# Tests within a binary run four at a time: the run tests each start a catalogue, runners and
+# containers, and two cores do not carry sixteen of those at once without distorting timings.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

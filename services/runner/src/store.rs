@@ -338,12 +338,22 @@ impl Store {
     /// ready yet. The claim, its attempt row and its INITIALIZING event are one transaction.
     pub async fn claim(&self, node: &str, max_runs: u32) -> Result<Option<Run>> {
         let txn = self.db.begin().await?;
-        // Serialises this node's claims, so two of its workers never both take the last slot.
-        txn.execute_raw(stmt(
-            "SELECT 1 FROM nodes WHERE name = $1 FOR UPDATE",
-            [node.into()],
-        ))
-        .await?;
+        // Serialises this node's claims, so two of its workers never both take the last slot,
+        // and reads the drain flag under the same lock: a drain that lands between a check
+        // and a claim cannot be missed.
+        let node_row = txn
+            .query_one_raw(stmt(
+                "SELECT draining FROM nodes WHERE name = $1 FOR UPDATE",
+                [node.into()],
+            ))
+            .await?;
+        let draining: bool = node_row
+            .map(|r| r.try_get("", "draining"))
+            .transpose()?
+            .unwrap_or(true);
+        if draining {
+            return Ok(None);
+        }
         let active: i64 = txn
             .query_one_raw(stmt(
                 &format!("SELECT count(*) AS n FROM runs WHERE node = $1 AND status IN {ACTIVE}"),

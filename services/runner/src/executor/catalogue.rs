@@ -58,7 +58,9 @@ impl Catalogue {
         let temp = dest.with_extension(format!("part-{}", Uuid::new_v4().simple()));
         let result = self.fetch_into(file, sha256, &temp).await;
         match result {
-            Ok(()) => Ok(tokio::fs::rename(&temp, dest).await?),
+            Ok(()) => tokio::fs::rename(&temp, dest)
+                .await
+                .map_err(|e| Error::internal(format!("rename to {}: {e}", dest.display()))),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&temp).await;
                 Err(e)
@@ -78,7 +80,9 @@ impl Catalogue {
             .await
             .map_err(unavailable)?
             .into_inner();
-        let mut out = tokio::fs::File::create(temp).await?;
+        let mut out = tokio::fs::File::create(temp)
+            .await
+            .map_err(|e| Error::internal(format!("{}: {e}", temp.display())))?;
         let mut hasher = Sha256::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(unavailable)?;

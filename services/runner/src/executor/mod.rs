@@ -90,6 +90,11 @@ impl Attempt {
     }
 }
 
+/// An io error that names the path it happened at.
+fn at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::internal(format!("{}: {e}", path.display()))
+}
+
 pub fn container_name(run: Uuid, attempt: i32) -> String {
     format!("pirus-{}-{attempt}", run.simple())
 }
@@ -323,7 +328,8 @@ impl Executor {
         let dir = &attempt.dir;
         let _ = tokio::fs::remove_dir_all(dir).await;
         for sub in ["inputs", "outputs", "logs", "control"] {
-            tokio::fs::create_dir_all(dir.join(sub)).await?;
+            let path = dir.join(sub);
+            tokio::fs::create_dir_all(&path).await.map_err(at(&path))?;
         }
         self.link_inputs(run, &dir.join("inputs")).await?;
         let config = json!({
@@ -335,14 +341,18 @@ impl Executor {
             },
             "job": run.config,
         });
-        tokio::fs::write(
-            dir.join("inputs").join(CONFIG_FILE),
-            serde_json::to_vec_pretty(&config).map_err(Error::internal)?,
-        )
-        .await?;
-        tokio::fs::write(dir.join("control/run.sh"), WRAPPER).await?;
+        let config_path = dir.join("inputs").join(CONFIG_FILE);
+        let config_bytes = serde_json::to_vec_pretty(&config).map_err(Error::internal)?;
+        tokio::fs::write(&config_path, config_bytes)
+            .await
+            .map_err(at(&config_path))?;
+        let wrapper = dir.join("control/run.sh");
+        tokio::fs::write(&wrapper, WRAPPER)
+            .await
+            .map_err(at(&wrapper))?;
         for log in ["out.log", "err.log"] {
-            tokio::fs::write(dir.join("logs").join(log), b"").await?;
+            let path = dir.join("logs").join(log);
+            tokio::fs::write(&path, b"").await.map_err(at(&path))?;
         }
 
         // The container.
@@ -435,7 +445,9 @@ impl Executor {
             .root_host_uid()
             .ok_or_else(|| Error::internal("the container has no id map (is it privileged?)"))?;
         for sub in ["outputs", "logs", "control"] {
-            chown_tree(&dir.join(sub), uid).await?;
+            chown_tree(&dir.join(sub), uid).await.map_err(|e| {
+                Error::internal(format!("chown of {}: {e}", dir.join(sub).display()))
+            })?;
         }
         inner
             .lxd
@@ -551,7 +563,14 @@ impl Executor {
             if !tokio::fs::try_exists(&cached).await? {
                 inner.catalogue.fetch(file.id, &sha256, &cached).await?;
             }
-            tokio::fs::hard_link(&cached, into.join(name)).await?;
+            let link = into.join(name);
+            tokio::fs::hard_link(&cached, &link).await.map_err(|e| {
+                Error::internal(format!(
+                    "link {} -> {}: {e}",
+                    cached.display(),
+                    link.display()
+                ))
+            })?;
         }
         Ok(())
     }
