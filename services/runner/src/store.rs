@@ -284,8 +284,15 @@ impl Store {
         .await?;
         notify(&txn, EVENTS_CHANNEL, &run.id.to_string()).await?;
         notify(&txn, RUNS_CHANNEL, &run.id.to_string()).await?;
+        // Read back before committing: the answer is the run as queued, even if a runner
+        // claims it the moment the transaction ends.
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = $1");
+        let queued = RunRow::find_by_statement(stmt(&sql, [run.id.into()]))
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::internal("the run vanished in its own transaction"))?;
         txn.commit().await?;
-        self.get_run(run.id).await
+        Ok(queued.into())
     }
 
     pub async fn get_run(&self, id: Uuid) -> Result<Run> {
