@@ -73,7 +73,6 @@ pub async fn run(
         services: vec![pirus_proto::CATALOGUE_SERVICE],
         addr_file: config.common.addr_file.clone(),
         shutdown_timeout: config.common.shutdown_timeout,
-        request_timeout: None,
         reflection: vec![pirus_proto::CATALOGUE_DESCRIPTOR_SET],
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;

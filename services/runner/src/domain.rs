@@ -178,12 +178,11 @@ impl From<pirus_server::paging::FieldError> for Error {
 
 impl From<sea_orm::DbErr> for Error {
     fn from(e: sea_orm::DbErr) -> Self {
-        use sea_orm::DbErr;
-        match &e {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                Self::Unavailable("the database is unavailable; retry later".to_owned())
-            }
-            _ => Self::Internal(e.to_string()),
+        if pirus_db::is_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            Self::Unavailable("the database is unavailable; retry later".to_owned())
+        } else {
+            Self::Internal(e.to_string())
         }
     }
 }

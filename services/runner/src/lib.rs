@@ -127,7 +127,6 @@ pub async fn run(
         services: vec![pirus_proto::RUNNER_SERVICE],
         addr_file: config.common.addr_file.clone(),
         shutdown_timeout: config.common.shutdown_timeout,
-        request_timeout: None,
         reflection: vec![pirus_proto::RUNNER_DESCRIPTOR_SET],
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;

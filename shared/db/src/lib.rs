@@ -140,6 +140,19 @@ pub async fn is_migrated(db: &DatabaseConnection) -> Result<bool, DbError> {
     Ok(pending.is_empty())
 }
 
+/// Whether an error means the database could not be reached (rather than a query failing):
+/// callers answer UNAVAILABLE, and retry later.
+pub fn is_unavailable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
+            matches!(&**s, Sqlx::Io(_) | Sqlx::PoolTimedOut)
+        }
+        _ => false,
+    }
+}
+
 /// One round trip to the database, bounded by `timeout`.
 pub async fn ping(db: &DatabaseConnection, timeout: Duration) -> Result<(), DbError> {
     tokio::time::timeout(timeout, db.execute_unprepared("SELECT 1"))

@@ -76,8 +76,6 @@ pub struct ServeOptions {
     pub services: Vec<&'static str>,
     pub addr_file: Option<PathBuf>,
     pub shutdown_timeout: Duration,
-    /// Deadline of a unary call; streaming calls are bounded by their own logic.
-    pub request_timeout: Option<Duration>,
     /// Encoded `FileDescriptorSet`s that reflection publishes (health's is added here).
     pub reflection: Vec<&'static [u8]>,
 }
@@ -133,9 +131,8 @@ pub async fn serve(
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             grpc_panic_response,
         ));
-    if let Some(timeout) = options.request_timeout {
-        builder = builder.timeout(timeout);
-    }
+    // No server-wide timeout: it would also cut uploads and watches, which run for as long
+    // as they need; a client's own deadline (grpc-timeout) is honoured by tonic.
     let grpc_server = builder
         .add_routes(service.grpc)
         .add_service(health_service)

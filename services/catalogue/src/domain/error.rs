@@ -57,22 +57,11 @@ impl From<pirus_server::paging::FieldError> for Error {
 
 impl From<sea_orm::DbErr> for Error {
     fn from(e: sea_orm::DbErr) -> Self {
-        use sea_orm::{DbErr, RuntimeErr};
-        match &e {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                tracing::warn!(error = %e, "database unavailable");
-                Self::Unavailable("the database is unavailable; retry later".to_owned())
-            }
-            DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s))
-                if matches!(
-                    &**s,
-                    sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolTimedOut
-                ) =>
-            {
-                tracing::warn!(error = %e, "database unavailable");
-                Self::Unavailable("the database is unavailable; retry later".to_owned())
-            }
-            _ => Self::Internal(e.to_string()),
+        if pirus_db::is_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            Self::Unavailable("the database is unavailable; retry later".to_owned())
+        } else {
+            Self::Internal(e.to_string())
         }
     }
 }

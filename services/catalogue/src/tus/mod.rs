@@ -5,7 +5,7 @@
 
 mod headers;
 
-use std::{sync::Arc, time::Duration};
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -103,6 +103,21 @@ fn precondition_failed() -> Response {
     r
 }
 
+/// What both routes do first: resolve the endpoint, and answer OPTIONS (which needs no
+/// Tus-Resumable). `Break` carries the response to send as it is.
+fn preamble(
+    tus: &Tus,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> ControlFlow<Response, Endpoint> {
+    match endpoint(name) {
+        Err(e) => ControlFlow::Break(error_response(e)),
+        Ok(_) if method == Method::OPTIONS => ControlFlow::Break(options(tus, headers)),
+        Ok(endpoint) => ControlFlow::Continue(endpoint),
+    }
+}
+
 async fn collection(
     State(tus): State<Tus>,
     Path(endpoint_name): Path<String>,
@@ -110,13 +125,10 @@ async fn collection(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let endpoint = match endpoint(&endpoint_name) {
-        Ok(e) => e,
-        Err(e) => return error_response(e),
+    let endpoint = match preamble(&tus, &endpoint_name, &method, &headers) {
+        ControlFlow::Continue(endpoint) => endpoint,
+        ControlFlow::Break(response) => return response,
     };
-    if method == Method::OPTIONS {
-        return options(&tus, &headers);
-    }
     if method != Method::POST {
         return tus_method_not_allowed("OPTIONS, POST");
     }
@@ -135,13 +147,10 @@ async fn member(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let endpoint = match endpoint(&endpoint_name) {
-        Ok(e) => e,
-        Err(e) => return error_response(e),
+    let endpoint = match preamble(&tus, &endpoint_name, &method, &headers) {
+        ControlFlow::Continue(endpoint) => endpoint,
+        ControlFlow::Break(response) => return response,
     };
-    if method == Method::OPTIONS {
-        return options(&tus, &headers);
-    }
     // Clients behind proxies that only pass GET and POST.
     let method = match headers
         .get("x-http-method-override")

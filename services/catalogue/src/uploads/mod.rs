@@ -92,16 +92,23 @@ impl Uploads {
         self.check_size(new.size)?;
         let file = self.inner.store.create_file(new, self.inner.expiry).await?;
         if file.size == Some(0) && file.status == FileStatus::Uploading {
-            let upload = self.state(file.id).await?;
-            let storage = self.inner.storage.clone();
-            tokio::task::spawn_blocking(move || storage.open_partial(upload.id, 0).map(drop))
-                .await
-                .map_err(Error::internal)??;
-            self.complete(&upload, Some(EMPTY_SHA256.to_owned()))
-                .await?;
+            self.complete_empty(file.id).await?;
             return self.inner.store.get_file(file.id).await;
         }
         Ok(file)
+    }
+
+    /// Completes an upload of zero bytes, which no transfer will ever do.
+    async fn complete_empty(&self, id: Uuid) -> Result<()> {
+        let upload = self.state(id).await?;
+        if upload.complete {
+            return Ok(());
+        }
+        let storage = self.inner.storage.clone();
+        tokio::task::spawn_blocking(move || storage.open_partial(id, 0).map(drop))
+            .await
+            .map_err(Error::internal)??;
+        self.complete(&upload, Some(EMPTY_SHA256.to_owned())).await
     }
 
     /// A tus partial upload, to be concatenated into a final one.
@@ -324,15 +331,7 @@ impl Uploads {
             .create_pipeline(new, self.inner.expiry)
             .await?;
         if pipeline.size == Some(0) {
-            let upload = self.state(pipeline.id).await?;
-            if !upload.complete {
-                let storage = self.inner.storage.clone();
-                tokio::task::spawn_blocking(move || storage.open_partial(upload.id, 0).map(drop))
-                    .await
-                    .map_err(Error::internal)??;
-                self.complete(&upload, Some(EMPTY_SHA256.to_owned()))
-                    .await?;
-            }
+            self.complete_empty(pipeline.id).await?;
             return self.inner.store.get_pipeline(pipeline.id).await;
         }
         Ok(pipeline)
