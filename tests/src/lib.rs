@@ -395,3 +395,23 @@ where
     }
     bail!("{what}: not within {timeout:?}")
 }
+
+/// Waits (at most 60 s) for a pipeline's install to end, READY or ERROR, and answers it.
+pub async fn install_ended(
+    catalogue: &mut pirus_proto::catalogue::v1::catalogue_service_client::CatalogueServiceClient<
+        Channel,
+    >,
+    id: &str,
+) -> Result<pirus_proto::catalogue::v1::Pipeline> {
+    use pirus_proto::catalogue::v1::{GetPipelineRequest, PipelineStatus};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let request = GetPipelineRequest { id: id.to_owned() };
+        let p = catalogue.get_pipeline(request).await?.into_inner();
+        match PipelineStatus::try_from(p.status)? {
+            PipelineStatus::Ready | PipelineStatus::Error => return Ok(p),
+            _ if Instant::now() > deadline => bail!("install of {id} did not end: {p:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
 use pirus_tests::{
     Kind, Launch, Process, SERVING, TestDb, health_status,
@@ -74,20 +74,7 @@ async fn upload_package(c: &mut Client, name: &str, package: &[u8]) -> Result<St
 
 /// Waits for the install to end; answers the pipeline.
 async fn installed(c: &mut Client, id: &str) -> Result<pb::Pipeline> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = c
-            .get_pipeline(pb::GetPipelineRequest { id: id.to_owned() })
-            .await?
-            .into_inner();
-        match pb::PipelineStatus::try_from(p.status)? {
-            pb::PipelineStatus::Ready | pb::PipelineStatus::Error => return Ok(p),
-            _ if std::time::Instant::now() > deadline => {
-                bail!("install of {id} did not end: {p:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    pirus_tests::install_ended(c, id).await
 }
 
 fn status(p: &pb::Pipeline) -> pb::PipelineStatus {

@@ -136,19 +136,33 @@ impl Stack {
             .install_pipeline(cat::InstallPipelineRequest { file_id: file })
             .await?
             .into_inner();
-        for _ in 0..300 {
-            let p = self
-                .cat
-                .get_pipeline(cat::GetPipelineRequest { id: p.id.clone() })
-                .await?
-                .into_inner();
-            match cat::PipelineStatus::try_from(p.status)? {
-                cat::PipelineStatus::Ready => return Ok(p.id),
-                cat::PipelineStatus::Error => bail!("install failed: {}", p.error_message),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        let p = pirus_tests::install_ended(&mut self.cat, &p.id).await?;
+        match cat::PipelineStatus::try_from(p.status)? {
+            cat::PipelineStatus::Ready => Ok(p.id),
+            _ => bail!("install failed: {}", p.error_message),
+        }
+    }
+
+    /// The test pipeline installed and one small input uploaded: (pipeline id, file id).
+    async fn ready(&mut self) -> Result<(String, String)> {
+        let pipeline = self.pipeline().await?;
+        let input = self.upload("reads.txt", b"x\n").await?;
+        Ok((pipeline, input))
+    }
+
+    /// Follows a run's events until it is RUNNING.
+    async fn wait_running(&mut self, id: &str) -> Result<()> {
+        let request = run::WatchRunRequest {
+            run_id: id.into(),
+            after_seq: 0,
+        };
+        let mut stream = self.run.watch_run(request).await?.into_inner();
+        while let Some(e) = stream.next().await {
+            if status(e?.status) == run::RunStatus::Running {
+                return Ok(());
             }
         }
-        bail!("install did not end")
+        bail!("run {id} ended without running")
     }
 
     async fn submit(&mut self, request: run::SubmitRunRequest) -> Result<run::Run, tonic::Status> {
@@ -192,16 +206,7 @@ impl Stack {
 
     /// No container of this node is left in LXD, and no run folder on disk.
     fn assert_clean(&self) -> Result<()> {
-        let output = std::process::Command::new("lxc")
-            .args([
-                "list",
-                &format!("user.pirus.node={}", self.node),
-                "--format",
-                "csv",
-                "-c",
-                "n",
-            ])
-            .output()?;
+        let output = node_containers(&self.node)?;
         let left = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         assert!(left.is_empty(), "containers left behind: {left}");
         let runs = self.work_dir.join("runs");
@@ -209,6 +214,20 @@ impl Stack {
         assert_eq!(folders, 0, "run folders left in {}", runs.display());
         Ok(())
     }
+}
+
+/// `lxc list` of the containers tagged with `node`: their names, one a line.
+fn node_containers(node: &str) -> std::io::Result<std::process::Output> {
+    std::process::Command::new("lxc")
+        .args([
+            "list",
+            &format!("user.pirus.node={node}"),
+            "--format",
+            "csv",
+            "-c",
+            "n",
+        ])
+        .output()
 }
 
 fn status(value: i32) -> run::RunStatus {
@@ -364,8 +383,7 @@ async fn a_run_executes_in_lxd_with_inputs_outputs_logs_and_progress() -> Result
 #[tokio::test]
 async fn failing_and_timed_out_runs_end_in_error() -> Result<()> {
     let mut s = stack(2).await?;
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let failing = s
         .submit(run::SubmitRunRequest {
             pipeline_id: pipeline.clone(),
@@ -435,8 +453,7 @@ async fn failing_and_timed_out_runs_end_in_error() -> Result<()> {
 #[tokio::test]
 async fn submissions_are_validated_and_idempotent() -> Result<()> {
     let mut s = stack(1).await?;
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let base = run::SubmitRunRequest {
         pipeline_id: pipeline.clone(),
         input_file_ids: vec![input.clone()],
@@ -574,8 +591,7 @@ async fn submissions_are_validated_and_idempotent() -> Result<()> {
 #[tokio::test]
 async fn the_concurrency_cap_holds_under_load() -> Result<()> {
     let mut s = stack(2).await?;
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let mut ids = Vec::new();
     for i in 0..6 {
         let r = s
@@ -627,8 +643,7 @@ async fn the_concurrency_cap_holds_under_load() -> Result<()> {
 #[tokio::test]
 async fn a_watch_survives_the_loss_of_the_listen_connection() -> Result<()> {
     let mut s = stack(1).await?;
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let r = s
         .submit(run::SubmitRunRequest {
             pipeline_id: pipeline,
@@ -679,8 +694,7 @@ async fn a_watch_survives_the_loss_of_the_listen_connection() -> Result<()> {
 #[tokio::test]
 async fn logs_stream_while_the_run_is_alive_and_after() -> Result<()> {
     let mut s = stack(1).await?;
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let r = s
         .submit(run::SubmitRunRequest {
             pipeline_id: pipeline,
@@ -747,8 +761,7 @@ async fn a_run_survives_a_graceful_restart_of_its_runner() -> Result<()> {
 
 async fn survives_runner_restart(signal: &str) -> Result<()> {
     let mut s = stack(1).await?;
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let r = s
         .submit(run::SubmitRunRequest {
             pipeline_id: pipeline,
@@ -757,31 +770,10 @@ async fn survives_runner_restart(signal: &str) -> Result<()> {
             ..Default::default()
         })
         .await?;
-    let mut stream = s
-        .run
-        .watch_run(run::WatchRunRequest {
-            run_id: r.id.clone(),
-            after_seq: 0,
-        })
-        .await?
-        .into_inner();
-    while let Some(e) = stream.next().await {
-        if status(e?.status) == run::RunStatus::Running {
-            break;
-        }
-    }
+    s.wait_running(&r.id).await?;
     s._runner.signal(signal)?;
     let _ = s._runner.wait_exit(Duration::from_secs(10)).await?;
-    let node_containers = std::process::Command::new("lxc")
-        .args([
-            "list",
-            &format!("user.pirus.node={}", s.node),
-            "--format",
-            "csv",
-            "-c",
-            "n",
-        ])
-        .output()?;
+    let node_containers = node_containers(&s.node)?;
     assert!(
         !node_containers.stdout.is_empty(),
         "the container outlives its runner"
@@ -920,8 +912,7 @@ async fn control_requests_through_another_runner_reach_the_owner() -> Result<()>
         .start()
         .await?;
     let mut b = RunnerServiceClient::new(other.channel().await?);
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let long = run::SubmitRunRequest {
         pipeline_id: pipeline.clone(),
         config_json: r#"{"sleep": 120}"#.into(),
@@ -1103,8 +1094,7 @@ async fn a_lost_node_s_runs_are_retried_or_ended() -> Result<()> {
             .start()
             .await?,
     };
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let submit = |attempts: i32| run::SubmitRunRequest {
         pipeline_id: pipeline.clone(),
         config_json: r#"{"sleep": 6}"#.into(),
@@ -1186,16 +1176,7 @@ async fn a_lost_node_s_runs_are_retried_or_ended() -> Result<()> {
         || {
             let node = a_name.clone();
             async move {
-                let out = std::process::Command::new("lxc")
-                    .args([
-                        "list",
-                        &format!("user.pirus.node={node}"),
-                        "--format",
-                        "csv",
-                        "-c",
-                        "n",
-                    ])
-                    .output();
+                let out = node_containers(&node);
                 out.map(|o| o.stdout.is_empty()).unwrap_or(false)
             }
         },
@@ -1219,8 +1200,7 @@ async fn runners_racing_for_runs_execute_each_once() -> Result<()> {
         ])
         .start()
         .await?;
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let mut ids = Vec::new();
     for i in 0..24 {
         let request = run::SubmitRunRequest {
@@ -1280,8 +1260,7 @@ async fn runners_racing_for_runs_execute_each_once() -> Result<()> {
 #[tokio::test]
 async fn a_drained_node_takes_no_new_runs() -> Result<()> {
     let mut s = stack(2).await?;
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let request = |sleep: u32| run::SubmitRunRequest {
         pipeline_id: pipeline.clone(),
         config_json: format!(r#"{{"sleep": {sleep}}}"#),
@@ -1404,8 +1383,7 @@ async fn a_postgresql_restart_mid_run_loses_nothing() -> Result<()> {
         node,
         work_dir,
     };
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let r = s
         .submit(run::SubmitRunRequest {
             pipeline_id: pipeline,
@@ -1505,8 +1483,7 @@ async fn a_frozen_runner_that_lost_its_run_stands_down() -> Result<()> {
         _catalogue: catalogue,
         _runner: a,
     };
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let r = s
         .submit(run::SubmitRunRequest {
             pipeline_id: pipeline,
@@ -1516,19 +1493,7 @@ async fn a_frozen_runner_that_lost_its_run_stands_down() -> Result<()> {
             ..Default::default()
         })
         .await?;
-    let mut stream = s
-        .run
-        .watch_run(run::WatchRunRequest {
-            run_id: r.id.clone(),
-            after_seq: 0,
-        })
-        .await?
-        .into_inner();
-    while let Some(e) = stream.next().await {
-        if status(e?.status) == run::RunStatus::Running {
-            break;
-        }
-    }
+    s.wait_running(&r.id).await?;
     s._runner.signal("STOP")?;
     let b = runner(&b_name, "1").start().await?;
     s.run = RunnerServiceClient::new(b.channel().await?);
@@ -1579,16 +1544,7 @@ async fn a_frozen_runner_that_lost_its_run_stands_down() -> Result<()> {
         || {
             let node = a_name.clone();
             async move {
-                std::process::Command::new("lxc")
-                    .args([
-                        "list",
-                        &format!("user.pirus.node={node}"),
-                        "--format",
-                        "csv",
-                        "-c",
-                        "n",
-                    ])
-                    .output()
+                node_containers(&node)
                     .map(|o| o.stdout.is_empty())
                     .unwrap_or(false)
             }
@@ -1605,8 +1561,7 @@ async fn a_frozen_runner_that_lost_its_run_stands_down() -> Result<()> {
 async fn orphans_are_swept_after_a_database_reconnection() -> Result<()> {
     let mut s = stack(1).await?;
     // Installing the pipeline puts its image in reach; a run imports it into LXD.
-    let pipeline = s.pipeline().await?;
-    let input = s.upload("reads.txt", b"x\n").await?;
+    let (pipeline, input) = s.ready().await?;
     let r = s
         .submit(run::SubmitRunRequest {
             pipeline_id: pipeline,
