@@ -10,7 +10,10 @@ const PROTOS: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: a build script compiled for one checkout may be reused by another
+    // sharing the target folder (CI's clone and a working copy), and env!() would keep the
+    // first one's path.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // One descriptor set per service, so that reflection on the catalogue lists only what the

@@ -244,9 +244,12 @@ impl Uploads {
             }
         }
         let storage = self.inner.storage.clone();
-        let file = tokio::task::spawn_blocking(move || storage.open_partial(id, offset)).await;
+        let file = tokio::task::spawn_blocking(move || storage.open_transfer(id, offset)).await;
         let file = match file {
-            Ok(Ok(file)) => file,
+            Ok(Ok(file)) => {
+                tracing::debug!(upload = %id, offset, direct_io = file.is_direct(), "transfer starts");
+                file
+            }
             Ok(Err(e)) => {
                 lock.release().await;
                 return Err(e.into());

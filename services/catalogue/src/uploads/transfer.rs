@@ -1,28 +1,41 @@
 //! One transfer into an upload: the bytes of one tus PATCH or one WriteUpload stream.
 //!
-//! Bytes are gathered into 4 MiB buffers and written on the blocking pool while the next buffer
-//! fills (double buffering), hashed on the way. An offset becomes durable, and so reportable,
-//! only by [`Transfer::commit`]: fsync of the data, then the offset row, every 64 MiB or 5 s and
-//! at the end. A transfer that carries a chunk checksum commits only at its end, once the
-//! checksum is verified, so a bad chunk is discarded whole.
+//! A pipeline whose stages run at once, so that both cores of a small host work:
+//!
+//! - the request task copies arriving bytes into a 4 MiB block, 4 KiB-aligned in memory and cut
+//!   at 4 MiB boundaries of the file, so that whole blocks qualify for direct I/O;
+//! - a full block goes at once to two blocking jobs, one writing it at its offset
+//!   ([`PartialFile`]) and one hashing it (the whole upload's SHA-256, the chunk checksum),
+//!   while the next block fills;
+//! - every 64 MiB or 5 s a commit starts in the background: `fdatasync` of what is written, then
+//!   the offset row, on the transfer's lock connection. Writing goes on meanwhile; a commit due
+//!   while the previous one still runs waits for it, so at most two commit intervals are ever
+//!   unacknowledged.
+//!
+//! An offset becomes durable, and so reportable, only when its commit has finished. A transfer
+//! that carries a chunk checksum commits only at its end, once the checksum is verified, so a
+//! bad chunk is discarded whole.
 
 use std::{
-    fs::File as StdFile,
-    io::Write,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use md5::Md5;
 use sea_orm::sqlx;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, spawn_blocking};
+use uuid::Uuid;
 
 use super::{Uploads, lock::UploadLock};
-use crate::domain::{Error, Result, UploadState};
+use crate::{
+    domain::{Error, Result, UploadState},
+    storage::{DIRECT_ALIGN, PartialFile},
+};
 
-const BUFFER: usize = 4 << 20;
+const BLOCK: usize = 4 << 20;
 const COMMIT_BYTES: u64 = 64 << 20;
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -83,26 +96,95 @@ impl ChunkHasher {
     }
 }
 
-/// What the blocking writer owns between buffers.
-struct Sink {
-    file: StdFile,
-    /// Hash of the whole upload, kept only when this transfer started at offset 0.
+/// A block being filled: up to [`BLOCK`] bytes, 4 KiB-aligned in memory for direct I/O.
+struct Block {
+    buf: Vec<u8>,
+    /// Leading bytes skipped to reach the alignment.
+    pad: usize,
+}
+
+impl Block {
+    fn new() -> Self {
+        let mut buf = Vec::<u8>::with_capacity(BLOCK + DIRECT_ALIGN);
+        let pad = (DIRECT_ALIGN - buf.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
+        buf.resize(pad, 0);
+        Self { buf, pad }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.pad..]
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.pad
+    }
+
+    /// Appends within the capacity, so the buffer never moves and stays aligned.
+    fn extend(&mut self, data: &[u8]) {
+        debug_assert!(self.len() + data.len() <= BLOCK);
+        self.buf.extend_from_slice(data);
+    }
+
+    fn clear(&mut self) {
+        self.buf.truncate(self.pad);
+    }
+}
+
+/// The digests a transfer keeps.
+#[derive(Default)]
+struct Hashers {
+    /// Of the whole upload, kept only when this transfer started at offset 0.
     whole: Option<Sha256>,
     chunk: Option<ChunkHasher>,
 }
 
+impl Hashers {
+    fn is_empty(&self) -> bool {
+        self.whole.is_none() && self.chunk.is_none()
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        if let Some(h) = self.whole.as_mut() {
+            h.update(data);
+        }
+        if let Some(h) = self.chunk.as_mut() {
+            h.update(data);
+        }
+    }
+}
+
+/// A block being written and hashed.
+struct InFlight {
+    block: Arc<Block>,
+    /// The file offset just past the block.
+    end: u64,
+    writing: JoinHandle<std::io::Result<()>>,
+    hashing: Option<JoinHandle<Hashers>>,
+}
+
+type Committing = JoinHandle<(UploadLock, Result<u64>)>;
+
 pub struct Transfer {
     uploads: Uploads,
+    /// None while a background commit uses its connection.
     lock: Option<UploadLock>,
+    /// The upload as of the last finished commit (`offset` is the durable offset).
     upload: UploadState,
     start: u64,
-    /// Bytes accepted so far (buffered or written).
+    /// Bytes accepted so far (in the block, in flight or written).
     position: u64,
-    committed: u64,
+    /// The end of the bytes written to the file, gap-free from the start.
+    written: u64,
+    /// The offset the latest commit covers, finished or not.
+    commit_mark: u64,
     last_commit: Instant,
-    buffer: BytesMut,
-    sink: Option<Sink>,
-    writing: Option<JoinHandle<std::io::Result<Sink>>>,
+    block: Block,
+    spare: Option<Block>,
+    file: Arc<PartialFile>,
+    /// None while a hashing job holds them.
+    hashers: Option<Hashers>,
+    in_flight: Option<InFlight>,
+    committing: Option<Committing>,
     checksum: Option<Vec<u8>>,
     limit: u64,
 }
@@ -112,13 +194,12 @@ impl Transfer {
         uploads: Uploads,
         lock: UploadLock,
         upload: UploadState,
-        file: StdFile,
+        file: PartialFile,
         checksum: Option<ChunkChecksum>,
     ) -> Self {
         let start = upload.offset;
         let limit = upload.size.unwrap_or(uploads.inner.max_size);
-        let sink = Sink {
-            file,
+        let hashers = Hashers {
             whole: (start == 0).then(Sha256::new),
             chunk: checksum.as_ref().map(|c| ChunkHasher::new(c.algorithm)),
         };
@@ -127,11 +208,15 @@ impl Transfer {
             lock: Some(lock),
             start,
             position: start,
-            committed: start,
+            written: start,
+            commit_mark: start,
             last_commit: Instant::now(),
-            buffer: BytesMut::with_capacity(BUFFER),
-            sink: Some(sink),
-            writing: None,
+            block: Block::new(),
+            spare: None,
+            file: Arc::new(file),
+            hashers: Some(hashers),
+            in_flight: None,
+            committing: None,
             checksum: checksum.map(|c| c.expected),
             limit,
             upload,
@@ -152,75 +237,149 @@ impl Transfer {
                 None => format!("the upload would exceed the limit of {} bytes", self.limit),
             }));
         }
-        self.buffer.extend_from_slice(&data);
-        self.position = end;
-        if self.buffer.len() >= BUFFER {
-            self.flush().await?;
-            let due = self.position - self.committed >= COMMIT_BYTES
-                || self.last_commit.elapsed() >= COMMIT_INTERVAL;
-            if due && self.checksum.is_none() {
-                self.commit().await?;
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            // A block ends at the next BLOCK boundary of the file.
+            let room = BLOCK - (self.position % BLOCK as u64) as usize;
+            let take = room.min(rest.len());
+            self.block.extend(&rest[..take]);
+            rest = &rest[take..];
+            self.position += take as u64;
+            if take == room {
+                self.flush().await?;
+                self.commit_if_due().await?;
             }
+        }
+        // A slow sender still gets its bytes committed every few seconds.
+        if self.block.len() > 0 && self.commit_due_by_time() {
+            self.flush().await?;
+            self.commit_if_due().await?;
         }
         Ok(())
     }
 
-    /// Hands the buffer to the blocking writer, after the previous write finished.
+    /// Hands the filled part of the block to a writing and a hashing job, once the previous
+    /// block's jobs have finished.
     async fn flush(&mut self) -> Result<()> {
-        let mut sink = self.wait_writer().await?;
-        let data = self.buffer.split().freeze();
-        self.writing = Some(tokio::task::spawn_blocking(move || {
-            if let Some(h) = sink.whole.as_mut() {
-                h.update(&data);
+        if self.block.len() == 0 {
+            return Ok(());
+        }
+        self.wait_block().await?;
+        let offset = self.position - self.block.len() as u64;
+        if offset != self.written {
+            // An earlier block failed: writing this one would leave a hole.
+            return Err(Error::internal(format!(
+                "upload {}: the bytes before offset {offset} were not written",
+                self.upload.id
+            )));
+        }
+        let next = self.spare.take().unwrap_or_else(Block::new);
+        let block = Arc::new(std::mem::replace(&mut self.block, next));
+        let writing = {
+            let (file, block) = (self.file.clone(), block.clone());
+            spawn_blocking(move || file.write_at(block.bytes(), offset))
+        };
+        let hashing = match self.hashers.take() {
+            Some(mut hashers) if !hashers.is_empty() => {
+                let block = block.clone();
+                Some(spawn_blocking(move || {
+                    hashers.update(block.bytes());
+                    hashers
+                }))
             }
-            if let Some(h) = sink.chunk.as_mut() {
-                h.update(&data);
+            idle => {
+                self.hashers = idle;
+                None
             }
-            sink.file.write_all(&data)?;
-            Ok(sink)
+        };
+        self.in_flight = Some(InFlight {
+            block,
+            end: self.position,
+            writing,
+            hashing,
+        });
+        Ok(())
+    }
+
+    /// Waits for the block in flight, if any.
+    async fn wait_block(&mut self) -> Result<()> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let written = in_flight.writing.await.map_err(Error::internal)?;
+        if let Some(hashing) = in_flight.hashing {
+            self.hashers = Some(hashing.await.map_err(Error::internal)?);
+        }
+        written?;
+        self.written = in_flight.end;
+        if let Ok(mut block) = Arc::try_unwrap(in_flight.block) {
+            block.clear();
+            self.spare = Some(block);
+        }
+        Ok(())
+    }
+
+    fn commit_due_by_time(&self) -> bool {
+        self.checksum.is_none() && self.last_commit.elapsed() >= COMMIT_INTERVAL
+    }
+
+    /// Starts a commit of what is written when one is due, after the previous one finished.
+    async fn commit_if_due(&mut self) -> Result<()> {
+        let due = self.written - self.commit_mark >= COMMIT_BYTES || self.commit_due_by_time();
+        if self.checksum.is_some() || !due {
+            return Ok(());
+        }
+        self.join_commit().await?;
+        self.start_commit()
+    }
+
+    /// Starts making everything written so far durable, then recording its offset, in the
+    /// background on the lock's connection.
+    fn start_commit(&mut self) -> Result<()> {
+        let mut lock = self
+            .lock
+            .take()
+            .ok_or_else(|| Error::internal("upload lock released"))?;
+        let file = self.file.clone();
+        let (id, offset) = (self.upload.id, self.written);
+        let expiry = self.uploads.inner.expiry.as_secs_f64();
+        self.commit_mark = offset;
+        self.last_commit = Instant::now();
+        self.committing = Some(tokio::spawn(async move {
+            let result = commit(&mut lock, file, id, offset, expiry).await;
+            (lock, result.map(|()| offset))
         }));
         Ok(())
     }
 
-    async fn wait_writer(&mut self) -> Result<Sink> {
-        if let Some(writing) = self.writing.take() {
-            return Ok(writing.await.map_err(Error::internal)??);
-        }
-        self.sink
-            .take()
-            .ok_or_else(|| Error::internal("transfer sink lost"))
+    /// Waits for the commit in flight, if any, and takes its offset as the durable one.
+    async fn join_commit(&mut self) -> Result<()> {
+        let Some(committing) = self.committing.take() else {
+            return Ok(());
+        };
+        let (lock, result) = committing.await.map_err(Error::internal)?;
+        self.lock = Some(lock);
+        self.upload.offset = result?;
+        Ok(())
     }
 
-    /// Makes everything accepted so far durable, then records the offset.
-    async fn commit(&mut self) -> Result<()> {
-        if !self.buffer.is_empty() {
-            self.flush().await?;
-        }
-        let sink = self.wait_writer().await?;
-        let sink = tokio::task::spawn_blocking(move || sink.file.sync_data().map(|()| sink))
+    /// Writes and commits everything accepted so far, and waits until it is durable.
+    async fn commit_all(&mut self) -> Result<()> {
+        self.flush().await?;
+        self.wait_block().await?;
+        self.join_commit().await?;
+        self.start_commit()?;
+        self.join_commit().await
+    }
+
+    /// Cuts the file back to where this transfer started (a discarded chunk).
+    async fn discard(&mut self) -> Result<()> {
+        let (file, start) = (self.file.clone(), self.start);
+        spawn_blocking(move || file.set_len(start))
             .await
             .map_err(Error::internal)??;
-        self.sink = Some(sink);
-        let lock = self
-            .lock
-            .as_mut()
-            .ok_or_else(|| Error::internal("lock released"))?;
-        let updated = sqlx::query(
-            r#"UPDATE uploads SET "offset" = $2, updated_at = now(),
-                      expires_at = now() + make_interval(secs => $3)
-               WHERE id = $1 AND NOT complete"#,
-        )
-        .bind(self.upload.id)
-        .bind(self.position as i64)
-        .bind(self.uploads.inner.expiry.as_secs_f64())
-        .execute(&mut lock.connection)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("upload {}", self.upload.id)));
-        }
-        self.committed = self.position;
-        self.upload.offset = self.position;
-        self.last_commit = Instant::now();
+        self.position = start;
+        self.written = start;
         Ok(())
     }
 
@@ -233,25 +392,19 @@ impl Transfer {
     }
 
     async fn finish_inner(&mut self) -> Result<UploadState> {
-        if !self.buffer.is_empty() {
-            self.flush().await?;
-        }
-        let mut sink = self.wait_writer().await?;
-        if let (Some(expected), Some(hasher)) = (self.checksum.take(), sink.chunk.take())
+        self.flush().await?;
+        self.wait_block().await?;
+        self.join_commit().await?;
+        let mut hashers = self.hashers.take().unwrap_or_default();
+        if let (Some(expected), Some(hasher)) = (self.checksum.take(), hashers.chunk.take())
             && hasher.finalize() != expected
         {
-            let start = self.start;
-            tokio::task::spawn_blocking(move || sink.file.set_len(start))
-                .await
-                .map_err(Error::internal)??;
-            self.position = start;
+            self.discard().await?;
             return Err(Error::ChecksumMismatch);
         }
-        let whole = sink.whole.take();
-        self.sink = Some(sink);
-        self.commit().await?;
+        self.commit_all().await?;
         if self.upload.size == Some(self.position) {
-            let digest = whole.map(|h| hex::encode(h.finalize()));
+            let digest = hashers.whole.map(|h| hex::encode(h.finalize()));
             self.uploads.complete(&self.upload, digest).await?;
             self.upload.complete = true;
         }
@@ -265,13 +418,16 @@ impl Transfer {
         tracing::info!(upload = %self.upload.id, offset = self.position, reason = why, "transfer cut off");
         let kept = if self.checksum.is_some() {
             // Unverifiable: discard the chunk.
-            if let Ok(sink) = self.wait_writer().await {
-                let start = self.start;
-                let _ = tokio::task::spawn_blocking(move || sink.file.set_len(start)).await;
-            }
-            Ok(())
+            let _ = self.wait_block().await;
+            self.discard().await
         } else {
-            self.commit().await
+            // Whatever was written before a failure still counts: written is gap-free.
+            let _ = self.flush().await;
+            let _ = self.wait_block().await;
+            match self.join_commit().await {
+                Ok(()) => self.commit_all().await,
+                Err(e) => Err(e),
+            }
         };
         if let Err(e) = kept {
             tracing::warn!(upload = %self.upload.id, error = %e, "could not keep the bytes of a cut-off transfer");
@@ -283,6 +439,10 @@ impl Transfer {
 
     /// Marks the file paused when the upload stopped short, and releases the lock.
     async fn end(&mut self, finished_cleanly: bool) {
+        let _ = self.wait_block().await;
+        if let Err(e) = self.join_commit().await {
+            tracing::warn!(upload = %self.upload.id, error = %e, "a commit failed");
+        }
         if let Some(mut lock) = self.lock.take() {
             if !finished_cleanly && !self.upload.complete {
                 let paused = sqlx::query(
@@ -318,4 +478,32 @@ impl Drop for Transfer {
             tracing::warn!(upload = %self.upload.id, "transfer dropped without ending");
         }
     }
+}
+
+/// `fdatasync` of the partial file, then its offset row: an offset is recorded only once every
+/// byte below it is durable.
+async fn commit(
+    lock: &mut UploadLock,
+    file: Arc<PartialFile>,
+    id: Uuid,
+    offset: u64,
+    expiry_secs: f64,
+) -> Result<()> {
+    spawn_blocking(move || file.sync_data())
+        .await
+        .map_err(Error::internal)??;
+    let updated = sqlx::query(
+        r#"UPDATE uploads SET "offset" = $2, updated_at = now(),
+                  expires_at = now() + make_interval(secs => $3)
+           WHERE id = $1 AND NOT complete"#,
+    )
+    .bind(id)
+    .bind(offset as i64)
+    .bind(expiry_secs)
+    .execute(&mut lock.connection)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(Error::NotFound(format!("upload {id}")));
+    }
+    Ok(())
 }
