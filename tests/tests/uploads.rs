@@ -937,6 +937,55 @@ async fn a_cut_off_transfer_keeps_what_arrived_and_shows_pause() -> Result<()> {
     Ok(())
 }
 
+/// A sender slower than a block per commit interval still has its bytes made durable every
+/// few seconds, not only at 4 MiB boundaries or at the end of the transfer.
+#[tokio::test]
+async fn a_slow_transfer_is_committed_while_it_runs() -> Result<()> {
+    let db = TestDb::create().await?;
+    let p = catalogue(&db.url).start().await?;
+    let http = Http::default();
+    let mut c = client(&p).await?;
+    let content = data(3 * MIB as usize, 17);
+    let location = create(&http, &p, content.len() as u64, "slow.bin").await?;
+    let id = id_of(&location);
+
+    let mut stream = raw_patch(&p, &path_of(&location), 0, content.len() as u64).await?;
+    stream.write_all(&content[..MIB as usize]).await?;
+    stream.flush().await?;
+    // Past the 5 s commit interval, a little more arrives: the transfer commits all of it.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let sent = MIB + 1000;
+    stream
+        .write_all(&content[MIB as usize..sent as usize])
+        .await?;
+    stream.flush().await?;
+    eventually(
+        Duration::from_secs(5),
+        "HEAD reports the bytes of the running transfer",
+        || {
+            let (http, location) = (http.clone(), location.clone());
+            async move {
+                http.tus("HEAD", &location, &[])
+                    .await
+                    .is_ok_and(|r| r.offset() == sent)
+            }
+        },
+    )
+    .await?;
+    stream.write_all(&content[sent as usize..]).await?;
+    stream.flush().await?;
+    let mut response = vec![0u8; 512];
+    let n = tokio::io::AsyncReadExt::read(&mut stream, &mut response).await?;
+    let response = String::from_utf8_lossy(&response[..n]);
+    assert!(response.starts_with("HTTP/1.1 204"), "{response}");
+    let file = get_file(&mut c, &id).await?;
+    assert_eq!(
+        (status_of(&file), file.sha256),
+        (pb::FileStatus::Ready, sha256(&content))
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn two_catalogues_on_one_data_folder_let_one_writer_at_a_time() -> Result<()> {
     let db = TestDb::create().await?;

@@ -250,9 +250,11 @@ impl Transfer {
                 self.commit_if_due().await?;
             }
         }
-        // A slow sender still gets its bytes committed every few seconds.
+        // A slow sender still gets its bytes committed every few seconds: all of them, the
+        // partial block included (its write is waited for; this happens once per interval).
         if self.block.len() > 0 && self.commit_due_by_time() {
             self.flush().await?;
+            self.wait_block().await?;
             self.commit_if_due().await?;
         }
         Ok(())
