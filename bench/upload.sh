@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Upload throughput benchmark (a benchmark, not a test): one file of SIZE MiB (default 1024)
-# over loopback, measured in the same run as its baselines.
+# over loopback, measured in the same run as its baselines, ROUNDS times (default 3) in turn;
+# the report gives each round and the medians.
 #
 #   cp + sync          a plain copy of the file, made durable: the disk's own speed
 #   tus curl PATCH     curl streaming one tus PATCH into pirus-catalogue (release build)
 #   WriteUpload        the gRPC twin, 1 MiB messages (bench client pirus-bench-upload)
-#   Node @tus/server   the reference tus server (@tus/server + @tus/file-store), curl PATCH
+#   Node @tus/server   the reference tus server (@tus/server + @tus/file-store), curl PATCH;
+#                      also shown with a `sync` after it (what making its bytes durable costs)
 #
 # and the catalogue's peak RSS (VmHWM). Pirus acknowledges an offset only after fsync; the
 # Node file store does not fsync, so its number flatters it.
@@ -14,6 +16,7 @@
 # installed from npm into a temporary folder). Run as root from the repository.
 set -euo pipefail
 size_mib=${1:-1024}
+rounds=${ROUNDS:-3}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
@@ -35,18 +38,11 @@ admin="${url%/*}/postgres"
 db=pirus_bench_$$
 psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null
 
-echo "==> making a ${size_mib} MiB input file"
 input=$work/input.bin
-head -c "$((size_mib << 20))" /dev/urandom > "$input"
-sync
-bytes=$(stat -c %s "$input")
+bytes=$((size_mib << 20))
 mbs() { awk -v b="$bytes" -v s="$1" 'BEGIN { printf "%.0f", b / 1e6 / s }'; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-
-echo "==> cp + sync"
-t0=$(now); cp "$input" "$work/copy.bin"; sync; t1=$(now)
-cp_s=$(elapsed "$t0" "$t1"); rm -f "$work/copy.bin"; sync
 
 echo "==> pirus-catalogue (release)"
 "$bin/pirus-catalogue" --database-url "${url%/*}/$db" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
@@ -71,12 +67,6 @@ tus_upload() { # base-url -> seconds for POST + one streamed PATCH
   elapsed "$t0" "$t1"
 }
 
-echo "==> tus PATCH (curl) into pirus"
-pirus_tus_s=$(tus_upload "http://$http/uploads/files/")
-echo "==> WriteUpload into pirus"
-pirus_grpc_s=$("$bin/pirus-bench-upload" "$grpc" "$input")
-rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status")
-
 echo "==> Node.js @tus/server + @tus/file-store"
 mkdir -p "$work/node" "$work/node-files"
 (cd "$work/node" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund @tus/server @tus/file-store >/dev/null)
@@ -84,14 +74,42 @@ cp bench/tus-node-server.mjs "$work/node/"
 node "$work/node/tus-node-server.mjs" "$work/node-files" > "$work/node.port" 2> "$work/node.log" &
 pids+=("$!")
 for _ in $(seq 1 100); do [ -s "$work/node.port" ] && break; sleep 0.1; done
-node_s=$(tus_upload "http://127.0.0.1:$(cat "$work/node.port")/files")
+node_url="http://127.0.0.1:$(cat "$work/node.port")/files"
 
-printf '\nupload of %s MiB over loopback (%s)\n' "$size_mib" "$(date -u +%Y-%m-%dT%H:%MZ)"
-printf '%-34s %8s %8s\n' "" seconds "MB/s"
-printf '%-34s %8s %8s\n' "cp + sync (baseline)" "$cp_s" "$(mbs "$cp_s")"
-printf '%-34s %8s %8s\n' "pirus tus PATCH (curl, fsync)" "$pirus_tus_s" "$(mbs "$pirus_tus_s")"
-printf '%-34s %8s %8s\n' "pirus WriteUpload (gRPC, fsync)" "$pirus_grpc_s" "$(mbs "$pirus_grpc_s")"
-printf '%-34s %8s %8s\n' "Node @tus/server (no fsync)" "$node_s" "$(mbs "$node_s")"
-awk -v cp="$cp_s" -v t="$pirus_tus_s" -v g="$pirus_grpc_s" -v n="$node_s" 'BEGIN {
-  printf "ratios: tus/Node %.2fx, WriteUpload/Node %.2fx, tus/cp %.2f, WriteUpload/cp %.2f\n", n/t, n/g, cp/t, cp/g }'
-printf 'pirus-catalogue peak RSS (VmHWM): %d MiB\n' "$((rss_kib / 1024))"
+# One line per round: cp tus grpc node node+sync (seconds). Each measurement starts with the
+# page cache clean of dirty data, so none pays for another's write-back.
+results=$work/results
+for round in $(seq 1 "$rounds"); do
+  # New content every round: an upload of bytes the catalogue already holds would end by
+  # dropping its partial file rather than storing it, which is not the case measured.
+  echo "==> round $round of $rounds: a new ${size_mib} MiB input file"
+  head -c "$bytes" /dev/urandom > "$input"
+  sync
+  t0=$(now); cp "$input" "$work/copy.bin"; sync; t1=$(now)
+  cp_s=$(elapsed "$t0" "$t1"); rm -f "$work/copy.bin"; sync
+  tus_s=$(tus_upload "http://$http/uploads/files/"); sync
+  grpc_s=$("$bin/pirus-bench-upload" "$grpc" "$input"); sync
+  t0=$(now); node_s=$(tus_upload "$node_url"); sync; t1=$(now)
+  node_sync_s=$(elapsed "$t0" "$t1")
+  rm -rf "${work:?}/node-files/"*; sync
+  echo "$cp_s $tus_s $grpc_s $node_s $node_sync_s" >> "$results"
+done
+rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status")
+
+printf '\nupload of %s MiB over loopback, %s rounds (%s)\n' "$size_mib" "$rounds" "$(date -u +%Y-%m-%dT%H:%MZ)"
+printf '%-36s' ""; for round in $(seq 1 "$rounds"); do printf '%9s' "round $round"; done
+printf '%9s %8s\n' median "MB/s"
+labels=("cp + sync (baseline)" "pirus tus PATCH (curl, fsync)" "pirus WriteUpload (gRPC, fsync)" \
+  "Node @tus/server (no fsync)" "Node @tus/server, then sync")
+medians=()
+for column in 1 2 3 4 5; do
+  values=$(awk -v c="$column" '{print $c}' "$results")
+  median=$(echo "$values" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+  medians+=("$median")
+  printf '%-36s' "${labels[$((column - 1))]}"
+  for v in $values; do printf '%9s' "$v"; done
+  printf '%9s %8s\n' "$median" "$(mbs "$median")"
+done
+awk -v cp="${medians[0]}" -v t="${medians[1]}" -v g="${medians[2]}" -v n="${medians[3]}" 'BEGIN {
+  printf "ratios of medians: tus/Node %.2fx, WriteUpload/Node %.2fx, tus/cp %.2f, WriteUpload/cp %.2f\n", n/t, n/g, cp/t, cp/g }'
+printf 'pirus-catalogue peak RSS over every upload (VmHWM): %d MiB\n' "$((rss_kib / 1024))"
