@@ -280,7 +280,13 @@ impl Uploads {
             .execute(&mut lock.connection)
             .await;
         }
-        Ok(Transfer::new(self.clone(), lock, state, file, checksum))
+        match Transfer::new(self.clone(), lock, state, file, checksum) {
+            Ok(transfer) => Ok(transfer),
+            Err((lock, e)) => {
+                lock.release().await;
+                Err(e)
+            }
+        }
     }
 
     /// Completes an upload whose every byte is durable: verifies the announced SHA-256 and

@@ -1,23 +1,27 @@
 //! One transfer into an upload: the bytes of one tus PATCH or one WriteUpload stream.
 //!
-//! A pipeline whose stages run at once, so that both cores of a small host work:
+//! A pipeline whose stages run at once, so that both cores of a small host work and the disk
+//! always has a write to do:
 //!
-//! - the request task copies arriving bytes into a 4 MiB block, 4 KiB-aligned in memory and cut
-//!   at 4 MiB boundaries of the file, so that whole blocks qualify for direct I/O;
-//! - a full block goes at once to two blocking jobs, one writing it at its offset
-//!   ([`PartialFile`]) and one hashing it (the whole upload's SHA-256, the chunk checksum),
-//!   while the next block fills;
-//! - every 64 MiB or 5 s a commit starts in the background: `fdatasync` of what is written, then
-//!   the offset row, on the transfer's lock connection. Writing goes on meanwhile; a commit due
-//!   while the previous one still runs waits for it, so at most two commit intervals are ever
-//!   unacknowledged.
+//! - the request task copies arriving bytes into 1 MiB blocks, 4 KiB-aligned in memory and cut
+//!   at 1 MiB boundaries of the file, so that whole blocks qualify for direct I/O;
+//! - a writer thread writes the blocks in order at their offsets ([`PartialFile`]) and
+//!   publishes how far the file is written, gap-free;
+//! - a hasher thread hashes the same blocks (the whole upload's SHA-256, the chunk checksum);
+//! - every 64 MiB or 5 s a commit starts in the background: `fdatasync` of what is written,
+//!   then the offset row, on the transfer's lock connection. Writing goes on meanwhile; a commit
+//!   due while the previous one still runs waits for it, so at most two commit intervals are
+//!   ever unacknowledged.
 //!
-//! An offset becomes durable, and so reportable, only when its commit has finished. A transfer
-//! that carries a chunk checksum commits only at its end, once the checksum is verified, so a
-//! bad chunk is discarded whole.
+//! Each thread's queue holds [`QUEUE`] blocks and the request task waits when it is full, so a
+//! transfer holds at most a few MiB however fast its client sends. An offset becomes durable,
+//! and so reportable, only when its commit has finished. A transfer that carries a chunk
+//! checksum commits only at its end, once the checksum is verified, so a bad chunk is discarded
+//! whole.
 
 use std::{
-    sync::Arc,
+    io,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -26,7 +30,10 @@ use md5::Md5;
 use sea_orm::sqlx;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
-use tokio::task::{JoinHandle, spawn_blocking};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::{JoinHandle, spawn_blocking},
+};
 use uuid::Uuid;
 
 use super::{Uploads, lock::UploadLock};
@@ -35,7 +42,9 @@ use crate::{
     storage::{DIRECT_ALIGN, PartialFile},
 };
 
-const BLOCK: usize = 4 << 20;
+const BLOCK: usize = 1 << 20;
+/// Blocks waiting for each of the writer and the hasher.
+const QUEUE: usize = 4;
 const COMMIT_BYTES: u64 = 64 << 20;
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -124,9 +133,28 @@ impl Block {
         debug_assert!(self.len() + data.len() <= BLOCK);
         self.buf.extend_from_slice(data);
     }
+}
 
-    fn clear(&mut self) {
-        self.buf.truncate(self.pad);
+/// Blocks both threads are done with, for the request task to fill again (no fresh memory to
+/// fault in for every block).
+#[derive(Clone, Default)]
+struct Spares(Arc<Mutex<Vec<Block>>>);
+
+impl Spares {
+    fn take(&self) -> Block {
+        let spare = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        spare.unwrap_or_else(Block::new)
+    }
+
+    /// Keeps the block if the caller held its last reference.
+    fn give_back(&self, block: Arc<Block>) {
+        if let Ok(mut block) = Arc::try_unwrap(block) {
+            block.buf.truncate(block.pad);
+            let mut spares = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if spares.len() <= QUEUE {
+                spares.push(block);
+            }
+        }
     }
 }
 
@@ -153,13 +181,60 @@ impl Hashers {
     }
 }
 
-/// A block being written and hashed.
-struct InFlight {
-    block: Arc<Block>,
-    /// The file offset just past the block.
-    end: u64,
-    writing: JoinHandle<std::io::Result<()>>,
-    hashing: Option<JoinHandle<Hashers>>,
+/// The writer thread's end of the pipeline.
+struct Writer {
+    queue: Option<mpsc::Sender<(u64, Arc<Block>)>>,
+    /// How far the file is written, gap-free from the transfer's start.
+    written: watch::Receiver<u64>,
+    /// The thread's outcome once it stopped (its queue closed, or a write failed).
+    done: Option<oneshot::Receiver<io::Error>>,
+}
+
+/// The hasher thread's end of the pipeline.
+struct Hasher {
+    queue: Option<mpsc::Sender<Arc<Block>>>,
+    done: Option<oneshot::Receiver<Hashers>>,
+}
+
+fn spawn_writer(file: Arc<PartialFile>, start: u64, spares: Spares) -> io::Result<Writer> {
+    let (queue, mut blocks) = mpsc::channel::<(u64, Arc<Block>)>(QUEUE);
+    let (progress, written) = watch::channel(start);
+    let (failed, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("upload-writer".to_owned())
+        .spawn(move || {
+            while let Some((offset, block)) = blocks.blocking_recv() {
+                if let Err(e) = file.write_at(block.bytes(), offset) {
+                    let _ = failed.send(e);
+                    return;
+                }
+                progress.send_replace(offset + block.len() as u64);
+                spares.give_back(block);
+            }
+        })?;
+    Ok(Writer {
+        queue: Some(queue),
+        written,
+        done: Some(done),
+    })
+}
+
+fn spawn_hasher(mut hashers: Hashers, spares: Spares) -> io::Result<Hasher> {
+    let (queue, mut blocks) = mpsc::channel::<Arc<Block>>(QUEUE);
+    let (finished, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("upload-hasher".to_owned())
+        .spawn(move || {
+            while let Some(block) = blocks.blocking_recv() {
+                hashers.update(block.bytes());
+                spares.give_back(block);
+            }
+            let _ = finished.send(hashers);
+        })?;
+    Ok(Hasher {
+        queue: Some(queue),
+        done: Some(done),
+    })
 }
 
 type Committing = JoinHandle<(UploadLock, Result<u64>)>;
@@ -171,56 +246,74 @@ pub struct Transfer {
     /// The upload as of the last finished commit (`offset` is the durable offset).
     upload: UploadState,
     start: u64,
-    /// Bytes accepted so far (in the block, in flight or written).
+    /// Bytes accepted so far (in the block, queued or written).
     position: u64,
-    /// The end of the bytes written to the file, gap-free from the start.
-    written: u64,
     /// The offset the latest commit covers, finished or not.
     commit_mark: u64,
     last_commit: Instant,
     block: Block,
-    spare: Option<Block>,
+    spares: Spares,
     file: Arc<PartialFile>,
-    /// None while a hashing job holds them.
-    hashers: Option<Hashers>,
-    in_flight: Option<InFlight>,
+    writer: Writer,
+    /// None when the transfer keeps no digest (a resumed upload without a chunk checksum).
+    hasher: Option<Hasher>,
     committing: Option<Committing>,
     checksum: Option<Vec<u8>>,
     limit: u64,
 }
 
 impl Transfer {
+    /// Starts the transfer's threads. On failure (the host is out of threads) the lock is
+    /// handed back for the caller to release.
     pub(super) fn new(
         uploads: Uploads,
         lock: UploadLock,
         upload: UploadState,
         file: PartialFile,
         checksum: Option<ChunkChecksum>,
-    ) -> Self {
+    ) -> std::result::Result<Self, (UploadLock, Error)> {
         let start = upload.offset;
         let limit = upload.size.unwrap_or(uploads.inner.max_size);
         let hashers = Hashers {
             whole: (start == 0).then(Sha256::new),
             chunk: checksum.as_ref().map(|c| ChunkHasher::new(c.algorithm)),
         };
-        Self {
+        let file = Arc::new(file);
+        let spares = Spares::default();
+        let threads = spawn_writer(file.clone(), start, spares.clone()).and_then(|writer| {
+            let hasher = if hashers.is_empty() {
+                None
+            } else {
+                Some(spawn_hasher(hashers, spares.clone())?)
+            };
+            Ok((writer, hasher))
+        });
+        let (writer, hasher) = match threads {
+            Ok(threads) => threads,
+            Err(e) => {
+                return Err((
+                    lock,
+                    Error::Unavailable(format!("cannot start the transfer: {e}")),
+                ));
+            }
+        };
+        Ok(Self {
             uploads,
             lock: Some(lock),
             start,
             position: start,
-            written: start,
             commit_mark: start,
             last_commit: Instant::now(),
-            block: Block::new(),
-            spare: None,
-            file: Arc::new(file),
-            hashers: Some(hashers),
-            in_flight: None,
+            block: spares.take(),
+            spares,
+            file,
+            writer,
+            hasher,
             committing: None,
             checksum: checksum.map(|c| c.expected),
             limit,
             upload,
-        }
+        })
     }
 
     /// The offset the next byte lands at.
@@ -254,71 +347,72 @@ impl Transfer {
         // partial block included (its write is waited for; this happens once per interval).
         if self.block.len() > 0 && self.commit_due_by_time() {
             self.flush().await?;
-            self.wait_block().await?;
+            self.wait_written().await?;
             self.commit_if_due().await?;
         }
         Ok(())
     }
 
-    /// Hands the filled part of the block to a writing and a hashing job, once the previous
-    /// block's jobs have finished.
+    /// Queues the filled part of the block for the writer and the hasher; waits while their
+    /// queues are full.
     async fn flush(&mut self) -> Result<()> {
         if self.block.len() == 0 {
             return Ok(());
         }
-        self.wait_block().await?;
         let offset = self.position - self.block.len() as u64;
-        if offset != self.written {
-            // An earlier block failed: writing this one would leave a hole.
-            return Err(Error::internal(format!(
-                "upload {}: the bytes before offset {offset} were not written",
-                self.upload.id
-            )));
+        let block = Arc::new(std::mem::replace(&mut self.block, self.spares.take()));
+        if let Some(queue) = self.hasher.as_ref().and_then(|h| h.queue.as_ref())
+            && queue.send(block.clone()).await.is_err()
+        {
+            return Err(Error::internal("the upload's hashing thread stopped"));
         }
-        let next = self.spare.take().unwrap_or_else(Block::new);
-        let block = Arc::new(std::mem::replace(&mut self.block, next));
-        let writing = {
-            let (file, block) = (self.file.clone(), block.clone());
-            spawn_blocking(move || file.write_at(block.bytes(), offset))
+        let Some(queue) = self.writer.queue.as_ref() else {
+            return Err(Error::internal("the upload's writer was closed"));
         };
-        let hashing = match self.hashers.take() {
-            Some(mut hashers) if !hashers.is_empty() => {
-                let block = block.clone();
-                Some(spawn_blocking(move || {
-                    hashers.update(block.bytes());
-                    hashers
-                }))
-            }
-            idle => {
-                self.hashers = idle;
-                None
-            }
-        };
-        self.in_flight = Some(InFlight {
-            block,
-            end: self.position,
-            writing,
-            hashing,
-        });
+        if queue.send((offset, block)).await.is_err() {
+            return Err(self.writer_failure().await);
+        }
         Ok(())
     }
 
-    /// Waits for the block in flight, if any.
-    async fn wait_block(&mut self) -> Result<()> {
-        let Some(in_flight) = self.in_flight.take() else {
+    /// How far the file is written, gap-free.
+    fn written(&self) -> u64 {
+        *self.writer.written.borrow()
+    }
+
+    /// Waits until every queued block is written.
+    async fn wait_written(&mut self) -> Result<()> {
+        let target = self.position - self.block.len() as u64;
+        if self.writer.written.wait_for(|w| *w >= target).await.is_ok() {
             return Ok(());
+        }
+        // The writer stopped short of it.
+        Err(self.writer_failure().await)
+    }
+
+    /// Why the writer thread stopped.
+    async fn writer_failure(&mut self) -> Error {
+        match self.writer.done.take() {
+            Some(done) => match done.await {
+                Ok(e) => e.into(),
+                Err(_) => Error::internal("the upload's writer stopped"),
+            },
+            None => Error::internal("the upload's writer stopped"),
+        }
+    }
+
+    /// The digests, once the hasher has seen every block queued so far.
+    async fn finish_hashing(&mut self) -> Result<Hashers> {
+        let Some(mut hasher) = self.hasher.take() else {
+            return Ok(Hashers::default());
         };
-        let written = in_flight.writing.await.map_err(Error::internal)?;
-        if let Some(hashing) = in_flight.hashing {
-            self.hashers = Some(hashing.await.map_err(Error::internal)?);
+        hasher.queue = None;
+        match hasher.done.take() {
+            Some(done) => done
+                .await
+                .map_err(|_| Error::internal("the upload's hashing thread stopped")),
+            None => Ok(Hashers::default()),
         }
-        written?;
-        self.written = in_flight.end;
-        if let Ok(mut block) = Arc::try_unwrap(in_flight.block) {
-            block.clear();
-            self.spare = Some(block);
-        }
-        Ok(())
     }
 
     fn commit_due_by_time(&self) -> bool {
@@ -327,7 +421,7 @@ impl Transfer {
 
     /// Starts a commit of what is written when one is due, after the previous one finished.
     async fn commit_if_due(&mut self) -> Result<()> {
-        let due = self.written - self.commit_mark >= COMMIT_BYTES || self.commit_due_by_time();
+        let due = self.written() - self.commit_mark >= COMMIT_BYTES || self.commit_due_by_time();
         if self.checksum.is_some() || !due {
             return Ok(());
         }
@@ -343,7 +437,7 @@ impl Transfer {
             .take()
             .ok_or_else(|| Error::internal("upload lock released"))?;
         let file = self.file.clone();
-        let (id, offset) = (self.upload.id, self.written);
+        let (id, offset) = (self.upload.id, self.written());
         let expiry = self.uploads.inner.expiry.as_secs_f64();
         self.commit_mark = offset;
         self.last_commit = Instant::now();
@@ -365,23 +459,21 @@ impl Transfer {
         Ok(())
     }
 
-    /// Writes and commits everything accepted so far, and waits until it is durable.
-    async fn commit_all(&mut self) -> Result<()> {
-        self.flush().await?;
-        self.wait_block().await?;
+    /// Commits everything written, and waits until it is durable.
+    async fn commit_written(&mut self) -> Result<()> {
         self.join_commit().await?;
         self.start_commit()?;
         self.join_commit().await
     }
 
-    /// Cuts the file back to where this transfer started (a discarded chunk).
+    /// Cuts the file back to where this transfer started (a discarded chunk). Called once
+    /// the writer is idle.
     async fn discard(&mut self) -> Result<()> {
         let (file, start) = (self.file.clone(), self.start);
         spawn_blocking(move || file.set_len(start))
             .await
             .map_err(Error::internal)??;
         self.position = start;
-        self.written = start;
         Ok(())
     }
 
@@ -395,16 +487,15 @@ impl Transfer {
 
     async fn finish_inner(&mut self) -> Result<UploadState> {
         self.flush().await?;
-        self.wait_block().await?;
-        self.join_commit().await?;
-        let mut hashers = self.hashers.take().unwrap_or_default();
+        self.wait_written().await?;
+        let mut hashers = self.finish_hashing().await?;
         if let (Some(expected), Some(hasher)) = (self.checksum.take(), hashers.chunk.take())
             && hasher.finalize() != expected
         {
             self.discard().await?;
             return Err(Error::ChecksumMismatch);
         }
-        self.commit_all().await?;
+        self.commit_written().await?;
         if self.upload.size == Some(self.position) {
             let digest = hashers.whole.map(|h| hex::encode(h.finalize()));
             self.uploads.complete(&self.upload, digest).await?;
@@ -418,18 +509,14 @@ impl Transfer {
     /// show the upload paused.
     pub async fn abort(mut self, why: &str) -> UploadState {
         tracing::info!(upload = %self.upload.id, offset = self.position, reason = why, "transfer cut off");
+        // What was written before a failure still counts: the written offset is gap-free.
+        let _ = self.flush().await;
+        let _ = self.wait_written().await;
         let kept = if self.checksum.is_some() {
             // Unverifiable: discard the chunk.
-            let _ = self.wait_block().await;
             self.discard().await
         } else {
-            // Whatever was written before a failure still counts: written is gap-free.
-            let _ = self.flush().await;
-            let _ = self.wait_block().await;
-            match self.join_commit().await {
-                Ok(()) => self.commit_all().await,
-                Err(e) => Err(e),
-            }
+            self.commit_written().await
         };
         if let Err(e) = kept {
             tracing::warn!(upload = %self.upload.id, error = %e, "could not keep the bytes of a cut-off transfer");
@@ -441,7 +528,9 @@ impl Transfer {
 
     /// Marks the file paused when the upload stopped short, and releases the lock.
     async fn end(&mut self, finished_cleanly: bool) {
-        let _ = self.wait_block().await;
+        // Closing the queues ends the threads once they are idle.
+        self.writer.queue = None;
+        self.hasher = None;
         if let Err(e) = self.join_commit().await {
             tracing::warn!(upload = %self.upload.id, error = %e, "a commit failed");
         }
