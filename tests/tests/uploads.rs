@@ -986,6 +986,114 @@ async fn a_slow_transfer_is_committed_while_it_runs() -> Result<()> {
     Ok(())
 }
 
+/// A tmpfs mounted for one test (tests run as root); unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let options = format!("size={size}");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(path)
+            .status()?;
+        anyhow::ensure!(status.success(), "mount tmpfs on {}", path.display());
+        Ok(Self(path.to_owned()))
+    }
+
+    fn resize(&self, size: &str) -> Result<()> {
+        let options = format!("remount,size={size}");
+        let status = std::process::Command::new("mount")
+            .args(["-o", &options])
+            .arg(&self.0)
+            .status()?;
+        anyhow::ensure!(status.success(), "remount {}", self.0.display());
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A data folder that fills up mid-upload: the client is told so (507 / RESOURCE_EXHAUSTED),
+/// the upload keeps its durable bytes, other RPCs are served meanwhile, and the upload
+/// completes intact once space is freed.
+#[tokio::test]
+async fn a_full_data_folder_keeps_the_durable_bytes_and_the_upload_resumes() -> Result<()> {
+    let db = TestDb::create().await?;
+    let dir = tempdir()?;
+    let data_dir = dir.join("data");
+    // Room for 3.5 MiB.
+    let mount = Tmpfs::mount(&data_dir, "3584k")?;
+    let p = catalogue(&db.url)
+        .args(["--data-dir", data_dir.to_str().unwrap()])
+        .start()
+        .await?;
+    let http = Http::default();
+    let mut c = client(&p).await?;
+    let content = data(6 * MIB as usize, 23);
+    let location = create(&http, &p, content.len() as u64, "full.bin").await?;
+    let id = id_of(&location);
+
+    // 1 MiB per PATCH until the folder is full.
+    let mut offset = 0u64;
+    let refused = loop {
+        let chunk = content[offset as usize..(offset + MIB) as usize].to_vec();
+        let r = http.patch(&location, offset, chunk, &[]).await?;
+        if r.status != 204 {
+            break r;
+        }
+        offset = r.offset();
+        assert!(offset < content.len() as u64, "the folder never filled");
+    };
+    assert_eq!(refused.status, 507, "{}", refused.body);
+    assert!(refused.body.contains("storage is full"), "{}", refused.body);
+    assert_eq!(offset, 3 * MIB, "three whole chunks fitted");
+    assert_eq!(
+        http.tus("HEAD", &location, &[]).await?.offset(),
+        offset,
+        "the durable bytes stay"
+    );
+
+    // The gRPC twin says it too; the catalogue keeps answering.
+    let other = c
+        .create_file(pb::CreateFileRequest {
+            filename: "other.bin".into(),
+            size: MIB as i64,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let status = write_upload(&mut c, &other.id, 0, &content[..MIB as usize], 256 << 10)
+        .await
+        .expect_err("no room for another upload");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status_of(&get_file(&mut c, &id).await?),
+        pb::FileStatus::Pause
+    );
+
+    // Space freed: the upload resumes where it stopped and completes intact.
+    mount.resize("64m")?;
+    let r = http
+        .patch(&location, offset, content[offset as usize..].to_vec(), &[])
+        .await?;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let file = get_file(&mut c, &id).await?;
+    assert_eq!(
+        (status_of(&file), file.sha256),
+        (pb::FileStatus::Ready, sha256(&content))
+    );
+    drop(p);
+    Ok(())
+}
+
 #[tokio::test]
 async fn two_catalogues_on_one_data_folder_let_one_writer_at_a_time() -> Result<()> {
     let db = TestDb::create().await?;

@@ -26,6 +26,12 @@ pub enum Error {
     ChecksumMismatch,
     #[error("{0}")]
     TooLarge(String),
+    /// The data folder is full (or over quota): nothing past the durable offset was kept, and
+    /// the upload resumes once space is freed.
+    #[error(
+        "the catalogue's storage is full; the upload keeps its durable bytes and resumes once space is freed"
+    )]
+    StorageFull,
     /// Temporarily unable to serve (database down, too many transfers).
     #[error("{0}")]
     Unavailable(String),
@@ -80,7 +86,14 @@ impl From<sea_orm::sqlx::Error> for Error {
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Self::Internal(e.to_string())
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+                tracing::error!(error = %e, "the data folder is full");
+                Self::StorageFull
+            }
+            _ => Self::Internal(e.to_string()),
+        }
     }
 }
 
@@ -94,7 +107,7 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::OffsetMismatch { .. } | Error::Locked => Status::aborted(e.to_string()),
             Error::ChecksumMismatch => Status::data_loss(e.to_string()),
-            Error::TooLarge(_) => Status::resource_exhausted(e.to_string()),
+            Error::TooLarge(_) | Error::StorageFull => Status::resource_exhausted(e.to_string()),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");

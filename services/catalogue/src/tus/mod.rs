@@ -59,6 +59,7 @@ fn error_response(e: Error) -> Response {
         Error::Locked => StatusCode::LOCKED,
         Error::ChecksumMismatch => StatusCode::from_u16(460).expect("460 is a valid status"),
         Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(detail) => {
             tracing::error!(error = %detail, "internal error");
