@@ -6,6 +6,9 @@
 #   cp + sync          a plain copy of the file, made durable: the disk's own speed
 #   tus curl PATCH     curl streaming one tus PATCH into pirus-catalogue (release build)
 #   WriteUpload        the gRPC twin, 1 MiB messages (bench client pirus-bench-upload)
+#   sha256 ceiling     the time one core takes to SHA-256 the file's size (`openssl speed`, in
+#                      memory): every upload is hashed once, on one core, so this bounds any
+#                      single upload (not a target, a yardstick)
 #   Node @tus/server   the reference tus server (@tus/server + @tus/file-store), curl PATCH;
 #                      also shown with a `sync` after it (what making its bytes durable costs)
 #
@@ -76,7 +79,7 @@ pids+=("$!")
 for _ in $(seq 1 100); do [ -s "$work/node.port" ] && break; sleep 0.1; done
 node_url="http://127.0.0.1:$(cat "$work/node.port")/files"
 
-# One line per round: cp tus grpc node node+sync (seconds). Each measurement starts with the
+# One line per round: cp tus grpc node node+sync sha256 (seconds). Each measurement starts with the
 # page cache clean of dirty data, so none pays for another's write-back.
 results=$work/results
 for round in $(seq 1 "$rounds"); do
@@ -92,7 +95,9 @@ for round in $(seq 1 "$rounds"); do
   t0=$(now); node_s=$(tus_upload "$node_url"); sync; t1=$(now)
   node_sync_s=$(elapsed "$t0" "$t1")
   rm -rf "${work:?}/node-files/"*; sync
-  echo "$cp_s $tus_s $grpc_s $node_s $node_sync_s" >> "$results"
+  sha_kbs=$(openssl speed -evp sha256 -bytes 1048576 -seconds 1 2>/dev/null | awk '/^sha256/ { sub("k", "", $2); print $2 }')
+  sha_s=$(awk -v b="$bytes" -v k="$sha_kbs" 'BEGIN { printf "%.3f", b / (k * 1000) }')
+  echo "$cp_s $tus_s $grpc_s $node_s $node_sync_s $sha_s" >> "$results"
 done
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status")
 
@@ -100,9 +105,9 @@ printf '\nupload of %s MiB over loopback, %s rounds (%s)\n' "$size_mib" "$rounds
 printf '%-36s' ""; for round in $(seq 1 "$rounds"); do printf '%9s' "round $round"; done
 printf '%9s %8s\n' median "MB/s"
 labels=("cp + sync (baseline)" "pirus tus PATCH (curl, fsync)" "pirus WriteUpload (gRPC, fsync)" \
-  "Node @tus/server (no fsync)" "Node @tus/server, then sync")
+  "Node @tus/server (no fsync)" "Node @tus/server, then sync" "sha256 on one core (openssl speed)")
 medians=()
-for column in 1 2 3 4 5; do
+for column in 1 2 3 4 5 6; do
   values=$(awk -v c="$column" '{print $c}' "$results")
   median=$(echo "$values" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
   medians+=("$median")
