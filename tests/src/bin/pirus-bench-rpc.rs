@@ -1,0 +1,194 @@
+//! Benchmark client: unary RPC throughput and latency against a running catalogue, each RPC
+//! driven by CONCURRENCY tasks over four HTTP/2 connections for SECONDS, beside the gRPC health
+//! check measured the same way (the same server, transport and client, no database: the
+//! baseline). Used by bench/rpc.sh.
+//!
+//! Usage: pirus-bench-rpc GRPC_ADDR [CONCURRENCY] [SECONDS]
+
+// A command-line tool: its report goes to stdout.
+#![allow(clippy::print_stdout)]
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const CONNECTIONS: usize = 4;
+const FILES: usize = 1000;
+
+struct Outcome {
+    calls: usize,
+    errors: usize,
+    elapsed: Duration,
+    /// Sorted latencies of the successful calls.
+    latencies: Vec<Duration>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() - 1) as f64 * p).round() as usize;
+        self.latencies[i]
+    }
+}
+
+/// Runs `call` from `concurrency` tasks for `seconds`; task i uses connection i % CONNECTIONS.
+async fn drive<F, Fut>(
+    channels: &[Channel],
+    concurrency: usize,
+    seconds: u64,
+    call: F,
+) -> Result<Outcome>
+where
+    F: Fn(Channel, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for task in 0..concurrency {
+        let (call, channel) = (call.clone(), channels[task % channels.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors, mut n) = (Vec::new(), 0usize, task);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if call(channel.clone(), n).await {
+                    latencies.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+                n += concurrency;
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut outcome = Outcome {
+        calls: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for task in tasks {
+        let (latencies, errors) = task.await?;
+        outcome.calls += latencies.len();
+        outcome.errors += errors;
+        outcome.latencies.extend(latencies);
+    }
+    outcome.elapsed = started.elapsed();
+    outcome.latencies.sort_unstable();
+    Ok(outcome)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: pirus-bench-rpc GRPC_ADDR [CONCURRENCY] [SECONDS]";
+    let addr = args.next().context(usage)?;
+    let concurrency: usize = args.next().map_or(Ok(32), |a| a.parse()).context(usage)?;
+    let seconds: u64 = args.next().map_or(Ok(5), |a| a.parse()).context(usage)?;
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(
+            Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?,
+        );
+    }
+
+    // Files to read: created, never uploaded (metadata reads do not care).
+    let mut client = CatalogueServiceClient::new(channels[0].clone());
+    let mut ids = Vec::with_capacity(FILES);
+    for i in 0..FILES {
+        let file = client
+            .create_file(pb::CreateFileRequest {
+                filename: format!("bench-{i}.bin"),
+                size: 1,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        ids.push(file.id);
+    }
+    let ids = Arc::new(ids);
+
+    let mut rows: Vec<(&str, Outcome)> = Vec::new();
+    let health = drive(&channels, concurrency, seconds, |channel, _| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_ok()
+    })
+    .await?;
+    rows.push(("grpc.health.v1.Health/Check (baseline)", health));
+    let get_ids = ids.clone();
+    let get = drive(&channels, concurrency, seconds, move |channel, n| {
+        let id = get_ids[n % get_ids.len()].clone();
+        async move {
+            CatalogueServiceClient::new(channel)
+                .get_file(pb::GetFileRequest { id })
+                .await
+                .is_ok()
+        }
+    })
+    .await?;
+    rows.push(("GetFile", get));
+    let list = drive(&channels, concurrency, seconds, |channel, _| async move {
+        CatalogueServiceClient::new(channel)
+            .list_files(pb::ListFilesRequest {
+                page_size: 50,
+                ..Default::default()
+            })
+            .await
+            .is_ok_and(|r| r.into_inner().files.len() == 50)
+    })
+    .await?;
+    rows.push(("ListFiles (a page of 50)", list));
+    let create = drive(&channels, concurrency, seconds, |channel, n| async move {
+        CatalogueServiceClient::new(channel)
+            .create_file(pb::CreateFileRequest {
+                filename: format!("created-{n}.bin"),
+                size: 1,
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+    })
+    .await?;
+    rows.push(("CreateFile (a committed insert)", create));
+
+    let baseline = rows[0].1.rate();
+    println!(
+        "{concurrency} concurrent callers over {CONNECTIONS} connections, {seconds} s per RPC"
+    );
+    println!(
+        "{:<40} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "", "calls/s", "p50 ms", "p99 ms", "vs base", "errors"
+    );
+    for (name, outcome) in &rows {
+        println!(
+            "{:<40} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x {:>7}",
+            name,
+            outcome.rate(),
+            outcome.percentile(0.5).as_secs_f64() * 1e3,
+            outcome.percentile(0.99).as_secs_f64() * 1e3,
+            outcome.rate() / baseline,
+            outcome.errors
+        );
+    }
+    Ok(())
+}
