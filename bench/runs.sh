@@ -11,37 +11,10 @@
 set -euo pipefail
 sequential=${1:-5}
 batch=${2:-20}
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
-cargo build -q --release --locked -p pirus-catalogue -p pirus-runner -p pirus-tests --bins
-bin=$CARGO_TARGET_DIR/release
+BENCH_ON_EXIT="lxc delete --force pirus-bare-bench"
+. "$(dirname "$0")/common.sh"
 package=$(examples/hello/build.sh)
 
-work=$(mktemp -d /var/tmp/pirus-bench.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  lxc delete --force pirus-bare-bench >/dev/null 2>&1 || true
-  rm -rf "$work"
-  [ -n "${db:-}" ] && psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-url=$(grep '^PIRUS_DATABASE_URL=' /etc/pirus/pirus.env | cut -d= -f2-)
-admin="${url%/*}/postgres"
-db=pirus_bench_$$
-psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null
-dburl="${url%/*}/$db"
-
-start() { # name binary args...
-  local name=$1 binary=$2; shift 2
-  "$bin/$binary" --database-url "$dburl" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-    --addr-file "$work/$name.addr" "$@" > "$work/$name.log" 2>&1 &
-  pids+=("$!")
-  for _ in $(seq 1 100); do [ -s "$work/$name.addr" ] && break; sleep 0.1; done
-  sed -E 's/.*"grpc": *"([^"]+)".*/\1/' "$work/$name.addr"
-}
 catalogue=$(start catalogue pirus-catalogue --data-dir "$work/data")
 runner=$(start runner pirus-runner --work-dir "$work/runner" --max-runs 4 \
   --node-name "bench-$$" --catalogue-addr "http://$catalogue")

@@ -20,26 +20,7 @@
 set -euo pipefail
 size_mib=${1:-1024}
 rounds=${ROUNDS:-3}
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
-cargo build -q --release --locked -p pirus-catalogue -p pirus-tests --bins
-bin=$CARGO_TARGET_DIR/release
-
-work=$(mktemp -d /var/tmp/pirus-bench.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-  [ -n "${db:-}" ] && psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-url=$(grep '^PIRUS_DATABASE_URL=' /etc/pirus/pirus.env | cut -d= -f2-)
-admin="${url%/*}/postgres"
-db=pirus_bench_$$
-psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null
+. "$(dirname "$0")/common.sh"
 
 input=$work/input.bin
 bytes=$((size_mib << 20))
@@ -48,13 +29,9 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
 echo "==> pirus-catalogue (release)"
-"$bin/pirus-catalogue" --database-url "${url%/*}/$db" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-  --addr-file "$work/addr.json" --data-dir "$work/data" --max-upload-size 64GiB \
-  > "$work/catalogue.log" 2>&1 &
-cat_pid=$!; pids+=("$cat_pid")
-for _ in $(seq 1 100); do [ -s "$work/addr.json" ] && break; sleep 0.1; done
-http=$(sed -E 's/.*"http": *"([^"]+)".*/\1/' "$work/addr.json")
-grpc=$(sed -E 's/.*"grpc": *"([^"]+)".*/\1/' "$work/addr.json")
+grpc=$(start catalogue pirus-catalogue --data-dir "$work/data" --max-upload-size 64GiB)
+http=$(http_addr catalogue)
+cat_pid=$(cat "$work/catalogue.pid")
 
 tus_upload() { # base-url -> seconds for POST + one streamed PATCH
   local base=$1 meta location t0 t1
@@ -75,7 +52,7 @@ mkdir -p "$work/node" "$work/node-files"
 (cd "$work/node" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund @tus/server @tus/file-store >/dev/null)
 cp bench/tus-node-server.mjs "$work/node/"
 node "$work/node/tus-node-server.mjs" "$work/node-files" > "$work/node.port" 2> "$work/node.log" &
-pids+=("$!")
+echo "$!" > "$work/node.pid"
 for _ in $(seq 1 100); do [ -s "$work/node.port" ] && break; sleep 0.1; done
 node_url="http://127.0.0.1:$(cat "$work/node.port")/files"
 

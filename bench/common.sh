@@ -1,0 +1,44 @@
+# Shared by the bench scripts (sourced, after `set -euo pipefail`): the release build, a work
+# folder and a database of the benchmark's own, both removed on exit with every service it
+# started, and `start` for a service. Sets repo, bin, work, admin, db and dburl.
+# BENCH_ON_EXIT may name a command to run at exit before the clean-up (runs.sh removes its
+# container with it).
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+cargo build -q --release --locked -p pirus-catalogue -p pirus-runner -p pirus-tests --bins
+bin=$CARGO_TARGET_DIR/release
+
+work=$(mktemp -d /var/tmp/pirus-bench.XXXXXX)
+bench_cleanup() {
+  ${BENCH_ON_EXIT:-:} >/dev/null 2>&1 || true
+  # Services record their pids in files: `start` runs in command substitutions (subshells).
+  for pidfile in "$work"/*.pid; do
+    [ -e "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+  [ -n "${db:-}" ] && psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap bench_cleanup EXIT
+
+url=$(grep '^PIRUS_DATABASE_URL=' /etc/pirus/pirus.env | cut -d= -f2-)
+admin="${url%/*}/postgres"
+db=pirus_bench_$$
+psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null
+dburl="${url%/*}/$db"
+
+# start NAME BINARY ARGS...: starts a service on free loopback ports, waits for its addresses,
+# prints its gRPC address. $work/NAME.addr holds both addresses, $work/NAME.pid its pid.
+start() {
+  local name=$1 binary=$2; shift 2
+  "$bin/$binary" --database-url "$dburl" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+    --addr-file "$work/$name.addr" "$@" > "$work/$name.log" 2>&1 &
+  echo "$!" > "$work/$name.pid"
+  for _ in $(seq 1 100); do [ -s "$work/$name.addr" ] && break; sleep 0.1; done
+  [ -s "$work/$name.addr" ] || { echo "$name did not start:" >&2; cat "$work/$name.log" >&2; return 1; }
+  sed -E 's/.*"grpc": *"([^"]+)".*/\1/' "$work/$name.addr"
+}
+
+# http_addr NAME: the HTTP address of a started service.
+http_addr() { sed -E 's/.*"http": *"([^"]+)".*/\1/' "$work/$1.addr"; }
