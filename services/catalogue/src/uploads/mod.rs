@@ -46,6 +46,8 @@ struct Inner {
     expiry: Duration,
     /// Pipelines whose package just completed, for the installer.
     installs: mpsc::UnboundedSender<Uuid>,
+    /// Memory for the blocks of every transfer.
+    blocks: transfer::BlockBudget,
 }
 
 impl Uploads {
@@ -65,6 +67,7 @@ impl Uploads {
                 max_size,
                 expiry,
                 installs,
+                blocks: transfer::BlockBudget::new(),
             }),
         }
     }

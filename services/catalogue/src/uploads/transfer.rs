@@ -14,7 +14,8 @@
 //!   ever unacknowledged.
 //!
 //! Each thread's queue holds [`QUEUE`] blocks and the request task waits when it is full, so a
-//! transfer holds at most a few MiB however fast its client sends. An offset becomes durable,
+//! transfer holds at most a few MiB however fast its client sends, and all transfers together
+//! stay within one [`BlockBudget`] of the process. An offset becomes durable,
 //! and so reportable, only when its commit has finished. A transfer that carries a chunk
 //! checksum commits only at its end, once the checksum is verified, so a bad chunk is discarded
 //! whole.
@@ -31,7 +32,7 @@ use sea_orm::sqlx;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
     task::{JoinHandle, spawn_blocking},
 };
 use uuid::Uuid;
@@ -105,21 +106,16 @@ impl ChunkHasher {
     }
 }
 
-/// A block being filled: up to [`BLOCK`] bytes, 4 KiB-aligned in memory for direct I/O.
+/// A block: up to [`BLOCK`] bytes, 4 KiB-aligned in memory for direct I/O, and its share of
+/// the process's [`BlockBudget`], given back when the block is dropped.
 struct Block {
     buf: Vec<u8>,
     /// Leading bytes skipped to reach the alignment.
     pad: usize,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Block {
-    fn new() -> Self {
-        let mut buf = Vec::<u8>::with_capacity(BLOCK + DIRECT_ALIGN);
-        let pad = (DIRECT_ALIGN - buf.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
-        buf.resize(pad, 0);
-        Self { buf, pad }
-    }
-
     fn bytes(&self) -> &[u8] {
         &self.buf[self.pad..]
     }
@@ -135,24 +131,61 @@ impl Block {
     }
 }
 
-/// Blocks both threads are done with, for the request task to fill again (no fresh memory to
-/// fault in for every block).
-#[derive(Clone, Default)]
-struct Spares(Arc<Mutex<Vec<Block>>>);
+/// The memory every transfer of the process may hold in blocks, together: however many
+/// transfers run and however fast their clients send, upload data in memory stays under
+/// [`BlockBudget::BYTES`]. A transfer waits for a block only while it holds none (its queued
+/// blocks drain without needing any), so waiting never deadlocks. Buffers of dropped blocks
+/// are kept for reuse, a few, so that a busy transfer does not fault in fresh memory for
+/// every block.
+#[derive(Clone)]
+pub(super) struct BlockBudget {
+    permits: Arc<Semaphore>,
+    buffers: Arc<Mutex<Vec<Vec<u8>>>>,
+}
 
-impl Spares {
-    fn take(&self) -> Block {
-        let spare = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        spare.unwrap_or_else(Block::new)
+impl BlockBudget {
+    /// 256 blocks of 1 MiB.
+    pub const BYTES: usize = 256 << 20;
+    /// Buffers kept for reuse.
+    const KEPT: usize = 32;
+
+    pub fn new() -> Self {
+        Self::with_blocks(Self::BYTES / BLOCK)
     }
 
-    /// Keeps the block if the caller held its last reference.
-    fn give_back(&self, block: Arc<Block>) {
-        if let Ok(mut block) = Arc::try_unwrap(block) {
-            block.buf.truncate(block.pad);
-            let mut spares = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            if spares.len() <= QUEUE {
-                spares.push(block);
+    fn with_blocks(blocks: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(blocks)),
+            buffers: Arc::default(),
+        }
+    }
+
+    async fn block(&self) -> Result<Block> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(Error::internal)?;
+        let kept = self.buffers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut buf = kept.unwrap_or_else(|| Vec::with_capacity(BLOCK + DIRECT_ALIGN));
+        let pad = (DIRECT_ALIGN - buf.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
+        buf.clear();
+        buf.resize(pad, 0);
+        Ok(Block {
+            buf,
+            pad,
+            _permit: permit,
+        })
+    }
+
+    /// Keeps the block's buffer if the caller held its last reference; the permit goes back
+    /// either way once the block is dropped.
+    fn recycle(&self, block: Arc<Block>) {
+        if let Ok(block) = Arc::try_unwrap(block) {
+            let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+            if buffers.len() < Self::KEPT {
+                buffers.push(block.buf);
             }
         }
     }
@@ -196,7 +229,7 @@ struct Hasher {
     done: Option<oneshot::Receiver<Hashers>>,
 }
 
-fn spawn_writer(file: Arc<PartialFile>, start: u64, spares: Spares) -> io::Result<Writer> {
+fn spawn_writer(file: Arc<PartialFile>, start: u64, budget: BlockBudget) -> io::Result<Writer> {
     let (queue, mut blocks) = mpsc::channel::<(u64, Arc<Block>)>(QUEUE);
     let (progress, written) = watch::channel(start);
     let (failed, done) = oneshot::channel();
@@ -209,7 +242,7 @@ fn spawn_writer(file: Arc<PartialFile>, start: u64, spares: Spares) -> io::Resul
                     return;
                 }
                 progress.send_replace(offset + block.len() as u64);
-                spares.give_back(block);
+                budget.recycle(block);
             }
         })?;
     Ok(Writer {
@@ -219,7 +252,7 @@ fn spawn_writer(file: Arc<PartialFile>, start: u64, spares: Spares) -> io::Resul
     })
 }
 
-fn spawn_hasher(mut hashers: Hashers, spares: Spares) -> io::Result<Hasher> {
+fn spawn_hasher(mut hashers: Hashers, budget: BlockBudget) -> io::Result<Hasher> {
     let (queue, mut blocks) = mpsc::channel::<Arc<Block>>(QUEUE);
     let (finished, done) = oneshot::channel();
     std::thread::Builder::new()
@@ -227,7 +260,7 @@ fn spawn_hasher(mut hashers: Hashers, spares: Spares) -> io::Result<Hasher> {
         .spawn(move || {
             while let Some(block) = blocks.blocking_recv() {
                 hashers.update(block.bytes());
-                spares.give_back(block);
+                budget.recycle(block);
             }
             let _ = finished.send(hashers);
         })?;
@@ -251,8 +284,8 @@ pub struct Transfer {
     /// The offset the latest commit covers, finished or not.
     commit_mark: u64,
     last_commit: Instant,
-    block: Block,
-    spares: Spares,
+    /// The block being filled; none between a flush and the next byte.
+    block: Option<Block>,
     file: Arc<PartialFile>,
     writer: Writer,
     /// None when the transfer keeps no digest (a resumed upload without a chunk checksum).
@@ -279,12 +312,12 @@ impl Transfer {
             chunk: checksum.as_ref().map(|c| ChunkHasher::new(c.algorithm)),
         };
         let file = Arc::new(file);
-        let spares = Spares::default();
-        let threads = spawn_writer(file.clone(), start, spares.clone()).and_then(|writer| {
+        let budget = uploads.inner.blocks.clone();
+        let threads = spawn_writer(file.clone(), start, budget.clone()).and_then(|writer| {
             let hasher = if hashers.is_empty() {
                 None
             } else {
-                Some(spawn_hasher(hashers, spares.clone())?)
+                Some(spawn_hasher(hashers, budget)?)
             };
             Ok((writer, hasher))
         });
@@ -304,8 +337,7 @@ impl Transfer {
             position: start,
             commit_mark: start,
             last_commit: Instant::now(),
-            block: spares.take(),
-            spares,
+            block: None,
             file,
             writer,
             hasher,
@@ -332,10 +364,14 @@ impl Transfer {
         }
         let mut rest = &data[..];
         while !rest.is_empty() {
+            let block = match &mut self.block {
+                Some(block) => block,
+                None => self.block.insert(self.uploads.inner.blocks.block().await?),
+            };
             // A block ends at the next BLOCK boundary of the file.
             let room = BLOCK - (self.position % BLOCK as u64) as usize;
             let take = room.min(rest.len());
-            self.block.extend(&rest[..take]);
+            block.extend(&rest[..take]);
             rest = &rest[take..];
             self.position += take as u64;
             if take == room {
@@ -345,7 +381,7 @@ impl Transfer {
         }
         // A slow sender still gets its bytes committed every few seconds: all of them, the
         // partial block included (its write is waited for; this happens once per interval).
-        if self.block.len() > 0 && self.commit_due_by_time() {
+        if self.filling() > 0 && self.commit_due_by_time() {
             self.flush().await?;
             self.wait_written().await?;
             self.commit_if_due().await?;
@@ -353,14 +389,19 @@ impl Transfer {
         Ok(())
     }
 
+    /// Bytes in the block being filled.
+    fn filling(&self) -> usize {
+        self.block.as_ref().map_or(0, Block::len)
+    }
+
     /// Queues the filled part of the block for the writer and the hasher; waits while their
     /// queues are full.
     async fn flush(&mut self) -> Result<()> {
-        if self.block.len() == 0 {
+        let Some(block) = self.block.take_if(|b| b.len() > 0) else {
             return Ok(());
-        }
-        let offset = self.position - self.block.len() as u64;
-        let block = Arc::new(std::mem::replace(&mut self.block, self.spares.take()));
+        };
+        let offset = self.position - block.len() as u64;
+        let block = Arc::new(block);
         if let Some(queue) = self.hasher.as_ref().and_then(|h| h.queue.as_ref())
             && queue.send(block.clone()).await.is_err()
         {
@@ -382,7 +423,7 @@ impl Transfer {
 
     /// Waits until every queued block is written.
     async fn wait_written(&mut self) -> Result<()> {
-        let target = self.position - self.block.len() as u64;
+        let target = self.position - self.filling() as u64;
         if self.writer.written.wait_for(|w| *w >= target).await.is_ok() {
             return Ok(());
         }
@@ -597,4 +638,45 @@ async fn commit(
         return Err(Error::NotFound(format!("upload {id}")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blocks_wait_for_the_budget_and_come_back_aligned() {
+        let budget = BlockBudget::with_blocks(2);
+        let mut a = budget.block().await.unwrap();
+        let b = budget.block().await.unwrap();
+        a.extend(&[7; 5000]);
+        let a = Arc::new(a);
+        let held = a.clone();
+        let third = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.block().await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !third.is_finished(),
+            "a third block waits while two are held"
+        );
+        // The writer is done with `a` but the hasher still holds it: nothing comes back yet.
+        budget.recycle(a);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!third.is_finished());
+        budget.recycle(held);
+        let c = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("the block freed by its last holder")
+            .unwrap();
+        assert_eq!(c.len(), 0, "a reused buffer starts empty");
+        assert!(c.bytes().as_ptr().addr().is_multiple_of(DIRECT_ALIGN));
+        assert_eq!(
+            budget.buffers.lock().unwrap().len(),
+            0,
+            "its buffer was reused"
+        );
+        drop(b);
+    }
 }
