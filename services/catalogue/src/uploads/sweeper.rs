@@ -42,10 +42,13 @@ async fn sweep(uploads: &Uploads) -> Result<(), Error> {
         let Ok(lock) = uploads.inner.locks.lock(upload.id).await else {
             continue; // A transfer is writing it after all: not expired.
         };
+        // The bytes first, then the row, both under the lock: once the upload is unknown
+        // (404), nothing of it is left on disk. A crash between the two leaves an expired row
+        // without bytes, which the next sweep removes.
+        uploads.remove_partial(upload.id).await;
         let removed = store.remove_upload(&upload).await;
         lock.release().await;
         removed?;
-        uploads.remove_partial(upload.id).await;
         tracing::info!(upload = %upload.id, "expired upload removed");
     }
 
