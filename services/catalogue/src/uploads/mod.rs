@@ -12,12 +12,8 @@ use bytes::Bytes;
 use chrono::Utc;
 use sea_orm::sqlx;
 use sha2::{Digest, Sha256};
-use tokio::{
-    io::{AsyncReadExt, AsyncSeekExt},
-    sync::mpsc,
-};
-use tokio_stream::{Stream, StreamExt};
-use tokio_util::io::ReaderStream;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use uuid::Uuid;
 
 pub use lock::LockConnector;
@@ -466,22 +462,55 @@ impl Uploads {
         let sha256 = file
             .sha256
             .ok_or_else(|| Error::internal("ready file without digest"))?;
-        let mut blob = tokio::fs::File::open(self.inner.storage.blob_path(&sha256)).await?;
-        blob.seek(std::io::SeekFrom::Start(offset)).await?;
         let length = if limit == 0 {
             size - offset
         } else {
             limit.min(size - offset)
         };
-        let mut position = offset;
-        let stream = ReaderStream::with_capacity(blob.take(length), 1 << 20).map(move |chunk| {
-            let chunk = chunk?;
-            let at = position;
-            position += chunk.len() as u64;
-            Ok((at, chunk))
-        });
-        Ok(stream)
+        let path = self.inner.storage.blob_path(&sha256);
+        let blob = tokio::task::spawn_blocking(move || std::fs::File::open(path))
+            .await
+            .map_err(Error::internal)??;
+        Ok(stream_file(blob, offset, length)?)
     }
+}
+
+/// Chunks a read answers: 1 MiB, as WriteUpload clients send them.
+const READ_CHUNK: usize = 1 << 20;
+/// Chunks read ahead of the client.
+const READ_AHEAD: usize = 4;
+
+/// `length` bytes of `file` from `offset`, in chunks of at most [`READ_CHUNK`], read by a
+/// thread of its own that stays [`READ_AHEAD`] chunks ahead, so the disk and the network are
+/// both busy. The thread stops when the reader goes away. A file shorter than `length` ends
+/// the stream with an error rather than short.
+fn stream_file(
+    file: std::fs::File,
+    offset: u64,
+    length: u64,
+) -> std::io::Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
+    use std::os::unix::fs::FileExt;
+    let (chunks, rx) = mpsc::channel::<Result<(u64, Bytes)>>(READ_AHEAD);
+    std::thread::Builder::new()
+        .name("file-reader".to_owned())
+        .spawn(move || {
+            let end = offset + length;
+            let mut position = offset;
+            while position < end {
+                let want = (end - position).min(READ_CHUNK as u64) as usize;
+                let mut data = bytes::BytesMut::zeroed(want);
+                let chunk = file
+                    .read_exact_at(&mut data, position)
+                    .map(|()| (position, data.freeze()))
+                    .map_err(Error::from);
+                let failed = chunk.is_err();
+                if chunks.blocking_send(chunk).is_err() || failed {
+                    return;
+                }
+                position += want as u64;
+            }
+        })?;
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// SHA-256 of a file, read in 1 MiB blocks.
