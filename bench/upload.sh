@@ -5,7 +5,11 @@
 #
 #   cp + sync          a plain copy of the file, made durable: the disk's own speed
 #   tus curl PATCH     curl streaming one tus PATCH into pirus-catalogue (release build)
-#   WriteUpload        the gRPC twin, 1 MiB messages (bench client pirus-bench-upload)
+#   WriteUpload        the gRPC twin, 1 MiB messages (bench client pirus-bench-upload), of
+#                      other content than the tus upload's (so that neither is a duplicate)
+#   ReadFile           the same client reading that file back whole (a runner's input fetch),
+#                      beside `cat` of the tus upload's stored blob; both cold, since uploads
+#                      are written with direct I/O
 #   sha256 ceiling     the time one core takes to SHA-256 the file's size (`openssl speed`, in
 #                      memory): every upload is hashed once, on one core, so this bounds any
 #                      single upload (not a target, a yardstick)
@@ -56,25 +60,29 @@ echo "$!" > "$work/node.pid"
 for _ in $(seq 1 100); do [ -s "$work/node.port" ] && break; sleep 0.1; done
 node_url="http://127.0.0.1:$(cat "$work/node.port")/files"
 
-# One line per round: cp tus grpc node node+sync sha256 (seconds). Each measurement starts with the
+# One line per round: cp tus grpc node node+sync sha256 cat readfile (seconds). Each measurement starts with the
 # page cache clean of dirty data, so none pays for another's write-back.
 results=$work/results
 for round in $(seq 1 "$rounds"); do
   # New content every round: an upload of bytes the catalogue already holds would end by
   # dropping its partial file rather than storing it, which is not the case measured.
-  echo "==> round $round of $rounds: a new ${size_mib} MiB input file"
+  echo "==> round $round of $rounds: new ${size_mib} MiB input files"
   head -c "$bytes" /dev/urandom > "$input"
+  head -c "$bytes" /dev/urandom > "$work/input-grpc.bin"
   sync
   t0=$(now); cp "$input" "$work/copy.bin"; sync; t1=$(now)
   cp_s=$(elapsed "$t0" "$t1"); rm -f "$work/copy.bin"; sync
   tus_s=$(tus_upload "http://$http/uploads/files/"); sync
-  grpc_s=$("$bin/pirus-bench-upload" "$grpc" "$input"); sync
+  blob=$(ls -t "$work"/data/blobs/*/* | head -n 1)
+  read -r grpc_s read_s < <("$bin/pirus-bench-upload" "$grpc" "$work/input-grpc.bin"); sync
+  t0=$(now); cat "$blob" > /dev/null; t1=$(now)
+  cat_s=$(elapsed "$t0" "$t1")
   t0=$(now); node_s=$(tus_upload "$node_url"); sync; t1=$(now)
   node_sync_s=$(elapsed "$t0" "$t1")
   rm -rf "${work:?}/node-files/"*; sync
   sha_kbs=$(openssl speed -evp sha256 -bytes 1048576 -seconds 1 2>/dev/null | awk '/^sha256/ { sub("k", "", $2); print $2 }')
   sha_s=$(awk -v b="$bytes" -v k="$sha_kbs" 'BEGIN { printf "%.3f", b / (k * 1000) }')
-  echo "$cp_s $tus_s $grpc_s $node_s $node_sync_s $sha_s" >> "$results"
+  echo "$cp_s $tus_s $grpc_s $node_s $node_sync_s $sha_s $cat_s $read_s" >> "$results"
 done
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status")
 
@@ -82,9 +90,10 @@ printf '\nupload of %s MiB over loopback, %s rounds (%s)\n' "$size_mib" "$rounds
 printf '%-36s' ""; for round in $(seq 1 "$rounds"); do printf '%9s' "round $round"; done
 printf '%9s %8s\n' median "MB/s"
 labels=("cp + sync (baseline)" "pirus tus PATCH (curl, fsync)" "pirus WriteUpload (gRPC, fsync)" \
-  "Node @tus/server (no fsync)" "Node @tus/server, then sync" "sha256 on one core (openssl speed)")
+  "Node @tus/server (no fsync)" "Node @tus/server, then sync" "sha256 on one core (openssl speed)" \
+  "cat of a stored blob (cold)" "pirus ReadFile (gRPC, cold)")
 medians=()
-for column in 1 2 3 4 5 6; do
+for column in 1 2 3 4 5 6 7 8; do
   values=$(awk -v c="$column" '{print $c}' "$results")
   median=$(echo "$values" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
   medians+=("$median")
@@ -92,6 +101,7 @@ for column in 1 2 3 4 5 6; do
   for v in $values; do printf '%9s' "$v"; done
   printf '%9s %8s\n' "$median" "$(mbs "$median")"
 done
-awk -v cp="${medians[0]}" -v t="${medians[1]}" -v g="${medians[2]}" -v n="${medians[3]}" 'BEGIN {
-  printf "ratios of medians: tus/Node %.2fx, WriteUpload/Node %.2fx, tus/cp %.2f, WriteUpload/cp %.2f\n", n/t, n/g, cp/t, cp/g }'
+awk -v cp="${medians[0]}" -v t="${medians[1]}" -v g="${medians[2]}" -v n="${medians[3]}" \
+  -v c="${medians[6]}" -v r="${medians[7]}" 'BEGIN {
+  printf "ratios of medians: tus/Node %.2fx, WriteUpload/Node %.2fx, tus/cp %.2f, WriteUpload/cp %.2f, ReadFile/cat %.2f\n", n/t, n/g, cp/t, cp/g, c/r }'
 printf 'pirus-catalogue peak RSS over every upload (VmHWM): %d MiB\n' "$((rss_kib / 1024))"

@@ -1,6 +1,8 @@
 //! Benchmark client: uploads a file to the catalogue with CreateFile + WriteUpload, streaming it
-//! from disk in 1 MiB messages, and prints the seconds the upload took (creation to the final
-//! durable answer). Used by bench/upload.sh.
+//! from disk in 1 MiB messages, then reads it back whole with ReadFile (as a runner fetches an
+//! input; bytes counted, not kept). Prints the seconds of each: the upload from creation to the
+//! final durable answer, the download from the request to the last byte. Used by
+//! bench/upload.sh.
 //!
 //! Usage: pirus-bench-upload GRPC_ADDR FILE
 
@@ -78,6 +80,26 @@ async fn main() -> Result<()> {
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("the reading thread panicked"))??;
-    println!("{:.3}", started.elapsed().as_secs_f64());
+    let uploaded = started.elapsed();
+
+    let started = Instant::now();
+    let mut stream = client
+        .read_file(pb::ReadFileRequest {
+            file_id: file.id.clone(),
+            offset: 0,
+            limit: 0,
+        })
+        .await?
+        .into_inner();
+    let mut received = 0u64;
+    while let Some(chunk) = stream.message().await? {
+        received += chunk.data.len() as u64;
+    }
+    anyhow::ensure!(received == size, "read {received} bytes of {size}");
+    println!(
+        "{:.3} {:.3}",
+        uploaded.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
