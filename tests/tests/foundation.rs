@@ -542,3 +542,34 @@ async fn pooled_connections_do_not_hold_idle_transactions_forever() -> Result<()
     pirus_db::migrate(&pool).await?;
     Ok(())
 }
+
+/// Errors that mean the database cannot serve for now (answered UNAVAILABLE and retried) are
+/// told apart from queries that fail: a database over its connection limit (SQLSTATE 53300,
+/// what a server out of connection slots answers too) is the former, a syntax error the latter.
+#[tokio::test]
+async fn database_refusals_are_unavailable_and_failing_queries_are_not() -> Result<()> {
+    use pirus_db::sea_orm::sqlx::{self, Connection, postgres::PgConnection};
+    let db = TestDb::create().await?;
+    let mut connection = PgConnection::connect(&db.url).await?;
+    let failed = sqlx::query("SELEC 1")
+        .execute(&mut connection)
+        .await
+        .expect_err("a syntax error");
+    assert!(!pirus_db::sqlx_is_unavailable(&failed), "{failed}");
+
+    // The owner (the service account) closes its database to new connections.
+    let admin = db.client().await?;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {} CONNECTION LIMIT 0", db.name))
+        .await?;
+    let refused = PgConnection::connect(&db.url)
+        .await
+        .expect_err("a database allowing no connections");
+    let code = refused
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("53300"), "{refused}");
+    assert!(pirus_db::sqlx_is_unavailable(&refused), "{refused}");
+    Ok(())
+}

@@ -143,12 +143,29 @@ pub async fn is_migrated(db: &DatabaseConnection) -> Result<bool, DbError> {
 /// Whether an error means the database could not be reached (rather than a query failing):
 /// callers answer UNAVAILABLE, and retry later.
 pub fn is_unavailable(e: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
+    use sea_orm::{DbErr, RuntimeErr};
     match e {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
-            matches!(&**s, Sqlx::Io(_) | Sqlx::PoolTimedOut)
+            sqlx_is_unavailable(s)
         }
+        _ => false,
+    }
+}
+
+/// [`is_unavailable`] for a bare sqlx error: no connection (I/O, pool timed out or closed),
+/// or the server refusing for a while: SQLSTATE class 08 (connection exception), class 53
+/// (insufficient resources: too many connections, out of memory or disk) and 57P01 to 57P03
+/// (shutting down, restarting, not yet accepting connections).
+pub fn sqlx_is_unavailable(e: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    match e {
+        Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed => true,
+        Sqlx::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
         _ => false,
     }
 }

@@ -74,12 +74,11 @@ impl From<sea_orm::DbErr> for Error {
 
 impl From<sea_orm::sqlx::Error> for Error {
     fn from(e: sea_orm::sqlx::Error) -> Self {
-        match e {
-            sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolTimedOut => {
-                tracing::warn!(error = %e, "database unavailable");
-                Self::Unavailable("the database is unavailable; retry later".to_owned())
-            }
-            other => Self::Internal(other.to_string()),
+        if pirus_db::sqlx_is_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            Self::Unavailable("the database is unavailable; retry later".to_owned())
+        } else {
+            Self::Internal(e.to_string())
         }
     }
 }
