@@ -22,6 +22,14 @@ fn catalogue(db: &str) -> Launch {
     Launch::new(Kind::Catalogue, db)
 }
 
+/// A catalogue keeping its data in `data_dir` (for tests that look at the files), with
+/// `extra` options.
+fn catalogue_on(db: &str, data_dir: &std::path::Path, extra: &[&str]) -> Launch {
+    catalogue(db)
+        .args(["--data-dir", data_dir.to_str().expect("a UTF-8 path")])
+        .args(extra.iter().copied())
+}
+
 /// Deterministic bytes that do not repeat in any short period.
 fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -806,10 +814,7 @@ async fn identical_files_share_one_blob_and_deleting_one_keeps_the_other() -> Re
     let db = TestDb::create().await?;
     let dir = tempdir()?;
     let data_dir = dir.join("data");
-    let p = catalogue(&db.url)
-        .args(["--data-dir", data_dir.to_str().unwrap()])
-        .start()
-        .await?;
+    let p = catalogue_on(&db.url, &data_dir, &[]).start().await?;
     let mut c = client(&p).await?;
     let content = data(100_000, 3);
     let mut ids = Vec::new();
@@ -1031,10 +1036,7 @@ async fn a_full_data_folder_keeps_the_durable_bytes_and_the_upload_resumes() -> 
     let data_dir = dir.join("data");
     // Room for 3.5 MiB.
     let mount = Tmpfs::mount(&data_dir, "3584k")?;
-    let p = catalogue(&db.url)
-        .args(["--data-dir", data_dir.to_str().unwrap()])
-        .start()
-        .await?;
+    let p = catalogue_on(&db.url, &data_dir, &[]).start().await?;
     let http = Http::default();
     let mut c = client(&p).await?;
     let content = data(6 * MIB as usize, 23);
@@ -1227,17 +1229,8 @@ async fn expired_uploads_answer_410_then_are_removed() -> Result<()> {
     let db = TestDb::create().await?;
     let dir = tempdir()?;
     let data_dir = dir.join("data");
-    let p = catalogue(&db.url)
-        .args([
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--upload-expiry",
-            "1s",
-            "--upload-sweep-interval",
-            "4s",
-        ])
-        .start()
-        .await?;
+    let options = ["--upload-expiry", "1s", "--upload-sweep-interval", "4s"];
+    let p = catalogue_on(&db.url, &data_dir, &options).start().await?;
     let http = Http::default();
     let mut c = client(&p).await?;
     // The first sweep runs at start-up; the next one 4 s later.
@@ -1286,17 +1279,8 @@ async fn stray_partial_files_are_removed() -> Result<()> {
     let db = TestDb::create().await?;
     let dir = tempdir()?;
     let data_dir = dir.join("data");
-    let p = catalogue(&db.url)
-        .args([
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--upload-expiry",
-            "2s",
-            "--upload-sweep-interval",
-            "500ms",
-        ])
-        .start()
-        .await?;
+    let options = ["--upload-expiry", "2s", "--upload-sweep-interval", "500ms"];
+    let p = catalogue_on(&db.url, &data_dir, &options).start().await?;
     let http = Http::default();
     let stray = data_dir
         .join("uploads")
