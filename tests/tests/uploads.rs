@@ -1096,6 +1096,66 @@ async fn a_full_data_folder_keeps_the_durable_bytes_and_the_upload_resumes() -> 
     Ok(())
 }
 
+/// Transfers beyond --max-transfers (each holds a database connection of its own) are told to
+/// retry, 503 / UNAVAILABLE, rather than queued or failed; the one running is unaffected, and
+/// once it ends the next is taken.
+#[tokio::test]
+async fn transfers_beyond_the_limit_are_told_to_retry() -> Result<()> {
+    let db = TestDb::create().await?;
+    let p = catalogue(&db.url)
+        .args(["--max-transfers", "1"])
+        .start()
+        .await?;
+    let http = Http::default();
+    let mut c = client(&p).await?;
+    let first = data(2 * MIB as usize, 29);
+    let running = create(&http, &p, first.len() as u64, "running.bin").await?;
+    let waiting = create(&http, &p, 5, "waiting.txt").await?;
+
+    let mut stream = raw_patch(&p, &path_of(&running), 0, first.len() as u64).await?;
+    stream.write_all(&first[..MIB as usize]).await?;
+    stream.flush().await?;
+    // The running transfer holds the one slot once its first bytes are in.
+    eventually(
+        Duration::from_secs(10),
+        "a second transfer is refused with 503",
+        || {
+            let (http, waiting) = (http.clone(), waiting.clone());
+            async move {
+                http.patch(&waiting, 0, "hello", &[])
+                    .await
+                    .is_ok_and(|r| r.status == 503)
+            }
+        },
+    )
+    .await?;
+    let other = c
+        .create_file(pb::CreateFileRequest {
+            filename: "grpc.bin".into(),
+            size: 5,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let status = write_upload(&mut c, &other.id, 0, b"hello", 5)
+        .await
+        .expect_err("no slot for a WriteUpload either");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    stream.write_all(&first[MIB as usize..]).await?;
+    let mut response = vec![0u8; 512];
+    let n = tokio::io::AsyncReadExt::read(&mut stream, &mut response).await?;
+    let response = String::from_utf8_lossy(&response[..n]);
+    assert!(response.starts_with("HTTP/1.1 204"), "{response}");
+    let r = http.patch(&waiting, 0, "hello", &[]).await?;
+    assert_eq!(r.status, 204, "the slot is free again: {}", r.body);
+    assert_eq!(
+        status_of(&get_file(&mut c, &id_of(&running)).await?),
+        pb::FileStatus::Ready
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn two_catalogues_on_one_data_folder_let_one_writer_at_a_time() -> Result<()> {
     let db = TestDb::create().await?;

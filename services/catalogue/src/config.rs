@@ -44,6 +44,14 @@ pub struct Config {
     /// until the next sweep removes it, 404 after.
     #[arg(long, env = "PIRUS_UPLOAD_SWEEP_INTERVAL", value_parser = parse_duration)]
     pub upload_sweep_interval: Option<Duration>,
+
+    /// Transfers (tus PATCH bodies, WriteUpload streams) and installs running at once. Each
+    /// holds a PostgreSQL connection of its own for its lock, on top of the pool
+    /// (--database-max-connections): keep the sum within the server's max_connections. One
+    /// more is answered 503 / UNAVAILABLE, to be retried.
+    #[arg(long, env = "PIRUS_MAX_TRANSFERS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_transfers: u32,
 }
 
 impl ServiceConfig for Config {

@@ -19,10 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
-/// Transfers (tus PATCH bodies and WriteUpload streams) running at once; each holds one
-/// database connection of its own for its upload lock.
-const MAX_TRANSFERS: usize = 256;
-
 /// Connects to and migrates the database, then serves until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -42,7 +38,8 @@ pub async fn run(
         .unwrap_or_else(|| format!("http://{}", listeners.http_addr()));
     tracing::info!(data_dir = %config.data_dir.display(), %public_url, "catalogue starting");
 
-    let locks = uploads::LockConnector::new(&config.common.database_url, MAX_TRANSFERS)?;
+    let locks =
+        uploads::LockConnector::new(&config.common.database_url, config.max_transfers as usize)?;
     let store = store::Store::new(db.clone());
     let (installs, install_queue) = tokio::sync::mpsc::unbounded_channel();
     let installer = install::Installer::new(store.clone(), storage.clone(), locks.clone());

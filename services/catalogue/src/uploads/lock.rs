@@ -5,7 +5,7 @@
 //! a crashed or killed process releases it the moment PostgreSQL sees the socket close, and a
 //! lock can never leak back into a pool. Transfers also do their offset commits on this
 //! connection, so thousands of slow uploads never starve the pool that serves other RPCs. A
-//! semaphore bounds how many transfers (and so connections) run at once.
+//! semaphore (`--max-transfers`) bounds how many transfers (and so connections) run at once.
 
 use std::sync::Arc;
 
