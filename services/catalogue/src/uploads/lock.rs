@@ -1,17 +1,22 @@
 //! One writer per upload, across every catalogue process sharing the database: a transfer holds
 //! a PostgreSQL session advisory lock on a connection of its own for as long as it runs.
 //!
-//! Why a dedicated connection rather than the pool: the lock's lifetime is the connection's, so
-//! a crashed or killed process releases it the moment PostgreSQL sees the socket close, and a
-//! lock can never leak back into a pool. Transfers also do their offset commits on this
-//! connection, so thousands of slow uploads never starve the pool that serves other RPCs. A
-//! semaphore (`--max-transfers`) bounds how many transfers (and so connections) run at once.
+//! Why connections of their own rather than the service's pool: a lock's lifetime is its
+//! session's, so a crashed or killed process releases it the moment PostgreSQL sees the socket
+//! close; and transfers also do their offset commits on that connection, so thousands of slow
+//! uploads never starve the pool that serves other RPCs. The lock connections form a pool of
+//! their own, bounded by `--max-transfers` (a semaphore makes one more transfer fail at once
+//! rather than wait): a connection goes back to it only after its lock was released, and is
+//! closed instead whenever that is not certain (a failed unlock, a lock dropped without
+//! release). Reusing connections spares every PATCH a connection set-up and authentication,
+//! which was most of the cost of a small chunk.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use sea_orm::sqlx::{
-    self, Connection,
-    postgres::{PgConnectOptions, PgConnection},
+    self,
+    pool::PoolConnection,
+    postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres},
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
@@ -20,13 +25,14 @@ use crate::domain::{Error, Result};
 
 #[derive(Clone)]
 pub struct LockConnector {
-    options: PgConnectOptions,
+    pool: PgPool,
     permits: Arc<Semaphore>,
 }
 
 /// A held upload lock and the connection that holds it.
 pub struct UploadLock {
-    pub(super) connection: PgConnection,
+    /// None once released.
+    connection: Option<PoolConnection<Postgres>>,
     key: i64,
     _permit: OwnedSemaphorePermit,
 }
@@ -43,8 +49,15 @@ impl LockConnector {
         let options: PgConnectOptions = database_url
             .parse()
             .map_err(|e: sqlx::Error| Error::internal(format!("database URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_transfers.max(1) as u32)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            // Idle lock connections are closed after a while; a burst of uploads reopens them.
+            .idle_timeout(Duration::from_secs(60))
+            .connect_lazy_with(options);
         Ok(Self {
-            options,
+            pool,
             permits: Arc::new(Semaphore::new(max_transfers)),
         })
     }
@@ -65,17 +78,17 @@ impl LockConnector {
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             Error::Unavailable("too many uploads in progress; retry shortly".to_owned())
         })?;
-        let mut connection = PgConnection::connect_with(&self.options).await?;
+        let mut connection = self.pool.acquire().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
-            .fetch_one(&mut connection)
+            .fetch_one(&mut *connection)
             .await?;
         if !locked {
-            let _ = connection.close().await;
+            // Nothing held: the connection can serve the next transfer.
             return Err(Error::Locked);
         }
         Ok(UploadLock {
-            connection,
+            connection: Some(connection),
             key,
             _permit: permit,
         })
@@ -83,16 +96,46 @@ impl LockConnector {
 }
 
 impl UploadLock {
-    /// Releases the lock before closing, so that the next transfer of the same upload (often
-    /// the very next request of the same client) finds it free.
-    pub async fn release(mut self) {
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(self.key)
-            .execute(&mut self.connection)
-            .await;
-        if let Err(e) = unlocked {
-            tracing::warn!(error = %e, "upload unlock failed; the lock ends with its connection");
-        }
-        let _ = self.connection.close().await;
+    /// The connection holding the lock, for the transfer's own statements.
+    pub(super) fn connection(&mut self) -> &mut PgConnection {
+        self.connection
+            .as_mut()
+            .expect("an upload lock has its connection until released")
     }
+
+    /// Releases the lock, so that the next transfer of the same upload (often the very next
+    /// request of the same client) finds it free, and hands the connection back for reuse.
+    pub async fn release(mut self) {
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
+        let unlocked: std::result::Result<bool, _> =
+            sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .fetch_one(&mut *connection)
+                .await;
+        match unlocked {
+            Ok(true) => drop(connection), // back to the pool, holding nothing
+            other => {
+                tracing::warn!(result = ?other, "upload unlock failed; the lock ends with its connection");
+                close(connection);
+            }
+        }
+    }
+}
+
+impl Drop for UploadLock {
+    fn drop(&mut self) {
+        // Dropped still held (a panic, a cancelled task): the connection must not go back to
+        // the pool with the lock on it. Closing it ends the session and so the lock.
+        if let Some(connection) = self.connection.take() {
+            close(connection);
+        }
+    }
+}
+
+/// Takes a connection out of the pool for good and closes it (its session, and any lock it
+/// holds, end with it).
+fn close(connection: PoolConnection<Postgres>) {
+    drop(connection.detach());
 }

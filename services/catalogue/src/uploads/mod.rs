@@ -264,7 +264,7 @@ impl Uploads {
              WHERE id = $1 AND status = 'pause'",
         )
         .bind(state.file_id)
-        .execute(&mut lock.connection)
+        .execute(lock.connection())
         .await;
         if let Err(e) = resumed {
             lock.release().await;
@@ -276,7 +276,7 @@ impl Uploads {
                  WHERE id = $1 AND status = 'pause'",
             )
             .bind(pipeline)
-            .execute(&mut lock.connection)
+            .execute(lock.connection())
             .await;
         }
         match Transfer::new(self.clone(), lock, state, file, checksum) {

@@ -582,7 +582,7 @@ impl Transfer {
                      WHERE id = $1 AND status = 'uploading'",
                 )
                 .bind(self.upload.file_id)
-                .execute(&mut lock.connection)
+                .execute(lock.connection())
                 .await;
                 if let Err(e) = paused {
                     tracing::warn!(upload = %self.upload.id, error = %e, "could not mark the upload paused");
@@ -593,7 +593,7 @@ impl Transfer {
                          WHERE id = $1 AND status = 'uploading'",
                     )
                     .bind(pipeline)
-                    .execute(&mut lock.connection)
+                    .execute(lock.connection())
                     .await;
                 }
             }
@@ -632,7 +632,7 @@ async fn commit(
     .bind(id)
     .bind(offset as i64)
     .bind(expiry_secs)
-    .execute(&mut lock.connection)
+    .execute(lock.connection())
     .await?;
     if updated.rows_affected() == 0 {
         return Err(Error::NotFound(format!("upload {id}")));
