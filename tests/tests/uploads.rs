@@ -1116,22 +1116,31 @@ async fn transfers_beyond_the_limit_are_told_to_retry() -> Result<()> {
     stream.flush().await?;
     // The running transfer holds the one slot once the catalogue has read its headers; until
     // then a small upload may still get through, so each try is an upload of its own.
-    eventually(
+    let seen = std::sync::Mutex::new(Vec::new());
+    let refused = eventually(
         Duration::from_secs(10),
         "a second transfer is refused with 503",
         || {
-            let (http, p) = (http.clone(), &p);
+            let (http, p, seen) = (http.clone(), &p, &seen);
             async move {
-                let Ok(other) = create(&http, p, 5, "waiting.txt").await else {
-                    return false;
+                let answer = match create(&http, p, 5, "waiting.txt").await {
+                    Ok(other) => http
+                        .patch(&other, 0, "hello", &[])
+                        .await
+                        .map(|r| format!("{} {}", r.status, r.body.trim())),
+                    Err(e) => Err(e),
                 };
-                http.patch(&other, 0, "hello", &[])
-                    .await
-                    .is_ok_and(|r| r.status == 503)
+                let refused = matches!(&answer, Ok(a) if a.starts_with("503"));
+                seen.lock()
+                    .unwrap()
+                    .push(answer.unwrap_or_else(|e| e.to_string()));
+                refused
             }
         },
     )
-    .await?;
+    .await;
+    let seen = seen.into_inner().unwrap();
+    refused.map_err(|e| e.context(format!("answers to the tries: {seen:?}")))?;
     let other = c
         .create_file(pb::CreateFileRequest {
             filename: "grpc.bin".into(),
