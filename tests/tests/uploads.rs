@@ -1140,7 +1140,12 @@ async fn transfers_beyond_the_limit_are_told_to_retry() -> Result<()> {
     )
     .await;
     let seen = seen.into_inner().unwrap();
-    refused.map_err(|e| e.context(format!("answers to the tries: {seen:?}")))?;
+    refused.map_err(|e| {
+        e.context(format!(
+            "answers to the tries: {seen:?}; the catalogue's log: {}",
+            p.stderr()
+        ))
+    })?;
     let other = c
         .create_file(pb::CreateFileRequest {
             filename: "grpc.bin".into(),
