@@ -1102,8 +1102,9 @@ async fn a_full_data_folder_keeps_the_durable_bytes_and_the_upload_resumes() -> 
 #[tokio::test]
 async fn transfers_beyond_the_limit_are_told_to_retry() -> Result<()> {
     let db = TestDb::create().await?;
-    let p = catalogue(&db.url)
-        .args(["--max-transfers", "1"])
+    let dir = tempdir()?;
+    let data_dir = dir.join("data");
+    let p = catalogue_on(&db.url, &data_dir, &["--max-transfers", "1"])
         .start()
         .await?;
     let http = Http::default();
@@ -1114,38 +1115,23 @@ async fn transfers_beyond_the_limit_are_told_to_retry() -> Result<()> {
     let mut stream = raw_patch(&p, &path_of(&running), 0, first.len() as u64).await?;
     stream.write_all(&first[..MIB as usize]).await?;
     stream.flush().await?;
-    // The running transfer holds the one slot once the catalogue has read its headers; until
-    // then a small upload may still get through, so each try is an upload of its own.
-    let seen = std::sync::Mutex::new(Vec::new());
-    let refused = eventually(
+    // Its first block on disk: the running transfer holds the one slot (trying earlier could
+    // take the slot from under it).
+    let partial = data_dir
+        .join("uploads")
+        .join(format!("{}.part", id_of(&running)));
+    eventually(
         Duration::from_secs(10),
-        "a second transfer is refused with 503",
+        "the running transfer writes its first block",
         || {
-            let (http, p, seen) = (http.clone(), &p, &seen);
-            async move {
-                let answer = match create(&http, p, 5, "waiting.txt").await {
-                    Ok(other) => http
-                        .patch(&other, 0, "hello", &[])
-                        .await
-                        .map(|r| format!("{} {}", r.status, r.body.trim())),
-                    Err(e) => Err(e),
-                };
-                let refused = matches!(&answer, Ok(a) if a.starts_with("503"));
-                seen.lock()
-                    .unwrap()
-                    .push(answer.unwrap_or_else(|e| e.to_string()));
-                refused
-            }
+            let partial = partial.clone();
+            async move { std::fs::metadata(&partial).is_ok_and(|m| m.len() >= MIB) }
         },
     )
-    .await;
-    let seen = seen.into_inner().unwrap();
-    refused.map_err(|e| {
-        e.context(format!(
-            "answers to the tries: {seen:?}; the catalogue's log: {}",
-            p.stderr()
-        ))
-    })?;
+    .await?;
+    let waiting = create(&http, &p, 5, "waiting.txt").await?;
+    let r = http.patch(&waiting, 0, "hello", &[]).await?;
+    assert_eq!(r.status, 503, "{}", r.body);
     let other = c
         .create_file(pb::CreateFileRequest {
             filename: "grpc.bin".into(),
@@ -1171,6 +1157,7 @@ async fn transfers_beyond_the_limit_are_told_to_retry() -> Result<()> {
         status_of(&get_file(&mut c, &id_of(&running)).await?),
         pb::FileStatus::Ready
     );
+    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
 
