@@ -150,13 +150,31 @@ impl Stack {
         Ok((pipeline, input))
     }
 
-    /// Follows a run's events until it is RUNNING.
-    async fn wait_running(&mut self, id: &str) -> Result<()> {
+    /// The test pipeline, an input, and a run of it that sleeps `seconds` (submitted).
+    async fn submit_sleeping(&mut self, seconds: u32) -> Result<run::Run> {
+        let (pipeline, input) = self.ready().await?;
+        Ok(self
+            .submit(run::SubmitRunRequest {
+                pipeline_id: pipeline,
+                config_json: format!(r#"{{"sleep": {seconds}}}"#),
+                input_file_ids: vec![input],
+                ..Default::default()
+            })
+            .await?)
+    }
+
+    /// A run's events after `after`, followed as they come.
+    async fn follow(&mut self, id: &str, after: i64) -> Result<tonic::Streaming<run::RunEvent>> {
         let request = run::WatchRunRequest {
             run_id: id.into(),
-            after_seq: 0,
+            after_seq: after,
         };
-        let mut stream = self.run.watch_run(request).await?.into_inner();
+        Ok(self.run.watch_run(request).await?.into_inner())
+    }
+
+    /// Follows a run's events until it is RUNNING.
+    async fn wait_running(&mut self, id: &str) -> Result<()> {
+        let mut stream = self.follow(id, 0).await?;
         while let Some(e) = stream.next().await {
             if status(e?.status) == run::RunStatus::Running {
                 return Ok(());
@@ -171,14 +189,7 @@ impl Stack {
 
     /// Every event of a run from `after`, until its terminal one.
     async fn watch(&mut self, id: &str, after: i64) -> Result<Vec<run::RunEvent>> {
-        let mut stream = self
-            .run
-            .watch_run(run::WatchRunRequest {
-                run_id: id.into(),
-                after_seq: after,
-            })
-            .await?
-            .into_inner();
+        let mut stream = self.follow(id, after).await?;
         let mut events = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while let Some(event) = tokio::time::timeout_at(deadline, stream.next()).await? {
@@ -643,23 +654,8 @@ async fn the_concurrency_cap_holds_under_load() -> Result<()> {
 #[tokio::test]
 async fn a_watch_survives_the_loss_of_the_listen_connection() -> Result<()> {
     let mut s = stack(1).await?;
-    let (pipeline, input) = s.ready().await?;
-    let r = s
-        .submit(run::SubmitRunRequest {
-            pipeline_id: pipeline,
-            config_json: r#"{"sleep": 3}"#.into(),
-            input_file_ids: vec![input],
-            ..Default::default()
-        })
-        .await?;
-    let mut stream = s
-        .run
-        .watch_run(run::WatchRunRequest {
-            run_id: r.id.clone(),
-            after_seq: 0,
-        })
-        .await?
-        .into_inner();
+    let r = s.submit_sleeping(3).await?;
+    let mut stream = s.follow(&r.id, 0).await?;
     let mut events = vec![stream.next().await.expect("first event")?];
     // Wait until the run is running, then cut every LISTEN connection of the database.
     while status(events.last().unwrap().status) != run::RunStatus::Running {
@@ -694,15 +690,7 @@ async fn a_watch_survives_the_loss_of_the_listen_connection() -> Result<()> {
 #[tokio::test]
 async fn logs_stream_while_the_run_is_alive_and_after() -> Result<()> {
     let mut s = stack(1).await?;
-    let (pipeline, input) = s.ready().await?;
-    let r = s
-        .submit(run::SubmitRunRequest {
-            pipeline_id: pipeline,
-            config_json: r#"{"sleep": 2}"#.into(),
-            input_file_ids: vec![input],
-            ..Default::default()
-        })
-        .await?;
+    let r = s.submit_sleeping(2).await?;
     let mut logs = s
         .run
         .stream_run_logs(run::StreamRunLogsRequest {
@@ -761,15 +749,7 @@ async fn a_run_survives_a_graceful_restart_of_its_runner() -> Result<()> {
 
 async fn survives_runner_restart(signal: &str) -> Result<()> {
     let mut s = stack(1).await?;
-    let (pipeline, input) = s.ready().await?;
-    let r = s
-        .submit(run::SubmitRunRequest {
-            pipeline_id: pipeline,
-            config_json: r#"{"sleep": 4}"#.into(),
-            input_file_ids: vec![input],
-            ..Default::default()
-        })
-        .await?;
+    let r = s.submit_sleeping(4).await?;
     s.wait_running(&r.id).await?;
     s._runner.signal(signal)?;
     let _ = s._runner.wait_exit(Duration::from_secs(10)).await?;
@@ -1383,23 +1363,8 @@ async fn a_postgresql_restart_mid_run_loses_nothing() -> Result<()> {
         node,
         work_dir,
     };
-    let (pipeline, input) = s.ready().await?;
-    let r = s
-        .submit(run::SubmitRunRequest {
-            pipeline_id: pipeline,
-            config_json: r#"{"sleep": 5}"#.into(),
-            input_file_ids: vec![input],
-            ..Default::default()
-        })
-        .await?;
-    let mut stream = s
-        .run
-        .watch_run(run::WatchRunRequest {
-            run_id: r.id.clone(),
-            after_seq: 0,
-        })
-        .await?
-        .into_inner();
+    let r = s.submit_sleeping(5).await?;
+    let mut stream = s.follow(&r.id, 0).await?;
     let mut events = Vec::new();
     while let Some(e) = stream.next().await {
         let e = e?;
