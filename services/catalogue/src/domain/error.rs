@@ -50,6 +50,17 @@ impl Error {
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::Internal(e.to_string())
     }
+
+    /// A database error: UNAVAILABLE (retry later) when the database cannot serve for now,
+    /// INTERNAL otherwise.
+    fn database(unavailable: bool, e: impl std::fmt::Display) -> Self {
+        if unavailable {
+            tracing::warn!(error = %e, "database unavailable");
+            Self::Unavailable("the database is unavailable; retry later".to_owned())
+        } else {
+            Self::Internal(e.to_string())
+        }
+    }
 }
 
 impl From<pirus_server::paging::FieldError> for Error {
@@ -63,23 +74,13 @@ impl From<pirus_server::paging::FieldError> for Error {
 
 impl From<sea_orm::DbErr> for Error {
     fn from(e: sea_orm::DbErr) -> Self {
-        if pirus_db::is_unavailable(&e) {
-            tracing::warn!(error = %e, "database unavailable");
-            Self::Unavailable("the database is unavailable; retry later".to_owned())
-        } else {
-            Self::Internal(e.to_string())
-        }
+        Self::database(pirus_db::is_unavailable(&e), e)
     }
 }
 
 impl From<sea_orm::sqlx::Error> for Error {
     fn from(e: sea_orm::sqlx::Error) -> Self {
-        if pirus_db::sqlx_is_unavailable(&e) {
-            tracing::warn!(error = %e, "database unavailable");
-            Self::Unavailable("the database is unavailable; retry later".to_owned())
-        } else {
-            Self::Internal(e.to_string())
-        }
+        Self::database(pirus_db::sqlx_is_unavailable(&e), e)
     }
 }
 
