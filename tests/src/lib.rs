@@ -415,3 +415,23 @@ pub async fn install_ended(
         }
     }
 }
+
+/// A ready file's whole content, through ReadFile.
+pub async fn read_file(
+    catalogue: &mut pirus_proto::catalogue::v1::catalogue_service_client::CatalogueServiceClient<
+        Channel,
+    >,
+    id: &str,
+) -> Result<Vec<u8>> {
+    let request = pirus_proto::catalogue::v1::ReadFileRequest {
+        file_id: id.to_owned(),
+        offset: 0,
+        limit: 0,
+    };
+    let mut stream = catalogue.read_file(request).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        out.extend_from_slice(&chunk.data);
+    }
+    Ok(out)
+}

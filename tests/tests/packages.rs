@@ -12,7 +12,6 @@ use pirus_tests::{
     packages::{self, Format, Item},
 };
 use sha2::{Digest, Sha256};
-use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
 
 type Client = CatalogueServiceClient<Channel>;
@@ -79,22 +78,6 @@ async fn installed(c: &mut Client, id: &str) -> Result<pb::Pipeline> {
 
 fn status(p: &pb::Pipeline) -> pb::PipelineStatus {
     pb::PipelineStatus::try_from(p.status).unwrap()
-}
-
-async fn read_all(c: &mut Client, id: &str) -> Result<Vec<u8>> {
-    let mut stream = c
-        .read_file(pb::ReadFileRequest {
-            file_id: id.to_owned(),
-            offset: 0,
-            limit: 0,
-        })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk?.data);
-    }
-    Ok(out)
 }
 
 async fn document(
@@ -197,7 +180,10 @@ async fn a_package_uploaded_with_tus_installs_by_itself() -> Result<()> {
         pb::FileStatus::try_from(image_file.status)?,
         pb::FileStatus::Ready
     );
-    assert_eq!(read_all(&mut c, &pipeline.image_file_id).await?, image);
+    assert_eq!(
+        pirus_tests::read_file(&mut c, &pipeline.image_file_id).await?,
+        image
+    );
     let package_file = c
         .get_file(pb::GetFileRequest {
             id: pipeline.package_file_id.clone(),
@@ -714,7 +700,10 @@ async fn a_restart_keeps_pipelines_and_resumes_unfinished_installs() -> Result<(
         document(&mut c, &kept.id, "icon").await?.content.as_ref(),
         packages::PNG
     );
-    assert_eq!(read_all(&mut c, &kept.image_file_id).await?, image);
+    assert_eq!(
+        pirus_tests::read_file(&mut c, &kept.image_file_id).await?,
+        image
+    );
     let redone = installed(&mut c, &redo).await?;
     assert_eq!(
         status(&redone),
@@ -722,7 +711,10 @@ async fn a_restart_keeps_pipelines_and_resumes_unfinished_installs() -> Result<(
         "{}",
         redone.error_message
     );
-    assert_eq!(read_all(&mut c, &redone.image_file_id).await?, image);
+    assert_eq!(
+        pirus_tests::read_file(&mut c, &redone.image_file_id).await?,
+        image
+    );
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

@@ -199,20 +199,7 @@ impl Stack {
     }
 
     async fn read(&mut self, file: &str) -> Result<Vec<u8>> {
-        let mut stream = self
-            .cat
-            .read_file(cat::ReadFileRequest {
-                file_id: file.into(),
-                offset: 0,
-                limit: 0,
-            })
-            .await?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk?.data);
-        }
-        Ok(out)
+        pirus_tests::read_file(&mut self.cat, file).await
     }
 
     /// No container of this node is left in LXD, and no run folder on disk.
