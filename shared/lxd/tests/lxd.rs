@@ -99,6 +99,10 @@ async fn a_container_runs_a_detached_command_that_writes_to_a_host_folder() -> R
     let operation = lxd.exec_detached(&name, &command, &env).await?;
     let done = lxd.wait(&operation, T).await?;
     assert_eq!(done["metadata"]["return"], 3);
+    assert_eq!(lxd.exec_return(&operation).await?, Some(3));
+    let sleeper = ["/bin/sh", "-c", "sleep 30"].map(String::from);
+    let running = lxd.exec_detached(&name, &sleeper, &env).await?;
+    assert_eq!(lxd.exec_return(&running).await?, None, "still running");
     assert_eq!(std::fs::read_to_string(out.join("hello"))?, "hi\n");
 
     let state = lxd.state(&name).await?;
