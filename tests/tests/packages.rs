@@ -571,6 +571,86 @@ async fn hostile_packages_end_in_error_listing_every_problem() -> Result<()> {
     Ok(())
 }
 
+/// An image is counted on bytes actually inflated, as the package holds it and unpacked (what
+/// every runner's LXD would write): a small package that inflates past `--max-image-size` ends
+/// ERROR naming the limit, leaves nothing behind, and a normal package still installs.
+#[tokio::test]
+async fn images_that_inflate_past_the_image_limit_are_refused() -> Result<()> {
+    let db = TestDb::create().await?;
+    let p = Launch::new(Kind::Catalogue, &db.url)
+        .args(["--max-image-size", "8MiB"])
+        .start()
+        .await?;
+    let mut c = CatalogueServiceClient::new(p.channel().await?);
+    let zeros = vec![0u8; 64 << 20];
+    let entries = packages::image_entries(
+        packages::metadata_yaml(""),
+        &[("rootfs/zeros", Item::File(zeros.clone()))],
+    )?;
+    let refs: Vec<(&str, Item)> = entries
+        .iter()
+        .map(|(n, i)| (n.as_str(), i.clone()))
+        .collect();
+    let unpacks_big = packages::archive(Format::TarGz, &refs)?;
+    let manifest = packages::manifest("bomb", "1")
+        .replace(r#""form": "form.json","#, "")
+        .replace(r#""icon": "icon.png","#, "")
+        .replace(
+            r#""documents": {"help": "doc/help.html", "readme": "README.md", "license": "LICENSE"},"#,
+            "",
+        );
+    let cases = [
+        (
+            "an image that unpacks past the limit",
+            packages::archive(
+                Format::TarGz,
+                &[
+                    ("manifest.json", Item::File(manifest.clone().into_bytes())),
+                    ("image.tar.gz", Item::File(unpacks_big)),
+                ],
+            )?,
+            "unpacks to more than 8MiB",
+        ),
+        (
+            "an image entry that inflates past the limit",
+            packages::archive(
+                Format::Zip,
+                &[
+                    ("manifest.json", Item::File(manifest.clone().into_bytes())),
+                    ("image.tar.gz", Item::File(zeros)),
+                ],
+            )?,
+            // Refused while the archive is listed, before the image is looked at.
+            "inflates to more than",
+        ),
+    ];
+    for (what, package, expected) in cases {
+        assert!(package.len() < 4 << 20, "{what}: a small package");
+        let id = upload_package(&mut c, what, &package).await?;
+        let pipeline = installed(&mut c, &id).await?;
+        assert_eq!(status(&pipeline), pb::PipelineStatus::Error, "{what}");
+        assert!(
+            pipeline.error_message.contains(expected),
+            "{what}: {}",
+            pipeline.error_message
+        );
+        assert!(pipeline.image_file_id.is_empty(), "{what}: no image stored");
+    }
+    let uploads = std::fs::read_dir(p.dir.join("data/uploads"))?.count();
+    assert_eq!(uploads, 0, "partial files left behind");
+    let good = packages::package(Format::TarGz, "fine", "1", &packages::image()?)?;
+    let id = upload_package(&mut c, "fine", &good).await?;
+    let pipeline = installed(&mut c, &id).await?;
+    assert_eq!(
+        status(&pipeline),
+        pb::PipelineStatus::Ready,
+        "{}",
+        pipeline.error_message
+    );
+    assert_eq!(health_status(p.channel().await?, "").await?, SERVING);
+    Ok(())
+}
+
 #[tokio::test]
 async fn delete_pipeline_uninstalls_unless_runs_are_unfinished() -> Result<()> {
     let db = TestDb::create().await?;

@@ -468,6 +468,74 @@ async fn tus_creation_with_upload_deferred_length_and_concatenation() -> Result<
     Ok(())
 }
 
+/// A final upload that repeats a part, names a part of the other endpoint or too many parts is
+/// refused at once (400 naming Upload-Concat), and the catalogue keeps serving.
+#[tokio::test]
+async fn hostile_concatenations_are_refused_at_once() -> Result<()> {
+    let db = TestDb::create().await?;
+    let p = catalogue(&db.url).start().await?;
+    let http = Http::default();
+    let meta = format!("filename {}", b64(b"joined.txt"));
+    let partial = |url: String| {
+        let http = &http;
+        async move {
+            let r = http
+                .tus(
+                    "POST",
+                    &url,
+                    &[("upload-length", "3"), ("upload-concat", "partial")],
+                )
+                .await?;
+            assert_eq!(r.status, 201, "{}", r.body);
+            let part = r.header("location").unwrap().to_owned();
+            assert_eq!(http.patch(&part, 0, "abc", &[]).await?.status, 204);
+            anyhow::Ok(part)
+        }
+    };
+    let part = partial(files_url(&p)).await?;
+    let other = partial(p.http_url("/uploads/pipelines/")).await?;
+    let other_id = other.rsplit('/').next().unwrap().to_owned();
+    let many = vec![part.as_str(); 1000].join(" ");
+    let cases = [
+        (format!("final;{many}"), "at most 256"),
+        (format!("final;{part} {part}"), "listed more than once"),
+        (
+            format!("final;{part} {}", files_url(&p) + &other_id),
+            "not of /uploads/files/",
+        ),
+    ];
+    for (header, why) in cases {
+        let started = std::time::Instant::now();
+        let r = http
+            .tus(
+                "POST",
+                &files_url(&p),
+                &[("upload-concat", &header), ("upload-metadata", &meta)],
+            )
+            .await?;
+        assert_eq!(r.status, 400, "{why}: {}", r.body);
+        assert!(
+            r.body.contains("Upload-Concat") && r.body.contains(why),
+            "{}",
+            r.body
+        );
+        eprintln!("refused ({why}) in {:?}", started.elapsed());
+    }
+    // Nothing was created, and a good final upload still works.
+    let r = http
+        .tus(
+            "POST",
+            &files_url(&p),
+            &[
+                ("upload-concat", &format!("final;{part}")),
+                ("upload-metadata", &meta),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 201, "{}", r.body);
+    Ok(())
+}
+
 #[tokio::test]
 async fn grpc_files_api_uploads_reads_lists_and_deletes() -> Result<()> {
     let db = TestDb::create().await?;

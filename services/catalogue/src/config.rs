@@ -35,6 +35,12 @@ pub struct Config {
     #[arg(long, env = "PIRUS_MAX_UPLOAD_SIZE", default_value = "64GiB", value_parser = parse_size)]
     pub max_upload_size: u64,
 
+    /// Largest pipeline image, counted on bytes actually inflated: the image as the package
+    /// holds it, and the image unpacked (what LXD writes on every runner). A package over it
+    /// ends ERROR naming the limit.
+    #[arg(long, env = "PIRUS_MAX_IMAGE_SIZE", default_value = "32GiB", value_parser = parse_size)]
+    pub max_image_size: u64,
+
     /// An incomplete upload untouched this long is removed.
     #[arg(long, env = "PIRUS_UPLOAD_EXPIRY", default_value = "24h", value_parser = parse_duration)]
     pub upload_expiry: Duration,
@@ -110,6 +116,7 @@ mod tests {
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.max_upload_size, 64 << 30);
+        assert_eq!(c.max_image_size, 32 << 30);
         assert_eq!(c.upload_expiry, Duration::from_secs(86_400));
         assert_eq!(c.data_dir, PathBuf::from("./var/catalogue"));
         assert_eq!(c.common.database_url, "postgres://localhost/pirus");

@@ -42,7 +42,12 @@ pub async fn run(
         uploads::LockConnector::new(&config.common.database_url, config.max_transfers as usize)?;
     let store = store::Store::new(db.clone());
     let (installs, install_queue) = tokio::sync::mpsc::unbounded_channel();
-    let installer = install::Installer::new(store.clone(), storage.clone(), locks.clone());
+    let installer = install::Installer::new(
+        store.clone(),
+        storage.clone(),
+        locks.clone(),
+        config.max_image_size,
+    );
     let installer = tokio::spawn(installer.run(install_queue, shutdown.clone()));
     let uploads = uploads::Uploads::new(
         store,

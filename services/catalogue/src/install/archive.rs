@@ -84,7 +84,7 @@ pub enum WalkError {
     Corrupt(String),
     #[error("the package has more than {0} entries")]
     TooManyEntries(usize),
-    #[error("the package inflates to more than {0} bytes outside its image (a zip bomb?)")]
+    #[error("the package inflates to more than {0} bytes (a zip bomb?)")]
     TooMuchInflation(u64),
     /// The visitor asked to stop early; not an error of the archive.
     #[error("stopped")]

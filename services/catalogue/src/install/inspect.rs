@@ -26,6 +26,8 @@ pub const MAX_ENTRIES: usize = 10_000;
 pub const MAX_MANIFEST: u64 = 1 << 20;
 pub const MAX_FORM: u64 = 1 << 20;
 pub const MAX_DOCUMENT: u64 = 16 << 20;
+/// Entries of an image's own tarball (a root file system) at most.
+pub const MAX_IMAGE_ENTRIES: usize = 5_000_000;
 /// Bytes that may be inflated outside the image, per byte of package (with a 1 MiB floor, so a
 /// tiny package holding a few small files is never mistaken for a bomb).
 pub const INFLATION_RATIO: u64 = 100;
@@ -75,8 +77,14 @@ fn walk_problem(e: WalkError) -> String {
 }
 
 /// Inspects the package at `path` (`size` bytes). On success the image, when extracted, is in
-/// `storage` under a temporary partial id the caller promotes or removes.
-pub fn inspect(path: &Path, size: u64, storage: &Storage) -> Result<Inspected, Vec<String>> {
+/// `storage` under a temporary partial id the caller promotes or removes. The image may
+/// inflate to `max_image` bytes, as the package holds it and unpacked.
+pub fn inspect(
+    path: &Path,
+    size: u64,
+    storage: &Storage,
+    max_image: u64,
+) -> Result<Inspected, Vec<String>> {
     let Some(format) =
         Format::sniff(path).map_err(|e| vec![format!("the package cannot be read: {e}")])?
     else {
@@ -84,9 +92,12 @@ pub fn inspect(path: &Path, size: u64, storage: &Storage) -> Result<Inspected, V
             "the package is not a .zip, .tar.gz or .tar.xz archive".to_owned(),
         ]);
     };
+    // A legacy image package is all image: the image limit bounds it too.
     let limits = Limits {
         max_entries: MAX_ENTRIES,
-        max_inflated: (size.saturating_mul(INFLATION_RATIO)).max(1 << 20),
+        max_inflated: (size.saturating_mul(INFLATION_RATIO))
+            .max(1 << 20)
+            .min(max_image.max(1 << 20)),
     };
     let mut problems: Vec<String> = Vec::new();
 
@@ -246,8 +257,22 @@ pub fn inspect(path: &Path, size: u64, storage: &Storage) -> Result<Inspected, V
         };
         if what == "image" {
             reader.exempt();
-            image = Some(copy_hashing(reader, &mut storage.open_partial(temp, 0)?)?);
-            return Ok(Visit::Continue);
+            let copied = copy_hashing(reader, &mut storage.open_partial(temp, 0)?, max_image)?;
+            return Ok(match copied {
+                Some(found) => {
+                    image = Some(found);
+                    Visit::Continue
+                }
+                None => {
+                    // Not read further: the rest of a bomb is never inflated.
+                    problems.push(format!(
+                        "image: '{}' inflates to more than {} (the catalogue's image size limit)",
+                        entry.raw,
+                        pirus_server::options::format_size(max_image)
+                    ));
+                    Visit::Stop
+                }
+            });
         }
         let limit = if what == "form" {
             MAX_FORM
@@ -288,6 +313,7 @@ pub fn inspect(path: &Path, size: u64, storage: &Storage) -> Result<Inspected, V
             problems.extend(check_image(
                 &storage.partial_path(temp),
                 manifest.image.as_deref(),
+                max_image,
             ));
             Image::Extracted { temp, sha256, size }
         }
@@ -324,8 +350,13 @@ pub fn inspect(path: &Path, size: u64, storage: &Storage) -> Result<Inspected, V
     })
 }
 
-/// Copies all of `reader` into `out`, fsyncs it, and answers its SHA-256 and size.
-fn copy_hashing(reader: &mut impl Read, out: &mut std::fs::File) -> io::Result<(String, u64)> {
+/// Copies all of `reader` into `out`, fsyncs it, and answers its SHA-256 and size; `None`
+/// as soon as it passes `max` bytes.
+fn copy_hashing(
+    reader: &mut impl Read,
+    out: &mut std::fs::File,
+    max: u64,
+) -> io::Result<Option<(String, u64)>> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -334,17 +365,21 @@ fn copy_hashing(reader: &mut impl Read, out: &mut std::fs::File) -> io::Result<(
         if n == 0 {
             break;
         }
+        size += n as u64;
+        if size > max {
+            return Ok(None);
+        }
         hasher.update(&buffer[..n]);
         out.write_all(&buffer[..n])?;
-        size += n as u64;
     }
     out.sync_all()?;
-    Ok((hex::encode(hasher.finalize()), size))
+    Ok(Some((hex::encode(hasher.finalize()), size)))
 }
 
 /// An LXD unified image tarball holds `metadata.yaml` and `rootfs/`. Its content is otherwise
-/// LXD's business (links and all), so only those two are looked for, stopping once found.
-fn check_image(path: &Path, name: Option<&str>) -> Vec<String> {
+/// LXD's business (links and all), but every runner unpacks it: it is walked to its end, and
+/// refused if it unpacks to more than `max` bytes (an image bomb would fill every runner).
+fn check_image(path: &Path, name: Option<&str>, max: u64) -> Vec<String> {
     let name = name.unwrap_or("image");
     let format = match Format::sniff(path) {
         Ok(Some(f @ (Format::TarGz | Format::TarXz))) => f,
@@ -355,22 +390,30 @@ fn check_image(path: &Path, name: Option<&str>) -> Vec<String> {
         }
     };
     let (mut metadata, mut rootfs) = (false, false);
-    let unbounded = Limits {
-        max_entries: usize::MAX,
-        max_inflated: u64::MAX,
+    let bounded = Limits {
+        max_entries: MAX_IMAGE_ENTRIES,
+        max_inflated: max,
     };
-    let walked = archive::walk(path, format, unbounded, |entry, _| {
+    let walked = archive::walk(path, format, bounded, |entry, _| {
         metadata |= entry.name == "metadata.yaml" && entry.kind == EntryKind::File;
         rootfs |= entry.name == "rootfs" || entry.name.starts_with("rootfs/");
-        Ok(if metadata && rootfs {
-            Visit::Stop
-        } else {
-            Visit::Continue
-        })
+        Ok(Visit::Continue)
     });
     let mut problems = Vec::new();
-    if let Err(e) = walked {
-        problems.push(format!("image: '{name}' cannot be read: {e}"));
+    match walked {
+        Ok(()) => {}
+        Err(WalkError::TooMuchInflation(_)) => {
+            problems.push(format!(
+                "image: '{name}' unpacks to more than {} (the catalogue's image size limit)",
+                pirus_server::options::format_size(max)
+            ));
+            return problems;
+        }
+        Err(WalkError::TooManyEntries(n)) => {
+            problems.push(format!("image: '{name}' has more than {n} entries"));
+            return problems;
+        }
+        Err(e) => problems.push(format!("image: '{name}' cannot be read: {e}")),
     }
     if !metadata {
         problems.push(format!(

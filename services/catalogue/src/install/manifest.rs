@@ -22,6 +22,8 @@ pub enum PackageFormat {
 pub struct Resources {
     pub cpu: Option<u32>,
     pub memory_bytes: Option<u64>,
+    pub processes: Option<u32>,
+    pub disk_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -166,19 +168,39 @@ fn resources(obj: &Map<String, Value>, p: &mut Problems) -> Resources {
             ),
         },
     }
-    match map.get("memory") {
+    r.memory_bytes = size(map, "memory", p);
+    r.disk_bytes = size(map, "disk", p);
+    match map.get("processes") {
         None => {}
-        Some(Value::String(s)) => match parse_size(s) {
-            Ok(0) | Err(_) => p.add(
-                "resources.memory",
-                format!("'{s}' is not a size like 512MiB"),
+        Some(v) => match v.as_u64() {
+            Some(n @ 16..=4_000_000) => r.processes = Some(n as u32),
+            _ => p.add(
+                "resources.processes",
+                "must be a whole number of processes from 16 to 4000000",
             ),
-            Ok(bytes) => r.memory_bytes = Some(bytes),
         },
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|b| b > 0) => r.memory_bytes = n.as_u64(),
-        Some(_) => p.add("resources.memory", "must be a size like 512MiB"),
     }
     r
+}
+
+/// A size in bytes written like `512MiB` (or a plain positive number of bytes).
+fn size(map: &Map<String, Value>, key: &str, p: &mut Problems) -> Option<u64> {
+    let field = format!("resources.{key}");
+    match map.get(key) {
+        None => None,
+        Some(Value::String(s)) => match parse_size(s) {
+            Ok(0) | Err(_) => {
+                p.add(&field, format!("'{s}' is not a size like 512MiB"));
+                None
+            }
+            Ok(bytes) => Some(bytes),
+        },
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|b| b > 0) => n.as_u64(),
+        Some(_) => {
+            p.add(&field, "must be a size like 512MiB");
+            None
+        }
+    }
 }
 
 /// The parts every format shares, from a JSON object.
@@ -410,7 +432,8 @@ mod tests {
             br#"{"pirus_api": "2", "name": "hello", "version": "1.0.0", "image": "./image.tar.gz",
                  "run": "/pipeline/run.sh", "form": "form.json",
                  "documents": {"readme": "README.md"},
-                 "resources": {"cpu": 2, "memory": "512MiB"}, "timeout": "12h"}"#,
+                 "resources": {"cpu": 2, "memory": "512MiB", "processes": 100, "disk": "1GiB"},
+                 "timeout": "12h"}"#,
             &mut p,
         )
         .unwrap();
@@ -423,7 +446,9 @@ mod tests {
             m.resources,
             Resources {
                 cpu: Some(2),
-                memory_bytes: Some(512 << 20)
+                memory_bytes: Some(512 << 20),
+                processes: Some(100),
+                disk_bytes: Some(1 << 30),
             }
         );
         assert_eq!(m.timeout_seconds, Some(12 * 3600));
@@ -436,7 +461,8 @@ mod tests {
         parse_manifest_json(
             br#"{"pirus_api": "7", "version": "1 0", "image": "../escape.tar.gz",
                  "outputs": "relative", "logs": "/pipeline/inputs", "network": "yes",
-                 "resources": {"cpu": 0, "memory": "lots"}, "timeout": "soon",
+                 "resources": {"cpu": 0, "memory": "lots", "processes": 1, "disk": "-"},
+                 "timeout": "soon",
                  "documents": {"secrets": "x"}}"#,
             &mut p,
         )
@@ -453,6 +479,8 @@ mod tests {
             "network",
             "resources.cpu",
             "resources.memory",
+            "resources.processes",
+            "resources.disk",
             "timeout",
             "documents.secrets",
         ] {

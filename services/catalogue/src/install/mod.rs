@@ -33,14 +33,17 @@ pub struct Installer {
     store: Store,
     storage: Storage,
     locks: LockConnector,
+    /// `--max-image-size`.
+    max_image: u64,
 }
 
 impl Installer {
-    pub fn new(store: Store, storage: Storage, locks: LockConnector) -> Self {
+    pub fn new(store: Store, storage: Storage, locks: LockConnector, max_image: u64) -> Self {
         Self {
             store,
             storage,
             locks,
+            max_image,
         }
     }
 
@@ -98,8 +101,9 @@ impl Installer {
         let started = std::time::Instant::now();
         let storage = self.storage.clone();
         let path = storage.blob_path(&sha256);
+        let max_image = self.max_image;
         let inspected =
-            tokio::task::spawn_blocking(move || inspect::inspect(&path, size, &storage))
+            tokio::task::spawn_blocking(move || inspect::inspect(&path, size, &storage, max_image))
                 .await
                 .map_err(Error::internal)?;
         let inspected = match inspected {

@@ -29,12 +29,18 @@ pub struct LockConnector {
     permits: Arc<Semaphore>,
 }
 
+/// One of the `--max-transfers` slots, taken before a transfer's work starts and freed when
+/// dropped.
+pub struct TransferSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
 /// A held upload lock and the connection that holds it.
 pub struct UploadLock {
     /// None once released.
     connection: Option<PoolConnection<Postgres>>,
     key: i64,
-    _permit: OwnedSemaphorePermit,
+    _slot: TransferSlot,
 }
 
 /// The advisory lock key of an upload: its UUID folded to 64 bits. Two uploads colliding would
@@ -62,22 +68,35 @@ impl LockConnector {
         })
     }
 
+    /// A transfer slot, or [`Error::Unavailable`] at once when every slot is taken.
+    pub fn slot(&self) -> Result<TransferSlot> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| TransferSlot { _permit: permit })
+            .map_err(|_| {
+                Error::Unavailable("too many uploads in progress; retry shortly".to_owned())
+            })
+    }
+
     /// Takes the lock of `upload`, or fails at once with [`Error::Locked`] if another transfer
     /// holds it.
     pub async fn lock(&self, upload: Uuid) -> Result<UploadLock> {
-        self.lock_key(key(upload)).await
+        self.lock_in(self.slot()?, upload).await
+    }
+
+    /// Takes the lock of `upload` in a slot taken earlier.
+    pub async fn lock_in(&self, slot: TransferSlot, upload: Uuid) -> Result<UploadLock> {
+        self.lock_key(slot, key(upload)).await
     }
 
     /// Takes the install lock of a pipeline (a key apart from its package upload's).
     pub async fn lock_install(&self, pipeline: Uuid) -> Result<UploadLock> {
         const INSTALL: i64 = 0x5049_5255_535f_494e; // "PIRUS_IN"
-        self.lock_key(key(pipeline) ^ INSTALL).await
+        self.lock_key(self.slot()?, key(pipeline) ^ INSTALL).await
     }
 
-    async fn lock_key(&self, key: i64) -> Result<UploadLock> {
-        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
-            Error::Unavailable("too many uploads in progress; retry shortly".to_owned())
-        })?;
+    async fn lock_key(&self, slot: TransferSlot, key: i64) -> Result<UploadLock> {
         let mut connection = self.pool.acquire().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
@@ -90,7 +109,7 @@ impl LockConnector {
         Ok(UploadLock {
             connection: Some(connection),
             key,
-            _permit: permit,
+            _slot: slot,
         })
     }
 }

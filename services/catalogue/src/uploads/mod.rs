@@ -27,6 +27,9 @@ use crate::{
 };
 
 /// SHA-256 of no bytes.
+/// Parts of one tus final upload at most.
+pub const MAX_PARTS: usize = 256;
+
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 #[derive(Clone)]
@@ -124,13 +127,31 @@ impl Uploads {
             .await
     }
 
-    /// A final upload (tus concatenation): the parts, all complete partial uploads, are copied
-    /// in order into a new file, which is then completed like any upload.
+    /// A final upload (tus concatenation): the parts, all complete partial uploads of the
+    /// files endpoint, each named once, at most [`MAX_PARTS`], are copied in order into a new
+    /// file, which is then completed like any upload. The copy holds a transfer slot (and the
+    /// new upload's lock) like any transfer.
     pub async fn create_final(&self, new: NewFile, parts: Vec<Uuid>) -> Result<File> {
         if parts.is_empty() {
             return Err(Error::invalid(
                 "Upload-Concat",
                 "a final upload needs at least one part",
+            ));
+        }
+        if parts.len() > MAX_PARTS {
+            return Err(Error::invalid(
+                "Upload-Concat",
+                format!(
+                    "{} parts; a final upload takes at most {MAX_PARTS}",
+                    parts.len()
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(repeated) = parts.iter().find(|p| !seen.insert(**p)) {
+            return Err(Error::invalid(
+                "Upload-Concat",
+                format!("part {repeated} is listed more than once"),
             ));
         }
         let mut size = 0u64;
@@ -147,6 +168,15 @@ impl Uploads {
                     format!("{part} is not a partial upload"),
                 ));
             }
+            if state.endpoint != Endpoint::Files {
+                return Err(Error::invalid(
+                    "Upload-Concat",
+                    format!(
+                        "part {part} is an upload of /uploads/{}/, not of /uploads/files/",
+                        state.endpoint
+                    ),
+                ));
+            }
             if !state.complete {
                 return Err(Error::invalid(
                     "Upload-Concat",
@@ -156,16 +186,21 @@ impl Uploads {
             size += state.offset;
         }
         self.check_size(Some(size))?;
+        // The copy is a transfer: its slot is taken before anything is recorded.
+        let slot = self.inner.locks.slot()?;
         let file = self
             .inner
             .store
             .create_final_upload(new, &parts, size, self.inner.expiry)
             .await?;
+        let lock = self.inner.locks.lock_in(slot, file.id).await?;
         let storage = self.inner.storage.clone();
         let (id, part_ids) = (file.id, parts.clone());
         let copied = tokio::task::spawn_blocking(move || storage.concatenate(id, &part_ids))
             .await
-            .map_err(Error::internal)??;
+            .map_err(Error::internal);
+        lock.release().await;
+        let copied = copied??;
         debug_assert_eq!(copied, size);
         let upload = self.inner.store.get_upload(file.id).await?;
         self.complete(&upload, None).await?;
