@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 pub mod http;
 pub mod packages;
 pub mod pg;
+pub mod stack;
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://pirus:pirus@127.0.0.1:5432/postgres";
 
@@ -175,6 +176,43 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// Whether to pass `--grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --addr-file`.
     pub ephemeral_ports: bool,
+    /// Run as the service's own unprivileged user, with only the capabilities that
+    /// `deploy/setup.sh` gives it (setpriv), as a deployment does.
+    pub unprivileged: bool,
+}
+
+/// The LXD storage pool test runners use: `PIRUS_TEST_LXD_POOL`, else `pirus` (the btrfs pool
+/// `deploy/setup.sh` creates, which bounds every run's disk).
+pub fn test_pool() -> String {
+    std::env::var("PIRUS_TEST_LXD_POOL").unwrap_or_else(|_| "pirus".to_owned())
+}
+
+/// The user and setpriv options a service runs with in a deployment (deploy/setup.sh).
+fn setpriv_args(kind: Kind) -> Vec<String> {
+    let (user, caps) = match kind {
+        Kind::Catalogue => ("pirus-catalogue", ""),
+        Kind::Runner => ("pirus-runner", "+chown,+dac_override,+fowner"),
+    };
+    let mut args = vec![
+        format!("--reuid={user}"),
+        format!("--regid={user}"),
+        "--init-groups".to_owned(),
+        "--no-new-privs".to_owned(),
+    ];
+    if caps.is_empty() {
+        args.extend([
+            "--inh-caps=-all".to_owned(),
+            "--bounding-set=-all".to_owned(),
+        ]);
+    } else {
+        args.extend([
+            format!("--inh-caps=-all,{caps}"),
+            format!("--ambient-caps={caps}"),
+            format!("--bounding-set=-all,{caps}"),
+        ]);
+    }
+    args.push("--".to_owned());
+    args
 }
 
 impl Launch {
@@ -185,7 +223,14 @@ impl Launch {
             args: Vec::new(),
             env: Vec::new(),
             ephemeral_ports: true,
+            unprivileged: false,
         }
+    }
+
+    /// Runs the service as its own user, as [`Launch::unprivileged`] says.
+    pub fn unprivileged(mut self) -> Self {
+        self.unprivileged = true;
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -203,7 +248,25 @@ impl Launch {
         let dir = tempdir()?;
         let addr_file = dir.join("addr.json");
         let stderr_path = dir.join("stderr.log");
-        let mut command = Command::new(bin_path(self.kind));
+        let mut command = if self.unprivileged {
+            let user = match self.kind {
+                Kind::Catalogue => "pirus-catalogue",
+                Kind::Runner => "pirus-runner",
+            };
+            let status = std::process::Command::new("chown")
+                .args([&format!("{user}:{user}"), dir.to_str().unwrap_or_default()])
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "chown of {} to {user} failed",
+                dir.display()
+            );
+            let mut c = Command::new("setpriv");
+            c.args(setpriv_args(self.kind)).arg(bin_path(self.kind));
+            c
+        } else {
+            Command::new(bin_path(self.kind))
+        };
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -212,7 +275,9 @@ impl Launch {
             .env("PIRUS_SHUTDOWN_TIMEOUT", "5s");
         match self.kind {
             Kind::Catalogue => command.env("PIRUS_DATA_DIR", dir.join("data")),
-            Kind::Runner => command.env("PIRUS_WORK_DIR", dir.join("work")),
+            Kind::Runner => command
+                .env("PIRUS_WORK_DIR", dir.join("work"))
+                .env("PIRUS_LXD_STORAGE_POOL", test_pool()),
         };
         if self.ephemeral_ports {
             command.args([

@@ -10,245 +10,11 @@ use pirus_proto::{
     runner::v1::{self as run, runner_service_client::RunnerServiceClient},
 };
 use pirus_tests::{
-    Kind, Launch, Process, TestDb,
-    packages::{self, Format, Item},
+    Kind, Launch, TestDb,
+    stack::{Stack, node_containers, stack, status, statuses, terminal},
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
-
-const SCRIPT: &str = r#"#!/bin/sh
-echo "starting run $PIRUS_RUN_ID"
-echo "a warning" >&2
-code=$(sed -n 's/.*"exit_code": *\([0-9]*\).*/\1/p' "$PIRUS_CONFIG_FILE")
-pause=$(sed -n 's/.*"sleep": *\([0-9]*\).*/\1/p' "$PIRUS_CONFIG_FILE")
-mkdir -p "$PIRUS_OUTPUTS/sub"
-wc -l < "$PIRUS_INPUTS/reads.txt" > "$PIRUS_OUTPUTS/count.txt"
-sed 's/^/> /' "$PIRUS_INPUTS/reads.txt" > "$PIRUS_OUTPUTS/sub/lines.txt"
-ln -s /etc/shadow "$PIRUS_OUTPUTS/escape"
-for i in 1 2 3 4; do
-  echo "{\"min\": 0, \"max\": 4, \"value\": $i, \"label\": \"$i / 4\"}" > "$PIRUS_PROGRESS_FILE"
-  sleep 0.3
-done
-sleep "${pause:-0}"
-echo "done"
-exit "${code:-0}"
-"#;
-
-const FORM: &str = r#"{
-  "type": "object",
-  "properties": {
-    "exit_code": {"type": "integer", "minimum": 0, "maximum": 255, "default": 0},
-    "sleep": {"type": "integer", "minimum": 0, "maximum": 600, "default": 0},
-    "input": {"type": "string", "enum": "__PIRUS_INPUT_FILES__"}
-  }
-}"#;
-
-struct Stack {
-    _db: TestDb,
-    _catalogue: Process,
-    _runner: Process,
-    node: String,
-    cat: CatalogueServiceClient<Channel>,
-    run: RunnerServiceClient<Channel>,
-    work_dir: std::path::PathBuf,
-}
-
-async fn stack(max_runs: u32) -> Result<Stack> {
-    let db = TestDb::create().await?;
-    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
-    let node = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let work_dir = pirus_tests::tempdir()?;
-    let runner = Launch::new(Kind::Runner, &db.url)
-        .args(["--node-name", &node, "--max-runs", &max_runs.to_string()])
-        .args(["--work-dir", work_dir.to_str().unwrap()])
-        .args([
-            "--catalogue-addr",
-            &format!("http://{}", catalogue.addrs().grpc),
-        ])
-        .start()
-        .await?;
-    Ok(Stack {
-        cat: CatalogueServiceClient::new(catalogue.channel().await?),
-        run: RunnerServiceClient::new(runner.channel().await?),
-        _db: db,
-        _catalogue: catalogue,
-        _runner: runner,
-        node,
-        work_dir,
-    })
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.work_dir);
-    }
-}
-
-impl Stack {
-    async fn upload(&mut self, name: &str, data: &[u8]) -> Result<String> {
-        let file = self
-            .cat
-            .create_file(cat::CreateFileRequest {
-                filename: name.into(),
-                size: data.len() as i64,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        if !data.is_empty() {
-            let message = cat::WriteUploadRequest {
-                upload_id: file.id.clone(),
-                offset: 0,
-                data: data.to_vec().into(),
-            };
-            self.cat.write_upload(tokio_stream::iter([message])).await?;
-        }
-        Ok(file.id)
-    }
-
-    /// Installs the test pipeline; answers its id.
-    async fn pipeline(&mut self) -> Result<String> {
-        let manifest = r#"{"pirus_api": "2", "name": "wc", "version": "1.0.0", "image": "image.tar.gz",
-            "run": "/pipeline/run.sh", "form": "form.json", "resources": {"cpu": 1, "memory": "256MiB"}}"#;
-        let entries = packages::image_entries(
-            packages::metadata_yaml(""),
-            &[(
-                "rootfs/pipeline/run.sh",
-                Item::Exec(SCRIPT.as_bytes().to_vec()),
-            )],
-        )?;
-        let refs: Vec<(&str, Item)> = entries
-            .iter()
-            .map(|(n, i)| (n.as_str(), i.clone()))
-            .collect();
-        let image = packages::archive(Format::TarGz, &refs)?;
-        let package = packages::archive(
-            Format::TarGz,
-            &[
-                ("manifest.json", Item::File(manifest.as_bytes().to_vec())),
-                ("image.tar.gz", Item::File(image)),
-                ("form.json", Item::File(FORM.as_bytes().to_vec())),
-            ],
-        )?;
-        let file = self.upload("wc.tar.gz", &package).await?;
-        let p = self
-            .cat
-            .install_pipeline(cat::InstallPipelineRequest { file_id: file })
-            .await?
-            .into_inner();
-        let p = pirus_tests::install_ended(&mut self.cat, &p.id).await?;
-        match cat::PipelineStatus::try_from(p.status)? {
-            cat::PipelineStatus::Ready => Ok(p.id),
-            _ => bail!("install failed: {}", p.error_message),
-        }
-    }
-
-    /// The test pipeline installed and one small input uploaded: (pipeline id, file id).
-    async fn ready(&mut self) -> Result<(String, String)> {
-        let pipeline = self.pipeline().await?;
-        let input = self.upload("reads.txt", b"x\n").await?;
-        Ok((pipeline, input))
-    }
-
-    /// The test pipeline, an input, and a run of it that sleeps `seconds` (submitted).
-    async fn submit_sleeping(&mut self, seconds: u32) -> Result<run::Run> {
-        let (pipeline, input) = self.ready().await?;
-        Ok(self
-            .submit(run::SubmitRunRequest {
-                pipeline_id: pipeline,
-                config_json: format!(r#"{{"sleep": {seconds}}}"#),
-                input_file_ids: vec![input],
-                ..Default::default()
-            })
-            .await?)
-    }
-
-    /// A run's events after `after`, followed as they come.
-    async fn follow(&mut self, id: &str, after: i64) -> Result<tonic::Streaming<run::RunEvent>> {
-        let request = run::WatchRunRequest {
-            run_id: id.into(),
-            after_seq: after,
-        };
-        Ok(self.run.watch_run(request).await?.into_inner())
-    }
-
-    /// Follows a run's events until it is RUNNING.
-    async fn wait_running(&mut self, id: &str) -> Result<()> {
-        let mut stream = self.follow(id, 0).await?;
-        while let Some(e) = stream.next().await {
-            if status(e?.status) == run::RunStatus::Running {
-                return Ok(());
-            }
-        }
-        bail!("run {id} ended without running")
-    }
-
-    async fn submit(&mut self, request: run::SubmitRunRequest) -> Result<run::Run, tonic::Status> {
-        self.run.submit_run(request).await.map(|r| r.into_inner())
-    }
-
-    /// Every event of a run from `after`, until its terminal one.
-    async fn watch(&mut self, id: &str, after: i64) -> Result<Vec<run::RunEvent>> {
-        let mut stream = self.follow(id, after).await?;
-        let mut events = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while let Some(event) = tokio::time::timeout_at(deadline, stream.next()).await? {
-            events.push(event?);
-        }
-        Ok(events)
-    }
-
-    async fn read(&mut self, file: &str) -> Result<Vec<u8>> {
-        pirus_tests::read_file(&mut self.cat, file).await
-    }
-
-    /// No container of this node is left in LXD, and no run folder on disk.
-    fn assert_clean(&self) -> Result<()> {
-        let output = node_containers(&self.node)?;
-        let left = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        assert!(left.is_empty(), "containers left behind: {left}");
-        let runs = self.work_dir.join("runs");
-        let folders = std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0);
-        assert_eq!(folders, 0, "run folders left in {}", runs.display());
-        Ok(())
-    }
-}
-
-/// `lxc list` of the containers tagged with `node`: their names, one a line.
-fn node_containers(node: &str) -> std::io::Result<std::process::Output> {
-    std::process::Command::new("lxc")
-        .args([
-            "list",
-            &format!("user.pirus.node={node}"),
-            "--format",
-            "csv",
-            "-c",
-            "n",
-        ])
-        .output()
-}
-
-fn status(value: i32) -> run::RunStatus {
-    run::RunStatus::try_from(value).unwrap()
-}
-
-fn terminal(s: run::RunStatus) -> bool {
-    matches!(
-        s,
-        run::RunStatus::Done | run::RunStatus::Error | run::RunStatus::Canceled
-    )
-}
-
-/// The distinct statuses of a run's events, in order.
-fn statuses(events: &[run::RunEvent]) -> Vec<run::RunStatus> {
-    let mut out: Vec<run::RunStatus> = Vec::new();
-    for e in events {
-        if out.last() != Some(&status(e.status)) {
-            out.push(status(e.status));
-        }
-    }
-    out
-}
 
 #[tokio::test]
 async fn a_run_executes_in_lxd_with_inputs_outputs_logs_and_progress() -> Result<()> {
@@ -648,7 +414,7 @@ async fn a_watch_survives_the_loss_of_the_listen_connection() -> Result<()> {
     while status(events.last().unwrap().status) != run::RunStatus::Running {
         events.push(stream.next().await.expect("more events")?);
     }
-    let sql = s._db.client().await?;
+    let sql = s.db.client().await?;
     let killed = sql
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -738,25 +504,25 @@ async fn survives_runner_restart(signal: &str) -> Result<()> {
     let mut s = stack(1).await?;
     let r = s.submit_sleeping(4).await?;
     s.wait_running(&r.id).await?;
-    s._runner.signal(signal)?;
-    let _ = s._runner.wait_exit(Duration::from_secs(10)).await?;
+    s.runner.signal(signal)?;
+    let _ = s.runner.wait_exit(Duration::from_secs(10)).await?;
     let node_containers = node_containers(&s.node)?;
     assert!(
         !node_containers.stdout.is_empty(),
         "the container outlives its runner"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let runner = Launch::new(Kind::Runner, &s._db.url)
+    let runner = Launch::new(Kind::Runner, &s.db.url)
         .args(["--node-name", &s.node, "--max-runs", "1"])
         .args(["--work-dir", s.work_dir.to_str().unwrap()])
         .args([
             "--catalogue-addr",
-            &format!("http://{}", s._catalogue.addrs().grpc),
+            &format!("http://{}", s.catalogue.addrs().grpc),
         ])
         .start()
         .await?;
     s.run = RunnerServiceClient::new(runner.channel().await?);
-    s._runner = runner;
+    s.runner = runner;
     let events = s.watch(&r.id, 0).await?;
     use run::RunStatus::*;
     assert_eq!(
@@ -870,11 +636,11 @@ async fn a_run_waits_for_its_inputs_to_finish_uploading() -> Result<()> {
 #[tokio::test]
 async fn control_requests_through_another_runner_reach_the_owner() -> Result<()> {
     let mut s = stack(1).await?;
-    let other = Launch::new(Kind::Runner, &s._db.url)
+    let other = Launch::new(Kind::Runner, &s.db.url)
         .args(["--node-name", &format!("{}-b", s.node), "--max-runs", "0"])
         .args([
             "--catalogue-addr",
-            &format!("http://{}", s._catalogue.addrs().grpc),
+            &format!("http://{}", s.catalogue.addrs().grpc),
         ])
         .start()
         .await?;
@@ -1055,9 +821,9 @@ async fn a_lost_node_s_runs_are_retried_or_ended() -> Result<()> {
         run: RunnerServiceClient::new(a.channel().await?),
         node: a_name.clone(),
         work_dir: a_dir.clone(),
-        _db: db,
-        _catalogue: catalogue,
-        _runner: runner(&format!("lost-idle-{tag}"), &pirus_tests::tempdir()?, "0")
+        db,
+        catalogue,
+        runner: runner(&format!("lost-idle-{tag}"), &pirus_tests::tempdir()?, "0")
             .start()
             .await?,
     };
@@ -1159,11 +925,11 @@ async fn a_lost_node_s_runs_are_retried_or_ended() -> Result<()> {
 #[tokio::test]
 async fn runners_racing_for_runs_execute_each_once() -> Result<()> {
     let mut s = stack(3).await?;
-    let second = Launch::new(Kind::Runner, &s._db.url)
+    let second = Launch::new(Kind::Runner, &s.db.url)
         .args(["--node-name", &format!("{}-2", s.node), "--max-runs", "3"])
         .args([
             "--catalogue-addr",
-            &format!("http://{}", s._catalogue.addrs().grpc),
+            &format!("http://{}", s.catalogue.addrs().grpc),
         ])
         .start()
         .await?;
@@ -1210,13 +976,12 @@ async fn runners_racing_for_runs_execute_each_once() -> Result<()> {
         );
         nodes.insert(r.node);
     }
-    let attempts: i64 = s
-        ._db
-        .client()
-        .await?
-        .query_one("SELECT count(*) FROM run_attempts", &[])
-        .await?
-        .get(0);
+    let attempts: i64 =
+        s.db.client()
+            .await?
+            .query_one("SELECT count(*) FROM run_attempts", &[])
+            .await?
+            .get(0);
     assert_eq!(attempts, 24, "one attempt per run");
     assert_eq!(nodes.len(), 2, "both runners took runs: {nodes:?}");
     s.assert_clean()?;
@@ -1344,9 +1109,9 @@ async fn a_postgresql_restart_mid_run_loses_nothing() -> Result<()> {
     let mut s = Stack {
         cat: CatalogueServiceClient::new(catalogue.channel().await?),
         run: RunnerServiceClient::new(runner.channel().await?),
-        _db: db,
-        _catalogue: catalogue,
-        _runner: runner,
+        db,
+        catalogue,
+        runner,
         node,
         work_dir,
     };
@@ -1431,9 +1196,9 @@ async fn a_frozen_runner_that_lost_its_run_stands_down() -> Result<()> {
         run: RunnerServiceClient::new(a.channel().await?),
         node: a_name.clone(),
         work_dir: pirus_tests::tempdir()?,
-        _db: db,
-        _catalogue: catalogue,
-        _runner: a,
+        db,
+        catalogue,
+        runner: a,
     };
     let (pipeline, input) = s.ready().await?;
     let r = s
@@ -1446,7 +1211,7 @@ async fn a_frozen_runner_that_lost_its_run_stands_down() -> Result<()> {
         })
         .await?;
     s.wait_running(&r.id).await?;
-    s._runner.signal("STOP")?;
+    s.runner.signal("STOP")?;
     let b = runner(&b_name, "1").start().await?;
     s.run = RunnerServiceClient::new(b.channel().await?);
     // Wait until B holds attempt 2, then thaw A.
@@ -1473,7 +1238,7 @@ async fn a_frozen_runner_that_lost_its_run_stands_down() -> Result<()> {
         },
     )
     .await?;
-    s._runner.signal("CONT")?;
+    s.runner.signal("CONT")?;
     let events = s.watch(&r.id, 0).await?;
     assert_eq!(statuses(&events).last(), Some(&run::RunStatus::Done));
     let lost = events
@@ -1547,7 +1312,7 @@ async fn orphans_are_swept_after_a_database_reconnection() -> Result<()> {
         String::from_utf8_lossy(&status.stderr)
     );
 
-    let sql = s._db.client().await?;
+    let sql = s.db.client().await?;
     sql.query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
