@@ -4,9 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use pirus_server::{
-    options::{CommonOptions, parse_duration},
+    options::{CommonOptions, parse_duration, parse_size},
     process::ServiceConfig,
 };
+
+use crate::limits::{Limits, NodeLimits};
 
 /// The LXD sockets tried, in order, when `--lxd-socket` is not given.
 pub const DEFAULT_LXD_SOCKETS: &[&str] = &[
@@ -66,6 +68,99 @@ pub struct Config {
     /// Reference databases, mounted read-only into runs.
     #[arg(long, env = "PIRUS_DATABASES_DIR")]
     pub databases_dir: Option<PathBuf>,
+
+    /// LXD storage pool of run containers. On a `btrfs` pool every run's root disk and its
+    /// writable folders (outputs, logs) are hard-bounded by its disk limit; on other pools the
+    /// writable folders are watched and a run that outgrows them ends ERROR.
+    #[arg(long, env = "PIRUS_LXD_STORAGE_POOL", default_value = "default")]
+    pub lxd_storage_pool: String,
+
+    /// Give each run container an id range of its own (`security.idmap.isolated`), so that two
+    /// runs cannot touch each other's files; needs enough subordinate ids for root.
+    #[arg(long, env = "PIRUS_LXD_ISOLATED_IDMAP", default_value_t = true,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub lxd_isolated_idmap: bool,
+
+    #[command(flatten)]
+    pub run_limits: RunLimitOptions,
+}
+
+/// The largest run this node accepts, and what a run gets when neither its request nor its
+/// pipeline names a limit. Every container is bounded, whether or not anything asks.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunLimitOptions {
+    /// CPUs of the largest run; default the host's CPUs.
+    #[arg(long, env = "PIRUS_MAX_RUN_CPUS", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_run_cpus: Option<u32>,
+    /// Memory of the largest run; default three quarters of the host's memory.
+    #[arg(long, env = "PIRUS_MAX_RUN_MEMORY", value_parser = parse_positive_size)]
+    pub max_run_memory: Option<u64>,
+    /// Processes (and threads) of the largest run at once.
+    #[arg(long, env = "PIRUS_MAX_RUN_PROCESSES", default_value_t = 16384,
+          value_parser = clap::value_parser!(u32).range(16..=4_000_000))]
+    pub max_run_processes: u32,
+    /// Disk of the largest run: its root disk, and its outputs and logs together.
+    #[arg(long, env = "PIRUS_MAX_RUN_DISK", default_value = "64GiB", value_parser = parse_positive_size)]
+    pub max_run_disk: u64,
+    /// Wall-clock time of the longest run.
+    #[arg(long, env = "PIRUS_MAX_RUN_TIME", default_value = "7d", value_parser = parse_duration)]
+    pub max_run_time: Duration,
+
+    /// CPUs of a run that names none.
+    #[arg(long, env = "PIRUS_DEFAULT_RUN_CPUS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub default_run_cpus: u32,
+    /// Memory of a run that names none.
+    #[arg(long, env = "PIRUS_DEFAULT_RUN_MEMORY", default_value = "2GiB", value_parser = parse_positive_size)]
+    pub default_run_memory: u64,
+    /// Processes of a run that names none.
+    #[arg(long, env = "PIRUS_DEFAULT_RUN_PROCESSES", default_value_t = 2048,
+          value_parser = clap::value_parser!(u32).range(16..=4_000_000))]
+    pub default_run_processes: u32,
+    /// Disk of a run that names none.
+    #[arg(long, env = "PIRUS_DEFAULT_RUN_DISK", default_value = "8GiB", value_parser = parse_positive_size)]
+    pub default_run_disk: u64,
+    /// Wall-clock time of a run whose pipeline and request name no timeout.
+    #[arg(long, env = "PIRUS_DEFAULT_RUN_TIME", default_value = "24h", value_parser = parse_duration)]
+    pub default_run_time: Duration,
+}
+
+impl RunLimitOptions {
+    pub fn node_limits(&self) -> NodeLimits {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let largest = Limits {
+            cpus: self.max_run_cpus.unwrap_or(cpus),
+            memory_bytes: self
+                .max_run_memory
+                .unwrap_or_else(|| host_memory().map_or(1 << 30, |m| m / 4 * 3)),
+            processes: self.max_run_processes,
+            disk_bytes: self.max_run_disk,
+            time: self.max_run_time,
+        };
+        let default = Limits {
+            cpus: self.default_run_cpus,
+            memory_bytes: self.default_run_memory,
+            processes: self.default_run_processes,
+            disk_bytes: self.default_run_disk,
+            time: self.default_run_time,
+        };
+        NodeLimits::new(largest, default)
+    }
+}
+
+/// MemTotal of /proc/meminfo, in bytes.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn parse_positive_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("must be larger than zero".to_owned()),
+        n => Ok(n),
+    }
 }
 
 impl ServiceConfig for Config {
@@ -140,6 +235,13 @@ mod tests {
         assert_eq!(c.lxd_project, "default");
         assert!(c.max_runs() >= 1);
         assert!(!c.node_name().is_empty());
+        assert_eq!(c.lxd_storage_pool, "default");
+        assert!(c.lxd_isolated_idmap);
+        let limits = c.run_limits.node_limits();
+        assert_eq!(limits.default.cpus, 1);
+        assert_eq!(limits.default.time, Duration::from_secs(24 * 3600));
+        assert_eq!(limits.largest.disk_bytes, 64 << 30);
+        assert!(limits.largest.memory_bytes > 0);
     }
 
     #[test]
@@ -148,5 +250,10 @@ mod tests {
         assert!(Config::try_parse_from(["pirus-runner", "--node-name", "a/b"]).is_err());
         assert!(Config::try_parse_from(["pirus-runner", "--catalogue-addr", "nope"]).is_err());
         assert!(Config::try_parse_from(["pirus-runner", "--max-runs", "-1"]).is_err());
+        assert!(Config::try_parse_from(["pirus-runner", "--max-run-disk", "0"]).is_err());
+        assert!(Config::try_parse_from(["pirus-runner", "--max-run-processes", "2"]).is_err());
+        assert!(Config::try_parse_from(["pirus-runner", "--lxd-isolated-idmap", "maybe"]).is_err());
+        let c = Config::try_parse_from(["pirus-runner", "--lxd-isolated-idmap", "false"]).unwrap();
+        assert!(!c.lxd_isolated_idmap);
     }
 }

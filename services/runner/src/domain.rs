@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use crate::limits::Requested;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,9 +79,9 @@ pub struct Run {
     pub error_message: String,
     pub priority: i32,
     pub max_attempts: i32,
-    pub cpu_limit: Option<i32>,
-    pub memory_limit: Option<i64>,
-    pub timeout_seconds: Option<i64>,
+    /// The limits the run asked for (itself or through its pipeline); the rest are the
+    /// claiming node's defaults.
+    pub requested: Requested,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -105,9 +107,8 @@ pub struct NewRun {
     pub input_file_ids: Vec<Uuid>,
     pub priority: i32,
     pub request_id: Option<String>,
-    pub cpu: Option<u32>,
-    pub memory_bytes: Option<u64>,
-    pub timeout_seconds: Option<u64>,
+    /// Limits asked for; `None` keeps the pipeline's, then the node's default.
+    pub requested: Requested,
     pub max_attempts: Option<u32>,
 }
 

@@ -1,6 +1,8 @@
 //! Names of a run's input files inside its container: no `/`, no `..`, `config.json` reserved,
 //! a repeated name suffixed `-1`, `-2`... before its extension.
 
+use std::collections::{HashMap, HashSet};
+
 pub const CONFIG_FILE: &str = "config.json";
 
 fn sanitise(name: &str) -> String {
@@ -23,19 +25,26 @@ fn with_suffix(name: &str, n: usize) -> String {
     }
 }
 
-/// The in-container names of `names`, in order.
+/// The in-container names of `names`, in order, in time linear in their number: each base name
+/// remembers the last suffix it handed out, so thousands of repeats of one name never rescan.
 pub fn input_names(names: &[String]) -> Vec<String> {
-    let mut taken: Vec<String> = vec![CONFIG_FILE.to_owned()];
+    let mut taken: HashSet<String> = HashSet::from([CONFIG_FILE.to_owned()]);
+    let mut next_suffix: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::with_capacity(names.len());
     for name in names {
         let base = sanitise(name);
         let mut candidate = base.clone();
-        let mut n = 0;
-        while taken.contains(&candidate) {
-            n += 1;
-            candidate = with_suffix(&base, n);
+        if taken.contains(&candidate) {
+            let n = next_suffix.entry(base.clone()).or_insert(0);
+            loop {
+                *n += 1;
+                candidate = with_suffix(&base, *n);
+                if !taken.contains(&candidate) {
+                    break;
+                }
+            }
         }
-        taken.push(candidate.clone());
+        taken.insert(candidate.clone());
         out.push(candidate);
     }
     out
@@ -72,5 +81,14 @@ mod tests {
                 ".hidden",
             ]
         );
+    }
+
+    #[test]
+    fn many_repeats_are_named_uniquely() {
+        let names = vec!["reads.fq".to_owned(); 20_000];
+        let named = input_names(&names);
+        let unique: HashSet<&String> = named.iter().collect();
+        assert_eq!(unique.len(), 20_000);
+        assert_eq!(named[19_999], "reads-19999.fq");
     }
 }

@@ -9,6 +9,7 @@ mod domain;
 mod executor;
 mod grpc;
 mod inputs;
+mod limits;
 mod node;
 mod scheduler;
 mod store;
@@ -40,6 +41,7 @@ pub async fn run(
     let work_dir = std::fs::canonicalize(&config.work_dir)?;
     let node_name = config.node_name();
     let max_runs = config.max_runs();
+    let node_limits = config.run_limits.node_limits();
     let address = config
         .advertise_addr
         .clone()
@@ -80,6 +82,7 @@ pub async fn run(
         name: node_name.clone(),
         address,
         max_runs,
+        largest: node_limits.largest,
         lease: config.node_lease,
         lxd_gauge: lxd_up,
     };
@@ -96,16 +99,22 @@ pub async fn run(
         store.clone(),
         lxd.clone(),
         catalogue.clone(),
-        node_name.clone(),
-        work_dir.clone(),
-        config.databases_dir.clone(),
+        executor::Settings {
+            node: node_name.clone(),
+            work_dir: work_dir.clone(),
+            databases_dir: config.databases_dir.clone(),
+            storage_pool: config.lxd_storage_pool.clone(),
+            isolated_idmap: config.lxd_isolated_idmap,
+            limits: node_limits,
+        },
         notices.clone(),
-    );
+    )?;
     let scheduler = scheduler::Scheduler {
         store: store.clone(),
-        executor,
+        executor: executor.clone(),
         node: node_name.clone(),
         max_runs,
+        largest: node_limits.largest,
         state: node_state,
     };
     tokio::spawn(scheduler.run(notices.subscribe(), shutdown.clone()));
@@ -114,7 +123,7 @@ pub async fn run(
         store,
         notices,
         node: node_name,
-        work_dir,
+        executor,
         databases_dir: config.databases_dir.clone(),
         catalogue,
         lxd,

@@ -13,7 +13,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{domain::Result, store::Store};
+use crate::{
+    domain::Result,
+    limits::Limits,
+    store::{NodeRegistration, Store},
+};
 
 /// What the rest of the runner reads of the node's state.
 #[derive(Clone, Default)]
@@ -33,6 +37,8 @@ pub struct Node {
     pub name: String,
     pub address: String,
     pub max_runs: u32,
+    /// The largest run this node takes, registered with it.
+    pub largest: Limits,
     pub lease: Duration,
     pub lxd_gauge: Gauge,
 }
@@ -80,14 +86,15 @@ impl Node {
         let mut last = None;
         let version = self.lxd_version(&state, &mut last).await;
         self.store
-            .register_node(
-                &self.name,
-                &self.address,
-                self.max_runs,
-                self.lease.as_secs().max(1),
+            .register_node(&NodeRegistration {
+                name: &self.name,
+                address: &self.address,
+                max_runs: self.max_runs,
+                largest: &self.largest,
+                lease_seconds: self.lease.as_secs().max(1),
                 incarnation,
-                version,
-            )
+                lxd_version: version,
+            })
             .await?;
         tracing::info!(node = %self.name, address = %self.address, "node registered");
         let _ = registered.send(());

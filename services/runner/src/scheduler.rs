@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     executor::Executor,
+    limits::Limits,
     node::NodeState,
     store::{RUNS_CHANNEL, Store},
 };
@@ -19,6 +20,8 @@ pub struct Scheduler {
     pub executor: Executor,
     pub node: String,
     pub max_runs: u32,
+    /// The largest run this node takes.
+    pub largest: Limits,
     pub state: NodeState,
 }
 
@@ -78,7 +81,11 @@ impl Scheduler {
             }
         }
         loop {
-            match self.store.claim(&self.node, self.max_runs).await {
+            match self
+                .store
+                .claim(&self.node, self.max_runs, &self.largest)
+                .await
+            {
                 Ok(Some(run)) => {
                     let executor = self.executor.clone();
                     let freed = freed.clone();

@@ -13,8 +13,9 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::domain::{
-    Error, Node, NodeStatus, Page, Progress, Result, Run, RunEvent, RunFilter, RunStatus,
+    Error, Node, NodeStatus, Page, Progress, Requested, Result, Run, RunEvent, RunFilter, RunStatus,
 };
+use crate::limits::Limits;
 
 pub const RUNS_CHANNEL: &str = "pirus_runs";
 pub const EVENTS_CHANNEL: &str = "pirus_run_events";
@@ -56,7 +57,7 @@ const RUN_COLUMNS: &str = r#"
     r.id, r.pipeline_id, r.pipeline_version, r.image_sha256, r.name, r.status, r.config,
     r.input_file_ids, r.progress_value, r.progress_label, r.node, r.attempt, r.exit_code,
     r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
-    r.timeout_seconds, r.created_at, r.started_at, r.ended_at,
+    r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at, r.ended_at,
     coalesce((SELECT array_agg(f.id ORDER BY f.name) FROM files f
               WHERE f.source_run_id = r.id AND f.kind = 'output'), '{}') AS output_file_ids,
     coalesce((SELECT array_agg(f.id ORDER BY f.name) FROM files f
@@ -84,6 +85,8 @@ struct RunRow {
     max_attempts: i32,
     cpu_limit: Option<i32>,
     memory_limit: Option<i64>,
+    processes_limit: Option<i32>,
+    disk_limit: Option<i64>,
     timeout_seconds: Option<i64>,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
@@ -113,9 +116,15 @@ impl From<RunRow> for Run {
             error_message: r.error_message,
             priority: r.priority,
             max_attempts: r.max_attempts,
-            cpu_limit: r.cpu_limit,
-            memory_limit: r.memory_limit,
-            timeout_seconds: r.timeout_seconds,
+            requested: Requested {
+                cpus: r.cpu_limit.map(|n| n as u32),
+                memory_bytes: r.memory_limit.map(|n| n as u64),
+                processes: r.processes_limit.map(|n| n as u32),
+                disk_bytes: r.disk_limit.map(|n| n as u64),
+                time: r
+                    .timeout_seconds
+                    .map(|s| std::time::Duration::from_secs(s as u64)),
+            },
             created_at: r.created_at,
             started_at: r.started_at,
             ended_at: r.ended_at,
@@ -182,10 +191,19 @@ pub struct RunInsert {
     pub input_file_ids: Vec<Uuid>,
     pub priority: i32,
     pub request_id: Option<String>,
-    pub cpu: Option<i32>,
-    pub memory: Option<i64>,
-    pub timeout_seconds: Option<i64>,
+    pub requested: Requested,
     pub max_attempts: i32,
+}
+
+/// What a runner says of its node when it starts.
+pub struct NodeRegistration<'a> {
+    pub name: &'a str,
+    pub address: &'a str,
+    pub max_runs: u32,
+    pub largest: &'a Limits,
+    pub lease_seconds: u64,
+    pub incarnation: Uuid,
+    pub lxd_version: Option<String>,
 }
 
 /// A change of a claimed run, with the event that records it.
@@ -244,8 +262,10 @@ impl Store {
             .execute_raw(stmt(
                 "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, image_sha256,
                                    name, status, config, input_file_ids, priority, request_id,
-                                   cpu_limit, memory_limit, timeout_seconds, max_attempts, last_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'waiting', $7, $8, $9, $10, $11, $12, $13, $14, 1)",
+                                   cpu_limit, memory_limit, processes_limit, disk_limit,
+                                   timeout_seconds, max_attempts, last_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'waiting', $7, $8, $9, $10, $11, $12, $13, $14,
+                         $15, $16, 1)",
                 [
                     run.id.into(),
                     run.pipeline.id.into(),
@@ -257,9 +277,11 @@ impl Store {
                     run.input_file_ids.into(),
                     run.priority.into(),
                     run.request_id.clone().into(),
-                    run.cpu.into(),
-                    run.memory.into(),
-                    run.timeout_seconds.into(),
+                    run.requested.cpus.map(|n| n as i32).into(),
+                    run.requested.memory_bytes.map(|n| n as i64).into(),
+                    run.requested.processes.map(|n| n as i32).into(),
+                    run.requested.disk_bytes.map(|n| n as i64).into(),
+                    run.requested.time.map(|t| t.as_secs() as i64).into(),
                     run.max_attempts.into(),
                 ],
             ))
@@ -343,7 +365,7 @@ impl Store {
     /// Claims the next waiting run for `node` if it holds fewer than `max_runs`: by priority
     /// then age, skipping runs another runner is claiming and runs whose inputs are not all
     /// ready yet. The claim, its attempt row and its INITIALIZING event are one transaction.
-    pub async fn claim(&self, node: &str, max_runs: u32) -> Result<Option<Run>> {
+    pub async fn claim(&self, node: &str, max_runs: u32, largest: &Limits) -> Result<Option<Run>> {
         let txn = self.db.begin().await?;
         // Serialises this node's claims, so two of its workers never both take the last slot,
         // and reads the drain flag under the same lock: a drain that lands between a check
@@ -378,6 +400,11 @@ impl Store {
                 "WITH next AS (
                     SELECT r.id FROM runs r
                     WHERE r.status = 'waiting'
+                      AND (r.cpu_limit IS NULL OR r.cpu_limit <= $2)
+                      AND (r.memory_limit IS NULL OR r.memory_limit <= $3)
+                      AND (r.processes_limit IS NULL OR r.processes_limit <= $4)
+                      AND (r.disk_limit IS NULL OR r.disk_limit <= $5)
+                      AND (r.timeout_seconds IS NULL OR r.timeout_seconds <= $6)
                       AND NOT EXISTS (SELECT 1 FROM files f
                                       WHERE f.id = ANY (r.input_file_ids) AND f.status <> 'ready')
                     ORDER BY r.priority DESC, r.created_at, r.id
@@ -388,7 +415,14 @@ impl Store {
                                  last_seq = runs.last_seq + 1, updated_at = now()
                  FROM next WHERE runs.id = next.id
                  RETURNING runs.id, runs.attempt, runs.last_seq",
-                [node.into()],
+                [
+                    node.into(),
+                    (largest.cpus as i32).into(),
+                    (largest.memory_bytes as i64).into(),
+                    (largest.processes as i32).into(),
+                    (largest.disk_bytes as i64).into(),
+                    (largest.time.as_secs() as i64).into(),
+                ],
             ))
             .await?;
         let Some(row) = claimed else { return Ok(None) };
@@ -704,34 +738,44 @@ impl Store {
     }
 
     /// Registers (or takes over) this node; a new incarnation tells an older process it lost it.
-    pub async fn register_node(
-        &self,
-        name: &str,
-        address: &str,
-        max_runs: u32,
-        lease_seconds: u64,
-        incarnation: Uuid,
-        lxd_version: Option<String>,
-    ) -> Result<()> {
+    pub async fn register_node(&self, node: &NodeRegistration<'_>) -> Result<()> {
+        let NodeRegistration {
+            name,
+            address,
+            max_runs,
+            largest,
+            lease_seconds,
+            incarnation,
+            lxd_version,
+        } = node;
         self.db
             .execute_raw(stmt(
                 "INSERT INTO nodes (name, address, status, max_runs, lxd_version, lxd_available,
-                                    lease_seconds, incarnation, started_at, heartbeat_at)
-                 VALUES ($1, $2, 'online', $3, $4, $5, $6, $7, now(), now())
+                                    lease_seconds, incarnation, started_at, heartbeat_at,
+                                    max_cpus, max_memory, max_processes, max_disk, max_time_seconds)
+                 VALUES ($1, $2, 'online', $3, $4, $5, $6, $7, now(), now(), $8, $9, $10, $11, $12)
                  ON CONFLICT (name) DO UPDATE SET
                     address = excluded.address,
                     status = CASE WHEN nodes.draining THEN 'draining' ELSE 'online' END,
                     max_runs = excluded.max_runs, lxd_version = excluded.lxd_version,
                     lxd_available = excluded.lxd_available, lease_seconds = excluded.lease_seconds,
-                    incarnation = excluded.incarnation, started_at = now(), heartbeat_at = now()",
+                    incarnation = excluded.incarnation, started_at = now(), heartbeat_at = now(),
+                    max_cpus = excluded.max_cpus, max_memory = excluded.max_memory,
+                    max_processes = excluded.max_processes, max_disk = excluded.max_disk,
+                    max_time_seconds = excluded.max_time_seconds",
                 [
-                    name.into(),
-                    address.into(),
-                    (max_runs as i32).into(),
+                    (*name).into(),
+                    (*address).into(),
+                    (*max_runs as i32).into(),
                     lxd_version.clone().into(),
                     lxd_version.is_some().into(),
-                    (lease_seconds as i32).into(),
-                    incarnation.into(),
+                    (*lease_seconds as i32).into(),
+                    (*incarnation).into(),
+                    (largest.cpus as i32).into(),
+                    (largest.memory_bytes as i64).into(),
+                    (largest.processes as i32).into(),
+                    (largest.disk_bytes as i64).into(),
+                    (largest.time.as_secs() as i64).into(),
                 ],
             ))
             .await?;
@@ -761,6 +805,33 @@ impl Store {
             ))
             .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    /// The largest run of every node that says (runners older than run limits do not).
+    pub async fn node_limits(&self) -> Result<Vec<Limits>> {
+        let rows = self
+            .db
+            .query_all_raw(stmt(
+                "SELECT max_cpus, max_memory, max_processes, max_disk, max_time_seconds
+                 FROM nodes WHERE max_cpus IS NOT NULL AND max_memory IS NOT NULL
+                   AND max_processes IS NOT NULL AND max_disk IS NOT NULL
+                   AND max_time_seconds IS NOT NULL",
+                [],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Limits {
+                    cpus: r.try_get::<i32>("", "max_cpus")? as u32,
+                    memory_bytes: r.try_get::<i64>("", "max_memory")? as u64,
+                    processes: r.try_get::<i32>("", "max_processes")? as u32,
+                    disk_bytes: r.try_get::<i64>("", "max_disk")? as u64,
+                    time: std::time::Duration::from_secs(
+                        r.try_get::<i64>("", "max_time_seconds")? as u64
+                    ),
+                })
+            })
+            .collect()
     }
 
     pub async fn nodes(&self) -> Result<Vec<Node>> {

@@ -5,19 +5,32 @@
 //! `input_files` to the run's sanitised input names, `databases` to the node's reference
 //! databases. A problem is INVALID_ARGUMENT naming the field (`config_json.threads: ...`).
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::{
-    domain::{Error, NewRun, Result, Run},
+    domain::{Error, NewRun, Requested, Result, Run},
     inputs::input_names,
-    store::{RunInsert, Store},
+    limits::{Limits, excess},
+    store::{InputFile, RunInsert, Store},
 };
+
+/// Inputs of one run at most: each is fetched, cached and linked, and named in linear time.
+pub const MAX_INPUTS: usize = 1000;
 
 /// Queues a run, or answers the run an earlier submission with the same `request_id` queued.
 pub async fn submit(store: &Store, databases_dir: Option<&Path>, new: NewRun) -> Result<Run> {
+    if new.input_file_ids.len() > MAX_INPUTS {
+        return Err(Error::invalid(
+            "input_file_ids",
+            format!(
+                "{} inputs; a run takes at most {MAX_INPUTS}",
+                new.input_file_ids.len()
+            ),
+        ));
+    }
     if let Some(request_id) = &new.request_id
         && let Some(run) = store.run_by_request_id(request_id).await?
     {
@@ -34,10 +47,19 @@ pub async fn submit(store: &Store, databases_dir: Option<&Path>, new: NewRun) ->
         )));
     }
 
-    let files = store.input_files(&new.input_file_ids).await?;
+    let manifest = pipeline.manifest.clone().unwrap_or_default();
+    let requested = requested(&new.requested, &manifest);
+    fits_a_node(&requested, &new.requested, &store.node_limits().await?)?;
+
+    let files: HashMap<Uuid, InputFile> = store
+        .input_files(&new.input_file_ids)
+        .await?
+        .into_iter()
+        .map(|f| (f.id, f))
+        .collect();
     let mut names = Vec::new();
     for (i, id) in new.input_file_ids.iter().enumerate() {
-        let file = files.iter().find(|f| f.id == *id).ok_or_else(|| {
+        let file = files.get(id).ok_or_else(|| {
             Error::invalid(
                 &format!("input_file_ids[{i}]"),
                 format!("file {id} not found"),
@@ -60,7 +82,6 @@ pub async fn submit(store: &Store, databases_dir: Option<&Path>, new: NewRun) ->
         .unwrap_or_else(|| serde_json::json!({"type": "object"}));
     let config = validate_config(&new.config_json, &form, &names, &databases)?;
 
-    let manifest = pipeline.manifest.clone().unwrap_or_default();
     let name = if new.name.trim().is_empty() {
         format!("{} {}", pipeline.name, pipeline.version)
     } else if new.name.len() > 256 || new.name.chars().any(char::is_control) {
@@ -71,7 +92,6 @@ pub async fn submit(store: &Store, databases_dir: Option<&Path>, new: NewRun) ->
     } else {
         new.name.trim().to_owned()
     };
-    let resources = &manifest["resources"];
     let insert = RunInsert {
         id: Uuid::now_v7(),
         name,
@@ -79,22 +99,77 @@ pub async fn submit(store: &Store, databases_dir: Option<&Path>, new: NewRun) ->
         input_file_ids: new.input_file_ids,
         priority: new.priority,
         request_id: new.request_id,
-        cpu: new
-            .cpu
-            .map(|c| c as i32)
-            .or(resources["cpu"].as_i64().map(|c| c as i32)),
-        memory: new
-            .memory_bytes
-            .map(|m| m as i64)
-            .or(resources["memory_bytes"].as_i64()),
-        timeout_seconds: new
-            .timeout_seconds
-            .map(|t| t as i64)
-            .or(manifest["timeout_seconds"].as_i64()),
+        requested,
         max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
         pipeline,
     };
     store.insert_run(insert).await
+}
+
+/// What the run asks for: its request, else its pipeline's manifest (`resources` and `timeout`),
+/// else nothing (the claiming node's defaults).
+fn requested(request: &Requested, manifest: &Value) -> Requested {
+    let resources = &manifest["resources"];
+    let number = |v: &Value| v.as_u64().filter(|n| *n > 0);
+    Requested {
+        cpus: request
+            .cpus
+            .or(number(&resources["cpu"]).map(|n| n.min(u64::from(u32::MAX)) as u32)),
+        memory_bytes: request.memory_bytes.or(number(&resources["memory_bytes"])),
+        processes: request
+            .processes
+            .or(number(&resources["processes"]).map(|n| n.min(u64::from(u32::MAX)) as u32)),
+        disk_bytes: request.disk_bytes.or(number(&resources["disk_bytes"])),
+        time: request
+            .time
+            .or(number(&manifest["timeout_seconds"]).map(Duration::from_secs)),
+    }
+}
+
+/// Refuses a run that no registered node could ever take, naming every field over the largest
+/// node's limit (and whether the pipeline or the request asked for it).
+fn fits_a_node(requested: &Requested, asked: &Requested, nodes: &[Limits]) -> Result<()> {
+    if nodes.is_empty() || nodes.iter().any(|n| excess(requested, n).is_empty()) {
+        return Ok(());
+    }
+    // Field by field, against the largest value any node has.
+    let largest = nodes.iter().fold(nodes[0], |a, b| Limits {
+        cpus: a.cpus.max(b.cpus),
+        memory_bytes: a.memory_bytes.max(b.memory_bytes),
+        processes: a.processes.max(b.processes),
+        disk_bytes: a.disk_bytes.max(b.disk_bytes),
+        time: a.time.max(b.time),
+    });
+    let over = excess(requested, &largest);
+    let Some(first) = over.first() else {
+        return Err(Error::invalid(
+            "resources",
+            "no single node has all of these at once; ask for less",
+        ));
+    };
+    let from_pipeline = |field: &str| match field {
+        "resources.cpu" => asked.cpus.is_none(),
+        "resources.memory_bytes" => asked.memory_bytes.is_none(),
+        "resources.processes" => asked.processes.is_none(),
+        "resources.disk_bytes" => asked.disk_bytes.is_none(),
+        _ => asked.time.is_none(),
+    };
+    let describe = |e: &crate::limits::Excess| {
+        let who = if from_pipeline(e.field) {
+            "the pipeline asks for"
+        } else {
+            "asks for"
+        };
+        format!(
+            "{who} {}, more than the largest node allows ({})",
+            e.asked, e.limit
+        )
+    };
+    let mut message = describe(first);
+    for other in &over[1..] {
+        message.push_str(&format!("; {}: {}", other.field, describe(other)));
+    }
+    Err(Error::invalid(first.field, message))
 }
 
 fn list_databases(dir: &Path) -> Vec<String> {

@@ -8,6 +8,9 @@ pub mod filter;
 pub mod listen;
 mod migrations;
 
+/// How many migrations the schema has (each recorded once in `seaql_migrations`).
+pub const MIGRATIONS: usize = migrations::COUNT;
+
 use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, TransactionTrait};

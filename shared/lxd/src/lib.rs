@@ -83,6 +83,11 @@ impl Instance {
     /// The host uid that the container's root maps to (from `volatile.idmap.next` or, once
     /// started, `volatile.last_state.idmap`).
     pub fn root_host_uid(&self) -> Option<u32> {
+        self.uid_range().map(|(first, _)| first)
+    }
+
+    /// The host uids the container's uids map to: the first one and how many.
+    pub fn uid_range(&self) -> Option<(u32, u32)> {
         let maps = [
             "volatile.idmap.next",
             "volatile.last_state.idmap",
@@ -93,11 +98,19 @@ impl Instance {
                 let list: Vec<Value> = serde_json::from_str(self.config.get(*key)?).ok()?;
                 list.iter().find_map(|m| {
                     (m["Isuid"] == true && m["Nsid"] == 0)
-                        .then(|| m["Hostid"].as_u64())
+                        .then(|| Some((m["Hostid"].as_u64()?, m["Maprange"].as_u64()?)))
                         .flatten()
                 })
             })
-            .map(|id| id as u32)
+            .map(|(first, count)| (first as u32, count.min(u64::from(u32::MAX)) as u32))
+    }
+
+    /// Whether the container has an id range of its own (`security.idmap.isolated`).
+    pub fn isolated(&self) -> bool {
+        self.config
+            .get("security.idmap.isolated")
+            .map(String::as_str)
+            == Some("true")
     }
 }
 

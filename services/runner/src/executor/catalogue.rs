@@ -3,11 +3,11 @@
 //! idempotent: the catalogue answers the existing file for a run, kind and name, and an
 //! upload cut short is resumed from its durable offset.
 
-use std::path::Path;
+use std::{os::unix::fs::FileExt, path::Path, sync::Arc};
 
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
@@ -57,6 +57,17 @@ impl Catalogue {
         tokio::fs::create_dir_all(folder).await?;
         let temp = dest.with_extension(format!("part-{}", Uuid::new_v4().simple()));
         let result = self.fetch_into(file, sha256, &temp).await;
+        // Readable by run containers (inputs are hard-linked into their folders), whatever
+        // the runner's umask.
+        let result = match result {
+            Ok(()) => {
+                use std::os::unix::fs::PermissionsExt;
+                tokio::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644))
+                    .await
+                    .map_err(Error::from)
+            }
+            e => e,
+        };
         match result {
             Ok(()) => tokio::fs::rename(&temp, dest)
                 .await
@@ -146,12 +157,21 @@ impl Catalogue {
         }
     }
 
-    /// Registers `path` as an output or log of `run` and uploads what the catalogue lacks.
-    pub async fn push(&self, run: Uuid, kind: PushKind, name: &str, path: &Path) -> Result<()> {
-        let size = tokio::fs::metadata(path).await?.len();
-        let sha256 = hash(path).await?;
+    /// Registers the first `size` bytes of `file` (an output or log of `run`, opened through
+    /// the run's workspace) and uploads what the catalogue lacks. The bytes are read from the
+    /// open handle with positioned reads, never by path: what is hashed is what is sent.
+    pub async fn push(
+        &self,
+        run: Uuid,
+        kind: PushKind,
+        name: &str,
+        file: std::fs::File,
+        size: u64,
+    ) -> Result<()> {
+        let file = Arc::new(file);
+        let sha256 = hash(file.clone(), size).await?;
         let mut client = self.client.clone();
-        let file = client
+        let created = client
             .create_file(pb::CreateFileRequest {
                 filename: name.to_owned(),
                 size: size as i64,
@@ -166,19 +186,19 @@ impl Catalogue {
             .await
             .map_err(unavailable)?
             .into_inner();
-        match pb::FileStatus::try_from(file.status) {
+        match pb::FileStatus::try_from(created.status) {
             Ok(pb::FileStatus::Ready) => return Ok(()),
             Ok(pb::FileStatus::Error) => {
                 return Err(Error::internal(format!(
                     "{name}: the catalogue refused it: {}",
-                    file.error_message
+                    created.error_message
                 )));
             }
             _ => {}
         }
         let status = client
             .get_upload_status(pb::GetUploadStatusRequest {
-                upload_id: file.id.clone(),
+                upload_id: created.id.clone(),
             })
             .await
             .map_err(unavailable)?
@@ -186,24 +206,22 @@ impl Catalogue {
         if status.complete {
             return Ok(());
         }
-        let mut reader = tokio::fs::File::open(path).await?;
-        reader.seek_to(status.offset as u64).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let id = file.id.clone();
-        let producer = tokio::spawn(async move {
-            let mut offset = status.offset;
+        let id = created.id.clone();
+        let start = status.offset as u64;
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut offset = start;
             loop {
-                let mut data = vec![0u8; MESSAGE];
-                let n = read_full(&mut reader, &mut data).await?;
-                data.truncate(n);
-                let last = n < MESSAGE;
+                let want = (size - offset).min(MESSAGE as u64) as usize;
+                let mut data = vec![0u8; want];
+                file.read_exact_at(&mut data, offset)?;
                 let message = pb::WriteUploadRequest {
                     upload_id: id.clone(),
-                    offset,
+                    offset: offset as i64,
                     data: data.into(),
                 };
-                offset += n as i64;
-                if tx.send(message).await.is_err() || last {
+                offset += want as u64;
+                if tx.blocking_send(message).is_err() || offset >= size {
                     return Ok::<(), std::io::Error>(());
                 }
             }
@@ -224,42 +242,20 @@ impl Catalogue {
     }
 }
 
-trait SeekTo {
-    async fn seek_to(&mut self, offset: u64) -> std::io::Result<()>;
-}
-
-impl SeekTo for tokio::fs::File {
-    async fn seek_to(&mut self, offset: u64) -> std::io::Result<()> {
-        use tokio::io::AsyncSeekExt;
-        self.seek(std::io::SeekFrom::Start(offset)).await.map(drop)
-    }
-}
-
-async fn read_full(reader: &mut tokio::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match reader.read(&mut buffer[filled..]).await? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
-}
-
-async fn hash(path: &Path) -> Result<String> {
-    let path = path.to_path_buf();
+/// SHA-256 of the first `size` bytes of an open file, read with positioned reads on the
+/// blocking pool.
+async fn hash(file: Arc<std::fs::File>, size: u64) -> Result<String> {
     tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        use std::io::Read;
-        let mut file = std::fs::File::open(path)?;
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buffer)?;
-            if n == 0 {
-                return Ok(hex::encode(hasher.finalize()));
-            }
-            hasher.update(&buffer[..n]);
+        let mut offset = 0u64;
+        while offset < size {
+            let want = (size - offset).min(buffer.len() as u64) as usize;
+            file.read_exact_at(&mut buffer[..want], offset)?;
+            hasher.update(&buffer[..want]);
+            offset += want as u64;
         }
+        Ok(hex::encode(hasher.finalize()))
     })
     .await
     .map_err(Error::internal)?

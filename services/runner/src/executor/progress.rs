@@ -2,18 +2,13 @@
 //! (value in 0..1) or the older `{"min", "max", "value", "label"}`. A value becomes an event
 //! once it has stayed in place for the settle time (100 ms, CONTRACT §2.2).
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use crate::domain::Progress;
 
-/// Bytes read of the file at most: progress is a small JSON object.
-const MAX: u64 = 64 << 10;
-
+/// Which values of the progress file become events. The file is read by the caller (through
+/// the run's workspace, which refuses links, FIFOs and large files); the tracker only decides.
 pub struct Tracker {
-    path: PathBuf,
     settle: Duration,
     candidate: Option<(Progress, Instant)>,
     published: Option<Progress>,
@@ -41,21 +36,12 @@ pub fn parse(bytes: &[u8]) -> Option<Progress> {
 }
 
 impl Tracker {
-    pub fn new(path: PathBuf, settle: Duration) -> Self {
+    pub fn new(settle: Duration) -> Self {
         Self {
-            path,
             settle,
             candidate: None,
             published: None,
         }
-    }
-
-    async fn read(&self) -> Option<Progress> {
-        use tokio::io::AsyncReadExt;
-        let file = tokio::fs::File::open(&self.path).await.ok()?;
-        let mut bytes = Vec::new();
-        file.take(MAX).read_to_end(&mut bytes).await.ok()?;
-        parse(&bytes)
     }
 
     /// The value already published (a re-adopted run's last progress).
@@ -63,9 +49,10 @@ impl Tracker {
         self.published = Some(progress);
     }
 
-    /// A value to publish: one that changed and then stayed for the settle time.
-    pub async fn poll(&mut self) -> Option<Progress> {
-        let now = self.read().await?;
+    /// A value to publish, given the file's bytes now: one that changed and then stayed for
+    /// the settle time.
+    pub fn poll(&mut self, bytes: Option<&[u8]>) -> Option<Progress> {
+        let now = parse(bytes?)?;
         match &self.candidate {
             Some((candidate, _)) if *candidate == now => {}
             _ => self.candidate = Some((now.clone(), Instant::now())),
@@ -80,8 +67,8 @@ impl Tracker {
 
     /// The file's value now, if it differs from the last one published (the final read after
     /// the command ended, which does not wait to settle).
-    pub async fn poll_now(&mut self) -> Option<Progress> {
-        let now = self.read().await?;
+    pub fn poll_now(&mut self, bytes: Option<&[u8]>) -> Option<Progress> {
+        let now = parse(bytes?)?;
         if self.published.as_ref() == Some(&now) {
             return None;
         }
@@ -115,25 +102,30 @@ mod tests {
         assert_eq!(parse(br#"{"label": "x"}"#), None);
     }
 
-    #[tokio::test]
-    async fn a_value_must_settle_before_it_is_published() {
-        let path = std::env::temp_dir().join(format!("pirus-progress-{}", uuid::Uuid::new_v4()));
-        let mut tracker = Tracker::new(path.clone(), Duration::from_millis(100));
-        assert_eq!(tracker.poll().await, None, "no file yet");
-        std::fs::write(&path, br#"{"value": 0.1}"#).unwrap();
-        assert_eq!(tracker.poll().await, None, "not settled");
-        std::fs::write(&path, br#"{"value": 0.2}"#).unwrap();
-        assert_eq!(tracker.poll().await, None, "changed: not settled");
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert_eq!(tracker.poll().await.map(|p| p.value), Some(0.2));
-        assert_eq!(tracker.poll().await, None, "published once");
+    #[test]
+    fn a_value_must_settle_before_it_is_published() {
+        let mut tracker = Tracker::new(Duration::from_millis(100));
+        assert_eq!(tracker.poll(None), None, "no file yet");
         assert_eq!(
-            tracker.poll_now().await,
+            tracker.poll(Some(br#"{"value": 0.1}"#)),
+            None,
+            "not settled"
+        );
+        assert_eq!(
+            tracker.poll(Some(br#"{"value": 0.2}"#)),
+            None,
+            "changed: not settled"
+        );
+        std::thread::sleep(Duration::from_millis(120));
+        let settled = Some(&br#"{"value": 0.2}"#[..]);
+        assert_eq!(tracker.poll(settled).map(|p| p.value), Some(0.2));
+        assert_eq!(tracker.poll(settled), None, "published once");
+        assert_eq!(
+            tracker.poll_now(settled),
             None,
             "the final read repeats nothing"
         );
-        std::fs::write(&path, br#"{"value": 1.0}"#).unwrap();
-        assert_eq!(tracker.poll_now().await.map(|p| p.value), Some(1.0));
-        std::fs::remove_file(path).unwrap();
+        let last = Some(&br#"{"value": 1.0}"#[..]);
+        assert_eq!(tracker.poll_now(last).map(|p| p.value), Some(1.0));
     }
 }

@@ -67,11 +67,13 @@ pub fn run_to_proto(r: Run) -> pb::Run {
         priority: r.priority,
         max_attempts: r.max_attempts,
         resources: Some(pb::Resources {
-            cpu: r.cpu_limit.unwrap_or(0) as u32,
-            memory_bytes: r.memory_limit.unwrap_or(0),
+            cpu: r.requested.cpus.unwrap_or(0),
+            memory_bytes: r.requested.memory_bytes.unwrap_or(0) as i64,
+            processes: r.requested.processes.unwrap_or(0),
+            disk_bytes: r.requested.disk_bytes.unwrap_or(0) as i64,
         }),
-        timeout: r.timeout_seconds.map(|s| prost_types::Duration {
-            seconds: s,
+        timeout: r.requested.time.map(|t| prost_types::Duration {
+            seconds: t.as_secs() as i64,
             nanos: 0,
         }),
     }

@@ -5,6 +5,8 @@ mod convert;
 
 use std::{path::PathBuf, pin::Pin, time::Duration};
 
+use crate::executor::Executor;
+
 use pirus_db::listen::Notice;
 use pirus_proto::runner::v1::{self as pb, runner_service_server::RunnerService};
 use tokio::sync::{broadcast, mpsc};
@@ -15,7 +17,7 @@ use uuid::Uuid;
 use convert::{event_to_proto, node_to_proto, parse_id, run_to_proto};
 
 use crate::{
-    domain::{Error, NewRun, RunFilter, RunStatus},
+    domain::{Error, NewRun, Requested, RunFilter, RunStatus},
     executor::{Catalogue, container_name},
     store::{Desired, EVENTS_CHANNEL, Store},
     submit,
@@ -25,7 +27,7 @@ pub struct Runner {
     pub store: Store,
     pub notices: broadcast::Sender<Notice>,
     pub node: String,
-    pub work_dir: PathBuf,
+    pub executor: Executor,
     pub databases_dir: Option<PathBuf>,
     pub catalogue: Catalogue,
     pub lxd: pirus_lxd::Client,
@@ -34,6 +36,8 @@ pub struct Runner {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 const LOG_CHUNK: usize = 64 << 10;
+/// Bytes of a live log read per poll at most.
+const LIVE_READ: u64 = 16 << 20;
 
 #[tonic::async_trait]
 impl RunnerService for Runner {
@@ -54,15 +58,21 @@ impl RunnerService for Runner {
         if r.max_attempts < 0 || r.max_attempts > 100 {
             return Err(Error::invalid("max_attempts", "must be from 0 (default 1) to 100").into());
         }
-        let timeout_seconds = match r.timeout {
+        let time = match r.timeout {
             None => None,
-            Some(t) if t.seconds > 0 => Some(t.seconds as u64),
+            Some(t) if t.seconds > 0 => Some(Duration::from_secs(t.seconds as u64)),
             Some(_) => return Err(Error::invalid("timeout", "must be at least one second").into()),
         };
         let resources = r.resources.unwrap_or_default();
-        if resources.memory_bytes < 0 {
-            return Err(Error::invalid("resources.memory_bytes", "must not be negative").into());
+        for (field, value) in [
+            ("resources.memory_bytes", resources.memory_bytes),
+            ("resources.disk_bytes", resources.disk_bytes),
+        ] {
+            if value < 0 {
+                return Err(Error::invalid(field, "must not be negative").into());
+            }
         }
+        let positive = |n: i64| (n > 0).then_some(n as u64);
         let new = NewRun {
             pipeline_id: parse_id("pipeline_id", &r.pipeline_id)?,
             name: r.name,
@@ -70,9 +80,13 @@ impl RunnerService for Runner {
             input_file_ids,
             priority: r.priority,
             request_id: (!r.request_id.is_empty()).then_some(r.request_id),
-            cpu: (resources.cpu > 0).then_some(resources.cpu),
-            memory_bytes: (resources.memory_bytes > 0).then_some(resources.memory_bytes as u64),
-            timeout_seconds,
+            requested: Requested {
+                cpus: (resources.cpu > 0).then_some(resources.cpu),
+                memory_bytes: positive(resources.memory_bytes),
+                processes: (resources.processes > 0).then_some(resources.processes),
+                disk_bytes: positive(resources.disk_bytes),
+                time,
+            },
             max_attempts: (r.max_attempts > 0).then_some(r.max_attempts as u32),
         };
         let run = submit::submit(&self.store, self.databases_dir.as_deref(), new).await?;
@@ -153,7 +167,7 @@ impl RunnerService for Runner {
         let logs = Logs {
             store: self.store.clone(),
             node: self.node.clone(),
-            work_dir: self.work_dir.clone(),
+            executor: self.executor.clone(),
             catalogue: self.catalogue.clone(),
         };
         tokio::spawn(logs.stream(id, r.stream, file, r.offset as u64, r.follow, tx));
@@ -324,7 +338,7 @@ async fn watch(
 struct Logs {
     store: Store,
     node: String,
-    work_dir: PathBuf,
+    executor: Executor,
     catalogue: Catalogue,
 }
 
@@ -368,13 +382,9 @@ impl Logs {
                 return forward(&self.store, owner, id, &stream, offset, follow, &tx).await;
             }
             if here {
-                let path = self
-                    .work_dir
-                    .join("runs")
-                    .join(format!("{}-{}", run.id, run.attempt))
-                    .join("logs")
-                    .join(file);
-                match read_from(&path, offset).await {
+                // Through the run's workspace: a log the container swapped for a link, a FIFO
+                // or a device is refused, never followed or read.
+                match self.executor.live_log(&run, file, offset, LIVE_READ).await {
                     Ok(data) if !data.is_empty() => {
                         for chunk in data.chunks(LOG_CHUNK) {
                             let message = pb::LogChunk {
@@ -399,15 +409,6 @@ impl Logs {
             }
         }
     }
-}
-
-async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
-    let mut data = Vec::new();
-    file.take(16 << 20).read_to_end(&mut data).await?;
-    Ok(data)
 }
 
 /// Relays the owning node's log stream.

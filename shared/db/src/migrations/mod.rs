@@ -1,31 +1,53 @@
 //! Schema migrations. Each migration is plain PostgreSQL in a `.sql` file beside this one: the
-//! schema uses partial indexes, arrays and CHECK constraints, which read best as SQL.
+//! schema uses partial indexes, arrays and CHECK constraints, which read best as SQL. Applied
+//! migrations are never edited; a change is a new file.
 
 use sea_orm_migration::prelude::*;
 
 pub struct Migrator;
 
+/// How many migrations the schema has.
+pub const COUNT: usize = MIGRATIONS.len();
+
+/// The migrations, in order: (name, SQL).
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "m20261128_000001_initial",
+        include_str!("m20261128_000001_initial.sql"),
+    ),
+    (
+        "m20261130_000002_run_limits",
+        include_str!("m20261130_000002_run_limits.sql"),
+    ),
+];
+
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial)]
+        MIGRATIONS
+            .iter()
+            .map(|&(name, sql)| Box::new(Sql { name, sql }) as Box<dyn MigrationTrait>)
+            .collect()
     }
 }
 
-struct Initial;
+struct Sql {
+    name: &'static str,
+    sql: &'static str,
+}
 
-impl MigrationName for Initial {
+impl MigrationName for Sql {
     fn name(&self) -> &str {
-        "m20261128_000001_initial"
+        self.name
     }
 }
 
 #[async_trait::async_trait]
-impl MigrationTrait for Initial {
+impl MigrationTrait for Sql {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .get_connection()
-            .execute_unprepared(include_str!("m20261128_000001_initial.sql"))
+            .execute_unprepared(self.sql)
             .await?;
         Ok(())
     }

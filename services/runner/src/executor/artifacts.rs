@@ -1,0 +1,108 @@
+//! The node's caches: pipeline images (fetched from the catalogue, imported into LXD once per
+//! fingerprint) and input files (fetched once per SHA-256, hard-linked into each run's inputs
+//! folder). Both live in the runner's work folder, which no container can write to.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::{Catalogue, safedir::SafeDir};
+use crate::{
+    domain::{Error, Result, Run},
+    inputs::input_names,
+    store::Store,
+};
+
+const LXD_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Artifacts {
+    lxd: pirus_lxd::Client,
+    catalogue: Catalogue,
+    store: Store,
+    cache: PathBuf,
+    /// One import at a time per image fingerprint.
+    image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Artifacts {
+    pub fn new(lxd: pirus_lxd::Client, catalogue: Catalogue, store: Store, cache: PathBuf) -> Self {
+        Self {
+            lxd,
+            catalogue,
+            store,
+            cache,
+            image_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The image in LXD, fetched from the catalogue if LXD lacks it.
+    pub async fn ensure_image(&self, sha256: &str, file: Option<Uuid>) -> Result<()> {
+        if self.lxd.has_image(sha256).await.map_err(Error::internal)? {
+            return Ok(());
+        }
+        let lock = self
+            .image_locks
+            .lock()
+            .await
+            .entry(sha256.to_owned())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        if self.lxd.has_image(sha256).await.map_err(Error::internal)? {
+            return Ok(());
+        }
+        let file = file.ok_or_else(|| Error::internal("the pipeline has no image file"))?;
+        let path = self.cache.join("images").join(format!("{sha256}.tar"));
+        self.catalogue.fetch(file, sha256, &path).await?;
+        let imported = self
+            .lxd
+            .ensure_image(&path, sha256, LXD_TIMEOUT)
+            .await
+            .map_err(Error::internal);
+        // LXD keeps its own copy.
+        let _ = tokio::fs::remove_file(&path).await;
+        imported
+    }
+
+    /// The run's inputs, fetched into the cache if missing, hard-linked into `into` under their
+    /// sanitised names.
+    pub async fn link_inputs(&self, run: &Run, into: &SafeDir) -> Result<()> {
+        let files: HashMap<Uuid, _> = self
+            .store
+            .input_files(&run.input_file_ids)
+            .await?
+            .into_iter()
+            .map(|f| (f.id, f))
+            .collect();
+        let ordered: Vec<_> = run
+            .input_file_ids
+            .iter()
+            .map(|id| {
+                files
+                    .get(id)
+                    .ok_or_else(|| Error::internal(format!("input {id} is gone")))
+            })
+            .collect::<Result<_>>()?;
+        let names = input_names(&ordered.iter().map(|f| f.name.clone()).collect::<Vec<_>>());
+        for (file, name) in ordered.into_iter().zip(names) {
+            let sha256 = file
+                .sha256
+                .clone()
+                .ok_or_else(|| Error::internal(format!("input {} is not ready", file.id)))?;
+            let cached = self.cache.join("inputs").join(&sha256);
+            if !tokio::fs::try_exists(&cached).await? {
+                self.catalogue.fetch(file.id, &sha256, &cached).await?;
+            }
+            let link = into.path().join(&name);
+            tokio::fs::hard_link(&cached, &link).await.map_err(|e| {
+                Error::internal(format!(
+                    "link {} -> {}: {e}",
+                    cached.display(),
+                    link.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! Collecting a run's results once its container is gone: the two logs, and the outputs when
+//! the command ended. Every file is opened through the workspace (regular files only, never
+//! through a link) and pushed from its open handle, within the run's disk limit. What is not a
+//! regular file is skipped and named, for the run's events.
+
+use uuid::Uuid;
+
+use super::{
+    Catalogue,
+    catalogue::PushKind,
+    safedir::{Skipped, refusal},
+    workspace::Workspace,
+};
+use crate::domain::{Error, Result};
+
+/// What collection left out, for the run's events.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub skipped: Vec<Skipped>,
+    /// A log longer than the run's disk limit was cut there.
+    pub truncated: Vec<String>,
+}
+
+impl Collected {
+    /// One event message naming what was skipped or cut (at most a few dozen names).
+    pub fn message(&self) -> Option<String> {
+        const SHOWN: usize = 20;
+        let mut parts = Vec::new();
+        if !self.skipped.is_empty() {
+            let mut names: Vec<String> = self
+                .skipped
+                .iter()
+                .take(SHOWN)
+                .map(|s| format!("{} ({})", s.name, s.why))
+                .collect();
+            if self.skipped.len() > SHOWN {
+                names.push(format!("and {} more", self.skipped.len() - SHOWN));
+            }
+            parts.push(format!(
+                "skipped what is not a regular file: {}",
+                names.join(", ")
+            ));
+        }
+        if !self.truncated.is_empty() {
+            parts.push(format!(
+                "cut at the run's disk limit: {}",
+                self.truncated.join(", ")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// Pushes the logs, and the outputs when `outputs`, to the catalogue. `budget` is the run's
+/// disk limit: outputs that add up to more are refused, a longer log is cut.
+pub async fn collect(
+    catalogue: &Catalogue,
+    run: Uuid,
+    workspace: &Workspace,
+    outputs: bool,
+    budget: u64,
+) -> Result<Collected> {
+    let mut collected = Collected::default();
+    for log in ["out.log", "err.log"] {
+        match workspace.open_log(log) {
+            Ok(Some(file)) => {
+                let size = file.size.min(budget);
+                if size < file.size {
+                    collected.truncated.push(log.to_owned());
+                }
+                catalogue
+                    .push(run, PushKind::Log, log, file.file, size)
+                    .await?;
+            }
+            Ok(None) => {}
+            Err(e) => collected.skipped.push(Skipped {
+                name: format!("logs/{log}"),
+                why: refusal(&e).ok_or_else(|| Error::from(e))?,
+            }),
+        }
+    }
+    if !outputs {
+        return Ok(collected);
+    }
+    let listing = workspace.list_outputs().await?;
+    let total = listing.total_size();
+    if total > budget {
+        return Err(Error::internal(format!(
+            "the outputs hold {total} bytes, more than the run's disk limit of {budget} bytes"
+        )));
+    }
+    collected.skipped.extend(listing.skipped);
+    for (relative, _) in listing.files {
+        match workspace.open_output(&relative) {
+            Ok(Some(file)) => {
+                catalogue
+                    .push(run, PushKind::Output, &relative, file.file, file.size)
+                    .await?;
+            }
+            Ok(None) => {}
+            Err(e) => collected.skipped.push(Skipped {
+                name: relative,
+                why: refusal(&e).ok_or_else(|| Error::from(e))?,
+            }),
+        }
+    }
+    Ok(collected)
+}
