@@ -6,8 +6,12 @@
 #   deploy/setup.sh --deps-only  only install and start PostgreSQL and LXD (what tests need)
 #   deploy/setup.sh --stop       stop the services this script started
 #
-# Must run as root. Configuration lands in /etc/pirus/pirus.env (kept if it exists); logs in
-# /var/log/pirus when the services run without systemd.
+# Must run as root. Configuration lands in /etc/pirus/pirus.env (mode 0600, kept if it
+# exists); logs in /var/log/pirus when the services run without systemd. Each service runs as
+# a user of its own (pirus-catalogue, pirus-runner), never as root.
+#
+# Environment: PIRUS_LXD_POOL_SIZE (default 32GiB) sizes the btrfs storage pool `pirus` that
+# bounds every run's disk (a sparse loop file under /var/lib/lxd/disks).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -44,7 +48,7 @@ if [ "$mode" = --stop ]; then stop_services; exit 0; fi
 
 install_packages() {
   local missing=()
-  for p in postgresql lxd busybox-static curl ca-certificates xz-utils python3-pip; do
+  for p in postgresql lxd busybox-static btrfs-progs curl ca-certificates xz-utils python3-pip; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -75,14 +79,17 @@ start_postgres() {
 
 configure_database() {
   mkdir -p /etc/pirus
+  chmod 755 /etc/pirus
   if [ ! -f "$env_file" ]; then
     local password
     password=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24)
-    sed "s|^PIRUS_DATABASE_URL=.*|PIRUS_DATABASE_URL=postgres://pirus:$password@127.0.0.1:5432/pirus|" \
-      "$here/pirus.env.example" > "$env_file"
-    chmod 600 "$env_file"
+    # Mode 0600 from its first byte: the umask applies when the file is created.
+    ( umask 077
+      sed "s|^PIRUS_DATABASE_URL=.*|PIRUS_DATABASE_URL=postgres://pirus:$password@127.0.0.1:5432/pirus|" \
+        "$here/pirus.env.example" > "$env_file" )
     say "wrote $env_file"
   fi
+  chmod 600 "$env_file"
   local url password
   url=$(grep '^PIRUS_DATABASE_URL=' "$env_file" | cut -d= -f2-)
   password=$(printf '%s' "$url" | sed -E 's|^postgres(ql)?://[^:]+:([^@]*)@.*$|\2|')
@@ -101,20 +108,50 @@ start_lxd() {
     say "starting LXD"
     if have_systemd; then systemctl start lxd.socket lxd.service; else
       mkdir -p /var/log/lxd
-      nohup lxd --group root --logfile /var/log/lxd/lxd.log >/dev/null 2>&1 &
+      nohup lxd --group lxd --logfile /var/log/lxd/lxd.log >/dev/null 2>&1 &
     fi
     lxd waitready --timeout 60 || die "LXD did not come up"
   fi
+  # The runner reaches LXD as a member of the socket's group (root-equivalent by nature: it
+  # is the one privilege a runner cannot do without). A daemon started earlier with another
+  # group gets its socket handed to lxd.
+  local socket=/var/lib/lxd/unix.socket
+  [ "$(stat -c %G "$socket")" = lxd ] || chgrp lxd "$socket"
   if ! lxc storage show default >/dev/null 2>&1; then
     say "initialising LXD (dir storage pool 'default', no network)"
     lxd init --preseed < "$here/lxd-preseed.yaml"
   fi
+  # Run containers live on a btrfs pool: a root disk's size and a volume's size are enforced,
+  # so one run can never fill the host's disk.
+  if ! lxc storage show pirus >/dev/null 2>&1; then
+    say "creating the btrfs storage pool 'pirus' (${PIRUS_LXD_POOL_SIZE:-32GiB}, sparse loop file)"
+    lxc storage create pirus btrfs size="${PIRUS_LXD_POOL_SIZE:-32GiB}" >/dev/null
+  fi
+  grep -q '^PIRUS_LXD_STORAGE_POOL=' "$env_file" || echo 'PIRUS_LXD_STORAGE_POOL=pirus' >> "$env_file"
+}
+
+# Each service has a system user of its own; the runner's is in LXD's socket group.
+create_users() {
+  getent group lxd >/dev/null || groupadd --system lxd
+  for svc in pirus-catalogue pirus-runner; do
+    if ! id -u "$svc" >/dev/null 2>&1; then
+      useradd --system --user-group --no-create-home --home-dir "/var/lib/pirus/${svc#pirus-}" \
+        --shell /usr/sbin/nologin "$svc"
+    fi
+  done
+  usermod -a -G lxd pirus-runner
+  mkdir -p /var/lib/pirus/catalogue /var/lib/pirus/runner
+  chmod 755 /var/lib/pirus
+  chown pirus-catalogue:pirus-catalogue /var/lib/pirus/catalogue
+  chown pirus-runner:pirus-runner /var/lib/pirus/runner
+  chmod 700 /var/lib/pirus/catalogue /var/lib/pirus/runner
 }
 
 install_packages
 start_postgres
 configure_database
 start_lxd
+create_users
 if [ "$mode" = --deps-only ]; then
   say "PostgreSQL and LXD are running; database settings in $env_file"
   exit 0
@@ -129,7 +166,18 @@ build_and_install() {
   (cd "$repo" && cargo build --release --locked --bins)
   local target=${CARGO_TARGET_DIR:-$repo/target}
   install -m 0755 "$target/release/pirus-catalogue" "$target/release/pirus-runner" /usr/local/bin/
-  mkdir -p /var/lib/pirus/catalogue /var/lib/pirus/runner "$log_dir" "$run_dir"
+  mkdir -p "$log_dir" "$run_dir"
+}
+
+# What each service may do, as setpriv sees it (the systemd units say the same): the catalogue
+# nothing beyond its user; the runner may chown run folders to a container's id range and read
+# and remove what a container left in them.
+runner_caps=chown,dac_override,fowner
+privileges() { # service -> setpriv options
+  case $1 in
+    pirus-catalogue) echo "--reuid=pirus-catalogue --regid=pirus-catalogue --init-groups --inh-caps=-all --bounding-set=-all" ;;
+    pirus-runner) echo "--reuid=pirus-runner --regid=pirus-runner --init-groups --inh-caps=-all,+${runner_caps//,/,+} --ambient-caps=+${runner_caps//,/,+} --bounding-set=-all,+${runner_caps//,/,+}" ;;
+  esac
 }
 
 start_services() {
@@ -140,10 +188,11 @@ start_services() {
     systemctl enable --now pirus-catalogue pirus-runner
   else
     for svc in pirus-catalogue pirus-runner; do
-      rm -f "$run_dir/$svc.addr"
       ( set -a; . "$env_file"; set +a
-        export PIRUS_ADDR_FILE="$run_dir/$svc.addr"
-        nohup "/usr/local/bin/$svc" >>"$log_dir/$svc.log" 2>&1 &
+        umask 077
+        # shellcheck disable=SC2046
+        nohup setpriv $(privileges "$svc") --no-new-privs -- "/usr/local/bin/$svc" \
+          >>"$log_dir/$svc.log" 2>&1 &
         echo $! > "$run_dir/$svc.pid" )
     done
   fi
