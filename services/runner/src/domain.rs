@@ -132,6 +132,58 @@ pub struct Node {
     pub lxd_available: bool,
 }
 
+/// One of a run's two logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    /// `stdout` or `stderr`, as StreamRunLogs names them.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stdout" => Some(Self::Stdout),
+            "stderr" => Some(Self::Stderr),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+
+    /// The log's file, in the run folder and in the catalogue.
+    pub fn file(self) -> &'static str {
+        match self {
+            Self::Stdout => "out.log",
+            Self::Stderr => "err.log",
+        }
+    }
+}
+
+/// A piece of a log, at its offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogChunk {
+    pub offset: u64,
+    pub data: bytes::Bytes,
+}
+
+/// Live figures of a run's container.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Monitoring {
+    pub cpu_seconds: f64,
+    pub memory_bytes: i64,
+    pub memory_peak_bytes: i64,
+    pub processes: i64,
+    pub container_status: String,
+    pub disk_bytes: i64,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {
     pub status: Option<RunStatus>,

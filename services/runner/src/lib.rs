@@ -9,8 +9,11 @@ mod domain;
 mod executor;
 mod grpc;
 mod inputs;
+mod lifecycle;
 mod limits;
 mod node;
+mod peers;
+mod runs;
 mod scheduler;
 mod store;
 mod submit;
@@ -64,7 +67,7 @@ pub async fn run(
     );
     let metrics = metrics.build();
 
-    let store = store::Store::new(db.clone());
+    let stores = store::Stores::new(db.clone());
     let notices = pirus_db::listen::spawn_listener(
         config.common.database_url.clone(),
         vec![
@@ -77,7 +80,7 @@ pub async fn run(
     let node_state = node::NodeState::default();
     let (registered_tx, registered) = tokio::sync::oneshot::channel();
     let node = node::Node {
-        store: store.clone(),
+        nodes: stores.nodes.clone(),
         lxd: lxd.clone(),
         name: node_name.clone(),
         address,
@@ -96,7 +99,7 @@ pub async fn run(
 
     let catalogue = executor::Catalogue::connect_lazy(&config.catalogue_addr)?;
     let executor = executor::Executor::new(
-        store.clone(),
+        stores.clone(),
         lxd.clone(),
         catalogue.clone(),
         executor::Settings {
@@ -110,7 +113,7 @@ pub async fn run(
         notices.clone(),
     )?;
     let scheduler = scheduler::Scheduler {
-        store: store.clone(),
+        stores: stores.clone(),
         executor: executor.clone(),
         node: node_name.clone(),
         max_runs,
@@ -119,15 +122,17 @@ pub async fn run(
     };
     tokio::spawn(scheduler.run(notices.subscribe(), shutdown.clone()));
 
-    let runner = grpc::Runner {
-        store,
+    let runs = runs::Runs {
+        peers: peers::Peers::new(stores.nodes.clone(), node_name.clone()),
+        stores,
         notices,
         node: node_name,
         executor,
-        databases_dir: config.databases_dir.clone(),
         catalogue,
         lxd,
+        databases_dir: config.databases_dir.clone(),
     };
+    let runner = grpc::Runner { runs };
     let service = Service {
         grpc: tonic::service::Routes::new(RunnerServiceServer::new(runner)),
         http: axum::Router::new(),

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::{
     domain::Result,
     limits::Limits,
-    store::{NodeRegistration, Store},
+    store::{NodeRegistration, NodeStore},
 };
 
 /// What the rest of the runner reads of the node's state.
@@ -32,7 +32,7 @@ impl NodeState {
 }
 
 pub struct Node {
-    pub store: Store,
+    pub nodes: NodeStore,
     pub lxd: pirus_lxd::Client,
     pub name: String,
     pub address: String,
@@ -85,8 +85,8 @@ impl Node {
         let incarnation = Uuid::now_v7();
         let mut last = None;
         let version = self.lxd_version(&state, &mut last).await;
-        self.store
-            .register_node(&NodeRegistration {
+        self.nodes
+            .register(&NodeRegistration {
                 name: &self.name,
                 address: &self.address,
                 max_runs: self.max_runs,
@@ -105,7 +105,7 @@ impl Node {
                 () = tokio::time::sleep(period) => {}
             }
             let version = self.lxd_version(&state, &mut last).await;
-            match self.store.heartbeat(&self.name, incarnation, version).await {
+            match self.nodes.heartbeat(&self.name, incarnation, version).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::error!(node = %self.name, "another runner took this node over")
@@ -113,7 +113,7 @@ impl Node {
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
             }
             // Any runner notices a lost node; the first to lock its row settles its runs.
-            match self.store.expire_nodes().await {
+            match self.nodes.expire().await {
                 Ok(nodes) => {
                     for node in nodes {
                         tracing::warn!(%node, "node lost: recorded offline, its runs requeued or ended");

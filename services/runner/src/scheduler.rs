@@ -12,11 +12,11 @@ use crate::{
     executor::Executor,
     limits::Limits,
     node::NodeState,
-    store::{RUNS_CHANNEL, Store},
+    store::{RUNS_CHANNEL, Stores},
 };
 
 pub struct Scheduler {
-    pub store: Store,
+    pub stores: Stores,
     pub executor: Executor,
     pub node: String,
     pub max_runs: u32,
@@ -72,7 +72,7 @@ impl Scheduler {
         if !self.state.lxd_up() {
             return;
         }
-        match self.store.is_draining(&self.node).await {
+        match self.stores.nodes.is_draining(&self.node).await {
             Ok(false) => {}
             Ok(true) => return,
             Err(e) => {
@@ -81,11 +81,17 @@ impl Scheduler {
             }
         }
         loop {
-            match self
-                .store
+            let claimed = self
+                .stores
+                .queue
                 .claim(&self.node, self.max_runs, &self.largest)
-                .await
-            {
+                .await;
+            let claimed = match claimed {
+                Ok(Some(id)) => self.stores.runs.get(id).await.map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match claimed {
                 Ok(Some(run)) => {
                     let executor = self.executor.clone();
                     let freed = freed.clone();

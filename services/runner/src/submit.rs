@@ -7,6 +7,7 @@
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
+use pirus_db::views::{self, FileState, FileView, PipelineState};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -14,14 +15,14 @@ use crate::{
     domain::{Error, NewRun, Requested, Result, Run},
     inputs::input_names,
     limits::{Limits, excess},
-    store::{InputFile, RunInsert, Store},
+    store::{RunInsert, Stores},
 };
 
 /// Inputs of one run at most: each is fetched, cached and linked, and named in linear time.
 pub const MAX_INPUTS: usize = 1000;
 
 /// Queues a run, or answers the run an earlier submission with the same `request_id` queued.
-pub async fn submit(store: &Store, databases_dir: Option<&Path>, new: NewRun) -> Result<Run> {
+pub async fn submit(stores: &Stores, databases_dir: Option<&Path>, new: NewRun) -> Result<Run> {
     if new.input_file_ids.len() > MAX_INPUTS {
         return Err(Error::invalid(
             "input_file_ids",
@@ -32,27 +33,30 @@ pub async fn submit(store: &Store, databases_dir: Option<&Path>, new: NewRun) ->
         ));
     }
     if let Some(request_id) = &new.request_id
-        && let Some(run) = store.run_by_request_id(request_id).await?
+        && let Some(run) = stores.runs.by_request_id(request_id).await?
     {
         return Ok(run);
     }
-    let pipeline = store
-        .pipeline(new.pipeline_id)
+    let pipeline = views::pipeline(stores.db(), new.pipeline_id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("pipeline {}", new.pipeline_id)))?;
-    if pipeline.status != "ready" {
+    if pipeline.state != PipelineState::Ready {
         return Err(Error::FailedPrecondition(format!(
             "pipeline {} is not ready (it is {})",
-            pipeline.id, pipeline.status
+            pipeline.id,
+            pipeline.state.as_str()
         )));
     }
 
     let manifest = pipeline.manifest.clone().unwrap_or_default();
     let requested = requested(&new.requested, &manifest);
-    fits_a_node(&requested, &new.requested, &store.node_limits().await?)?;
+    fits_a_node(
+        &requested,
+        &new.requested,
+        &stores.nodes.largest_runs().await?,
+    )?;
 
-    let files: HashMap<Uuid, InputFile> = store
-        .input_files(&new.input_file_ids)
+    let files: HashMap<Uuid, FileView> = views::files(stores.db(), &new.input_file_ids)
         .await?
         .into_iter()
         .map(|f| (f.id, f))
@@ -65,7 +69,7 @@ pub async fn submit(store: &Store, databases_dir: Option<&Path>, new: NewRun) ->
                 format!("file {id} not found"),
             )
         })?;
-        if file.status == "error" {
+        if file.state == FileState::Error {
             return Err(Error::invalid(
                 &format!("input_file_ids[{i}]"),
                 format!("file {id} failed its upload"),
@@ -103,7 +107,7 @@ pub async fn submit(store: &Store, databases_dir: Option<&Path>, new: NewRun) ->
         max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
         pipeline,
     };
-    store.insert_run(insert).await
+    stores.runs.insert(insert).await
 }
 
 /// What the run asks for: its request, else its pipeline's manifest (`resources` and `timeout`),

@@ -7,6 +7,7 @@ pub mod entity;
 pub mod filter;
 pub mod listen;
 mod migrations;
+pub mod views;
 
 /// How many migrations the schema has (each recorded once in `seaql_migrations`).
 pub const MIGRATIONS: usize = migrations::COUNT;

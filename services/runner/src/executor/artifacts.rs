@@ -11,7 +11,6 @@ use super::{Catalogue, safedir::SafeDir};
 use crate::{
     domain::{Error, Result, Run},
     inputs::input_names,
-    store::Store,
 };
 
 const LXD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -19,18 +18,23 @@ const LXD_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Artifacts {
     lxd: pirus_lxd::Client,
     catalogue: Catalogue,
-    store: Store,
+    db: pirus_db::sea_orm::DatabaseConnection,
     cache: PathBuf,
     /// One import at a time per image fingerprint.
     image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl Artifacts {
-    pub fn new(lxd: pirus_lxd::Client, catalogue: Catalogue, store: Store, cache: PathBuf) -> Self {
+    pub fn new(
+        lxd: pirus_lxd::Client,
+        catalogue: Catalogue,
+        db: pirus_db::sea_orm::DatabaseConnection,
+        cache: PathBuf,
+    ) -> Self {
         Self {
             lxd,
             catalogue,
-            store,
+            db,
             cache,
             image_locks: Mutex::new(HashMap::new()),
         }
@@ -68,9 +72,7 @@ impl Artifacts {
     /// The run's inputs, fetched into the cache if missing, hard-linked into `into` under their
     /// sanitised names.
     pub async fn link_inputs(&self, run: &Run, into: &SafeDir) -> Result<()> {
-        let files: HashMap<Uuid, _> = self
-            .store
-            .input_files(&run.input_file_ids)
+        let files: HashMap<Uuid, _> = pirus_db::views::files(&self.db, &run.input_file_ids)
             .await?
             .into_iter()
             .map(|f| (f.id, f))

@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
-use crate::domain::{Error, Result};
+use crate::domain::{Error, LogChunk, Result};
 
 const MESSAGE: usize = 1 << 20;
 
@@ -115,7 +115,7 @@ impl Catalogue {
         &self,
         file: Uuid,
         offset: u64,
-        tx: &tokio::sync::mpsc::Sender<Result<pirus_proto::runner::v1::LogChunk, tonic::Status>>,
+        tx: &tokio::sync::mpsc::Sender<Result<LogChunk>>,
     ) -> Result<()> {
         let mut stream = self
             .client
@@ -130,8 +130,8 @@ impl Catalogue {
             .into_inner();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(unavailable)?;
-            let message = pirus_proto::runner::v1::LogChunk {
-                offset: chunk.offset,
+            let message = LogChunk {
+                offset: chunk.offset as u64,
                 data: chunk.data,
             };
             if tx.send(Ok(message)).await.is_err() {

@@ -41,8 +41,9 @@ pub use container::container_name;
 use crate::{
     domain::{Error, Result, Run, RunStatus},
     inputs::CONFIG_FILE,
+    lifecycle::{Desired, Event},
     limits::{Limits, NodeLimits},
-    store::{Change, Desired, Store},
+    store::{Change, Stores},
 };
 use container::Layout;
 use workspace::{Storage, Workspace};
@@ -66,7 +67,7 @@ pub struct Executor {
 }
 
 struct Inner {
-    store: Store,
+    stores: Stores,
     lxd: pirus_lxd::Client,
     catalogue: Catalogue,
     node: String,
@@ -112,7 +113,7 @@ enum Outcome {
 
 impl Executor {
     pub fn new(
-        store: Store,
+        stores: Stores,
         lxd: pirus_lxd::Client,
         catalogue: Catalogue,
         settings: Settings,
@@ -122,13 +123,13 @@ impl Executor {
         let artifacts = artifacts::Artifacts::new(
             lxd.clone(),
             catalogue.clone(),
-            store.clone(),
+            stores.db().clone(),
             settings.work_dir.join("cache"),
         );
         Ok(Self {
             inner: Arc::new(Inner {
                 storage: Storage::new(lxd.clone(), settings.storage_pool),
-                store,
+                stores,
                 lxd,
                 catalogue,
                 node: settings.node,
@@ -196,7 +197,7 @@ impl Executor {
         let held = self.sweep_orphans().await?;
         let mut runs = Vec::new();
         for (id, _) in held {
-            runs.push(self.inner.store.get_run(id).await?);
+            runs.push(self.inner.stores.runs.get(id).await?);
         }
         Ok(runs)
     }
@@ -295,7 +296,7 @@ impl Executor {
     /// database is unreachable (for up to 10 minutes): a run must not be stranded by an
     /// outage. Progress is not retried; the next value supersedes it.
     async fn change(&self, attempt: &Attempt, change: Change) -> Result<bool> {
-        let store = &self.inner.store;
+        let store = &self.inner.stores.runs;
         let node = &self.inner.node;
         let mut backoff = Duration::from_millis(200);
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -304,7 +305,7 @@ impl Executor {
                 .change(attempt.run, node, attempt.attempt, change.clone())
                 .await;
             match result {
-                Err(e) if change.status.is_some() && Instant::now() < deadline => {
+                Err(e) if change.event != Event::Noted && Instant::now() < deadline => {
                     tracing::warn!(run = %attempt.run, error = %e, "recording a status change failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -316,9 +317,7 @@ impl Executor {
 
     async fn prepare_and_start(&self, run: &Run, attempt: &Attempt) -> Result<Started> {
         let inner = &self.inner;
-        let pipeline = inner
-            .store
-            .pipeline(run.pipeline_id)
+        let pipeline = pirus_db::views::pipeline(inner.stores.db(), run.pipeline_id)
             .await?
             .ok_or_else(|| Error::internal(format!("pipeline {} is gone", run.pipeline_id)))?;
         let layout = Layout::from_manifest(pipeline.manifest.as_ref().unwrap_or(&Value::Null))?;
@@ -369,7 +368,7 @@ impl Executor {
         };
         container::create_and_start(&inner.lxd, &inner.creating, &spec.build(), &workspace).await?;
         // Canceled while being prepared: the command never starts.
-        if inner.store.desired(run.id).await? == Some(Desired::Canceled) {
+        if inner.stores.queue.desired(run.id).await? == Some(Desired::Canceled) {
             return Err(Error::FailedPrecondition(
                 "canceled while being prepared".into(),
             ));
@@ -377,14 +376,7 @@ impl Executor {
         let exec =
             container::exec_command(&inner.lxd, &attempt.container, &spec.environment()).await?;
         let started = self
-            .change(
-                attempt,
-                Change {
-                    status: Some(RunStatus::Running),
-                    message: "command started".into(),
-                    ..Default::default()
-                },
-            )
+            .change(attempt, Change::new(Event::Started, "command started"))
             .await?;
         if !started {
             return Err(Error::FailedPrecondition(
@@ -399,7 +391,7 @@ impl Executor {
 
     /// What a failed start means: a cancel that arrived meanwhile, or a failure.
     async fn start_failed(&self, run: Uuid, e: Error) -> Outcome {
-        match self.inner.store.desired(run).await {
+        match self.inner.stores.queue.desired(run).await {
             Ok(Some(Desired::Canceled)) => Outcome::Canceled,
             _ => Outcome::Failed(format!("the run could not start: {e}")),
         }
@@ -440,17 +432,17 @@ impl Executor {
             Outcome::TimedOut(limit) => {
                 let _ = self.collect(attempt, workspace.as_ref(), false).await;
                 Some((
-                    RunStatus::Error,
+                    Event::Failed,
                     format!("timed out after {}s", limit.as_secs()),
                 ))
             }
             Outcome::Failed(reason) => {
                 let _ = self.collect(attempt, workspace.as_ref(), false).await;
-                Some((RunStatus::Error, reason))
+                Some((Event::Failed, reason))
             }
             Outcome::Canceled => {
                 let _ = self.collect(attempt, workspace.as_ref(), false).await;
-                Some((RunStatus::Canceled, "canceled on request".to_owned()))
+                Some((Event::Canceled, "canceled on request".to_owned()))
             }
         };
         let removed = match workspace {
@@ -460,13 +452,11 @@ impl Executor {
         if let Err(e) = removed {
             tracing::warn!(run = %run.id, error = %e, "could not remove the run's folders");
         }
-        if let Some((status, message)) = ending {
-            let error_message = (status == RunStatus::Error).then(|| message.clone());
+        if let Some((event, message)) = ending {
+            let failed = matches!(event, Event::Failed | Event::Collected { ok: false });
             let end = Change {
-                status: Some(status),
-                error_message,
-                message,
-                ..Default::default()
+                error_message: failed.then(|| message.clone()),
+                ..Change::new(event, message)
             };
             if let Err(e) = self.change(attempt, end).await {
                 tracing::error!(run = %run.id, error = %e, "could not record the end of the run");
@@ -481,33 +471,28 @@ impl Executor {
         attempt: &Attempt,
         workspace: Option<&Workspace>,
         code: i32,
-    ) -> Option<(RunStatus, String)> {
+    ) -> Option<(Event, String)> {
         let message = format!("command exited with status {code}");
         let finishing = if run.status == RunStatus::Finishing {
             Ok(true)
         } else {
-            self.change(
-                attempt,
-                Change {
-                    status: Some(RunStatus::Finishing),
-                    exit_code: Some(code),
-                    message: message.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
+            let exited = Change {
+                exit_code: Some(code),
+                ..Change::new(Event::Exited, message.clone())
+            };
+            self.change(attempt, exited).await
         };
         match finishing {
             Ok(true) => Some(match (self.collect(attempt, workspace, true).await, code) {
                 (Err(e), _) => (
-                    RunStatus::Error,
+                    Event::Collected { ok: false },
                     format!("{message}; collecting its results failed: {e}"),
                 ),
-                (Ok(()), 0) => (RunStatus::Done, message),
-                (Ok(()), _) => (RunStatus::Error, message),
+                (Ok(()), 0) => (Event::Collected { ok: true }, message),
+                (Ok(()), _) => (Event::Collected { ok: false }, message),
             }),
             Ok(false) => None,
-            Err(e) => Some((RunStatus::Error, format!("{message}; {e}"))),
+            Err(e) => Some((Event::Failed, format!("{message}; {e}"))),
         }
     }
 
@@ -540,14 +525,12 @@ impl Executor {
                 return Err(e);
             }
         };
-        if let Some(message) = collected.message() {
-            let change = Change {
-                message,
-                ..Default::default()
-            };
-            if let Err(e) = self.change(attempt, change).await {
-                tracing::warn!(run = %attempt.run, error = %e, "could not record what was skipped");
-            }
+        if let Some(message) = collected.message()
+            && let Err(e) = self
+                .change(attempt, Change::new(Event::Noted, message))
+                .await
+        {
+            tracing::warn!(run = %attempt.run, error = %e, "could not record what was skipped");
         }
         Ok(())
     }

@@ -12,8 +12,9 @@ use tokio::sync::broadcast;
 
 use super::{Attempt, Executor, Outcome, Started, container::LXD_TIMEOUT, progress};
 use crate::{
-    domain::{Progress, Run, RunStatus},
-    store::{CONTROL_CHANNEL, Change, Desired},
+    domain::{Progress, Run},
+    lifecycle::{Desired, Event},
+    store::{CONTROL_CHANNEL, Change},
 };
 
 const POLL: Duration = Duration::from_millis(50);
@@ -90,7 +91,8 @@ impl Executor {
         let inner = &self.inner;
         let (workspace, limits) = (&started.workspace, &attempt.limits);
         if let Ok(false) = inner
-            .store
+            .stores
+            .queue
             .holds(attempt.run, &inner.node, attempt.attempt)
             .await
         {
@@ -137,17 +139,17 @@ impl Executor {
 
     /// Drives the container towards the pending control request, and records what happened.
     async fn apply_control(&self, attempt: &Attempt, paused: &mut bool) -> Option<Outcome> {
-        let desired = match self.inner.store.desired(attempt.run).await {
+        let desired = match self.inner.stores.queue.desired(attempt.run).await {
             Ok(d) => d?,
             Err(e) => {
                 tracing::warn!(run = %attempt.run, error = %e, "cannot read the run's desired state");
                 return None;
             }
         };
-        let (action, status, message) = match (desired, *paused) {
+        let (action, event, message) = match (desired, *paused) {
             (Desired::Canceled, _) => return Some(Outcome::Canceled),
-            (Desired::Pause, false) => (Action::Freeze, RunStatus::Pause, "paused"),
-            (Desired::Running, true) => (Action::Unfreeze, RunStatus::Running, "resumed"),
+            (Desired::Pause, false) => (Action::Freeze, Event::Paused, "paused"),
+            (Desired::Running, true) => (Action::Unfreeze, Event::Resumed, "resumed"),
             _ => return None,
         };
         if let Err(e) = self
@@ -159,13 +161,8 @@ impl Executor {
             tracing::warn!(run = %attempt.run, error = %e, "could not change the container: {message}");
             return None;
         }
-        *paused = status == RunStatus::Pause;
-        let change = Change {
-            status: Some(status),
-            message: message.into(),
-            clear_desired: true,
-            ..Default::default()
-        };
+        *paused = event == Event::Paused;
+        let change = Change::new(event, message);
         match self.change(attempt, change).await {
             Ok(true) => None,
             Ok(false) => Some(Outcome::Lost),
@@ -184,8 +181,7 @@ impl Executor {
                 attempt,
                 Change {
                     progress: Some(p),
-                    message,
-                    ..Default::default()
+                    ..Change::new(Event::Noted, message)
                 },
             )
             .await

@@ -18,7 +18,7 @@ impl Executor {
         let volumes = inner.storage.node_volumes(&inner.node).await?;
         let runs = inner.runs.clone();
         let folders = workspace::blocking(move || runs.subfolders()).await?;
-        let held = inner.store.active_runs(&inner.node).await?;
+        let held = inner.stores.queue.held_by(&inner.node).await?;
         let keep: Vec<String> = held
             .iter()
             .map(|(run, attempt)| container::container_name(*run, *attempt))

@@ -3,7 +3,9 @@
 use pirus_proto::runner::v1 as pb;
 use uuid::Uuid;
 
-use crate::domain::{Error, Node, NodeStatus, Page, Progress, Result, Run, RunEvent, RunStatus};
+use crate::domain::{
+    Error, Monitoring, Node, NodeStatus, Page, Progress, Result, Run, RunEvent, RunStatus,
+};
 
 pub use pirus_server::paging::{next_page_token, timestamp};
 
@@ -106,5 +108,17 @@ pub fn node_to_proto(n: Node) -> pb::Node {
         lxd_version: n.lxd_version.unwrap_or_default(),
         lxd_available: n.lxd_available,
         started_at: Some(timestamp(n.started_at)),
+    }
+}
+
+pub fn monitoring_to_proto(m: Monitoring) -> pb::RunMonitoring {
+    pb::RunMonitoring {
+        cpu_seconds: m.cpu_seconds,
+        memory_bytes: m.memory_bytes,
+        memory_peak_bytes: m.memory_peak_bytes,
+        processes: m.processes,
+        container_status: m.container_status,
+        disk_bytes: m.disk_bytes,
+        at: Some(timestamp(m.at)),
     }
 }

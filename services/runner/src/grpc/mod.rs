@@ -1,43 +1,36 @@
-//! gRPC edge of the runner. Handlers stay thin: convert the request, call one use case,
-//! convert the answer.
+//! gRPC edge of the runner. Handlers stay thin: convert the request, call one use case
+//! ([`Runs`]), convert the answer.
 
 mod convert;
 
-use std::{path::PathBuf, pin::Pin, time::Duration};
+use std::{pin::Pin, time::Duration};
 
-use crate::executor::Executor;
-
-use pirus_db::listen::Notice;
 use pirus_proto::runner::v1::{self as pb, runner_service_server::RunnerService};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
-use convert::{event_to_proto, node_to_proto, parse_id, run_to_proto};
+use convert::{event_to_proto, monitoring_to_proto, node_to_proto, parse_id, run_to_proto};
 
 use crate::{
-    domain::{Error, NewRun, Requested, RunFilter, RunStatus},
-    executor::{Catalogue, container_name},
-    store::{Desired, EVENTS_CHANNEL, Store},
-    submit,
+    domain::{Error, LogStream, NewRun, Requested, RunFilter},
+    lifecycle,
+    runs::Runs,
 };
 
 pub struct Runner {
-    pub store: Store,
-    pub notices: broadcast::Sender<Notice>,
-    pub node: String,
-    pub executor: Executor,
-    pub databases_dir: Option<PathBuf>,
-    pub catalogue: Catalogue,
-    pub lxd: pirus_lxd::Client,
+    pub runs: Runs,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-const LOG_CHUNK: usize = 64 << 10;
-/// Bytes of a live log read per poll at most.
-const LIVE_READ: u64 = 16 << 20;
+/// A use case's stream of domain items as a gRPC stream.
+fn relay<T: Send + 'static, P: Send + 'static>(
+    rx: mpsc::Receiver<crate::domain::Result<T>>,
+    convert: fn(T) -> P,
+) -> BoxStream<P> {
+    Box::pin(ReceiverStream::new(rx).map(move |item| item.map(convert).map_err(Status::from)))
+}
 
 #[tonic::async_trait]
 impl RunnerService for Runner {
@@ -89,8 +82,7 @@ impl RunnerService for Runner {
             },
             max_attempts: (r.max_attempts > 0).then_some(r.max_attempts as u32),
         };
-        let run = submit::submit(&self.store, self.databases_dir.as_deref(), new).await?;
-        Ok(Response::new(run_to_proto(run)))
+        Ok(Response::new(run_to_proto(self.runs.submit(new).await?)))
     }
 
     async fn get_run(
@@ -98,7 +90,7 @@ impl RunnerService for Runner {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let id = parse_id("id", &request.into_inner().id)?;
-        Ok(Response::new(run_to_proto(self.store.get_run(id).await?)))
+        Ok(Response::new(run_to_proto(self.runs.get(id).await?)))
     }
 
     async fn list_runs(
@@ -115,7 +107,7 @@ impl RunnerService for Runner {
             },
             node: (!r.node.is_empty()).then_some(r.node),
         };
-        let runs = self.store.list_runs(&filter, page).await?;
+        let runs = self.runs.list(&filter, page).await?;
         let next_page_token = convert::next_page_token(page, runs.last().map(|r| r.id), runs.len());
         Ok(Response::new(pb::ListRunsResponse {
             runs: runs.into_iter().map(run_to_proto).collect(),
@@ -134,12 +126,8 @@ impl RunnerService for Runner {
         if r.after_seq < 0 {
             return Err(Error::invalid("after_seq", "must not be negative").into());
         }
-        self.store.get_run(id).await?;
-        // Subscribed before the first read: nothing committed after it can be missed.
-        let notices = self.notices.subscribe();
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(watch(self.store.clone(), id, r.after_seq, notices, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let events = self.runs.watch(id, r.after_seq).await?;
+        Ok(Response::new(relay(events, event_to_proto)))
     }
 
     type StreamRunLogsStream = BoxStream<pb::LogChunk>;
@@ -150,28 +138,20 @@ impl RunnerService for Runner {
     ) -> Result<Response<Self::StreamRunLogsStream>, Status> {
         let r = request.into_inner();
         let id = parse_id("run_id", &r.run_id)?;
-        let file = match r.stream.as_str() {
-            "stdout" => "out.log",
-            "stderr" => "err.log",
-            other => {
-                return Err(
-                    Error::invalid("stream", format!("'{other}' is not stdout or stderr")).into(),
-                );
-            }
-        };
+        let stream = LogStream::parse(&r.stream).ok_or_else(|| {
+            Error::invalid("stream", format!("'{}' is not stdout or stderr", r.stream))
+        })?;
         if r.offset < 0 {
             return Err(Error::invalid("offset", "must not be negative").into());
         }
-        self.store.get_run(id).await?;
-        let (tx, rx) = mpsc::channel(16);
-        let logs = Logs {
-            store: self.store.clone(),
-            node: self.node.clone(),
-            executor: self.executor.clone(),
-            catalogue: self.catalogue.clone(),
-        };
-        tokio::spawn(logs.stream(id, r.stream, file, r.offset as u64, r.follow, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let chunks = self
+            .runs
+            .logs(id, stream, r.offset as u64, r.follow)
+            .await?;
+        Ok(Response::new(relay(chunks, |c| pb::LogChunk {
+            offset: c.offset as i64,
+            data: c.data,
+        })))
     }
 
     async fn pause_run(
@@ -179,9 +159,8 @@ impl RunnerService for Runner {
         request: Request<pb::PauseRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let id = parse_id("id", &request.into_inner().id)?;
-        Ok(Response::new(run_to_proto(
-            self.store.request(id, Desired::Pause).await?,
-        )))
+        let run = self.runs.control(id, lifecycle::Request::Pause).await?;
+        Ok(Response::new(run_to_proto(run)))
     }
 
     async fn resume_run(
@@ -189,9 +168,8 @@ impl RunnerService for Runner {
         request: Request<pb::ResumeRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let id = parse_id("id", &request.into_inner().id)?;
-        Ok(Response::new(run_to_proto(
-            self.store.request(id, Desired::Running).await?,
-        )))
+        let run = self.runs.control(id, lifecycle::Request::Resume).await?;
+        Ok(Response::new(run_to_proto(run)))
     }
 
     async fn cancel_run(
@@ -199,9 +177,8 @@ impl RunnerService for Runner {
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let id = parse_id("id", &request.into_inner().id)?;
-        Ok(Response::new(run_to_proto(
-            self.store.request(id, Desired::Canceled).await?,
-        )))
+        let run = self.runs.control(id, lifecycle::Request::Cancel).await?;
+        Ok(Response::new(run_to_proto(run)))
     }
 
     async fn delete_run(
@@ -209,11 +186,7 @@ impl RunnerService for Runner {
         request: Request<pb::DeleteRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let id = parse_id("id", &request.into_inner().id)?;
-        let (run, files) = self.store.delete_run(id).await?;
-        for file in files {
-            self.catalogue.delete(file).await?;
-        }
-        Ok(Response::new(run_to_proto(run)))
+        Ok(Response::new(run_to_proto(self.runs.delete(id).await?)))
     }
 
     async fn get_run_monitoring(
@@ -221,50 +194,15 @@ impl RunnerService for Runner {
         request: Request<pb::GetRunMonitoringRequest>,
     ) -> Result<Response<pb::RunMonitoring>, Status> {
         let id = parse_id("id", &request.into_inner().id)?;
-        let run = self.store.get_run(id).await?;
-        if run.status.is_terminal() || run.status == RunStatus::Waiting {
-            return Err(Error::FailedPrecondition(format!(
-                "run {id} has no container (it is {})",
-                run.status.as_str()
-            ))
-            .into());
-        }
-        if let Some(owner) = run.node.as_deref().filter(|owner| *owner != self.node) {
-            // Live figures come from the owner's LXD: ask the owner.
-            let address = self.store.node(owner).await?.address;
-            let endpoint = if address.starts_with("http") {
-                address
-            } else {
-                format!("http://{address}")
-            };
-            let mut client = pb::runner_service_client::RunnerServiceClient::connect(endpoint)
-                .await
-                .map_err(|e| Status::unavailable(format!("node {owner} is unreachable: {e}")))?;
-            return client
-                .get_run_monitoring(pb::GetRunMonitoringRequest { id: id.to_string() })
-                .await;
-        }
-        let state = self
-            .lxd
-            .state(&container_name(run.id, run.attempt))
-            .await
-            .map_err(|e| Error::Unavailable(format!("LXD: {e}")))?;
-        Ok(Response::new(pb::RunMonitoring {
-            cpu_seconds: state.cpu_seconds,
-            memory_bytes: state.memory_bytes,
-            memory_peak_bytes: state.memory_peak_bytes,
-            processes: state.processes,
-            container_status: state.status,
-            disk_bytes: state.disk_bytes,
-            at: Some(convert::timestamp(chrono::Utc::now())),
-        }))
+        let monitoring = self.runs.monitoring(id).await?;
+        Ok(Response::new(monitoring_to_proto(monitoring)))
     }
 
     async fn list_nodes(
         &self,
         _: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let nodes = self.store.nodes().await?;
+        let nodes = self.runs.nodes().await?;
         Ok(Response::new(pb::ListNodesResponse {
             nodes: nodes.into_iter().map(node_to_proto).collect(),
         }))
@@ -275,9 +213,8 @@ impl RunnerService for Runner {
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let name = request.into_inner().name;
-        Ok(Response::new(node_to_proto(
-            self.store.set_draining(&name, true).await?,
-        )))
+        let node = self.runs.set_draining(&name, true).await?;
+        Ok(Response::new(node_to_proto(node)))
     }
 
     async fn undrain_node(
@@ -285,183 +222,7 @@ impl RunnerService for Runner {
         request: Request<pb::UndrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let name = request.into_inner().name;
-        Ok(Response::new(node_to_proto(
-            self.store.set_draining(&name, false).await?,
-        )))
-    }
-}
-
-/// Sends every event after `after` and then live ones, until the terminal event. A
-/// notification only says "look again": the table is re-read each time, so a reconnection of
-/// the listener (or a lagging receiver) loses nothing, and nothing is sent twice.
-async fn watch(
-    store: Store,
-    id: Uuid,
-    mut after: i64,
-    mut notices: broadcast::Receiver<Notice>,
-    tx: mpsc::Sender<Result<pb::RunEvent, Status>>,
-) {
-    let payload = id.to_string();
-    loop {
-        match store.events_after(id, after).await {
-            Ok(events) => {
-                for event in events {
-                    after = event.seq;
-                    let terminal = event.status.is_terminal();
-                    if tx.send(Ok(event_to_proto(event))).await.is_err() || terminal {
-                        return;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(run = %id, error = %e, "watch could not read events; retrying");
-            }
-        }
-        // Wait for a hint about this run; re-read at least every 5 s regardless.
-        let deadline = tokio::time::sleep(Duration::from_secs(5));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                () = &mut deadline => break,
-                () = tx.closed() => return,
-                notice = notices.recv() => match notice {
-                    Ok(Notice::Notification { channel, payload: p }) if channel == EVENTS_CHANNEL && p == payload => break,
-                    Ok(Notice::Notification { .. }) => {}
-                    Ok(Notice::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-            }
-        }
-    }
-}
-
-struct Logs {
-    store: Store,
-    node: String,
-    executor: Executor,
-    catalogue: Catalogue,
-}
-
-impl Logs {
-    /// A log from `offset`: the live file while the run is alive here, the catalogue's copy
-    /// once it ended, the owning node's stream while it is alive elsewhere.
-    async fn stream(
-        self,
-        id: Uuid,
-        stream: String,
-        file: &'static str,
-        mut offset: u64,
-        follow: bool,
-        tx: mpsc::Sender<Result<pb::LogChunk, Status>>,
-    ) {
-        let send_error = |e: Error| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(Err(e.into())).await;
-            }
-        };
-        loop {
-            let run = match self.store.get_run(id).await {
-                Ok(run) => run,
-                Err(e) => return send_error(e).await,
-            };
-            if run.status.is_terminal() {
-                match self.store.run_file(id, "log", file).await {
-                    Ok(Some(log)) => {
-                        if let Err(e) = self.catalogue.read(log, offset, &tx).await {
-                            send_error(e).await;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => send_error(e).await,
-                }
-                return;
-            }
-            let here = run.node.as_deref() == Some(self.node.as_str());
-            if let (false, Some(owner)) = (here, &run.node) {
-                return forward(&self.store, owner, id, &stream, offset, follow, &tx).await;
-            }
-            if here {
-                // Through the run's workspace: a log the container swapped for a link, a FIFO
-                // or a device is refused, never followed or read.
-                match self.executor.live_log(&run, file, offset, LIVE_READ).await {
-                    Ok(data) if !data.is_empty() => {
-                        for chunk in data.chunks(LOG_CHUNK) {
-                            let message = pb::LogChunk {
-                                offset: offset as i64,
-                                data: chunk.to_vec().into(),
-                            };
-                            offset += chunk.len() as u64;
-                            if tx.send(Ok(message)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if !follow {
-                return;
-            }
-            tokio::select! {
-                () = tx.closed() => return,
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    }
-}
-
-/// Relays the owning node's log stream.
-async fn forward(
-    store: &Store,
-    owner: &str,
-    id: Uuid,
-    stream: &str,
-    offset: u64,
-    follow: bool,
-    tx: &mpsc::Sender<Result<pb::LogChunk, Status>>,
-) {
-    let address = match store.node(owner).await {
-        Ok(node) => node.address,
-        Err(e) => {
-            let _ = tx.send(Err(e.into())).await;
-            return;
-        }
-    };
-    let endpoint = if address.starts_with("http") {
-        address
-    } else {
-        format!("http://{address}")
-    };
-    let client = pb::runner_service_client::RunnerServiceClient::connect(endpoint).await;
-    let mut client = match client {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = tx
-                .send(Err(Status::unavailable(format!(
-                    "node {owner} is unreachable: {e}"
-                ))))
-                .await;
-            return;
-        }
-    };
-    let request = pb::StreamRunLogsRequest {
-        run_id: id.to_string(),
-        stream: stream.to_owned(),
-        offset: offset as i64,
-        follow,
-    };
-    match client.stream_run_logs(request).await {
-        Ok(response) => {
-            let mut remote = response.into_inner();
-            while let Some(item) = remote.next().await {
-                if tx.send(item).await.is_err() {
-                    return;
-                }
-            }
-        }
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-        }
+        let node = self.runs.set_draining(&name, false).await?;
+        Ok(Response::new(node_to_proto(node)))
     }
 }

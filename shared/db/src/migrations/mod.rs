@@ -19,6 +19,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "m20261130_000002_run_limits",
         include_str!("m20261130_000002_run_limits.sql"),
     ),
+    (
+        "m20261130_000003_boundary_views",
+        include_str!("m20261130_000003_boundary_views.sql"),
+    ),
 ];
 
 #[async_trait::async_trait]

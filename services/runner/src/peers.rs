@@ -1,0 +1,129 @@
+//! Other runners, for reads that only a run's owning node can answer (live logs, monitoring):
+//! the owner is found at its registered address and asked over gRPC. A forwarded call never
+//! goes to this node itself (it would loop), and connecting has a deadline.
+
+use std::time::Duration;
+
+use pirus_proto::runner::v1::{self as pb, runner_service_client::RunnerServiceClient};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+use crate::{
+    domain::{Error, LogChunk, LogStream, Monitoring, Result},
+    store::NodeStore,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Peers {
+    nodes: NodeStore,
+    /// This node: never a peer.
+    node: String,
+}
+
+fn unavailable(owner: &str, e: impl std::fmt::Display) -> Error {
+    tracing::warn!(node = %owner, error = %e, "a peer runner is unreachable");
+    Error::Unavailable(format!(
+        "node {owner}, which runs it, is unreachable; retry later"
+    ))
+}
+
+impl Peers {
+    pub fn new(nodes: NodeStore, node: String) -> Self {
+        Self { nodes, node }
+    }
+
+    async fn client(&self, owner: &str) -> Result<RunnerServiceClient<Channel>> {
+        if owner == self.node {
+            return Err(Error::internal(
+                "a forwarded call would loop back to this node",
+            ));
+        }
+        let address = self.nodes.get(owner).await?.address;
+        let url = if address.starts_with("http") {
+            address
+        } else {
+            format!("http://{address}")
+        };
+        let channel = Endpoint::from_shared(url)
+            .map_err(|e| unavailable(owner, e))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| unavailable(owner, e))?;
+        Ok(RunnerServiceClient::new(channel))
+    }
+
+    /// Relays the owner's log stream of a run into `tx`.
+    pub async fn logs(
+        &self,
+        owner: &str,
+        run: Uuid,
+        stream: LogStream,
+        offset: u64,
+        follow: bool,
+        tx: &mpsc::Sender<Result<LogChunk>>,
+    ) -> Result<()> {
+        let mut client = self.client(owner).await?;
+        let request = pb::StreamRunLogsRequest {
+            run_id: run.to_string(),
+            stream: stream.as_str().to_owned(),
+            offset: offset as i64,
+            follow,
+        };
+        let mut remote = client
+            .stream_run_logs(request)
+            .await
+            .map_err(|s| relayed(owner, s))?
+            .into_inner();
+        while let Some(item) = remote.next().await {
+            let item = item
+                .map(|c| LogChunk {
+                    offset: c.offset as u64,
+                    data: c.data,
+                })
+                .map_err(|s| relayed(owner, s));
+            if tx.send(item).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The owner's live figures of a run.
+    pub async fn monitoring(&self, owner: &str, run: Uuid) -> Result<Monitoring> {
+        let mut client = self.client(owner).await?;
+        let m = client
+            .get_run_monitoring(pb::GetRunMonitoringRequest {
+                id: run.to_string(),
+            })
+            .await
+            .map_err(|s| relayed(owner, s))?
+            .into_inner();
+        Ok(Monitoring {
+            cpu_seconds: m.cpu_seconds,
+            memory_bytes: m.memory_bytes,
+            memory_peak_bytes: m.memory_peak_bytes,
+            processes: m.processes,
+            container_status: m.container_status,
+            disk_bytes: m.disk_bytes,
+            at: m
+                .at
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32))
+                .unwrap_or_else(chrono::Utc::now),
+        })
+    }
+}
+
+/// A peer's error, passed on with its meaning kept.
+fn relayed(owner: &str, s: tonic::Status) -> Error {
+    match s.code() {
+        tonic::Code::NotFound => Error::NotFound(s.message().to_owned()),
+        tonic::Code::InvalidArgument => Error::invalid("request", s.message()),
+        tonic::Code::FailedPrecondition => Error::FailedPrecondition(s.message().to_owned()),
+        _ => unavailable(owner, s.message()),
+    }
+}

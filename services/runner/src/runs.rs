@@ -1,0 +1,247 @@
+//! The runner's use cases behind RunnerService, apart from submission (`submit.rs`): reading
+//! and following runs, their logs and live figures (from this node, the catalogue, or the
+//! owning node), control requests, deletion, and the nodes. gRPC handlers convert and call
+//! these; nothing here knows of gRPC but the peer adapter.
+
+use std::{path::PathBuf, time::Duration};
+
+use pirus_db::{listen::Notice, views::RunFileKind};
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        Error, LogChunk, LogStream, Monitoring, NewRun, Node, Page, Result, Run, RunEvent,
+        RunFilter, RunStatus,
+    },
+    executor::{Catalogue, Executor, container_name},
+    lifecycle::Request,
+    peers::Peers,
+    store::{EVENTS_CHANNEL, Stores},
+    submit,
+};
+
+/// A log chunk streamed to a client at most.
+const LOG_CHUNK: usize = 64 << 10;
+/// Bytes of a live log read per poll at most.
+const LIVE_READ: u64 = 16 << 20;
+/// How often a followed live log is read again.
+const LOG_POLL: Duration = Duration::from_millis(200);
+/// How often a watch re-reads a run's events with no hint.
+const WATCH_REREAD: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Runs {
+    pub stores: Stores,
+    pub notices: broadcast::Sender<Notice>,
+    pub node: String,
+    pub executor: Executor,
+    pub catalogue: Catalogue,
+    pub peers: Peers,
+    pub lxd: pirus_lxd::Client,
+    pub databases_dir: Option<PathBuf>,
+}
+
+impl Runs {
+    pub async fn submit(&self, new: NewRun) -> Result<Run> {
+        submit::submit(&self.stores, self.databases_dir.as_deref(), new).await
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Run> {
+        self.stores.runs.get(id).await
+    }
+
+    pub async fn list(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {
+        self.stores.runs.list(filter, page).await
+    }
+
+    /// Every event of a run after `after`, then live ones, until the terminal event. A
+    /// notification only says "look again": the table is re-read each time, so a
+    /// reconnection of the listener (or a lagging receiver) loses nothing, and nothing is sent
+    /// twice.
+    pub async fn watch(
+        &self,
+        id: Uuid,
+        mut after: i64,
+    ) -> Result<mpsc::Receiver<Result<RunEvent>>> {
+        self.stores.runs.get(id).await?;
+        // Subscribed before the first read: nothing committed after it can be missed.
+        let mut notices = self.notices.subscribe();
+        let (tx, rx) = mpsc::channel(64);
+        let runs = self.stores.runs.clone();
+        tokio::spawn(async move {
+            let payload = id.to_string();
+            loop {
+                match runs.events_after(id, after).await {
+                    Ok(events) => {
+                        for event in events {
+                            after = event.seq;
+                            let terminal = event.status.is_terminal();
+                            if tx.send(Ok(event)).await.is_err() || terminal {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %id, error = %e, "watch could not read events; retrying");
+                    }
+                }
+                if !hint(&mut notices, &tx, &payload).await {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// A log from `offset`: the live file while the run is alive here, the owning node's
+    /// stream while it is alive elsewhere, the catalogue's copy once it ended. With `follow`,
+    /// until the run ends.
+    pub async fn logs(
+        &self,
+        id: Uuid,
+        stream: LogStream,
+        offset: u64,
+        follow: bool,
+    ) -> Result<mpsc::Receiver<Result<LogChunk>>> {
+        self.stores.runs.get(id).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.stream_log(id, stream, offset, follow, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn stream_log(
+        &self,
+        id: Uuid,
+        stream: LogStream,
+        mut offset: u64,
+        follow: bool,
+        tx: &mpsc::Sender<Result<LogChunk>>,
+    ) -> Result<()> {
+        loop {
+            let run = self.stores.runs.get(id).await?;
+            if run.status.is_terminal() {
+                let log = self.stores.runs.file(id, RunFileKind::Log, stream.file());
+                if let Some(file) = log.await? {
+                    self.catalogue.read(file, offset, tx).await?;
+                }
+                return Ok(());
+            }
+            match run.node.as_deref() {
+                Some(owner) if owner != self.node => {
+                    return self.peers.logs(owner, id, stream, offset, follow, tx).await;
+                }
+                Some(_) => {
+                    // Through the run's workspace: a log the container swapped for a link, a
+                    // FIFO or a device is refused, never followed or read.
+                    let read = self
+                        .executor
+                        .live_log(&run, stream.file(), offset, LIVE_READ);
+                    if let Ok(data) = read.await {
+                        for piece in data.chunks(LOG_CHUNK) {
+                            let chunk = LogChunk {
+                                offset,
+                                data: bytes::Bytes::copy_from_slice(piece),
+                            };
+                            offset += piece.len() as u64;
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                None => {}
+            }
+            if !follow {
+                return Ok(());
+            }
+            tokio::select! {
+                () = tx.closed() => return Ok(()),
+                () = tokio::time::sleep(LOG_POLL) => {}
+            }
+        }
+    }
+
+    /// Pause, resume or cancel, as the lifecycle allows.
+    pub async fn control(&self, id: Uuid, request: Request) -> Result<Run> {
+        self.stores.runs.request(id, request).await
+    }
+
+    /// Removes a run that ended with its output and log files.
+    pub async fn delete(&self, id: Uuid) -> Result<Run> {
+        let (run, files) = self.stores.runs.delete(id).await?;
+        for file in files {
+            self.catalogue.delete(file).await?;
+        }
+        Ok(run)
+    }
+
+    /// Live figures of a run's container, from its node's LXD.
+    pub async fn monitoring(&self, id: Uuid) -> Result<Monitoring> {
+        let run = self.stores.runs.get(id).await?;
+        if run.status.is_terminal() || run.status == RunStatus::Waiting {
+            return Err(Error::FailedPrecondition(format!(
+                "run {id} has no container (it is {})",
+                run.status.as_str()
+            )));
+        }
+        match run.node.as_deref() {
+            Some(owner) if owner != self.node => self.peers.monitoring(owner, id).await,
+            _ => {
+                let state = self
+                    .lxd
+                    .state(&container_name(run.id, run.attempt))
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(run = %id, error = %e, "LXD did not answer");
+                        Error::Unavailable("the node's LXD did not answer; retry later".into())
+                    })?;
+                Ok(Monitoring {
+                    cpu_seconds: state.cpu_seconds,
+                    memory_bytes: state.memory_bytes,
+                    memory_peak_bytes: state.memory_peak_bytes,
+                    processes: state.processes,
+                    container_status: state.status,
+                    disk_bytes: state.disk_bytes,
+                    at: chrono::Utc::now(),
+                })
+            }
+        }
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        self.stores.nodes.list().await
+    }
+
+    pub async fn set_draining(&self, name: &str, draining: bool) -> Result<Node> {
+        self.stores.nodes.set_draining(name, draining).await
+    }
+}
+
+/// Waits for a hint about a run (its payload on the events channel, a reconnection of the
+/// listener, or the periodic re-read); false when the watcher went away.
+async fn hint<T>(
+    notices: &mut broadcast::Receiver<Notice>,
+    tx: &mpsc::Sender<T>,
+    payload: &str,
+) -> bool {
+    let deadline = tokio::time::sleep(WATCH_REREAD);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return true,
+            () = tx.closed() => return false,
+            notice = notices.recv() => match notice {
+                Ok(Notice::Notification { channel, payload: p }) if channel == EVENTS_CHANNEL && p == payload => return true,
+                Ok(Notice::Notification { .. }) => {}
+                Ok(Notice::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                Err(broadcast::error::RecvError::Closed) => return false,
+            },
+        }
+    }
+}

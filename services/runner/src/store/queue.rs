@@ -1,0 +1,179 @@
+//! The queue: claims of waiting runs by a node (within its slots and its limits), and what a
+//! node reads of the runs it holds (fencing, control requests).
+
+use pirus_db::views;
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use uuid::Uuid;
+
+use super::{EVENTS_CHANNEL, active_sql, notify, stmt};
+use crate::{
+    domain::{Error, Result, RunStatus},
+    lifecycle::{self, Desired, Event},
+    limits::Limits,
+};
+
+#[derive(Clone)]
+pub struct QueueStore {
+    db: DatabaseConnection,
+}
+
+impl QueueStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Claims the next waiting run for `node` if it holds fewer than `max_runs`: by priority
+    /// then age, skipping runs another runner is claiming, runs whose inputs are not all ready
+    /// yet and runs larger than `largest`. The claim, its attempt row and its event are one
+    /// transaction. Answers the claimed run's id.
+    pub async fn claim(&self, node: &str, max_runs: u32, largest: &Limits) -> Result<Option<Uuid>> {
+        let claimed = lifecycle::next(RunStatus::Waiting, Event::Claimed)
+            .map_err(Error::internal)?
+            .status;
+        let txn = self.db.begin().await?;
+        // Serialises this node's claims, so two of its workers never both take the last slot,
+        // and reads the drain flag under the same lock: a drain that lands between a check
+        // and a claim cannot be missed.
+        let node_row = txn
+            .query_one_raw(stmt(
+                "SELECT draining FROM nodes WHERE name = $1 FOR UPDATE",
+                [node.into()],
+            ))
+            .await?;
+        let draining: bool = node_row
+            .map(|r| r.try_get("", "draining"))
+            .transpose()?
+            .unwrap_or(true);
+        if draining {
+            return Ok(None);
+        }
+        let active: i64 = txn
+            .query_one_raw(stmt(
+                &format!(
+                    "SELECT count(*) AS n FROM runs WHERE node = $1 AND status IN {}",
+                    active_sql()
+                ),
+                [node.into()],
+            ))
+            .await?
+            .map(|r| r.try_get("", "n"))
+            .transpose()?
+            .unwrap_or(0);
+        if active >= i64::from(max_runs) {
+            return Ok(None);
+        }
+        let sql = format!(
+            "WITH next AS (
+                SELECT r.id FROM runs r
+                WHERE r.status = $7
+                  AND (r.cpu_limit IS NULL OR r.cpu_limit <= $2)
+                  AND (r.memory_limit IS NULL OR r.memory_limit <= $3)
+                  AND (r.processes_limit IS NULL OR r.processes_limit <= $4)
+                  AND (r.disk_limit IS NULL OR r.disk_limit <= $5)
+                  AND (r.timeout_seconds IS NULL OR r.timeout_seconds <= $6)
+                  AND {}
+                ORDER BY r.priority DESC, r.created_at, r.id
+                FOR UPDATE SKIP LOCKED
+                LIMIT 1)
+             UPDATE runs SET status = $8, node = $1, attempt = runs.attempt + 1,
+                             started_at = coalesce(runs.started_at, now()),
+                             last_seq = runs.last_seq + 1, updated_at = now()
+             FROM next WHERE runs.id = next.id
+             RETURNING runs.id, runs.attempt, runs.last_seq",
+            views::inputs_ready_sql("r.input_file_ids")
+        );
+        let row = txn
+            .query_one_raw(stmt(
+                &sql,
+                [
+                    node.into(),
+                    (largest.cpus as i32).into(),
+                    (largest.memory_bytes as i64).into(),
+                    (largest.processes as i32).into(),
+                    (largest.disk_bytes as i64).into(),
+                    (largest.time.as_secs() as i64).into(),
+                    RunStatus::Waiting.as_str().into(),
+                    claimed.as_str().into(),
+                ],
+            ))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: Uuid = row.try_get("", "id")?;
+        let attempt: i32 = row.try_get("", "attempt")?;
+        let seq: i64 = row.try_get("", "last_seq")?;
+        txn.execute_raw(stmt(
+            "INSERT INTO run_attempts (run_id, attempt, node, status) VALUES ($1, $2, $3, $4)",
+            [
+                id.into(),
+                attempt.into(),
+                node.into(),
+                claimed.as_str().into(),
+            ],
+        ))
+        .await?;
+        txn.execute_raw(stmt(
+            "INSERT INTO run_events (run_id, seq, attempt, status, message)
+             VALUES ($1, $2, $3, $4, $5)",
+            [
+                id.into(),
+                seq.into(),
+                attempt.into(),
+                claimed.as_str().into(),
+                format!("claimed by node {node}").into(),
+            ],
+        ))
+        .await?;
+        notify(&txn, EVENTS_CHANNEL, &id.to_string()).await?;
+        txn.commit().await?;
+        Ok(Some(id))
+    }
+
+    /// Whether `node` still holds `attempt` of `run` (the fencing check).
+    pub async fn holds(&self, run: Uuid, node: &str, attempt: i32) -> Result<bool> {
+        let row = self
+            .db
+            .query_one_raw(stmt(
+                &format!(
+                    "SELECT 1 AS held FROM runs WHERE id = $1 AND node = $2 AND attempt = $3
+                     AND status IN {}",
+                    active_sql()
+                ),
+                [run.into(), node.into(), attempt.into()],
+            ))
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// The control request pending for a run, if any.
+    pub async fn desired(&self, id: Uuid) -> Result<Option<Desired>> {
+        let row = self
+            .db
+            .query_one_raw(stmt(
+                "SELECT desired_state FROM runs WHERE id = $1",
+                [id.into()],
+            ))
+            .await?;
+        let value: Option<String> = row
+            .map(|r| r.try_get("", "desired_state"))
+            .transpose()?
+            .flatten();
+        Ok(value.as_deref().and_then(Desired::parse))
+    }
+
+    /// This node's unfinished runs, with the attempt each holds.
+    pub async fn held_by(&self, node: &str) -> Result<Vec<(Uuid, i32)>> {
+        let rows = self
+            .db
+            .query_all_raw(stmt(
+                &format!(
+                    "SELECT id, attempt FROM runs WHERE node = $1 AND status IN {}",
+                    active_sql()
+                ),
+                [node.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "attempt")?)))
+            .collect()
+    }
+}

@@ -1,0 +1,402 @@
+//! Runs and their events: submission, reads, the changes a runner records for the runs it
+//! holds, client requests (pause, resume, cancel) and deletion.
+
+use chrono::{DateTime, Utc};
+use pirus_db::views::{self, PipelineView, RunFileKind};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, FromQueryResult, TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::{CONTROL_CHANNEL, EVENTS_CHANNEL, RUNS_CHANNEL, Record, apply, notify, stmt};
+use crate::{
+    domain::{Error, Page, Progress, Requested, Result, Run, RunEvent, RunFilter, RunStatus},
+    lifecycle::{self, Answer, Event, Request},
+};
+
+fn run_columns() -> String {
+    format!(
+        "r.id, r.pipeline_id, r.pipeline_version, r.image_sha256, r.name, r.status, r.config,
+         r.input_file_ids, r.progress_value, r.progress_label, r.node, r.attempt, r.exit_code,
+         r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
+         r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at,
+         r.ended_at, {} AS output_file_ids, {} AS log_file_ids",
+        views::run_file_ids_sql("r.id", RunFileKind::Output),
+        views::run_file_ids_sql("r.id", RunFileKind::Log),
+    )
+}
+
+#[derive(FromQueryResult)]
+struct RunRow {
+    id: Uuid,
+    pipeline_id: Uuid,
+    pipeline_version: String,
+    image_sha256: String,
+    name: String,
+    status: String,
+    config: serde_json::Value,
+    input_file_ids: Vec<Uuid>,
+    output_file_ids: Vec<Uuid>,
+    log_file_ids: Vec<Uuid>,
+    progress_value: f64,
+    progress_label: String,
+    node: Option<String>,
+    attempt: i32,
+    exit_code: Option<i32>,
+    error_message: String,
+    priority: i32,
+    max_attempts: i32,
+    cpu_limit: Option<i32>,
+    memory_limit: Option<i64>,
+    processes_limit: Option<i32>,
+    disk_limit: Option<i64>,
+    timeout_seconds: Option<i64>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+}
+
+impl From<RunRow> for Run {
+    fn from(r: RunRow) -> Self {
+        Run {
+            id: r.id,
+            pipeline_id: r.pipeline_id,
+            pipeline_version: r.pipeline_version,
+            image_sha256: r.image_sha256,
+            name: r.name,
+            status: RunStatus::parse(&r.status).unwrap_or(RunStatus::Error),
+            config: r.config,
+            input_file_ids: r.input_file_ids,
+            output_file_ids: r.output_file_ids,
+            log_file_ids: r.log_file_ids,
+            progress: Progress {
+                value: r.progress_value,
+                label: r.progress_label,
+            },
+            node: r.node,
+            attempt: r.attempt,
+            exit_code: r.exit_code,
+            error_message: r.error_message,
+            priority: r.priority,
+            max_attempts: r.max_attempts,
+            requested: Requested {
+                cpus: r.cpu_limit.map(|n| n as u32),
+                memory_bytes: r.memory_limit.map(|n| n as u64),
+                processes: r.processes_limit.map(|n| n as u32),
+                disk_bytes: r.disk_limit.map(|n| n as u64),
+                time: r
+                    .timeout_seconds
+                    .map(|s| std::time::Duration::from_secs(s as u64)),
+            },
+            created_at: r.created_at,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+        }
+    }
+}
+
+#[derive(FromQueryResult)]
+struct EventRow {
+    run_id: Uuid,
+    seq: i64,
+    attempt: i32,
+    status: String,
+    progress_value: f64,
+    progress_label: String,
+    message: String,
+    at: DateTime<Utc>,
+}
+
+impl From<EventRow> for RunEvent {
+    fn from(e: EventRow) -> Self {
+        RunEvent {
+            run_id: e.run_id,
+            seq: e.seq,
+            attempt: e.attempt,
+            status: RunStatus::parse(&e.status).unwrap_or(RunStatus::Error),
+            progress: Progress {
+                value: e.progress_value,
+                label: e.progress_label,
+            },
+            message: e.message,
+            at: e.at,
+        }
+    }
+}
+
+/// A row to insert for a validated submission.
+pub struct RunInsert {
+    pub id: Uuid,
+    pub pipeline: PipelineView,
+    pub name: String,
+    pub config: serde_json::Value,
+    pub input_file_ids: Vec<Uuid>,
+    pub priority: i32,
+    pub request_id: Option<String>,
+    pub requested: Requested,
+    pub max_attempts: i32,
+}
+
+/// What a runner records of a run it holds: a lifecycle event, and what comes with it.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub event: Event,
+    pub progress: Option<Progress>,
+    pub exit_code: Option<i32>,
+    pub error_message: Option<String>,
+    pub message: String,
+}
+
+impl Change {
+    pub fn new(event: Event, message: impl Into<String>) -> Self {
+        Self {
+            event,
+            progress: None,
+            exit_code: None,
+            error_message: None,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RunStore {
+    db: DatabaseConnection,
+}
+
+async fn read_run(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Run>> {
+    let sql = format!("SELECT {} FROM runs r WHERE r.id = $1", run_columns());
+    Ok(RunRow::find_by_statement(stmt(&sql, [id.into()]))
+        .one(db)
+        .await?
+        .map(Into::into))
+}
+
+/// Locks a run's row; answers its status and attempt.
+async fn lock(txn: &DatabaseTransaction, id: Uuid) -> Result<(RunStatus, i32)> {
+    let row = txn
+        .query_one_raw(stmt(
+            "SELECT status, attempt FROM runs WHERE id = $1 FOR UPDATE",
+            [id.into()],
+        ))
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("run {id}")))?;
+    let status: String = row.try_get("", "status")?;
+    let status = RunStatus::parse(&status)
+        .ok_or_else(|| Error::internal(format!("run {id} has an unknown status")))?;
+    Ok((status, row.try_get("", "attempt")?))
+}
+
+impl RunStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    pub async fn by_request_id(&self, request_id: &str) -> Result<Option<Run>> {
+        let sql = format!(
+            "SELECT {} FROM runs r WHERE r.request_id = $1",
+            run_columns()
+        );
+        Ok(RunRow::find_by_statement(stmt(&sql, [request_id.into()]))
+            .one(&self.db)
+            .await?
+            .map(Into::into))
+    }
+
+    /// Queues a run with its first event, and wakes the schedulers. The answer is the run as
+    /// queued (read back inside the transaction), even if a runner claims it at once.
+    pub async fn insert(&self, run: RunInsert) -> Result<Run> {
+        let first = lifecycle::submitted();
+        let txn = self.db.begin().await?;
+        let inserted = txn
+            .execute_raw(stmt(
+                "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, image_sha256,
+                                   name, status, config, input_file_ids, priority, request_id,
+                                   cpu_limit, memory_limit, processes_limit, disk_limit,
+                                   timeout_seconds, max_attempts, last_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                         $16, $17, 1)",
+                [
+                    run.id.into(),
+                    run.pipeline.id.into(),
+                    run.pipeline.name.clone().into(),
+                    run.pipeline.version.clone().into(),
+                    run.pipeline.image_sha256.clone().unwrap_or_default().into(),
+                    run.name.into(),
+                    first.status.as_str().into(),
+                    run.config.into(),
+                    run.input_file_ids.into(),
+                    run.priority.into(),
+                    run.request_id.clone().into(),
+                    run.requested.cpus.map(|n| n as i32).into(),
+                    run.requested.memory_bytes.map(|n| n as i64).into(),
+                    run.requested.processes.map(|n| n as i32).into(),
+                    run.requested.disk_bytes.map(|n| n as i64).into(),
+                    run.requested.time.map(|t| t.as_secs() as i64).into(),
+                    run.max_attempts.into(),
+                ],
+            ))
+            .await;
+        if let Err(e) = inserted {
+            if let (Some(request_id), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) =
+                (&run.request_id, e.sql_err())
+            {
+                drop(txn);
+                return self
+                    .by_request_id(request_id)
+                    .await?
+                    .ok_or_else(|| Error::internal(e));
+            }
+            return Err(e.into());
+        }
+        txn.execute_raw(stmt(
+            "INSERT INTO run_events (run_id, seq, attempt, status, message)
+             VALUES ($1, 1, 0, $2, 'queued')",
+            [run.id.into(), first.status.as_str().into()],
+        ))
+        .await?;
+        notify(&txn, EVENTS_CHANNEL, &run.id.to_string()).await?;
+        notify(&txn, RUNS_CHANNEL, &run.id.to_string()).await?;
+        let queued = read_run(&txn, run.id)
+            .await?
+            .ok_or_else(|| Error::internal("the run vanished in its own transaction"))?;
+        txn.commit().await?;
+        Ok(queued)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Run> {
+        read_run(&self.db, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("run {id}")))
+    }
+
+    pub async fn list(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {
+        let mut filter_sql = pirus_db::filter::Where::default();
+        if let Some(after) = page.after {
+            filter_sql.and("r.id > ?", after);
+        }
+        if let Some(status) = filter.status {
+            filter_sql.and("r.status = ?", status.as_str());
+        }
+        if let Some(pipeline) = filter.pipeline_id {
+            filter_sql.and("r.pipeline_id = ?", pipeline);
+        }
+        if let Some(node) = &filter.node {
+            filter_sql.and("r.node = ?", node.clone());
+        }
+        let (filter_sql, values) = filter_sql.build();
+        let sql = format!(
+            "SELECT {} FROM runs r {filter_sql} ORDER BY r.id LIMIT {}",
+            run_columns(),
+            page.size
+        );
+        let rows = RunRow::find_by_statement(stmt(&sql, values))
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn events_after(&self, run: Uuid, after_seq: i64) -> Result<Vec<RunEvent>> {
+        let rows = EventRow::find_by_statement(stmt(
+            "SELECT run_id, seq, attempt, status, progress_value, progress_label, message, at
+             FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq",
+            [run.into(), after_seq.into()],
+        ))
+        .all(&self.db)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Records `change` of a run that `node` holds at `attempt`, as the lifecycle decides it.
+    /// Answers false (and changes nothing) when the node no longer holds the run.
+    pub async fn change(
+        &self,
+        run: Uuid,
+        node: &str,
+        attempt: i32,
+        change: Change,
+    ) -> Result<bool> {
+        let txn = self.db.begin().await?;
+        let held = txn
+            .query_one_raw(stmt(
+                "SELECT status FROM runs WHERE id = $1 AND node = $2 AND attempt = $3 FOR UPDATE",
+                [run.into(), node.into(), attempt.into()],
+            ))
+            .await?;
+        let Some(row) = held else { return Ok(false) };
+        let status: String = row.try_get("", "status")?;
+        let Some(status) = RunStatus::parse(&status).filter(|s| !s.is_terminal()) else {
+            return Ok(false);
+        };
+        let decision = lifecycle::next(status, change.event)
+            .map_err(|e| Error::FailedPrecondition(format!("run {run}: {e}")))?;
+        let record = Record {
+            progress: change.progress.as_ref(),
+            exit_code: change.exit_code,
+            error_message: change.error_message.as_deref(),
+            attempt_error: None,
+            message: &change.message,
+        };
+        apply(&txn, run, attempt, decision, record).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// A client's request, as the lifecycle answers it for the run's status under its row
+    /// lock: a WAITING run is canceled at once (no runner holds it); a claimed run gets the
+    /// request as desired state for its owner, announced on [`CONTROL_CHANNEL`]. Impossible
+    /// requests are FAILED_PRECONDITION.
+    pub async fn request(&self, id: Uuid, request: Request) -> Result<Run> {
+        let txn = self.db.begin().await?;
+        let (status, attempt) = lock(&txn, id).await?;
+        let answer = lifecycle::request(status, request)
+            .map_err(|e| Error::FailedPrecondition(format!("run {id}: {e}")))?;
+        match answer {
+            Answer::Now(event) => {
+                let decision = lifecycle::next(status, event)
+                    .map_err(|e| Error::FailedPrecondition(format!("run {id}: {e}")))?;
+                let record = Record {
+                    message: "canceled before it started",
+                    ..Record::default()
+                };
+                apply(&txn, id, attempt, decision, record).await?;
+            }
+            Answer::Owner(desired) => {
+                txn.execute_raw(stmt(
+                    "UPDATE runs SET desired_state = $2, updated_at = now() WHERE id = $1",
+                    [id.into(), desired.as_str().into()],
+                ))
+                .await?;
+                notify(&txn, CONTROL_CHANNEL, &id.to_string()).await?;
+            }
+            Answer::Delete => return Err(Error::internal("deletion is not a control request")),
+        }
+        txn.commit().await?;
+        self.get(id).await
+    }
+
+    /// Removes a run that ended (its events and attempts go with it) and answers the ids of
+    /// its output and log files, for the caller to delete in the catalogue.
+    pub async fn delete(&self, id: Uuid) -> Result<(Run, Vec<Uuid>)> {
+        let txn = self.db.begin().await?;
+        let (status, _) = lock(&txn, id).await?;
+        match lifecycle::request(status, Request::Delete) {
+            Ok(Answer::Delete) => {}
+            Ok(_) => return Err(Error::internal("deletion answered otherwise")),
+            Err(e) => return Err(Error::FailedPrecondition(format!("run {id}: {e}"))),
+        }
+        let run = read_run(&txn, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("run {id}")))?;
+        let files = [run.output_file_ids.clone(), run.log_file_ids.clone()].concat();
+        txn.execute_raw(stmt("DELETE FROM runs WHERE id = $1", [id.into()]))
+            .await?;
+        txn.commit().await?;
+        Ok((run, files))
+    }
+
+    /// The READY output or log of a run with this name.
+    pub async fn file(&self, run: Uuid, kind: RunFileKind, name: &str) -> Result<Option<Uuid>> {
+        Ok(views::run_file(&self.db, run, kind, name).await?)
+    }
+}

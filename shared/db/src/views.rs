@@ -1,0 +1,270 @@
+//! The typed boundary between the services. The catalogue owns pipelines and files, the runner
+//! owns runs; each reads the other's data only through the views of migration 3
+//! (`pipeline_for_runs`, `file_for_runs`, `unfinished_run_uses`) and the functions here, which
+//! turn their text statuses into types. A status the schema does not know is an error here,
+//! not a silent string mismatch in a service.
+
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Value};
+use uuid::Uuid;
+
+fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+fn unknown(what: &str, value: &str) -> DbErr {
+    DbErr::Custom(format!("unknown {what} status '{value}'"))
+}
+
+/// A pipeline's status, as the runner needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PipelineState {
+    Uploading,
+    Pause,
+    Installing,
+    Ready,
+    Error,
+}
+
+impl PipelineState {
+    pub const ALL: [Self; 5] = [
+        Self::Uploading,
+        Self::Pause,
+        Self::Installing,
+        Self::Ready,
+        Self::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uploading => "uploading",
+            Self::Pause => "pause",
+            Self::Installing => "installing",
+            Self::Ready => "ready",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, DbErr> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| unknown("pipeline", s))
+    }
+}
+
+/// A file's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileState {
+    Uploading,
+    Pause,
+    Ready,
+    Error,
+}
+
+impl FileState {
+    pub const ALL: [Self; 4] = [Self::Uploading, Self::Pause, Self::Ready, Self::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uploading => "uploading",
+            Self::Pause => "pause",
+            Self::Ready => "ready",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, DbErr> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| unknown("file", s))
+    }
+}
+
+/// What a run's file is to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunFileKind {
+    Output,
+    Log,
+}
+
+impl RunFileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Output => "output",
+            Self::Log => "log",
+        }
+    }
+}
+
+/// A pipeline as a run sees it.
+#[derive(Clone, Debug)]
+pub struct PipelineView {
+    pub id: Uuid,
+    pub name: String,
+    pub version: String,
+    pub state: PipelineState,
+    pub image_sha256: Option<String>,
+    pub image_file_id: Option<Uuid>,
+    pub manifest: Option<serde_json::Value>,
+    pub form: Option<serde_json::Value>,
+}
+
+#[derive(FromQueryResult)]
+struct PipelineRow {
+    id: Uuid,
+    name: String,
+    version: String,
+    status: String,
+    image_sha256: Option<String>,
+    image_file_id: Option<Uuid>,
+    manifest: Option<serde_json::Value>,
+    form: Option<serde_json::Value>,
+}
+
+/// An input file as a run sees it.
+#[derive(Clone, Debug)]
+pub struct FileView {
+    pub id: Uuid,
+    pub name: String,
+    pub state: FileState,
+    pub sha256: Option<String>,
+}
+
+#[derive(FromQueryResult)]
+struct FileRow {
+    id: Uuid,
+    name: String,
+    status: String,
+    sha256: Option<String>,
+}
+
+/// A pipeline, for a run of it.
+pub async fn pipeline(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<PipelineView>, DbErr> {
+    let row = PipelineRow::find_by_statement(stmt(
+        "SELECT id, name, version, status, image_sha256, image_file_id, manifest, form
+         FROM pipeline_for_runs WHERE id = $1",
+        [id.into()],
+    ))
+    .one(db)
+    .await?;
+    row.map(|r| {
+        Ok(PipelineView {
+            state: PipelineState::parse(&r.status)?,
+            id: r.id,
+            name: r.name,
+            version: r.version,
+            image_sha256: r.image_sha256,
+            image_file_id: r.image_file_id,
+            manifest: r.manifest,
+            form: r.form,
+        })
+    })
+    .transpose()
+}
+
+/// The files among `ids` that exist (in no particular order).
+pub async fn files(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<Vec<FileView>, DbErr> {
+    let rows = FileRow::find_by_statement(stmt(
+        "SELECT id, name, status, sha256 FROM file_for_runs WHERE id = ANY($1)",
+        [ids.to_vec().into()],
+    ))
+    .all(db)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(FileView {
+                state: FileState::parse(&r.status)?,
+                id: r.id,
+                name: r.name,
+                sha256: r.sha256,
+            })
+        })
+        .collect()
+}
+
+/// The READY output or log of a run with this name.
+pub async fn run_file(
+    db: &impl ConnectionTrait,
+    run: Uuid,
+    kind: RunFileKind,
+    name: &str,
+) -> Result<Option<Uuid>, DbErr> {
+    let row = db
+        .query_one_raw(stmt(
+            "SELECT id FROM file_for_runs
+             WHERE source_run_id = $1 AND kind = $2 AND name = $3 AND status = $4",
+            [
+                run.into(),
+                kind.as_str().into(),
+                name.into(),
+                FileState::Ready.as_str().into(),
+            ],
+        ))
+        .await?;
+    row.map(|r| r.try_get("", "id")).transpose()
+}
+
+/// SQL for a run's output or log file ids (sorted by name), to embed in a query where `run` is
+/// the expression of the run's id.
+pub fn run_file_ids_sql(run: &str, kind: RunFileKind) -> String {
+    format!(
+        "coalesce((SELECT array_agg(f.id ORDER BY f.name) FROM file_for_runs f
+                   WHERE f.source_run_id = {run} AND f.kind = '{}'), '{{}}')",
+        kind.as_str()
+    )
+}
+
+/// SQL that is true when every input of the run whose input ids are `inputs` is READY, to
+/// embed in a query.
+pub fn inputs_ready_sql(inputs: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM file_for_runs f WHERE f.id = ANY ({inputs}) AND f.status <> '{}')",
+        FileState::Ready.as_str()
+    )
+}
+
+/// An unfinished run that uses a pipeline, if any.
+pub async fn unfinished_run_of_pipeline(
+    db: &impl ConnectionTrait,
+    pipeline: Uuid,
+) -> Result<Option<Uuid>, DbErr> {
+    let row = db
+        .query_one_raw(stmt(
+            "SELECT id FROM unfinished_run_uses WHERE pipeline_id = $1 LIMIT 1",
+            [pipeline.into()],
+        ))
+        .await?;
+    row.map(|r| r.try_get("", "id")).transpose()
+}
+
+/// An unfinished run that has a file among its inputs, if any.
+pub async fn unfinished_run_with_input(
+    db: &impl ConnectionTrait,
+    file: Uuid,
+) -> Result<Option<Uuid>, DbErr> {
+    let row = db
+        .query_one_raw(stmt(
+            "SELECT id FROM unfinished_run_uses WHERE $1 = ANY (input_file_ids) LIMIT 1",
+            [file.into()],
+        ))
+        .await?;
+    row.map(|r| r.try_get("", "id")).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_and_unknown_ones_are_errors() {
+        for s in PipelineState::ALL {
+            assert_eq!(PipelineState::parse(s.as_str()).unwrap(), s);
+        }
+        for s in FileState::ALL {
+            assert_eq!(FileState::parse(s.as_str()).unwrap(), s);
+        }
+        assert!(PipelineState::parse("READY").is_err());
+        assert!(FileState::parse("installing").is_err());
+    }
+}
