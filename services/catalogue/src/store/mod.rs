@@ -325,15 +325,8 @@ impl Store {
                 "file {id} is used by pipeline {pipeline}; delete the pipeline first"
             )));
         }
-        let used_by_run = txn
-            .query_one_raw(stmt(
-                "SELECT id::text AS id FROM runs WHERE $1 = ANY (input_file_ids)
-                 AND status NOT IN ('done', 'error', 'canceled') LIMIT 1",
-                [id.into()],
-            ))
-            .await?;
-        if let Some(row) = used_by_run {
-            let run: String = row.try_get("", "id")?;
+        let used_by_run = pirus_db::views::unfinished_run_with_input(&txn, id).await?;
+        if let Some(run) = used_by_run {
             return Err(Error::FailedPrecondition(format!(
                 "file {id} is an input of run {run}, which has not finished"
             )));

@@ -399,15 +399,8 @@ impl Store {
             )));
         }
         let txn = self.db.begin().await?;
-        let busy = txn
-            .query_one_raw(stmt(
-                "SELECT id FROM runs WHERE pipeline_id = $1
-                 AND status NOT IN ('done', 'error', 'canceled') LIMIT 1",
-                [id.into()],
-            ))
-            .await?;
-        if let Some(row) = busy {
-            let run: Uuid = row.try_get("", "id")?;
+        let busy = pirus_db::views::unfinished_run_of_pipeline(&txn, id).await?;
+        if let Some(run) = busy {
             return Err(Error::FailedPrecondition(format!(
                 "pipeline {id} has unfinished runs (run {run}); cancel them or wait for them to end"
             )));
