@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Run latency and throughput benchmark (a benchmark, not a test), beside a bare LXD baseline
-# measured in the same run for the same image:
+# Run latency and throughput benchmark (a benchmark, not a test), beside bare LXD baselines
+# measured in the same run for the same image on the same storage pool (POOL, default pirus):
 #
 #   bare LXD        lxc init + three disk devices + start + exec + delete, by hand
+#   bare, bounded   the same with what Pirus gives every run: an isolated id range, CPU,
+#                   memory and process limits, a sized root disk, and a sized custom volume
+#                   for the writable folders (created and deleted)
 #   pirus latency   SubmitRun -> DONE of the example pipeline (inputs none, outputs and logs
 #                   pushed to the catalogue), sequential runs
 #   pirus batch     20 runs submitted at once with --max-runs 4: runs per minute
@@ -11,38 +14,55 @@
 set -euo pipefail
 sequential=${1:-5}
 batch=${2:-20}
-BENCH_ON_EXIT="lxc delete --force pirus-bare-bench"
+pool=${POOL:-pirus}
+BENCH_ON_EXIT="lxc delete --force pirus-bare-bench; lxc storage volume delete $pool pirus-bare-bench"
 . "$(dirname "$0")/common.sh"
 package=$(examples/hello/build.sh)
 
 catalogue=$(start catalogue pirus-catalogue --data-dir "$work/data")
 runner=$(start runner pirus-runner --work-dir "$work/runner" --max-runs 4 \
-  --node-name "bench-$$" --catalogue-addr "http://$catalogue")
+  --node-name "bench-$$" --catalogue-addr "http://$catalogue" --lxd-storage-pool "$pool")
 
 echo "==> pirus: $sequential sequential runs, then $batch at once (--max-runs 4)"
 "$bin/pirus-bench-runs" "$catalogue" "$runner" "$package" "$sequential" "$batch" > "$work/pirus.out"
 image=$(awk '/^image/ {print $2}' "$work/pirus.out")
 
-echo "==> bare LXD: $sequential x (init, three disk devices, start, exec, delete)"
+echo "==> bare LXD on pool $pool: $sequential x (init, three disk devices, start, exec, delete), plain then bounded"
 mkdir -p "$work/bare"/{inputs,outputs,logs}
-for i in $(seq 1 "$sequential"); do
+volumes=/var/lib/lxd/storage-pools/$pool/custom
+bare() { # kind: plain or bounded
+  local t0 t1 src=$work/bare extra=()
   t0=$(date +%s.%N)
-  lxc init "$image" pirus-bare-bench >/dev/null
-  for d in inputs outputs logs; do
-    lxc config device add pirus-bare-bench "$d" disk source="$work/bare/$d" path="/pipeline/$d" >/dev/null
+  if [ "$1" = bounded ]; then
+    lxc storage volume create "$pool" pirus-bare-bench size=8GiB >/dev/null
+    src=$volumes/default_pirus-bare-bench
+    mkdir -p "$src"/{outputs,logs}
+    extra=(-c security.idmap.isolated=true -c limits.cpu=1 -c limits.memory=2GiB
+           -c limits.processes=2048 -d root,size=8GiB)
+  fi
+  lxc init "$image" pirus-bare-bench -s "$pool" "${extra[@]}" >/dev/null
+  lxc config device add pirus-bare-bench inputs disk source="$work/bare/inputs" path=/pipeline/inputs readonly=true >/dev/null
+  for d in outputs logs; do
+    lxc config device add pirus-bare-bench "$d" disk source="$src/$d" path="/pipeline/$d" >/dev/null
   done
   lxc start pirus-bare-bench
   lxc exec pirus-bare-bench -- /bin/sh -c 'echo hello > /dev/null'
   lxc delete --force pirus-bare-bench
+  [ "$1" = bounded ] && lxc storage volume delete "$pool" pirus-bare-bench >/dev/null
   t1=$(date +%s.%N)
-  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "bare %.3f\n", b - a }' >> "$work/bare.out"
-done
+  awk -v k="$1" -v a="$t0" -v b="$t1" 'BEGIN { printf "%s %.3f\n", k, b - a }' >> "$work/bare.out"
+}
+for i in $(seq 1 "$sequential"); do bare plain; bare bounded; done
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-bare=$(awk '{print $2}' "$work/bare.out" | median)
+bare=$(awk '/^plain/ {print $2}' "$work/bare.out" | median)
+bounded=$(awk '/^bounded/ {print $2}' "$work/bare.out" | median)
 pirus=$(awk '/^latency/ {print $2}' "$work/pirus.out" | median)
 read -r _ runs seconds < <(grep '^batch' "$work/pirus.out")
 printf '\nruns of the example pipeline (%s)\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
+printf 'pool %s\n' "$pool"
 printf 'bare LXD (init, 3 disks, start, exec, delete), median of %s: %.3f s\n' "$sequential" "$bare"
-printf 'pirus SubmitRun -> DONE, median of %s:                  %.3f s  (%.2fx bare LXD)\n' "$sequential" "$pirus" "$(awk -v p="$pirus" -v b="$bare" 'BEGIN { print p / b }')"
+printf 'bare LXD, bounded like a Pirus run, median of %s:          %.3f s\n' "$sequential" "$bounded"
+printf 'pirus SubmitRun -> DONE, median of %s:                  %.3f s  (%.2fx bare LXD, %.2fx bounded)\n' "$sequential" "$pirus" \
+  "$(awk -v p="$pirus" -v b="$bare" 'BEGIN { print p / b }')" "$(awk -v p="$pirus" -v b="$bounded" 'BEGIN { print p / b }')"
 printf 'pirus %s runs at --max-runs 4: %.1f s, %.1f runs/minute\n' "$runs" "$seconds" "$(awk -v n="$runs" -v s="$seconds" 'BEGIN { print n * 60 / s }')"
