@@ -102,6 +102,15 @@ impl TestDb {
     }
 }
 
+/// A fresh database with the schema migrated, and a pool on it: for the services' own store
+/// tests.
+pub async fn migrated_db() -> Result<(TestDb, pirus_db::sea_orm::DatabaseConnection)> {
+    let db = TestDb::create().await?;
+    let pool = pirus_db::connect(&pirus_db::DbConfig::new(db.url.clone())).await?;
+    pirus_db::migrate(&pool).await?;
+    Ok((db, pool))
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();

@@ -173,3 +173,6 @@ async fn apply(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,274 @@
+//! The stores against a fresh, migrated PostgreSQL database each (PIRUS_TEST_DATABASE_URL, as
+//! the black-box tests use): what they persist of the lifecycle's decisions, fencing, the
+//! queue's bounds, and node leases.
+
+use std::time::Duration;
+
+use pirus_db::views::{PipelineState, PipelineView};
+use uuid::Uuid;
+
+use super::*;
+use crate::{
+    domain::{Error, Requested, Run, RunStatus},
+    lifecycle::{Desired, Event, Request},
+    limits::Limits,
+};
+
+const LARGE: Limits = Limits {
+    cpus: 8,
+    memory_bytes: 16 << 30,
+    processes: 10_000,
+    disk_bytes: 64 << 30,
+    time: Duration::from_secs(86_400),
+};
+
+fn pipeline() -> PipelineView {
+    PipelineView {
+        id: Uuid::now_v7(),
+        name: "p".into(),
+        version: "1".into(),
+        state: PipelineState::Ready,
+        image_sha256: Some("a".repeat(64)),
+        image_file_id: None,
+        manifest: None,
+        form: None,
+    }
+}
+
+async fn queued(stores: &Stores, requested: Requested, max_attempts: i32) -> Run {
+    stores
+        .runs
+        .insert(RunInsert {
+            id: Uuid::now_v7(),
+            pipeline: pipeline(),
+            name: "r".into(),
+            config: serde_json::json!({}),
+            input_file_ids: Vec::new(),
+            priority: 0,
+            request_id: None,
+            requested,
+            max_attempts,
+        })
+        .await
+        .unwrap()
+}
+
+async fn node(stores: &Stores, name: &str, lease: u64) {
+    stores
+        .nodes
+        .register(&NodeRegistration {
+            name,
+            address: "127.0.0.1:1",
+            max_runs: 2,
+            largest: &LARGE,
+            lease_seconds: lease,
+            incarnation: Uuid::now_v7(),
+            lxd_version: Some("5.0".into()),
+        })
+        .await
+        .unwrap();
+}
+
+async fn stores() -> (pirus_tests::TestDb, Stores) {
+    let (db, pool) = pirus_tests::migrated_db().await.unwrap();
+    (db, Stores::new(pool))
+}
+
+#[tokio::test]
+async fn runs_record_the_lifecycle_with_gap_free_events_fenced_by_node_and_attempt() {
+    let (_db, s) = stores().await;
+    node(&s, "a", 30).await;
+    let run = queued(&s, Requested::default(), 1).await;
+    assert_eq!(run.status, RunStatus::Waiting);
+    let id = s.queue.claim("a", 2, &LARGE).await.unwrap().unwrap();
+    assert_eq!(id, run.id);
+    let claimed = s.runs.get(id).await.unwrap();
+    assert_eq!(
+        (claimed.status, claimed.attempt),
+        (RunStatus::Initializing, 1)
+    );
+    // Another node, or another attempt, changes nothing.
+    assert!(
+        !s.runs
+            .change(id, "b", 1, Change::new(Event::Started, "x"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.runs
+            .change(id, "a", 2, Change::new(Event::Started, "x"))
+            .await
+            .unwrap()
+    );
+    // What the lifecycle refuses is refused.
+    let refused = s
+        .runs
+        .change(id, "a", 1, Change::new(Event::Exited, "x"))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::FailedPrecondition(_))),
+        "{refused:?}"
+    );
+    for event in [
+        Event::Started,
+        Event::Noted,
+        Event::Exited,
+        Event::Collected { ok: true },
+    ] {
+        assert!(
+            s.runs
+                .change(id, "a", 1, Change::new(event, "step"))
+                .await
+                .unwrap()
+        );
+    }
+    let done = s.runs.get(id).await.unwrap();
+    assert_eq!(done.status, RunStatus::Done);
+    assert!(done.ended_at.is_some());
+    let seqs: Vec<i64> = s
+        .runs
+        .events_after(id, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
+    // Ended: nothing more is recorded, and it can be deleted.
+    assert!(
+        !s.runs
+            .change(id, "a", 1, Change::new(Event::Noted, "late"))
+            .await
+            .unwrap()
+    );
+    let (deleted, files) = s.runs.delete(id).await.unwrap();
+    assert_eq!((deleted.id, files.len()), (id, 0));
+    assert!(matches!(s.runs.get(id).await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn client_requests_follow_the_lifecycle() {
+    let (_db, s) = stores().await;
+    node(&s, "a", 30).await;
+    let waiting = queued(&s, Requested::default(), 1).await;
+    let pause = s.runs.request(waiting.id, Request::Pause).await;
+    assert!(
+        matches!(pause, Err(Error::FailedPrecondition(_))),
+        "{pause:?}"
+    );
+    let deleted = s.runs.delete(waiting.id).await;
+    assert!(
+        matches!(deleted, Err(Error::FailedPrecondition(_))),
+        "{deleted:?}"
+    );
+    let canceled = s.runs.request(waiting.id, Request::Cancel).await.unwrap();
+    assert_eq!(
+        canceled.status,
+        RunStatus::Canceled,
+        "a waiting run is canceled at once"
+    );
+
+    let running = queued(&s, Requested::default(), 1).await;
+    let id = s.queue.claim("a", 2, &LARGE).await.unwrap().unwrap();
+    assert_eq!(id, running.id);
+    s.runs
+        .change(id, "a", 1, Change::new(Event::Started, ""))
+        .await
+        .unwrap();
+    let asked = s.runs.request(id, Request::Pause).await.unwrap();
+    assert_eq!(
+        asked.status,
+        RunStatus::Running,
+        "the owner carries a pause out"
+    );
+    assert_eq!(s.queue.desired(id).await.unwrap(), Some(Desired::Pause));
+    s.runs
+        .change(id, "a", 1, Change::new(Event::Paused, ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.queue.desired(id).await.unwrap(),
+        None,
+        "fulfilled, cleared"
+    );
+    s.runs.request(id, Request::Cancel).await.unwrap();
+    assert_eq!(s.queue.desired(id).await.unwrap(), Some(Desired::Canceled));
+}
+
+#[tokio::test]
+async fn the_queue_keeps_to_slots_drains_and_limits() {
+    let (_db, s) = stores().await;
+    node(&s, "a", 30).await;
+    let small = Limits { cpus: 1, ..LARGE };
+    let big = queued(
+        &s,
+        Requested {
+            cpus: Some(4),
+            ..Requested::default()
+        },
+        1,
+    )
+    .await;
+    let one = queued(&s, Requested::default(), 1).await;
+    let two = queued(&s, Requested::default(), 1).await;
+    let three = queued(&s, Requested::default(), 1).await;
+    // The big run is older, but too large for this node: skipped, not blocking.
+    assert_eq!(s.queue.claim("a", 2, &small).await.unwrap(), Some(one.id));
+    assert_eq!(s.queue.claim("a", 2, &small).await.unwrap(), Some(two.id));
+    assert_eq!(
+        s.queue.claim("a", 2, &small).await.unwrap(),
+        None,
+        "two slots"
+    );
+    let mut held = s.queue.held_by("a").await.unwrap();
+    held.sort();
+    assert_eq!(held, vec![(one.id, 1), (two.id, 1)]);
+    assert!(s.queue.holds(one.id, "a", 1).await.unwrap());
+    s.nodes.set_draining("a", true).await.unwrap();
+    assert_eq!(
+        s.queue.claim("a", 5, &LARGE).await.unwrap(),
+        None,
+        "draining"
+    );
+    s.nodes.set_draining("a", false).await.unwrap();
+    assert_eq!(s.queue.claim("a", 5, &LARGE).await.unwrap(), Some(big.id));
+    assert_eq!(s.queue.claim("a", 5, &LARGE).await.unwrap(), Some(three.id));
+}
+
+#[tokio::test]
+async fn lapsed_nodes_are_settled_once_with_retries_or_errors() {
+    let (_db, s) = stores().await;
+    node(&s, "lost", 1).await;
+    node(&s, "other", 30).await;
+    let retried = queued(&s, Requested::default(), 2).await;
+    let ended = queued(&s, Requested::default(), 1).await;
+    for _ in 0..2 {
+        s.queue.claim("lost", 2, &LARGE).await.unwrap().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(s.nodes.expire().await.unwrap(), vec!["lost".to_owned()]);
+    assert!(s.nodes.expire().await.unwrap().is_empty(), "settled once");
+    let r = s.runs.get(retried.id).await.unwrap();
+    assert_eq!((r.status, r.node.as_deref()), (RunStatus::Waiting, None));
+    let e = s.runs.get(ended.id).await.unwrap();
+    assert_eq!(e.status, RunStatus::Error);
+    assert!(
+        e.error_message.contains("node lost was lost"),
+        "{}",
+        e.error_message
+    );
+    // The lost node's later changes are refused; the retry is a new attempt elsewhere.
+    assert!(
+        !s.runs
+            .change(retried.id, "lost", 1, Change::new(Event::Started, ""))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.queue.claim("other", 2, &LARGE).await.unwrap(),
+        Some(retried.id)
+    );
+    assert_eq!(s.runs.get(retried.id).await.unwrap().attempt, 2);
+    let largest = s.nodes.largest_runs().await.unwrap();
+    assert_eq!(largest, vec![LARGE, LARGE]);
+}
