@@ -6,6 +6,9 @@
 //! (`cargo build --bins`, which `tests/run.sh` does), or point `PIRUS_BIN_DIR` elsewhere.
 //! PostgreSQL is reached through `PIRUS_TEST_DATABASE_URL` (an account that may create
 //! databases); a missing PostgreSQL fails the tests loudly, it never skips them.
+//!
+//! Depends on (within Pirus): pirus-proto, pirus-db. Never on: pirus-catalogue, pirus-runner
+//! (they are driven as binaries, like any client).
 
 use std::{
     net::SocketAddr,

@@ -1,6 +1,9 @@
 //! `pirus-catalogue`: takes resumable uploads of pipeline packages and data files, installs
 //! packages, and serves pipeline, file and document metadata and file contents.
 //!
+//! Depends on (within Pirus): pirus-proto, pirus-db, pirus-server. Never on: pirus-runner,
+//! pirus-lxd. The runner's data (runs) is read only through `pirus_db::views`.
+//!
 //! `main` only parses options and calls [`run`], which takes pre-bound listeners and a
 //! cancellation token so that tests can run the service in-process.
 

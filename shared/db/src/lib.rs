@@ -2,6 +2,9 @@
 //! the schema migrations (serialised across processes), and checking that the database answers.
 //!
 //! This crate knows nothing of gRPC, HTTP or LXD.
+//!
+//! Depends on (within Pirus): nothing. Never on: pirus-proto, pirus-server, pirus-lxd,
+//! pirus-catalogue, pirus-runner.
 
 pub mod entity;
 pub mod filter;

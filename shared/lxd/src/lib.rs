@@ -4,6 +4,9 @@
 //! (cheap on a unix socket), so a restarted daemon is picked up by the next call.
 //!
 //! This crate knows nothing of runs or of the database.
+//!
+//! Depends on (within Pirus): nothing. Never on: pirus-db, pirus-proto, pirus-server,
+//! pirus-catalogue, pirus-runner.
 
 use std::{
     collections::BTreeMap,

@@ -1,6 +1,9 @@
 //! Generated protobuf and gRPC code for the Pirus services, plus the encoded descriptor set that
 //! server reflection publishes. Only the gRPC edge of a service (handlers and `convert.rs`) may
 //! depend on this crate; domain and store code never do.
+//!
+//! Depends on (within Pirus): nothing. Never on: pirus-db, pirus-server, pirus-lxd,
+//! pirus-catalogue, pirus-runner.
 
 #![allow(clippy::all, missing_docs)]
 

@@ -3,6 +3,8 @@
 //! reflection, the database watchdog that drives health, and graceful shutdown.
 //!
 //! It holds no business logic and does not depend on either service's domain or on LXD.
+//!
+//! Depends on (within Pirus): pirus-db. Never on: pirus-lxd, pirus-catalogue, pirus-runner.
 
 pub mod health;
 pub mod metrics;
