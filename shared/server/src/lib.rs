@@ -6,6 +6,7 @@
 //!
 //! Depends on (within Pirus): pirus-db. Never on: pirus-lxd, pirus-catalogue, pirus-runner.
 
+pub mod digest;
 pub mod health;
 pub mod metrics;
 pub mod ops;

@@ -3,7 +3,7 @@
 
 mod convert;
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc};
 
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_server::CatalogueService};
 use tokio_stream::{Stream, StreamExt};
@@ -18,11 +18,11 @@ use crate::{
         parse_sha256,
     },
     store::NewPackage,
-    uploads::Uploads,
+    uploads::{
+        Uploads,
+        driver::{self, Piece, Stop},
+    },
 };
-
-/// A transfer that receives nothing for this long is cut off (and the upload paused).
-const TRANSFER_IDLE: Duration = Duration::from_secs(30);
 
 pub struct Catalogue {
     uploads: Uploads,
@@ -261,12 +261,13 @@ impl CatalogueService for Catalogue {
             .uploads
             .begin(id, None, first.offset as u64, None, None)
             .await?;
-        // In its own task: a client that goes away mid-stream still leaves a durable offset and
-        // a paused upload behind, even if this handler's future is dropped.
-        let task = tokio::spawn(write_stream(transfer, first, stream));
-        let state = task
+        let state = driver::drive(transfer, write_pieces(first, stream))
             .await
-            .map_err(|e| Status::internal(format!("transfer failed: {e}")))??;
+            .map_err(|stop| match stop {
+                Stop::Idle => Status::deadline_exceeded("nothing arrived for 30 s"),
+                Stop::Cut(status) => status,
+                Stop::Refused(e) => e.into(),
+            })?;
         Ok(Response::new(upload_status(&state)))
     }
 
@@ -309,45 +310,23 @@ impl CatalogueService for Catalogue {
     }
 }
 
-/// Feeds a WriteUpload stream into a transfer: every message must continue where the previous
-/// one ended and name the same upload.
-async fn write_stream(
-    mut transfer: crate::uploads::Transfer,
+/// A WriteUpload stream as the transfer driver's pieces: every message names the same upload
+/// (or none) and says its offset.
+fn write_pieces(
     first: pb::WriteUploadRequest,
-    mut stream: Streaming<pb::WriteUploadRequest>,
-) -> Result<crate::domain::UploadState, Status> {
+    stream: Streaming<pb::WriteUploadRequest>,
+) -> impl tokio_stream::Stream<Item = Result<Piece, Status>> + Send + Unpin + 'static {
     let upload_id = first.upload_id.clone();
-    let mut next = Some(first);
-    loop {
-        let message = match next.take() {
-            Some(message) => message,
-            None => match tokio::time::timeout(TRANSFER_IDLE, stream.next()).await {
-                Err(_) => {
-                    transfer.abort("nothing arrived for 30 s").await;
-                    return Err(Status::deadline_exceeded("nothing arrived for 30 s"));
-                }
-                Ok(None) => return Ok(transfer.finish().await?),
-                Ok(Some(Err(status))) => {
-                    transfer.abort("the stream failed").await;
-                    return Err(status);
-                }
-                Ok(Some(Ok(message))) => message,
-            },
-        };
-        if !message.upload_id.is_empty() && message.upload_id != upload_id {
-            transfer.abort("a message named another upload").await;
-            return Err(Error::invalid("upload_id", "differs from the first message's").into());
-        }
-        if message.offset != transfer.position() as i64 {
-            let state = transfer.abort("a message was at the wrong offset").await;
-            return Err(Error::OffsetMismatch {
-                actual: state.offset,
+    tokio_stream::once(Ok(first))
+        .chain(stream)
+        .map(move |message| {
+            let message = message?;
+            if !message.upload_id.is_empty() && message.upload_id != upload_id {
+                return Err(Error::invalid("upload_id", "differs from the first message's").into());
             }
-            .into());
-        }
-        if let Err(e) = transfer.write(message.data).await {
-            transfer.abort("the data was refused").await;
-            return Err(e.into());
-        }
-    }
+            Ok(Piece {
+                offset: Some(u64::try_from(message.offset).unwrap_or(u64::MAX)),
+                data: message.data,
+            })
+        })
 }

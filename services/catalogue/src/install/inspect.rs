@@ -12,7 +12,6 @@ use std::{
 };
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
@@ -357,23 +356,11 @@ fn copy_hashing(
     out: &mut std::fs::File,
     max: u64,
 ) -> io::Result<Option<(String, u64)>> {
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = reader.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        if size > max {
-            return Ok(None);
-        }
-        hasher.update(&buffer[..n]);
-        out.write_all(&buffer[..n])?;
+    let copied = pirus_server::digest::sha256_copy(reader, |block| out.write_all(block), max)?;
+    if copied.is_some() {
+        out.sync_all()?;
     }
-    out.sync_all()?;
-    Ok(Some((hex::encode(hasher.finalize()), size)))
+    Ok(copied)
 }
 
 /// An LXD unified image tarball holds `metadata.yaml` and `rootfs/`. Its content is otherwise

@@ -13,6 +13,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 mod pipelines;
+pub mod session;
 
 pub use pipelines::{InstallRecord, NewPackage};
 

@@ -5,7 +5,7 @@
 
 mod headers;
 
-use std::{ops::ControlFlow, sync::Arc, time::Duration};
+use std::{ops::ControlFlow, sync::Arc};
 
 use axum::{
     Router,
@@ -22,12 +22,12 @@ use crate::{
     domain::{Endpoint, Error, NewFile, Result, UploadState, check_filename, parse_sha256},
     grpc::upload_url,
     store::NewPackage,
-    uploads::{Transfer, Uploads},
+    uploads::{
+        Transfer, Uploads,
+        driver::{self, Piece, Stop},
+    },
 };
 use headers::{Concat, OFFSET_OCTET_STREAM, TUS_VERSION};
-
-/// A transfer that receives nothing for this long is cut off (and the upload paused).
-const TRANSFER_IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 struct Tus {
@@ -440,29 +440,16 @@ async fn patch(
 /// Streams a request body into a transfer, in a task of its own: a client that disconnects
 /// mid-body still leaves its bytes durable and the upload paused, even though hyper drops this
 /// request's future.
-async fn run_transfer(mut transfer: Transfer, body: Body) -> Result<UploadState> {
-    let task = tokio::spawn(async move {
-        let mut stream = body.into_data_stream();
-        loop {
-            match tokio::time::timeout(TRANSFER_IDLE, stream.next()).await {
-                Err(_) => {
-                    transfer.abort("nothing arrived for 30 s").await;
-                    return Err(Error::invalid("body", "nothing arrived for 30 s"));
-                }
-                Ok(None) => return transfer.finish().await,
-                Ok(Some(Err(e))) => {
-                    let why = format!("the request body was cut off: {e}");
-                    transfer.abort(&why).await;
-                    return Err(Error::invalid("body", why));
-                }
-                Ok(Some(Ok(data))) => {
-                    if let Err(e) = transfer.write(data).await {
-                        transfer.abort("the data was refused").await;
-                        return Err(e);
-                    }
-                }
-            }
-        }
-    });
-    task.await.map_err(Error::internal)?
+/// A PATCH body through the transfer driver.
+async fn run_transfer(transfer: Transfer, body: Body) -> Result<UploadState> {
+    let pieces = body
+        .into_data_stream()
+        .map(|data| data.map(|data| Piece { offset: None, data }));
+    driver::drive(transfer, pieces)
+        .await
+        .map_err(|stop| match stop {
+            Stop::Idle => Error::invalid("body", "nothing arrived for 30 s"),
+            Stop::Cut(e) => Error::invalid("body", format!("the request body was cut off: {e}")),
+            Stop::Refused(e) => e,
+        })
 }

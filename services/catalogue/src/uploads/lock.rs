@@ -21,7 +21,10 @@ use sea_orm::sqlx::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use crate::domain::{Error, Result};
+use crate::{
+    domain::{Error, Result},
+    store::session,
+};
 
 #[derive(Clone)]
 pub struct LockConnector {
@@ -98,11 +101,7 @@ impl LockConnector {
 
     async fn lock_key(&self, slot: TransferSlot, key: i64) -> Result<UploadLock> {
         let mut connection = self.pool.acquire().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut *connection)
-            .await?;
-        if !locked {
+        if !session::try_lock(&mut connection, key).await? {
             // Nothing held: the connection can serve the next transfer.
             return Err(Error::Locked);
         }
@@ -128,12 +127,7 @@ impl UploadLock {
         let Some(mut connection) = self.connection.take() else {
             return;
         };
-        let unlocked: std::result::Result<bool, _> =
-            sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-                .bind(self.key)
-                .fetch_one(&mut *connection)
-                .await;
-        match unlocked {
+        match session::unlock(&mut connection, self.key).await {
             Ok(true) => drop(connection), // back to the pool, holding nothing
             other => {
                 tracing::warn!(result = ?other, "upload unlock failed; the lock ends with its connection");

@@ -2,6 +2,7 @@
 //! them, reporting their durable offset, transferring bytes under a per-upload lock, completing
 //! them into content-addressed blobs, terminating and expiring them.
 
+pub mod driver;
 mod lock;
 mod sweeper;
 mod transfer;
@@ -10,8 +11,6 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use chrono::Utc;
-use sea_orm::sqlx;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use uuid::Uuid;
@@ -294,25 +293,9 @@ impl Uploads {
             }
         };
         // Bytes arrive again: the upload is no longer paused.
-        let resumed = sqlx::query(
-            "UPDATE files SET status = 'uploading', updated_at = now()
-             WHERE id = $1 AND status = 'pause'",
-        )
-        .bind(state.file_id)
-        .execute(lock.connection())
-        .await;
-        if let Err(e) = resumed {
+        if let Err(e) = crate::store::session::resumed(lock.connection(), &state).await {
             lock.release().await;
-            return Err(e.into());
-        }
-        if let Some(pipeline) = state.pipeline_id {
-            let _ = sqlx::query(
-                "UPDATE pipelines SET status = 'uploading', updated_at = now()
-                 WHERE id = $1 AND status = 'pause'",
-            )
-            .bind(pipeline)
-            .execute(lock.connection())
-            .await;
+            return Err(e);
         }
         match Transfer::new(self.clone(), lock, state, file, checksum) {
             Ok(transfer) => Ok(transfer),
@@ -548,18 +531,8 @@ fn stream_file(
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// SHA-256 of a file, read in 1 MiB blocks.
+/// SHA-256 of a file.
 fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
-    use std::io::Read;
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(pirus_server::digest::sha256(&mut file)?.0)
 }

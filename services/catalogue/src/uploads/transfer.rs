@@ -28,7 +28,6 @@ use std::{
 
 use bytes::Bytes;
 use md5::Md5;
-use sea_orm::sqlx;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use tokio::{
@@ -41,6 +40,7 @@ use super::{Uploads, lock::UploadLock};
 use crate::{
     domain::{Error, Result, UploadState},
     storage::{DIRECT_ALIGN, PartialFile},
+    store::session,
 };
 
 const BLOCK: usize = 1 << 20;
@@ -576,26 +576,11 @@ impl Transfer {
             tracing::warn!(upload = %self.upload.id, error = %e, "a commit failed");
         }
         if let Some(mut lock) = self.lock.take() {
-            if !finished_cleanly && !self.upload.complete {
-                let paused = sqlx::query(
-                    "UPDATE files SET status = 'pause', updated_at = now()
-                     WHERE id = $1 AND status = 'uploading'",
-                )
-                .bind(self.upload.file_id)
-                .execute(lock.connection())
-                .await;
-                if let Err(e) = paused {
-                    tracing::warn!(upload = %self.upload.id, error = %e, "could not mark the upload paused");
-                }
-                if let Some(pipeline) = self.upload.pipeline_id {
-                    let _ = sqlx::query(
-                        "UPDATE pipelines SET status = 'pause', updated_at = now()
-                         WHERE id = $1 AND status = 'uploading'",
-                    )
-                    .bind(pipeline)
-                    .execute(lock.connection())
-                    .await;
-                }
+            if !finished_cleanly
+                && !self.upload.complete
+                && let Err(e) = session::paused(lock.connection(), &self.upload).await
+            {
+                tracing::warn!(upload = %self.upload.id, error = %e, "could not mark the upload paused");
             }
             lock.release().await;
         }
@@ -624,17 +609,7 @@ async fn commit(
     spawn_blocking(move || file.sync_data())
         .await
         .map_err(Error::internal)??;
-    let updated = sqlx::query(
-        r#"UPDATE uploads SET "offset" = $2, updated_at = now(),
-                  expires_at = now() + make_interval(secs => $3)
-           WHERE id = $1 AND NOT complete"#,
-    )
-    .bind(id)
-    .bind(offset as i64)
-    .bind(expiry_secs)
-    .execute(lock.connection())
-    .await?;
-    if updated.rows_affected() == 0 {
+    if !session::commit_offset(lock.connection(), id, offset, expiry_secs).await? {
         return Err(Error::NotFound(format!("upload {id}")));
     }
     Ok(())

@@ -242,20 +242,17 @@ impl Catalogue {
     }
 }
 
-/// SHA-256 of the first `size` bytes of an open file, read with positioned reads on the
-/// blocking pool.
+/// SHA-256 of the first `size` bytes of an open (never yet read) file, on the blocking pool;
+/// the upload then reads it with positioned reads.
 async fn hash(file: Arc<std::fs::File>, size: u64) -> Result<String> {
     tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 1 << 20];
-        let mut offset = 0u64;
-        while offset < size {
-            let want = (size - offset).min(buffer.len() as u64) as usize;
-            file.read_exact_at(&mut buffer[..want], offset)?;
-            hasher.update(&buffer[..want]);
-            offset += want as u64;
+        let (digest, read) = pirus_server::digest::sha256(&mut std::io::Read::take(&*file, size))?;
+        if read != size {
+            return Err(std::io::Error::other(format!(
+                "the file holds {read} bytes, not {size}"
+            )));
         }
-        Ok(hex::encode(hasher.finalize()))
+        Ok(digest)
     })
     .await
     .map_err(Error::internal)?
