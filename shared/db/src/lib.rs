@@ -6,7 +6,6 @@
 //! Depends on (within Pirus): nothing. Never on: pirus-proto, pirus-server, pirus-lxd,
 //! pirus-catalogue, pirus-runner.
 
-pub mod entity;
 pub mod filter;
 pub mod listen;
 mod migrations;
