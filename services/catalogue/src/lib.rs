@@ -8,10 +8,13 @@
 //! cancellation token so that tests can run the service in-process.
 
 mod config;
+mod content;
+mod datadir;
 mod domain;
+mod files;
 mod grpc;
 mod install;
-mod storage;
+mod pipelines;
 mod store;
 mod tus;
 mod uploads;
@@ -29,7 +32,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let db = pirus_server::process::database(&config.common).await?;
-    let storage = storage::Storage::open(&config.data_dir).map_err(|e| {
+    let storage = datadir::DataDir::open(&config.data_dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot prepare the data folder {}: {e}",
             config.data_dir.display()
@@ -52,14 +55,18 @@ pub async fn run(
         config.max_image_size,
     );
     let installer = tokio::spawn(installer.run(install_queue, shutdown.clone()));
+    let content = content::Content::new(store.clone(), storage);
     let uploads = uploads::Uploads::new(
-        store,
-        storage,
-        locks,
+        store.clone(),
+        content.clone(),
+        locks.clone(),
         config.max_upload_size,
         config.upload_expiry,
-        installs,
+        installs.clone(),
     );
+    let files = files::Files::new(uploads.clone(), store.clone(), content.clone(), locks);
+    let pipelines =
+        pipelines::Pipelines::new(uploads.clone(), store, files.clone(), content, installs);
     let sweeper = tokio::spawn(uploads::run_sweeper(
         uploads.clone(),
         config.upload_sweep_interval(),
@@ -69,10 +76,15 @@ pub async fn run(
     let metrics = MetricsBuilder::new("catalogue").build();
     let service = Service {
         grpc: tonic::service::Routes::new(
-            CatalogueServiceServer::new(grpc::Catalogue::new(uploads.clone(), &public_url))
-                .max_decoding_message_size(16 << 20),
+            CatalogueServiceServer::new(grpc::Catalogue {
+                uploads: uploads.clone(),
+                files: files.clone(),
+                pipelines,
+                public_url: public_url.as_str().into(),
+            })
+            .max_decoding_message_size(16 << 20),
         ),
-        http: tus::router(uploads, &public_url),
+        http: tus::router(uploads, files, &public_url),
     };
     let options = ServeOptions {
         services: vec![pirus_proto::CATALOGUE_SERVICE],

@@ -17,6 +17,8 @@ use crate::{
         DOCUMENT_NAMES, Error, FileFilter, FileKind, NewFile, PipelineFilter, check_filename,
         parse_sha256,
     },
+    files::Files,
+    pipelines::Pipelines,
     store::NewPackage,
     uploads::{
         Uploads,
@@ -24,18 +26,12 @@ use crate::{
     },
 };
 
+/// The handlers' use cases: the upload engine, files and pipelines.
 pub struct Catalogue {
-    uploads: Uploads,
-    public_url: Arc<str>,
-}
-
-impl Catalogue {
-    pub fn new(uploads: Uploads, public_url: &str) -> Self {
-        Self {
-            uploads,
-            public_url: public_url.into(),
-        }
-    }
+    pub uploads: Uploads,
+    pub files: Files,
+    pub pipelines: Pipelines,
+    pub public_url: Arc<str>,
 }
 
 /// An optional idempotency key, bounded.
@@ -113,7 +109,7 @@ impl CatalogueService for Catalogue {
             request_id: request_id(&request.request_id)?,
             metadata: String::new(),
         };
-        let pipeline = self.uploads.create_pipeline(new).await?;
+        let pipeline = self.pipelines.create(new).await?;
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
@@ -122,7 +118,7 @@ impl CatalogueService for Catalogue {
         request: Request<pb::InstallPipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
         let file = parse_id("file_id", &request.into_inner().file_id)?;
-        let pipeline = self.uploads.install_file(file).await?;
+        let pipeline = self.pipelines.install_file(file).await?;
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
@@ -131,7 +127,7 @@ impl CatalogueService for Catalogue {
         request: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
         let id = parse_id("id", &request.into_inner().id)?;
-        let pipeline = self.uploads.store().get_pipeline(id).await?;
+        let pipeline = self.pipelines.get(id).await?;
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
@@ -145,7 +141,7 @@ impl CatalogueService for Catalogue {
             status: convert::pipeline_status(request.status)?,
             name: (!request.name.is_empty()).then_some(request.name),
         };
-        let pipelines = self.uploads.store().list_pipelines(&filter, page).await?;
+        let pipelines = self.pipelines.list(&filter, page).await?;
         let next_page_token =
             convert::next_page_token(page, pipelines.last().map(|p| p.id), pipelines.len());
         Ok(Response::new(pb::ListPipelinesResponse {
@@ -162,7 +158,7 @@ impl CatalogueService for Catalogue {
         request: Request<pb::DeletePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
         let id = parse_id("id", &request.into_inner().id)?;
-        let pipeline = self.uploads.delete_pipeline(id).await?;
+        let pipeline = self.pipelines.delete(id).await?;
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
@@ -183,11 +179,7 @@ impl CatalogueService for Catalogue {
             )
             .into());
         }
-        let (content_type, content) = self
-            .uploads
-            .store()
-            .pipeline_document(id, &request.name)
-            .await?;
+        let (content_type, content) = self.pipelines.document(id, &request.name).await?;
         Ok(Response::new(pb::PipelineDocument {
             content_type,
             content: content.into(),
@@ -199,7 +191,7 @@ impl CatalogueService for Catalogue {
         request: Request<pb::CreateFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
         let new = new_file(request.into_inner())?;
-        let file = self.uploads.create_file(new).await?;
+        let file = self.files.create(new).await?;
         Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
 
@@ -208,7 +200,7 @@ impl CatalogueService for Catalogue {
         request: Request<pb::GetFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
         let id = parse_id("id", &request.into_inner().id)?;
-        let file = self.uploads.store().get_file(id).await?;
+        let file = self.files.get(id).await?;
         Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
 
@@ -223,7 +215,7 @@ impl CatalogueService for Catalogue {
             kind: convert::file_kind(request.kind)?,
             source_run_id: parse_optional_id("source_run_id", &request.source_run_id)?,
         };
-        let files = self.uploads.store().list_files(&filter, page).await?;
+        let files = self.files.list(&filter, page).await?;
         let next_page_token =
             convert::next_page_token(page, files.last().map(|f| f.id), files.len());
         Ok(Response::new(pb::ListFilesResponse {
@@ -240,7 +232,7 @@ impl CatalogueService for Catalogue {
         request: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
         let id = parse_id("id", &request.into_inner().id)?;
-        let file = self.uploads.delete_file(id).await?;
+        let file = self.files.delete(id).await?;
         Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
 
@@ -295,7 +287,7 @@ impl CatalogueService for Catalogue {
             return Err(Error::invalid("limit", "must not be negative").into());
         }
         let chunks = self
-            .uploads
+            .files
             .read(id, request.offset as u64, request.limit as u64)
             .await?;
         let stream = chunks.map(|chunk| {

@@ -19,7 +19,7 @@ use super::{
     form,
     manifest::{self, Manifest, PackageFormat, Problems},
 };
-use crate::storage::Storage;
+use crate::datadir::DataDir;
 
 pub const MAX_ENTRIES: usize = 10_000;
 pub const MAX_MANIFEST: u64 = 1 << 20;
@@ -81,7 +81,7 @@ fn walk_problem(e: WalkError) -> String {
 pub fn inspect(
     path: &Path,
     size: u64,
-    storage: &Storage,
+    storage: &DataDir,
     max_image: u64,
 ) -> Result<Inspected, Vec<String>> {
     let Some(format) =
@@ -286,7 +286,7 @@ pub fn inspect(
         }
         Ok(Visit::Continue)
     });
-    let cleanup = |storage: &Storage| {
+    let cleanup = |storage: &DataDir| {
         let _ = storage.remove_partial(temp);
     };
     if let Err(e) = pass2 {

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    datadir::DataDir,
     domain::{Error, PipelineStatus, Result},
-    storage::Storage,
     store::{InstallRecord, Store},
     uploads::LockConnector,
 };
@@ -31,14 +31,14 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Installer {
     store: Store,
-    storage: Storage,
+    storage: DataDir,
     locks: LockConnector,
     /// `--max-image-size`.
     max_image: u64,
 }
 
 impl Installer {
-    pub fn new(store: Store, storage: Storage, locks: LockConnector, max_image: u64) -> Self {
+    pub fn new(store: Store, storage: DataDir, locks: LockConnector, max_image: u64) -> Self {
         Self {
             store,
             storage,

@@ -20,10 +20,11 @@ use uuid::Uuid;
 
 use crate::{
     domain::{Endpoint, Error, NewFile, Result, UploadState, check_filename, parse_sha256},
+    files::Files,
     grpc::upload_url,
     store::NewPackage,
     uploads::{
-        Transfer, Uploads,
+        Terminated, Transfer, Uploads,
         driver::{self, Piece, Stop},
     },
 };
@@ -32,12 +33,14 @@ use headers::{Concat, OFFSET_OCTET_STREAM, TUS_VERSION};
 #[derive(Clone)]
 struct Tus {
     uploads: Uploads,
+    files: Files,
     public_url: Arc<str>,
 }
 
-pub fn router(uploads: Uploads, public_url: &str) -> Router {
+pub fn router(uploads: Uploads, files: Files, public_url: &str) -> Router {
     let state = Tus {
         uploads,
+        files,
         public_url: public_url.into(),
     };
     Router::new()
@@ -171,11 +174,7 @@ async fn member(
     let result = match method {
         Method::HEAD => head(&tus, endpoint, id).await,
         Method::PATCH => patch(&tus, endpoint, id, &headers, body).await,
-        Method::DELETE => tus
-            .uploads
-            .terminate(id, endpoint)
-            .await
-            .map(|()| tus_empty(StatusCode::NO_CONTENT)),
+        Method::DELETE => terminate(&tus, endpoint, id).await,
         _ => return tus_method_not_allowed("OPTIONS, HEAD, PATCH, DELETE"),
     };
     result.unwrap_or_else(error_response)
@@ -333,7 +332,7 @@ async fn create(
             (Endpoint::Files, Some(Concat::Final(parts))) => {
                 tus.uploads.create_final(new, parts).await?.id
             }
-            (Endpoint::Files, _) => tus.uploads.create_file(new).await?.id,
+            (Endpoint::Files, _) => tus.uploads.open_file(new).await?.id,
             (Endpoint::Pipelines, Some(Concat::Final(_))) => {
                 return Err(Error::invalid(
                     "Upload-Concat",
@@ -348,7 +347,7 @@ async fn create(
                     request_id: new.request_id,
                     metadata: new.metadata,
                 };
-                tus.uploads.create_pipeline(package).await?.id
+                tus.uploads.open_package(package).await?.id
             }
         };
         tus.uploads.state(upload_id).await?
@@ -440,6 +439,17 @@ async fn patch(
 /// Streams a request body into a transfer, in a task of its own: a client that disconnects
 /// mid-body still leaves its bytes durable and the upload paused, even though hyper drops this
 /// request's future.
+/// tus termination: the upload goes, and a complete upload's file with it.
+async fn terminate(tus: &Tus, endpoint: Endpoint, id: Uuid) -> Result<Response> {
+    match tus.uploads.terminate(id, endpoint).await? {
+        Terminated::Removed => {}
+        Terminated::Complete(file) => {
+            tus.files.delete(file).await?;
+        }
+    }
+    Ok(tus_empty(StatusCode::NO_CONTENT))
+}
+
 /// A PATCH body through the transfer driver.
 async fn run_transfer(transfer: Transfer, body: Body) -> Result<UploadState> {
     let pieces = body

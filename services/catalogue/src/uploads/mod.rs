@@ -1,7 +1,11 @@
-//! Resumable uploads, shared by both protocols (tus over HTTP and gRPC WriteUpload): creating
-//! them, reporting their durable offset, transferring bytes under a per-upload lock, completing
-//! them into content-addressed blobs, terminating and expiring them.
+//! The upload engine, shared by both protocols (tus over HTTP and gRPC WriteUpload): opening
+//! uploads (for files, packages, tus partial and final uploads), reporting their durable
+//! offset, transferring bytes under a per-upload lock, completing them (through
+//! [`Content`]), terminating and expiring them. What files and pipelines are beyond their
+//! upload is the business of `files.rs` and `pipelines.rs`.
 
+mod blocks;
+mod checksum;
 pub mod driver;
 mod lock;
 mod sweeper;
@@ -9,26 +13,25 @@ mod transfer;
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use chrono::Utc;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use uuid::Uuid;
 
+pub use checksum::{ChecksumAlgorithm, ChunkChecksum};
 pub use lock::LockConnector;
 pub use sweeper::run_sweeper;
-pub use transfer::{ChecksumAlgorithm, ChunkChecksum, Transfer};
+pub use transfer::Transfer;
 
 use crate::{
+    content::{Completed, Content},
     domain::{Endpoint, Error, File, FileStatus, NewFile, Pipeline, Result, UploadState},
-    storage::Storage,
     store::{NewPackage, Store},
 };
 
-/// SHA-256 of no bytes.
 /// Parts of one tus final upload at most.
 pub const MAX_PARTS: usize = 256;
 
+/// SHA-256 of no bytes.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 #[derive(Clone)]
@@ -38,20 +41,49 @@ pub struct Uploads {
 
 struct Inner {
     store: Store,
-    storage: Storage,
+    content: Content,
     locks: LockConnector,
     max_size: u64,
     expiry: Duration,
+    completion: Completion,
+    /// Memory for the blocks of every transfer.
+    blocks: blocks::BlockBudget,
+}
+
+/// The one thing a transfer (or the sweeper) may ask of the engine: to complete an upload whose
+/// bytes are all durable. A completed package is announced to the installer.
+#[derive(Clone)]
+pub struct Completion {
+    content: Content,
     /// Pipelines whose package just completed, for the installer.
     installs: mpsc::UnboundedSender<Uuid>,
-    /// Memory for the blocks of every transfer.
-    blocks: transfer::BlockBudget,
+}
+
+impl Completion {
+    pub async fn complete(&self, upload: &UploadState, digest: Option<String>) -> Result<()> {
+        let completed = self.content.complete(upload, digest).await?;
+        if completed == Completed::Stored
+            && let Some(pipeline) = upload.pipeline_id
+        {
+            // The scan finds it anyway should the installer be gone (shutdown).
+            let _ = self.installs.send(pipeline);
+        }
+        Ok(())
+    }
+}
+
+/// What a tus termination did.
+pub enum Terminated {
+    /// The upload and its bytes are gone.
+    Removed,
+    /// The upload was complete: its file is to be deleted like any file.
+    Complete(Uuid),
 }
 
 impl Uploads {
     pub fn new(
         store: Store,
-        storage: Storage,
+        content: Content,
         locks: LockConnector,
         max_size: u64,
         expiry: Duration,
@@ -59,23 +91,26 @@ impl Uploads {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                completion: Completion {
+                    content: content.clone(),
+                    installs,
+                },
                 store,
-                storage,
+                content,
                 locks,
                 max_size,
                 expiry,
-                installs,
-                blocks: transfer::BlockBudget::new(),
+                blocks: blocks::BlockBudget::new(),
             }),
         }
     }
 
-    pub fn max_size(&self) -> u64 {
-        self.inner.max_size
+    pub fn completion(&self) -> &Completion {
+        &self.inner.completion
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    pub fn max_size(&self) -> u64 {
+        self.inner.max_size
     }
 
     fn check_size(&self, size: Option<u64>) -> Result<()> {
@@ -88,8 +123,8 @@ impl Uploads {
         }
     }
 
-    /// Creates a file and its upload. An empty file is complete at once.
-    pub async fn create_file(&self, new: NewFile) -> Result<File> {
+    /// Opens the upload of a new file (creating the file). An empty file is complete at once.
+    pub async fn open_file(&self, new: NewFile) -> Result<File> {
         self.check_size(new.size)?;
         let file = self.inner.store.create_file(new, self.inner.expiry).await?;
         if file.size == Some(0) && file.status == FileStatus::Uploading {
@@ -105,11 +140,14 @@ impl Uploads {
         if upload.complete {
             return Ok(());
         }
-        let storage = self.inner.storage.clone();
-        tokio::task::spawn_blocking(move || storage.open_partial(id, 0).map(drop))
+        let data = self.inner.content.data().clone();
+        tokio::task::spawn_blocking(move || data.open_partial(id, 0).map(drop))
             .await
             .map_err(Error::internal)??;
-        self.complete(&upload, Some(EMPTY_SHA256.to_owned())).await
+        self.inner
+            .completion
+            .complete(&upload, Some(EMPTY_SHA256.to_owned()))
+            .await
     }
 
     /// A tus partial upload, to be concatenated into a final one.
@@ -193,7 +231,7 @@ impl Uploads {
             .create_final_upload(new, &parts, size, self.inner.expiry)
             .await?;
         let lock = self.inner.locks.lock_in(slot, file.id).await?;
-        let storage = self.inner.storage.clone();
+        let storage = self.inner.content.data().clone();
         let (id, part_ids) = (file.id, parts.clone());
         let copied = tokio::task::spawn_blocking(move || storage.concatenate(id, &part_ids))
             .await
@@ -202,7 +240,7 @@ impl Uploads {
         let copied = copied??;
         debug_assert_eq!(copied, size);
         let upload = self.inner.store.get_upload(file.id).await?;
-        self.complete(&upload, None).await?;
+        self.inner.completion.complete(&upload, None).await?;
         self.inner.store.get_file(file.id).await
     }
 
@@ -276,7 +314,7 @@ impl Uploads {
                 }
             }
         }
-        let storage = self.inner.storage.clone();
+        let storage = self.inner.content.data().clone();
         let file = tokio::task::spawn_blocking(move || storage.open_transfer(id, offset)).await;
         let file = match file {
             Ok(Ok(file)) => {
@@ -297,7 +335,13 @@ impl Uploads {
             lock.release().await;
             return Err(e);
         }
-        match Transfer::new(self.clone(), lock, state, file, checksum) {
+        let context = transfer::Context {
+            completion: self.inner.completion.clone(),
+            blocks: self.inner.blocks.clone(),
+            max_size: self.inner.max_size,
+            expiry: self.inner.expiry,
+        };
+        match Transfer::new(context, lock, state, file, checksum) {
             Ok(transfer) => Ok(transfer),
             Err((lock, e)) => {
                 lock.release().await;
@@ -306,50 +350,9 @@ impl Uploads {
         }
     }
 
-    /// Completes an upload whose every byte is durable: verifies the announced SHA-256 and
-    /// stores the content under its digest. `digest` is the hash computed while receiving,
-    /// when one transfer carried the whole upload; otherwise the bytes are read back.
-    async fn complete(&self, upload: &UploadState, digest: Option<String>) -> Result<()> {
-        let size = upload.offset;
-        let digest = match digest {
-            Some(d) => d,
-            None => {
-                let path = self.inner.storage.partial_path(upload.id);
-                tokio::task::spawn_blocking(move || hash_file(&path))
-                    .await
-                    .map_err(Error::internal)??
-            }
-        };
-        let expected = match upload.file_id {
-            Some(file_id) => self.inner.store.get_file(file_id).await?.sha256,
-            None => None,
-        };
-        if let Some(expected) = expected.filter(|e| *e != digest) {
-            let reason = format!("sha256 mismatch: announced {expected}, received {digest}");
-            tracing::warn!(upload = %upload.id, %reason, "upload failed verification");
-            self.inner.store.fail_upload(upload, &reason).await?;
-            let storage = self.inner.storage.clone();
-            let id = upload.id;
-            let _ = tokio::task::spawn_blocking(move || storage.remove_partial(id)).await;
-            return Ok(());
-        }
-        let storage = self.inner.storage.clone();
-        let (id, sha) = (upload.id, digest.clone());
-        let promote = move || storage.promote(id, &sha);
-        self.inner
-            .store
-            .complete_upload(upload, &digest, size, promote)
-            .await?;
-        tracing::info!(upload = %upload.id, sha256 = %digest, size, "upload complete");
-        if let Some(pipeline) = upload.pipeline_id {
-            // The scan finds it anyway should the installer be gone (shutdown).
-            let _ = self.inner.installs.send(pipeline);
-        }
-        Ok(())
-    }
-
-    /// Announces a package upload: a pipeline UPLOADING, installed once its last byte arrives.
-    pub async fn create_pipeline(&self, new: NewPackage) -> Result<Pipeline> {
+    /// Opens a package upload (creating its pipeline, UPLOADING), installed once its last byte
+    /// arrives.
+    pub async fn open_package(&self, new: NewPackage) -> Result<Pipeline> {
         self.check_size(new.size)?;
         let pipeline = self
             .inner
@@ -363,39 +366,16 @@ impl Uploads {
         Ok(pipeline)
     }
 
-    /// Installs a package uploaded earlier as a plain file.
-    pub async fn install_file(&self, file: Uuid) -> Result<Pipeline> {
-        let pipeline = self.inner.store.create_install(file).await?;
-        let _ = self.inner.installs.send(pipeline.id);
-        Ok(pipeline)
-    }
-
-    /// Uninstalls a pipeline: its row and documents, its image, its package upload.
-    pub async fn delete_pipeline(&self, id: Uuid) -> Result<Pipeline> {
-        let deleted = self.inner.store.delete_pipeline(id).await?;
-        let pipeline = deleted.pipeline;
-        if let Some(upload) = pipeline.upload_id
-            && pipeline.status != crate::domain::PipelineStatus::Ready
-        {
-            self.remove_partial(upload).await;
-        }
-        for file in deleted.files {
-            if let Err(e) = self.delete_file(file).await {
-                tracing::warn!(%file, error = %e, "could not delete a file of a deleted pipeline");
-            }
-        }
-        Ok(pipeline)
-    }
-
-    /// tus termination: removes an upload and its file, unless a transfer holds it.
-    pub async fn terminate(&self, id: Uuid, endpoint: Endpoint) -> Result<()> {
+    /// tus termination: removes an upload, unless a transfer holds it; a complete upload's
+    /// file is for the caller to delete like any file.
+    pub async fn terminate(&self, id: Uuid, endpoint: Endpoint) -> Result<Terminated> {
         let state = self.inner.store.get_upload(id).await?;
         if state.endpoint != endpoint {
             return Err(Error::NotFound(format!("upload {id}")));
         }
         if state.complete && !state.is_partial {
             return match state.file_id {
-                Some(file) => self.delete_file(file).await.map(drop),
+                Some(file) => Ok(Terminated::Complete(file)),
                 None => Err(Error::FailedPrecondition(
                     "the upload is complete".to_owned(),
                 )),
@@ -405,134 +385,7 @@ impl Uploads {
         let removed = self.inner.store.remove_upload(&state).await;
         lock.release().await;
         removed?;
-        self.remove_partial(id).await;
-        Ok(())
+        self.inner.content.remove_partial(id).await;
+        Ok(Terminated::Removed)
     }
-
-    /// Deletes a file (FAILED_PRECONDITION while a pipeline or unfinished run uses it), its
-    /// upload, and its blob once nothing else references it.
-    pub async fn delete_file(&self, id: Uuid) -> Result<File> {
-        let file = self.inner.store.get_file(id).await?;
-        let lock = match file.upload_id {
-            Some(upload) => Some(self.inner.locks.lock(upload).await?),
-            None => None,
-        };
-        let deleted = self.inner.store.delete_file(id).await;
-        if let Some(lock) = lock {
-            lock.release().await;
-        }
-        let deleted = deleted?;
-        if let Some(upload) = deleted.partial {
-            self.remove_partial(upload).await;
-        }
-        if let Some(sha256) = deleted.unreferenced_blob {
-            self.collect_blob(&sha256).await;
-        }
-        Ok(deleted.file)
-    }
-
-    async fn remove_partial(&self, upload: Uuid) {
-        let storage = self.inner.storage.clone();
-        if let Ok(Err(e)) =
-            tokio::task::spawn_blocking(move || storage.remove_partial(upload)).await
-        {
-            tracing::warn!(%upload, error = %e, "could not remove a partial upload file");
-        }
-    }
-
-    /// Removes a blob nobody references any more (best effort: the sweeper retries).
-    async fn collect_blob(&self, sha256: &str) {
-        let storage = self.inner.storage.clone();
-        let sha = sha256.to_owned();
-        match self
-            .inner
-            .store
-            .collect_blob(sha256, move || storage.remove_blob(&sha))
-            .await
-        {
-            Ok(true) => tracing::info!(%sha256, "blob removed"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(%sha256, error = %e, "blob collection failed; retried later"),
-        }
-    }
-
-    /// A ranged read of a ready file's content, in chunks of at most 1 MiB.
-    pub async fn read(
-        &self,
-        id: Uuid,
-        offset: u64,
-        limit: u64,
-    ) -> Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
-        let file = self.inner.store.get_file(id).await?;
-        if file.status != FileStatus::Ready {
-            return Err(Error::FailedPrecondition(format!(
-                "file {id} is not ready (it is {})",
-                file.status
-            )));
-        }
-        let size = file.size.unwrap_or(0);
-        if offset > size {
-            return Err(Error::invalid(
-                "offset",
-                format!("is past the end of the file ({size} bytes)"),
-            ));
-        }
-        let sha256 = file
-            .sha256
-            .ok_or_else(|| Error::internal("ready file without digest"))?;
-        let length = if limit == 0 {
-            size - offset
-        } else {
-            limit.min(size - offset)
-        };
-        let path = self.inner.storage.blob_path(&sha256);
-        let blob = tokio::task::spawn_blocking(move || std::fs::File::open(path))
-            .await
-            .map_err(Error::internal)??;
-        Ok(stream_file(blob, offset, length)?)
-    }
-}
-
-/// Chunks a read answers: 1 MiB, as WriteUpload clients send them.
-const READ_CHUNK: usize = 1 << 20;
-/// Chunks read ahead of the client.
-const READ_AHEAD: usize = 4;
-
-/// `length` bytes of `file` from `offset`, in chunks of at most [`READ_CHUNK`], read by a
-/// thread of its own that stays [`READ_AHEAD`] chunks ahead, so the disk and the network are
-/// both busy. The thread stops when the reader goes away. A file shorter than `length` ends
-/// the stream with an error rather than short.
-fn stream_file(
-    file: std::fs::File,
-    offset: u64,
-    length: u64,
-) -> std::io::Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
-    use std::os::unix::fs::FileExt;
-    let (chunks, rx) = mpsc::channel::<Result<(u64, Bytes)>>(READ_AHEAD);
-    std::thread::Builder::new()
-        .name("file-reader".to_owned())
-        .spawn(move || {
-            let end = offset + length;
-            let mut position = offset;
-            while position < end {
-                let want = (end - position).min(READ_CHUNK as u64) as usize;
-                let mut data = bytes::BytesMut::zeroed(want);
-                let chunk = file
-                    .read_exact_at(&mut data, position)
-                    .map(|()| (position, data.freeze()))
-                    .map_err(Error::from);
-                let failed = chunk.is_err();
-                if chunks.blocking_send(chunk).is_err() || failed {
-                    return;
-                }
-                position += want as u64;
-            }
-        })?;
-    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
-/// SHA-256 of a file.
-fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    Ok(pirus_server::digest::sha256(&mut file)?.0)
 }

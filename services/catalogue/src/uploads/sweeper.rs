@@ -32,7 +32,7 @@ pub async fn run_sweeper(uploads: Uploads, period: Duration, shutdown: Cancellat
 }
 
 async fn sweep(uploads: &Uploads) -> Result<(), Error> {
-    let store = &uploads.inner.store;
+    let (store, content) = (&uploads.inner.store, &uploads.inner.content);
     let paused = store.pause_idle_uploads(IDLE_PAUSE).await?;
     if paused > 0 {
         tracing::info!(count = paused, "idle uploads paused");
@@ -45,7 +45,7 @@ async fn sweep(uploads: &Uploads) -> Result<(), Error> {
         // The bytes first, then the row, both under the lock: once the upload is unknown
         // (404), nothing of it is left on disk. A crash between the two leaves an expired row
         // without bytes, which the next sweep removes.
-        uploads.remove_partial(upload.id).await;
+        content.remove_partial(upload.id).await;
         let removed = store.remove_upload(&upload).await;
         lock.release().await;
         removed?;
@@ -58,7 +58,7 @@ async fn sweep(uploads: &Uploads) -> Result<(), Error> {
         };
         let state = store.get_upload(id).await;
         let result = match state {
-            Ok(state) if !state.complete => uploads.complete(&state, None).await,
+            Ok(state) if !state.complete => uploads.completion().complete(&state, None).await,
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
@@ -69,10 +69,10 @@ async fn sweep(uploads: &Uploads) -> Result<(), Error> {
     }
 
     for sha256 in store.unreferenced_blobs(100).await? {
-        uploads.collect_blob(&sha256).await;
+        content.collect_blob(&sha256).await;
     }
 
-    let storage = uploads.inner.storage.clone();
+    let storage = content.data().clone();
     let age = uploads.inner.expiry;
     let stale = tokio::task::spawn_blocking(move || storage.stale_partials(age))
         .await
@@ -81,7 +81,7 @@ async fn sweep(uploads: &Uploads) -> Result<(), Error> {
         let known = store.existing_uploads(&stale).await?;
         for id in stale.into_iter().filter(|id| !known.contains(id)) {
             tracing::info!(file = %id, "removing a partial file that belongs to no upload");
-            uploads.remove_partial(id).await;
+            content.remove_partial(id).await;
         }
     }
     Ok(())

@@ -22,173 +22,43 @@
 
 use std::{
     io,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use md5::Md5;
-use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch},
     task::{JoinHandle, spawn_blocking},
 };
 use uuid::Uuid;
 
-use super::{Uploads, lock::UploadLock};
+use super::{
+    Completion,
+    blocks::{BLOCK, Block, BlockBudget},
+    checksum::{ChunkChecksum, ChunkHasher},
+    lock::UploadLock,
+};
 use crate::{
+    datadir::PartialFile,
     domain::{Error, Result, UploadState},
-    storage::{DIRECT_ALIGN, PartialFile},
     store::session,
 };
 
-const BLOCK: usize = 1 << 20;
 /// Blocks waiting for each of the writer and the hasher.
 const QUEUE: usize = 4;
 const COMMIT_BYTES: u64 = 64 << 20;
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// A tus `Upload-Checksum`: the algorithm and the expected digest of the whole chunk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChunkChecksum {
-    pub algorithm: ChecksumAlgorithm,
-    pub expected: Vec<u8>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChecksumAlgorithm {
-    Sha1,
-    Sha256,
-    Md5,
-}
-
-impl ChecksumAlgorithm {
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "sha1" => Some(Self::Sha1),
-            "sha256" => Some(Self::Sha256),
-            "md5" => Some(Self::Md5),
-            _ => None,
-        }
-    }
-}
-
-enum ChunkHasher {
-    Sha1(Sha1),
-    Sha256(Sha256),
-    Md5(Md5),
-}
-
-impl ChunkHasher {
-    fn new(algorithm: ChecksumAlgorithm) -> Self {
-        match algorithm {
-            ChecksumAlgorithm::Sha1 => Self::Sha1(Sha1::new()),
-            ChecksumAlgorithm::Sha256 => Self::Sha256(Sha256::new()),
-            ChecksumAlgorithm::Md5 => Self::Md5(Md5::new()),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Self::Sha1(h) => h.update(data),
-            Self::Sha256(h) => h.update(data),
-            Self::Md5(h) => h.update(data),
-        }
-    }
-
-    fn finalize(self) -> Vec<u8> {
-        match self {
-            Self::Sha1(h) => h.finalize().to_vec(),
-            Self::Sha256(h) => h.finalize().to_vec(),
-            Self::Md5(h) => h.finalize().to_vec(),
-        }
-    }
-}
-
-/// A block: up to [`BLOCK`] bytes, 4 KiB-aligned in memory for direct I/O, and its share of
-/// the process's [`BlockBudget`], given back when the block is dropped.
-struct Block {
-    buf: Vec<u8>,
-    /// Leading bytes skipped to reach the alignment.
-    pad: usize,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Block {
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.pad..]
-    }
-
-    fn len(&self) -> usize {
-        self.buf.len() - self.pad
-    }
-
-    /// Appends within the capacity, so the buffer never moves and stays aligned.
-    fn extend(&mut self, data: &[u8]) {
-        debug_assert!(self.len() + data.len() <= BLOCK);
-        self.buf.extend_from_slice(data);
-    }
-}
-
-/// The memory every transfer of the process may hold in blocks, together: however many
-/// transfers run and however fast their clients send, upload data in memory stays under
-/// [`BlockBudget::BYTES`]. A transfer waits for a block only while it holds none (its queued
-/// blocks drain without needing any), so waiting never deadlocks. Buffers of dropped blocks
-/// are kept for reuse, a few, so that a busy transfer does not fault in fresh memory for
-/// every block.
+/// What a transfer needs of the engine, and no more: completing its upload, memory for its
+/// blocks, and the engine's limits.
 #[derive(Clone)]
-pub(super) struct BlockBudget {
-    permits: Arc<Semaphore>,
-    buffers: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl BlockBudget {
-    /// 256 blocks of 1 MiB.
-    pub const BYTES: usize = 256 << 20;
-    /// Buffers kept for reuse.
-    const KEPT: usize = 32;
-
-    pub fn new() -> Self {
-        Self::with_blocks(Self::BYTES / BLOCK)
-    }
-
-    fn with_blocks(blocks: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(blocks)),
-            buffers: Arc::default(),
-        }
-    }
-
-    async fn block(&self) -> Result<Block> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(Error::internal)?;
-        let kept = self.buffers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut buf = kept.unwrap_or_else(|| Vec::with_capacity(BLOCK + DIRECT_ALIGN));
-        let pad = (DIRECT_ALIGN - buf.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
-        buf.clear();
-        buf.resize(pad, 0);
-        Ok(Block {
-            buf,
-            pad,
-            _permit: permit,
-        })
-    }
-
-    /// Keeps the block's buffer if the caller held its last reference; the permit goes back
-    /// either way once the block is dropped.
-    fn recycle(&self, block: Arc<Block>) {
-        if let Ok(block) = Arc::try_unwrap(block) {
-            let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-            if buffers.len() < Self::KEPT {
-                buffers.push(block.buf);
-            }
-        }
-    }
+pub struct Context {
+    pub completion: Completion,
+    pub blocks: BlockBudget,
+    pub max_size: u64,
+    pub expiry: Duration,
 }
 
 /// The digests a transfer keeps.
@@ -273,7 +143,7 @@ fn spawn_hasher(mut hashers: Hashers, budget: BlockBudget) -> io::Result<Hasher>
 type Committing = JoinHandle<(UploadLock, Result<u64>)>;
 
 pub struct Transfer {
-    uploads: Uploads,
+    context: Context,
     /// None while a background commit uses its connection.
     lock: Option<UploadLock>,
     /// The upload as of the last finished commit (`offset` is the durable offset).
@@ -299,20 +169,20 @@ impl Transfer {
     /// Starts the transfer's threads. On failure (the host is out of threads) the lock is
     /// handed back for the caller to release.
     pub(super) fn new(
-        uploads: Uploads,
+        context: Context,
         lock: UploadLock,
         upload: UploadState,
         file: PartialFile,
         checksum: Option<ChunkChecksum>,
     ) -> std::result::Result<Self, (UploadLock, Error)> {
         let start = upload.offset;
-        let limit = upload.size.unwrap_or(uploads.inner.max_size);
+        let limit = upload.size.unwrap_or(context.max_size);
         let hashers = Hashers {
             whole: (start == 0).then(Sha256::new),
             chunk: checksum.as_ref().map(|c| ChunkHasher::new(c.algorithm)),
         };
         let file = Arc::new(file);
-        let budget = uploads.inner.blocks.clone();
+        let budget = context.blocks.clone();
         let threads = spawn_writer(file.clone(), start, budget.clone()).and_then(|writer| {
             let hasher = if hashers.is_empty() {
                 None
@@ -331,7 +201,7 @@ impl Transfer {
             }
         };
         Ok(Self {
-            uploads,
+            context,
             lock: Some(lock),
             start,
             position: start,
@@ -366,7 +236,7 @@ impl Transfer {
         while !rest.is_empty() {
             let block = match &mut self.block {
                 Some(block) => block,
-                None => self.block.insert(self.uploads.inner.blocks.block().await?),
+                None => self.block.insert(self.context.blocks.block().await?),
             };
             // A block ends at the next BLOCK boundary of the file.
             let room = BLOCK - (self.position % BLOCK as u64) as usize;
@@ -479,7 +349,7 @@ impl Transfer {
             .ok_or_else(|| Error::internal("upload lock released"))?;
         let file = self.file.clone();
         let (id, offset) = (self.upload.id, self.written());
-        let expiry = self.uploads.inner.expiry.as_secs_f64();
+        let expiry = self.context.expiry.as_secs_f64();
         self.commit_mark = offset;
         self.last_commit = Instant::now();
         self.committing = Some(tokio::spawn(async move {
@@ -539,7 +409,10 @@ impl Transfer {
         self.commit_written().await?;
         if self.upload.size == Some(self.position) {
             let digest = hashers.whole.map(|h| hex::encode(h.finalize()));
-            self.uploads.complete(&self.upload, digest).await?;
+            self.context
+                .completion
+                .complete(&self.upload, digest)
+                .await?;
             self.upload.complete = true;
         }
         Ok(self.upload.clone())
@@ -613,45 +486,4 @@ async fn commit(
         return Err(Error::NotFound(format!("upload {id}")));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn blocks_wait_for_the_budget_and_come_back_aligned() {
-        let budget = BlockBudget::with_blocks(2);
-        let mut a = budget.block().await.unwrap();
-        let b = budget.block().await.unwrap();
-        a.extend(&[7; 5000]);
-        let a = Arc::new(a);
-        let held = a.clone();
-        let third = tokio::spawn({
-            let budget = budget.clone();
-            async move { budget.block().await.unwrap() }
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            !third.is_finished(),
-            "a third block waits while two are held"
-        );
-        // The writer is done with `a` but the hasher still holds it: nothing comes back yet.
-        budget.recycle(a);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!third.is_finished());
-        budget.recycle(held);
-        let c = tokio::time::timeout(Duration::from_secs(5), third)
-            .await
-            .expect("the block freed by its last holder")
-            .unwrap();
-        assert_eq!(c.len(), 0, "a reused buffer starts empty");
-        assert!(c.bytes().as_ptr().addr().is_multiple_of(DIRECT_ALIGN));
-        assert_eq!(
-            budget.buffers.lock().unwrap().len(),
-            0,
-            "its buffer was reused"
-        );
-        drop(b);
-    }
 }

@@ -20,11 +20,11 @@ use std::{
 use uuid::Uuid;
 
 #[derive(Clone, Debug)]
-pub struct Storage {
+pub struct DataDir {
     root: PathBuf,
 }
 
-impl Storage {
+impl DataDir {
     /// Creates the folder layout if needed.
     pub fn open(root: &Path) -> io::Result<Self> {
         for sub in ["uploads", "blobs"] {
@@ -233,9 +233,9 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn storage() -> (Storage, PathBuf) {
+    fn storage() -> (DataDir, PathBuf) {
         let dir = std::env::temp_dir().join(format!("pirus-storage-{}", Uuid::new_v4()));
-        (Storage::open(&dir).unwrap(), dir)
+        (DataDir::open(&dir).unwrap(), dir)
     }
 
     #[test]

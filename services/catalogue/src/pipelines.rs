@@ -1,0 +1,88 @@
+//! The pipeline use cases: announcing a package upload (opened by the engine, installed once
+//! whole), installing a package uploaded earlier as a file, reading pipelines and their
+//! documents, and uninstalling (which deletes the pipeline's package and image files).
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::{
+    content::Content,
+    domain::{Pipeline, PipelineFilter, PipelineStatus, Result},
+    files::Files,
+    store::{NewPackage, Store},
+    uploads::Uploads,
+};
+
+#[derive(Clone)]
+pub struct Pipelines {
+    uploads: Uploads,
+    store: Store,
+    files: Files,
+    content: Content,
+    /// Pipelines to install, for the installer.
+    installs: mpsc::UnboundedSender<Uuid>,
+}
+
+impl Pipelines {
+    pub fn new(
+        uploads: Uploads,
+        store: Store,
+        files: Files,
+        content: Content,
+        installs: mpsc::UnboundedSender<Uuid>,
+    ) -> Self {
+        Self {
+            uploads,
+            store,
+            files,
+            content,
+            installs,
+        }
+    }
+
+    /// Announces a package upload: a pipeline UPLOADING, installed once its last byte arrives.
+    pub async fn create(&self, new: NewPackage) -> Result<Pipeline> {
+        self.uploads.open_package(new).await
+    }
+
+    /// Installs a package uploaded earlier as a plain file.
+    pub async fn install_file(&self, file: Uuid) -> Result<Pipeline> {
+        let pipeline = self.store.create_install(file).await?;
+        let _ = self.installs.send(pipeline.id);
+        Ok(pipeline)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Pipeline> {
+        self.store.get_pipeline(id).await
+    }
+
+    pub async fn list(
+        &self,
+        filter: &PipelineFilter,
+        page: crate::domain::Page,
+    ) -> Result<Vec<Pipeline>> {
+        self.store.list_pipelines(filter, page).await
+    }
+
+    /// A document of a pipeline: its content type and bytes.
+    pub async fn document(&self, id: Uuid, name: &str) -> Result<(String, Vec<u8>)> {
+        self.store.pipeline_document(id, name).await
+    }
+
+    /// Uninstalls a pipeline: its row and documents, its image, its package upload.
+    pub async fn delete(&self, id: Uuid) -> Result<Pipeline> {
+        let deleted = self.store.delete_pipeline(id).await?;
+        let pipeline = deleted.pipeline;
+        if let Some(upload) = pipeline.upload_id
+            && pipeline.status != PipelineStatus::Ready
+        {
+            self.content.remove_partial(upload).await;
+        }
+        for file in deleted.files {
+            if let Err(e) = self.files.delete(file).await {
+                tracing::warn!(%file, error = %e, "could not delete a file of a deleted pipeline");
+            }
+        }
+        Ok(pipeline)
+    }
+}
