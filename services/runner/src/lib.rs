@@ -38,21 +38,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let db = pirus_server::process::database(&config.common).await?;
-    std::fs::create_dir_all(&config.work_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create the work folder {}: {e}",
-            config.work_dir.display()
-        )
-    })?;
-    // Absolute: LXD resolves disk device sources itself.
-    let work_dir = std::fs::canonicalize(&config.work_dir)?;
+    let work_dir = work_dir(&config)?;
     let node_name = config.node_name();
     let max_runs = config.max_runs();
     let node_limits = config.run_limits.node_limits();
-    let address = config
-        .advertise_addr
-        .clone()
-        .unwrap_or_else(|| listeners.grpc_addr().to_string());
     let lxd = pirus_lxd::Client::new(config.lxd_socket(), config.lxd_project.clone());
     tracing::info!(
         node = %node_name,
@@ -62,44 +51,23 @@ pub async fn run(
         "runner starting"
     );
 
-    let lxd_up = Gauge::default();
-    let mut metrics = MetricsBuilder::new("runner");
-    metrics.register(
-        "lxd_up",
-        "1 while LXD answers on its socket",
-        lxd_up.clone(),
-    );
-    let metrics = metrics.build();
-
+    let (metrics, lxd_up) = metrics();
     let stores = store::Stores::new(db.clone());
-    let notices = pirus_db::listen::spawn_listener(
-        config.common.database_url.clone(),
-        vec![
-            store::RUNS_CHANNEL,
-            store::EVENTS_CHANNEL,
-            store::CONTROL_CHANNEL,
-        ],
-        shutdown.clone(),
-    );
-    let node_state = node::NodeState::default();
-    let (registered_tx, registered) = tokio::sync::oneshot::channel();
+    let notices = listen(&config, &shutdown);
     let node = node::Node {
         nodes: stores.nodes.clone(),
         lxd: lxd.clone(),
         name: node_name.clone(),
-        address,
+        address: config
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| listeners.grpc_addr().to_string()),
         max_runs,
         largest: node_limits.largest,
         lease: config.node_lease,
         lxd_gauge: lxd_up,
     };
-    let node_task = tokio::spawn(node.run(node_state.clone(), registered_tx, shutdown.clone()));
-    if registered.await.is_err() {
-        match node_task.await {
-            Ok(Err(e)) => anyhow::bail!("cannot register the node: {e}"),
-            other => anyhow::bail!("cannot register the node: {other:?}"),
-        }
-    }
+    let node_state = register(node, &shutdown).await?;
 
     let catalogue = executor::Catalogue::connect_lazy(&config.catalogue_addr)?;
     let executor = executor::Executor::new(
@@ -108,7 +76,7 @@ pub async fn run(
         catalogue.clone(),
         executor::Settings {
             node: node_name.clone(),
-            work_dir: work_dir.clone(),
+            work_dir,
             databases_dir: config.databases_dir.clone(),
             storage_pool: config.lxd_storage_pool.clone(),
             isolated_idmap: config.lxd_isolated_idmap,
@@ -136,9 +104,76 @@ pub async fn run(
         lxd,
         databases_dir: config.databases_dir.clone(),
     };
-    let runner = grpc::Runner { runs };
+    serve(&config, listeners, runs, db, metrics, shutdown).await
+}
+
+/// The runner's metrics, with the gauge of LXD's availability.
+fn metrics() -> (std::sync::Arc<pirus_server::metrics::Metrics>, Gauge) {
+    let lxd_up = Gauge::default();
+    let mut metrics = MetricsBuilder::new("runner");
+    metrics.register(
+        "lxd_up",
+        "1 while LXD answers on its socket",
+        lxd_up.clone(),
+    );
+    (metrics.build(), lxd_up)
+}
+
+/// The process's one LISTEN connection, on the runner's channels.
+fn listen(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> tokio::sync::broadcast::Sender<pirus_db::listen::Notice> {
+    pirus_db::listen::spawn_listener(
+        config.common.database_url.clone(),
+        vec![
+            store::RUNS_CHANNEL,
+            store::EVENTS_CHANNEL,
+            store::CONTROL_CHANNEL,
+        ],
+        shutdown.clone(),
+    )
+}
+
+/// The work folder, made if missing, as an absolute path (LXD resolves disk device sources
+/// itself).
+fn work_dir(config: &Config) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(&config.work_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the work folder {}: {e}",
+            config.work_dir.display()
+        )
+    })?;
+    Ok(std::fs::canonicalize(&config.work_dir)?)
+}
+
+/// Registers the node and keeps its lease renewed; answers once it is registered.
+async fn register(
+    node: node::Node,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<node::NodeState> {
+    let state = node::NodeState::default();
+    let (registered_tx, registered) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(node.run(state.clone(), registered_tx, shutdown.clone()));
+    if registered.await.is_err() {
+        match task.await {
+            Ok(Err(e)) => anyhow::bail!("cannot register the node: {e}"),
+            other => anyhow::bail!("cannot register the node: {other:?}"),
+        }
+    }
+    Ok(state)
+}
+
+async fn serve(
+    config: &Config,
+    listeners: Listeners,
+    runs: runs::Runs,
+    db: pirus_db::sea_orm::DatabaseConnection,
+    metrics: std::sync::Arc<pirus_server::metrics::Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let service = Service {
-        grpc: tonic::service::Routes::new(RunnerServiceServer::new(runner)),
+        grpc: tonic::service::Routes::new(RunnerServiceServer::new(grpc::Runner { runs })),
         http: axum::Router::new(),
     };
     let options = ServeOptions {

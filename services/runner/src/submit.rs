@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use pirus_db::views::{self, FileState, FileView, PipelineState};
+use pirus_db::views::{self, FileState, FileView, PipelineState, PipelineView};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -56,13 +56,40 @@ pub async fn submit(stores: &Stores, databases_dir: Option<&Path>, new: NewRun) 
         &stores.nodes.largest_runs().await?,
     )?;
 
-    let files: HashMap<Uuid, FileView> = views::files(stores.db(), &new.input_file_ids)
+    let names = input_names(&input_file_names(stores, &new.input_file_ids).await?);
+
+    let databases = databases_dir.map(list_databases).unwrap_or_default();
+    let form = pipeline
+        .form
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+    let config = validate_config(&new.config_json, &form, &names, &databases)?;
+
+    let name = run_name(&new.name, &pipeline)?;
+    let insert = RunInsert {
+        id: Uuid::now_v7(),
+        name,
+        config,
+        input_file_ids: new.input_file_ids,
+        priority: new.priority,
+        request_id: new.request_id,
+        requested,
+        max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
+        pipeline,
+    };
+    stores.runs.insert(insert).await
+}
+
+/// The names of a run's input files, in order; every id must name an existing file that did
+/// not fail its upload.
+async fn input_file_names(stores: &Stores, ids: &[Uuid]) -> Result<Vec<String>> {
+    let files: HashMap<Uuid, FileView> = views::files(stores.db(), ids)
         .await?
         .into_iter()
         .map(|f| (f.id, f))
         .collect();
-    let mut names = Vec::new();
-    for (i, id) in new.input_file_ids.iter().enumerate() {
+    let mut names = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
         let file = files.get(id).ok_or_else(|| {
             Error::invalid(
                 &format!("input_file_ids[{i}]"),
@@ -77,37 +104,22 @@ pub async fn submit(stores: &Stores, databases_dir: Option<&Path>, new: NewRun) 
         }
         names.push(file.name.clone());
     }
-    let names = input_names(&names);
+    Ok(names)
+}
 
-    let databases = databases_dir.map(list_databases).unwrap_or_default();
-    let form = pipeline
-        .form
-        .clone()
-        .unwrap_or_else(|| serde_json::json!({"type": "object"}));
-    let config = validate_config(&new.config_json, &form, &names, &databases)?;
-
-    let name = if new.name.trim().is_empty() {
-        format!("{} {}", pipeline.name, pipeline.version)
-    } else if new.name.len() > 256 || new.name.chars().any(char::is_control) {
-        return Err(Error::invalid(
+/// The run's name: as asked (trimmed, bounded, no control characters), else the pipeline's
+/// name and version.
+fn run_name(asked: &str, pipeline: &PipelineView) -> Result<String> {
+    if asked.trim().is_empty() {
+        Ok(format!("{} {}", pipeline.name, pipeline.version))
+    } else if asked.len() > 256 || asked.chars().any(char::is_control) {
+        Err(Error::invalid(
             "name",
             "must be at most 256 characters, without control characters",
-        ));
+        ))
     } else {
-        new.name.trim().to_owned()
-    };
-    let insert = RunInsert {
-        id: Uuid::now_v7(),
-        name,
-        config,
-        input_file_ids: new.input_file_ids,
-        priority: new.priority,
-        request_id: new.request_id,
-        requested,
-        max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
-        pipeline,
-    };
-    stores.runs.insert(insert).await
+        Ok(asked.trim().to_owned())
+    }
 }
 
 /// What the run asks for: its request, else its pipeline's manifest (`resources` and `timeout`),

@@ -145,12 +145,12 @@ pub async fn serve(
             tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),
         );
-    let mut grpc_task = tokio::spawn(grpc_server);
+    let grpc_task = tokio::spawn(grpc_server);
 
     let http_router = ops::router(health.clone(), metrics.clone()).merge(service.http);
     let http_server = axum::serve(listeners.http, http_router)
         .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let mut http_task = tokio::spawn(async move { http_server.await });
+    let http_task = tokio::spawn(async move { http_server.await });
 
     let watchdog = tokio::spawn(health::watch_database(db, health.clone(), stop.clone()));
     health.set_ready().await;
@@ -160,15 +160,38 @@ pub async fn serve(
     }
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "serving");
 
-    // Run until asked to stop, or until a server fails on its own.
+    let tasks = Tasks {
+        grpc: grpc_task,
+        http: http_task,
+        watchdog,
+    };
+    run_until_stopped(tasks, &health, &stop, &shutdown, options.shutdown_timeout).await
+}
+
+/// What a running server is made of.
+struct Tasks {
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    watchdog: tokio::task::JoinHandle<()>,
+}
+
+/// Runs until asked to stop (or until a server fails on its own), then flips readiness, stops
+/// accepting, and drains in-flight calls for at most `deadline`.
+async fn run_until_stopped(
+    mut tasks: Tasks,
+    health: &Health,
+    stop: &CancellationToken,
+    shutdown: &CancellationToken,
+    deadline: std::time::Duration,
+) -> Result<(), ServeError> {
     let early = tokio::select! {
         () = shutdown.cancelled() => None,
-        r = &mut grpc_task => Some(r.map(|r| r.map_err(ServeError::Grpc))),
-        r = &mut http_task => Some(r.map(|r| r.map_err(ServeError::Http))),
+        r = &mut tasks.grpc => Some(r.map(|r| r.map_err(ServeError::Grpc))),
+        r = &mut tasks.http => Some(r.map(|r| r.map_err(ServeError::Http))),
     };
     health.set_not_ready("shutting down").await;
     stop.cancel();
-    let _ = watchdog.await;
+    let _ = tasks.watchdog.await;
     if let Some(result) = early {
         tracing::error!("a server stopped unexpectedly");
         return match result {
@@ -179,10 +202,9 @@ pub async fn serve(
             }
         };
     }
-
-    tracing::info!(deadline = ?options.shutdown_timeout, "shutting down: draining in-flight calls");
+    tracing::info!(?deadline, "shutting down: draining in-flight calls");
     let drain = async {
-        let (grpc, http) = tokio::join!(grpc_task, http_task);
+        let (grpc, http) = tokio::join!(tasks.grpc, tasks.http);
         if let Ok(Err(e)) = grpc {
             tracing::warn!(error = %e, "gRPC server ended with an error");
         }
@@ -190,10 +212,7 @@ pub async fn serve(
             tracing::warn!(error = %e, "HTTP server ended with an error");
         }
     };
-    if tokio::time::timeout(options.shutdown_timeout, drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(deadline, drain).await.is_err() {
         tracing::warn!("drain deadline passed; dropping the calls still in flight");
     }
     tracing::info!("stopped");

@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{self, Read, Write},
+    io::{self, Read},
     path::Path,
 };
 
@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::{
     archive::{self, EntryKind, Format, Limits, Visit, WalkError},
     form,
+    image::{check_image, copy_hashing},
     manifest::{self, Manifest, PackageFormat, Problems},
 };
 use crate::datadir::DataDir;
@@ -25,8 +26,6 @@ pub const MAX_ENTRIES: usize = 10_000;
 pub const MAX_MANIFEST: u64 = 1 << 20;
 pub const MAX_FORM: u64 = 1 << 20;
 pub const MAX_DOCUMENT: u64 = 16 << 20;
-/// Entries of an image's own tarball (a root file system) at most.
-pub const MAX_IMAGE_ENTRIES: usize = 5_000_000;
 /// Bytes that may be inflated outside the image, per byte of package (with a 1 MiB floor, so a
 /// tiny package holding a few small files is never mistaken for a bomb).
 pub const INFLATION_RATIO: u64 = 100;
@@ -75,6 +74,27 @@ fn walk_problem(e: WalkError) -> String {
     e.to_string()
 }
 
+/// Every entry of a package (pass 1), and the manifest candidates read on the way.
+struct Listing {
+    entries: BTreeMap<String, Listed>,
+    candidates: BTreeMap<String, Result<Vec<u8>, String>>,
+}
+
+/// Where the manifest is: the root, or a single top-level folder (`prefix`).
+struct Located<'a> {
+    prefix: String,
+    manifest: Option<&'a Result<Vec<u8>, String>>,
+    /// A legacy LXD image package: no manifest.json, a metadata.yaml at the root.
+    legacy_image: bool,
+}
+
+/// The documents (in memory) and the image (in the data folder) of a package: pass 2.
+struct Extracted {
+    temp: Uuid,
+    contents: BTreeMap<String, Vec<u8>>,
+    image: Option<(String, u64)>,
+}
+
 /// Inspects the package at `path` (`size` bytes). On success the image, when extracted, is in
 /// `storage` under a temporary partial id the caller promotes or removes. The image may
 /// inflate to `max_image` bytes, as the package holds it and unpacked.
@@ -98,9 +118,30 @@ pub fn inspect(
             .max(1 << 20)
             .min(max_image.max(1 << 20)),
     };
-    let mut problems: Vec<String> = Vec::new();
+    let listing = list(path, format, limits)?;
+    let located = locate(&listing);
+    let mut problems = check_names(&listing, located.legacy_image);
+    let Some(manifest) = read_manifest(&listing, &located, &mut problems) else {
+        return Err(problems);
+    };
+    let wanted = named_entries(&manifest, &located.prefix, &listing, &mut problems);
+    let extracted = match extract(
+        path,
+        format,
+        limits,
+        &wanted,
+        storage,
+        max_image,
+        &mut problems,
+    ) {
+        Ok(extracted) => extracted,
+        Err(()) => return Err(problems),
+    };
+    assemble(manifest, extracted, storage, max_image, problems)
+}
 
-    // Pass 1: every entry's name and kind; the manifest candidates.
+/// Pass 1: every entry's name and kind; the manifest candidates.
+fn list(path: &Path, format: Format, limits: Limits) -> Result<Listing, Vec<String>> {
     let mut entries: BTreeMap<String, Listed> = BTreeMap::new();
     let mut candidates: BTreeMap<String, Result<Vec<u8>, String>> = BTreeMap::new();
     let pass1 = archive::walk(path, format, limits, |entry, reader| {
@@ -123,31 +164,44 @@ pub fn inspect(
         );
         Ok(Visit::Continue)
     });
-    if let Err(e) = pass1 {
-        return Err(vec![walk_problem(e)]);
+    match pass1 {
+        Ok(()) => Ok(Listing {
+            entries,
+            candidates,
+        }),
+        Err(e) => Err(vec![walk_problem(e)]),
     }
+}
 
-    // Where the manifest is: the root, or a single top-level folder.
-    let top_folders: std::collections::BTreeSet<&str> = entries
+fn locate(listing: &Listing) -> Located<'_> {
+    let top_folders: std::collections::BTreeSet<&str> = listing
+        .entries
         .keys()
         .map(|n| n.split('/').next().unwrap_or_default())
         .collect();
-    let (prefix, manifest) = if let Some(found) = candidates.get("manifest.json") {
-        (String::new(), Some(("manifest.json", found)))
+    let (prefix, manifest) = if let Some(found) = listing.candidates.get("manifest.json") {
+        (String::new(), Some(found))
     } else if let (1, Some(folder)) = (top_folders.len(), top_folders.iter().next()) {
         let name = format!("{folder}/manifest.json");
-        match candidates.get(&name) {
-            Some(found) => (format!("{folder}/"), Some(("manifest.json", found))),
+        match listing.candidates.get(&name) {
+            Some(found) => (format!("{folder}/"), Some(found)),
             None => (String::new(), None),
         }
     } else {
         (String::new(), None)
     };
-    let legacy_image = manifest.is_none() && candidates.contains_key("metadata.yaml");
+    Located {
+        legacy_image: manifest.is_none() && listing.candidates.contains_key("metadata.yaml"),
+        prefix,
+        manifest,
+    }
+}
 
-    // Names and links: the package itself is checked; a legacy image's rootfs/ and templates/
-    // are LXD's business and may hold links.
-    for (name, listed) in &entries {
+/// Names and links: the package itself is checked; a legacy image's rootfs/ and templates/
+/// are LXD's business and may hold links.
+fn check_names(listing: &Listing, legacy_image: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, listed) in &listing.entries {
         let in_image =
             legacy_image && (name.starts_with("rootfs/") || name.starts_with("templates/"));
         let probe = archive::Entry {
@@ -169,59 +223,67 @@ pub fn inspect(
             ));
         }
     }
+    problems
+}
 
-    let manifest = match (manifest, legacy_image) {
-        (Some((file, content)), _) => {
-            let mut p = Problems {
-                file,
-                list: Vec::new(),
-            };
-            let m = match content {
-                Ok(bytes) => manifest::parse_manifest_json(bytes, &mut p),
-                Err(e) => {
-                    p.list.push(e.clone());
-                    None
-                }
-            };
-            problems.extend(p.list);
-            m
-        }
-        (None, true) => {
-            let mut p = Problems {
-                file: "metadata.yaml",
-                list: Vec::new(),
-            };
-            let m = match &candidates["metadata.yaml"] {
-                Ok(bytes) => manifest::parse_legacy_metadata(bytes, &mut p),
-                Err(e) => {
-                    p.list.push(e.clone());
-                    None
-                }
-            };
-            if !entries
-                .keys()
-                .any(|n| n == "rootfs" || n.starts_with("rootfs/"))
-            {
-                p.list.push("the image has no rootfs/ folder".to_owned());
+/// The manifest: manifest.json, or a legacy image's metadata.yaml.
+fn read_manifest(
+    listing: &Listing,
+    located: &Located<'_>,
+    problems: &mut Vec<String>,
+) -> Option<Manifest> {
+    let parse = |file: &'static str,
+                 content: &Result<Vec<u8>, String>,
+                 parser: fn(&[u8], &mut Problems) -> Option<Manifest>| {
+        let mut p = Problems {
+            file,
+            list: Vec::new(),
+        };
+        let m = match content {
+            Ok(bytes) => parser(bytes, &mut p),
+            Err(e) => {
+                p.list.push(e.clone());
+                None
             }
-            problems.extend(p.list);
-            m
+        };
+        (m, p.list)
+    };
+    let (manifest, list) = match (located.manifest, located.legacy_image) {
+        (Some(content), _) => parse("manifest.json", content, manifest::parse_manifest_json),
+        (None, true) => {
+            let content = &listing.candidates["metadata.yaml"];
+            let (m, mut list) = parse("metadata.yaml", content, manifest::parse_legacy_metadata);
+            let has_rootfs = listing
+                .entries
+                .keys()
+                .any(|n| n == "rootfs" || n.starts_with("rootfs/"));
+            if !has_rootfs {
+                list.push("the image has no rootfs/ folder".to_owned());
+            }
+            (m, list)
         }
-        (None, false) => {
-            problems.push(
+        (None, false) => (
+            None,
+            vec![
                 "no manifest.json at the package root (or in its single top-level folder): \
                  not a Pirus package"
                     .to_owned(),
-            );
-            None
-        }
+            ],
+        ),
     };
-    let Some(manifest) = manifest else {
-        return Err(problems);
-    };
+    problems.extend(list);
+    manifest
+}
 
-    // Everything the manifest names must be a regular file of the package.
-    let mut wanted: BTreeMap<String, String> = BTreeMap::new(); // entry name -> what it is
+/// Everything the manifest names (the image, the documents) must be a regular file of the
+/// package: entry name -> what it is.
+fn named_entries(
+    manifest: &Manifest,
+    prefix: &str,
+    listing: &Listing,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, String> {
+    let mut wanted = BTreeMap::new();
     let named = manifest
         .image
         .iter()
@@ -234,7 +296,7 @@ pub fn inspect(
         );
     for (what, relative) in named {
         let entry = format!("{prefix}{relative}");
-        match entries.get(&entry) {
+        match listing.entries.get(&entry) {
             Some(Listed {
                 kind: EntryKind::File,
                 ..
@@ -245,8 +307,20 @@ pub fn inspect(
             None => problems.push(format!("{what}: '{relative}' is not in the package")),
         }
     }
+    wanted
+}
 
-    // Pass 2: the documents in memory, the image into the data folder.
+/// Pass 2: the documents in memory, the image into the data folder (bounded by `max_image`).
+/// On a walk failure nothing is left behind and the problem is added.
+fn extract(
+    path: &Path,
+    format: Format,
+    limits: Limits,
+    wanted: &BTreeMap<String, String>,
+    storage: &DataDir,
+    max_image: u64,
+    problems: &mut Vec<String>,
+) -> Result<Extracted, ()> {
     let temp = Uuid::now_v7();
     let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut image: Option<(String, u64)> = None;
@@ -286,16 +360,29 @@ pub fn inspect(
         }
         Ok(Visit::Continue)
     });
-    let cleanup = |storage: &DataDir| {
-        let _ = storage.remove_partial(temp);
-    };
     if let Err(e) = pass2 {
-        cleanup(storage);
+        let _ = storage.remove_partial(temp);
         problems.push(walk_problem(e));
-        return Err(problems);
+        return Err(());
     }
+    Ok(Extracted {
+        temp,
+        contents,
+        image,
+    })
+}
 
-    let form = match contents.remove("form") {
+/// The form normalised, the image checked, the documents typed; or every problem found (and
+/// nothing left behind).
+fn assemble(
+    manifest: Manifest,
+    mut extracted: Extracted,
+    storage: &DataDir,
+    max_image: u64,
+    mut problems: Vec<String>,
+) -> Result<Inspected, Vec<String>> {
+    let temp = extracted.temp;
+    let form = match extracted.contents.remove("form") {
         None => form::empty(),
         Some(bytes) => match form::normalise(&bytes) {
             Ok(form) => form,
@@ -305,8 +392,7 @@ pub fn inspect(
             }
         },
     };
-
-    let image = match (manifest.format, image) {
+    let image = match (manifest.format, extracted.image) {
         (PackageFormat::LegacyImage, _) => Image::Package,
         (_, Some((sha256, size))) => {
             problems.extend(check_image(
@@ -318,12 +404,12 @@ pub fn inspect(
         }
         (_, None) => Image::Package, // Already reported as missing.
     };
-
     if !problems.is_empty() {
-        cleanup(storage);
+        let _ = storage.remove_partial(temp);
         return Err(problems);
     }
-    let mut documents: Vec<Document> = contents
+    let mut documents: Vec<Document> = extracted
+        .contents
         .into_iter()
         .map(|(name, content)| Document {
             content_type: content_type(&name, &manifest, &content),
@@ -347,72 +433,6 @@ pub fn inspect(
         documents,
         image,
     })
-}
-
-/// Copies all of `reader` into `out`, fsyncs it, and answers its SHA-256 and size; `None`
-/// as soon as it passes `max` bytes.
-fn copy_hashing(
-    reader: &mut impl Read,
-    out: &mut std::fs::File,
-    max: u64,
-) -> io::Result<Option<(String, u64)>> {
-    let copied = pirus_server::digest::sha256_copy(reader, |block| out.write_all(block), max)?;
-    if copied.is_some() {
-        out.sync_all()?;
-    }
-    Ok(copied)
-}
-
-/// An LXD unified image tarball holds `metadata.yaml` and `rootfs/`. Its content is otherwise
-/// LXD's business (links and all), but every runner unpacks it: it is walked to its end, and
-/// refused if it unpacks to more than `max` bytes (an image bomb would fill every runner).
-fn check_image(path: &Path, name: Option<&str>, max: u64) -> Vec<String> {
-    let name = name.unwrap_or("image");
-    let format = match Format::sniff(path) {
-        Ok(Some(f @ (Format::TarGz | Format::TarXz))) => f,
-        _ => {
-            return vec![format!(
-                "image: '{name}' is not a .tar.gz or .tar.xz LXD image"
-            )];
-        }
-    };
-    let (mut metadata, mut rootfs) = (false, false);
-    let bounded = Limits {
-        max_entries: MAX_IMAGE_ENTRIES,
-        max_inflated: max,
-    };
-    let walked = archive::walk(path, format, bounded, |entry, _| {
-        metadata |= entry.name == "metadata.yaml" && entry.kind == EntryKind::File;
-        rootfs |= entry.name == "rootfs" || entry.name.starts_with("rootfs/");
-        Ok(Visit::Continue)
-    });
-    let mut problems = Vec::new();
-    match walked {
-        Ok(()) => {}
-        Err(WalkError::TooMuchInflation(_)) => {
-            problems.push(format!(
-                "image: '{name}' unpacks to more than {} (the catalogue's image size limit)",
-                pirus_server::options::format_size(max)
-            ));
-            return problems;
-        }
-        Err(WalkError::TooManyEntries(n)) => {
-            problems.push(format!("image: '{name}' has more than {n} entries"));
-            return problems;
-        }
-        Err(e) => problems.push(format!("image: '{name}' cannot be read: {e}")),
-    }
-    if !metadata {
-        problems.push(format!(
-            "image: '{name}' has no metadata.yaml: not an LXD image"
-        ));
-    }
-    if !rootfs {
-        problems.push(format!(
-            "image: '{name}' has no rootfs/ folder: not an LXD image"
-        ));
-    }
-    problems
 }
 
 /// The media type of a document, from its name in the manifest and its first bytes.

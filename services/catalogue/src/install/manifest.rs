@@ -286,37 +286,46 @@ pub fn parse_manifest_json(bytes: &[u8], p: &mut Problems) -> Option<Manifest> {
         p.list.push(format!("{}: must be a JSON object", p.file));
         return None;
     };
-    let legacy = obj.contains_key("job") && !obj.contains_key("run");
-    if legacy {
-        if let Some(kind) = obj.get("type").and_then(Value::as_str)
-            && kind != "lxd"
-        {
-            p.add(
-                "type",
-                format!("'{kind}' containers are not supported (only lxd)"),
-            );
-        }
-        let mut m = common(PackageFormat::LegacyZip, obj, "job", p);
-        m.image = Some("lxc_image.tar.gz".to_owned());
-        if let Some(docs) = obj.get("documents") {
-            match docs.as_object() {
-                Some(docs) => {
-                    for (key, value) in docs {
-                        // Legacy "presentation" and "about" pages have no place in Pirus 2.
-                        let known = ["form", "icon", "help", "readme", "license"];
-                        if let (true, Some(path)) = (known.contains(&key.as_str()), value.as_str())
-                            && let Some(path) = package_path(path, &format!("documents.{key}"), p)
-                        {
-                            m.documents.insert(key.clone(), path);
-                        }
+    if obj.contains_key("job") && !obj.contains_key("run") {
+        Some(legacy_zip(obj, p))
+    } else {
+        Some(v2(obj, p))
+    }
+}
+
+/// A legacy zip's manifest.json: `job` for the command, `lxc_image.tar.gz` for the image.
+fn legacy_zip(obj: &Map<String, Value>, p: &mut Problems) -> Manifest {
+    if let Some(kind) = obj.get("type").and_then(Value::as_str)
+        && kind != "lxd"
+    {
+        p.add(
+            "type",
+            format!("'{kind}' containers are not supported (only lxd)"),
+        );
+    }
+    let mut m = common(PackageFormat::LegacyZip, obj, "job", p);
+    m.image = Some("lxc_image.tar.gz".to_owned());
+    if let Some(docs) = obj.get("documents") {
+        match docs.as_object() {
+            Some(docs) => {
+                for (key, value) in docs {
+                    // Legacy "presentation" and "about" pages have no place in Pirus 2.
+                    let known = ["form", "icon", "help", "readme", "license"];
+                    if let (true, Some(path)) = (known.contains(&key.as_str()), value.as_str())
+                        && let Some(path) = package_path(path, &format!("documents.{key}"), p)
+                    {
+                        m.documents.insert(key.clone(), path);
                     }
                 }
-                None => p.add("documents", "must be an object"),
             }
+            None => p.add("documents", "must be an object"),
         }
-        return Some(m);
     }
+    m
+}
 
+/// A pirus_api 2 manifest.json.
+fn v2(obj: &Map<String, Value>, p: &mut Problems) -> Manifest {
     let mut m = common(PackageFormat::V2, obj, "run", p);
     if m.pirus_api != "2" {
         p.add(
@@ -355,7 +364,7 @@ pub fn parse_manifest_json(bytes: &[u8], p: &mut Problems) -> Option<Manifest> {
             None => p.add("documents", "must be an object"),
         }
     }
-    Some(m)
+    m
 }
 
 /// The `pirus` section of a legacy LXD image's `metadata.yaml` (YAML or JSON).

@@ -9,6 +9,7 @@
 
 mod archive;
 pub mod form;
+mod image;
 mod inspect;
 mod manifest;
 

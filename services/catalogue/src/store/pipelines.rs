@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, SqlErr, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbErr, FromQueryResult, SqlErr, TransactionTrait,
+};
 use uuid::Uuid;
 
 use super::{Store, expiry_deadline, stmt};
@@ -259,30 +261,15 @@ impl Store {
         F: FnOnce() -> std::io::Result<()> + Send + 'static,
     {
         let txn = self.db.begin().await?;
-        let current = txn
-            .query_one_raw(stmt(
-                "SELECT status FROM pipelines WHERE id = $1 FOR UPDATE",
-                [id.into()],
-            ))
-            .await?;
-        let Some(current) = current else {
-            return Ok(false);
-        };
-        if current.try_get::<String>("", "status")? != PipelineStatus::Installing.as_str() {
-            return Ok(false);
-        }
-        let existing = txn
-            .query_one_raw(stmt(
-                "SELECT id FROM pipelines WHERE name = $1 AND version = $2 AND status = 'ready'",
-                [record.name.clone().into(), record.version.clone().into()],
-            ))
-            .await?;
-        if let Some(row) = existing {
-            let other: Uuid = row.try_get("", "id")?;
-            drop(txn);
-            self.fail_install(id, &already_exists(&record, other))
-                .await?;
-            return Ok(false);
+        match installable(&txn, id, &record).await? {
+            Installable::Yes => {}
+            Installable::NotInstalling => return Ok(false),
+            Installable::Exists(other) => {
+                drop(txn);
+                self.fail_install(id, &already_exists(&record, other))
+                    .await?;
+                return Ok(false);
+            }
         }
         txn.execute_raw(stmt(
             "INSERT INTO blobs (sha256, size, ref_count) VALUES ($1, $2, 1)
@@ -296,28 +283,7 @@ impl Store {
         tokio::task::spawn_blocking(promote)
             .await
             .map_err(Error::internal)??;
-        let image_file = Uuid::now_v7();
-        txn.execute_raw(stmt(
-            "INSERT INTO files (id, name, kind, status, size, sha256, expected_sha256, ready_at)
-             VALUES ($1, $2, 'image', 'ready', $3, $4, $4, now())",
-            [
-                image_file.into(),
-                format!("{}-{}.image", record.name, record.version).into(),
-                (record.image_size as i64).into(),
-                record.image_sha256.clone().into(),
-            ],
-        ))
-        .await?;
-        for (name, content_type, content) in record.documents {
-            txn.execute_raw(stmt(
-                "INSERT INTO pipeline_documents (pipeline_id, name, content_type, content)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (pipeline_id, name) DO UPDATE
-                 SET content_type = excluded.content_type, content = excluded.content",
-                [id.into(), name.into(), content_type.into(), content.into()],
-            ))
-            .await?;
-        }
+        let image_file = insert_image_and_documents(&txn, id, &record).await?;
         let updated = txn
             .execute_raw(stmt(
                 "UPDATE pipelines SET status = 'ready', name = $2, version = $3, description = $4,
@@ -427,4 +393,84 @@ fn already_exists(record: &InstallRecord, other: Uuid) -> String {
         "pipeline {} {} already exists (pipeline {other}); delete it first or change the version",
         record.name, record.version
     )
+}
+
+/// The image as a READY file of kind IMAGE, and the pipeline's documents; answers the image
+/// file's id.
+async fn insert_image_and_documents(
+    txn: &DatabaseTransaction,
+    id: Uuid,
+    record: &InstallRecord,
+) -> Result<Uuid> {
+    let image_file = Uuid::now_v7();
+    txn.execute_raw(stmt(
+        "INSERT INTO files (id, name, kind, status, size, sha256, expected_sha256, ready_at)
+         VALUES ($1, $2, 'image', 'ready', $3, $4, $4, now())",
+        [
+            image_file.into(),
+            format!("{}-{}.image", record.name, record.version).into(),
+            (record.image_size as i64).into(),
+            record.image_sha256.clone().into(),
+        ],
+    ))
+    .await?;
+    for (name, content_type, content) in &record.documents {
+        txn.execute_raw(stmt(
+            "INSERT INTO pipeline_documents (pipeline_id, name, content_type, content)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pipeline_id, name) DO UPDATE
+             SET content_type = excluded.content_type, content = excluded.content",
+            [
+                id.into(),
+                name.clone().into(),
+                content_type.clone().into(),
+                content.clone().into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(image_file)
+}
+
+/// Whether a pipeline may be installed now.
+enum Installable {
+    Yes,
+    /// It is not INSTALLING (any more): nothing to do.
+    NotInstalling,
+    /// A READY pipeline of the same name and version exists.
+    Exists(Uuid),
+}
+
+/// Locks the pipeline's row and checks it may be installed.
+async fn installable(
+    txn: &DatabaseTransaction,
+    id: Uuid,
+    record: &InstallRecord,
+) -> Result<Installable> {
+    let current = txn
+        .query_one_raw(stmt(
+            "SELECT status FROM pipelines WHERE id = $1 FOR UPDATE",
+            [id.into()],
+        ))
+        .await?;
+    let Some(current) = current else {
+        return Ok(Installable::NotInstalling);
+    };
+    if current.try_get::<String>("", "status")? != PipelineStatus::Installing.as_str() {
+        return Ok(Installable::NotInstalling);
+    }
+    let existing = txn
+        .query_one_raw(stmt(
+            "SELECT id FROM pipelines WHERE name = $1 AND version = $2 AND status = $3",
+            [
+                record.name.clone().into(),
+                record.version.clone().into(),
+                PipelineStatus::Ready.as_str().into(),
+            ],
+        ))
+        .await?;
+    Ok(match existing {
+        Some(row) => Installable::Exists(row.try_get("", "id")?),
+        None => Installable::Yes,
+    })
 }

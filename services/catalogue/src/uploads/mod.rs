@@ -283,58 +283,13 @@ impl Uploads {
             });
         }
         let mut lock = self.inner.locks.lock(id).await?;
-        // Under the lock, the row is what the last transfer left.
-        let mut state = self.inner.store.get_upload(id).await?;
-        if state.complete || state.offset != offset {
-            lock.release().await;
-            return Err(Error::OffsetMismatch {
-                actual: state.offset,
-            });
-        }
-        if let Some(length) = length {
-            match state.size {
-                Some(size) if size == length => {}
-                Some(_) => {
-                    lock.release().await;
-                    return Err(Error::invalid(
-                        "Upload-Length",
-                        "differs from the upload's length",
-                    ));
-                }
-                None => {
-                    if let Err(e) = self.check_size(Some(length)) {
-                        lock.release().await;
-                        return Err(e);
-                    }
-                    if let Err(e) = self.inner.store.set_upload_length(id, length).await {
-                        lock.release().await;
-                        return Err(e);
-                    }
-                    state.size = Some(length);
-                }
-            }
-        }
-        let storage = self.inner.content.data().clone();
-        let file = tokio::task::spawn_blocking(move || storage.open_transfer(id, offset)).await;
-        let file = match file {
-            Ok(Ok(file)) => {
-                tracing::debug!(upload = %id, offset, direct_io = file.is_direct(), "transfer starts");
-                file
-            }
-            Ok(Err(e)) => {
-                lock.release().await;
-                return Err(e.into());
-            }
+        let (state, file) = match self.under_lock(&mut lock, id, offset, length).await {
+            Ok(ready) => ready,
             Err(e) => {
                 lock.release().await;
-                return Err(Error::internal(e));
+                return Err(e);
             }
         };
-        // Bytes arrive again: the upload is no longer paused.
-        if let Err(e) = crate::store::session::resumed(lock.connection(), &state).await {
-            lock.release().await;
-            return Err(e);
-        }
         let context = transfer::Context {
             completion: self.inner.completion.clone(),
             blocks: self.inner.blocks.clone(),
@@ -348,6 +303,47 @@ impl Uploads {
                 Err(e)
             }
         }
+    }
+
+    /// What a transfer checks and sets up once it holds the upload's lock: the row is what the
+    /// last transfer left (the offset must still match), a deferred length is set, the partial
+    /// file is opened at the offset, and a paused upload is uploading again.
+    async fn under_lock(
+        &self,
+        lock: &mut lock::UploadLock,
+        id: Uuid,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<(UploadState, crate::datadir::PartialFile)> {
+        let mut state = self.inner.store.get_upload(id).await?;
+        if state.complete || state.offset != offset {
+            return Err(Error::OffsetMismatch {
+                actual: state.offset,
+            });
+        }
+        if let Some(length) = length {
+            match state.size {
+                Some(size) if size == length => {}
+                Some(_) => {
+                    return Err(Error::invalid(
+                        "Upload-Length",
+                        "differs from the upload's length",
+                    ));
+                }
+                None => {
+                    self.check_size(Some(length))?;
+                    self.inner.store.set_upload_length(id, length).await?;
+                    state.size = Some(length);
+                }
+            }
+        }
+        let data = self.inner.content.data().clone();
+        let file = tokio::task::spawn_blocking(move || data.open_transfer(id, offset))
+            .await
+            .map_err(Error::internal)??;
+        tracing::debug!(upload = %id, offset, direct_io = file.is_direct(), "transfer starts");
+        crate::store::session::resumed(lock.connection(), &state).await?;
+        Ok((state, file))
     }
 
     /// Opens a package upload (creating its pipeline, UPLOADING), installed once its last byte

@@ -144,8 +144,28 @@ async fn apply(
         ],
     ))
     .await?;
-    // The attempt ends with the run, or with its node (the run goes on as a new attempt).
-    let attempt_status = if e.requeued {
+    record_attempt(txn, run, attempt, decision, &record).await?;
+    notify(txn, EVENTS_CHANNEL, &run.to_string()).await?;
+    if e.requeued {
+        notify(txn, RUNS_CHANNEL, &run.to_string()).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The attempt's row follows the run: its status (an attempt whose node was lost ends ERROR
+/// while the run goes on as a new attempt), why it ended, and when.
+async fn record_attempt(
+    txn: &DatabaseTransaction,
+    run: Uuid,
+    attempt: i32,
+    decision: Decision,
+    record: &Record<'_>,
+) -> Result<()> {
+    let e = decision.effects;
+    let status = if e.requeued {
         RunStatus::Error
     } else {
         decision.status
@@ -157,7 +177,7 @@ async fn apply(
         [
             run.into(),
             attempt.into(),
-            attempt_status.as_str().into(),
+            status.as_str().into(),
             record
                 .attempt_error
                 .or(record.error_message)
@@ -167,12 +187,5 @@ async fn apply(
         ],
     ))
     .await?;
-    notify(txn, EVENTS_CHANNEL, &run.to_string()).await?;
-    if e.requeued {
-        notify(txn, RUNS_CHANNEL, &run.to_string()).await?;
-    }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

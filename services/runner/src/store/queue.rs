@@ -2,7 +2,7 @@
 //! node reads of the runs it holds (fencing, control requests).
 
 use pirus_db::views;
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use uuid::Uuid;
 
 use super::{EVENTS_CHANNEL, active_sql, notify, stmt};
@@ -31,35 +31,7 @@ impl QueueStore {
             .map_err(Error::internal)?
             .status;
         let txn = self.db.begin().await?;
-        // Serialises this node's claims, so two of its workers never both take the last slot,
-        // and reads the drain flag under the same lock: a drain that lands between a check
-        // and a claim cannot be missed.
-        let node_row = txn
-            .query_one_raw(stmt(
-                "SELECT draining FROM nodes WHERE name = $1 FOR UPDATE",
-                [node.into()],
-            ))
-            .await?;
-        let draining: bool = node_row
-            .map(|r| r.try_get("", "draining"))
-            .transpose()?
-            .unwrap_or(true);
-        if draining {
-            return Ok(None);
-        }
-        let active: i64 = txn
-            .query_one_raw(stmt(
-                &format!(
-                    "SELECT count(*) AS n FROM runs WHERE node = $1 AND status IN {}",
-                    active_sql()
-                ),
-                [node.into()],
-            ))
-            .await?
-            .map(|r| r.try_get("", "n"))
-            .transpose()?
-            .unwrap_or(0);
-        if active >= i64::from(max_runs) {
+        if !free_slot(&txn, node, max_runs).await? {
             return Ok(None);
         }
         let sql = format!(
@@ -176,4 +148,37 @@ impl QueueStore {
             .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "attempt")?)))
             .collect()
     }
+}
+
+/// Whether `node` may claim now: it is not draining and holds fewer than `max_runs` runs. The
+/// node's row is locked for the rest of the transaction, which serialises its claims (two of
+/// its workers never both take the last slot) and reads the drain flag under the same lock (a
+/// drain that lands between a check and a claim cannot be missed).
+async fn free_slot(txn: &DatabaseTransaction, node: &str, max_runs: u32) -> Result<bool> {
+    let node_row = txn
+        .query_one_raw(stmt(
+            "SELECT draining FROM nodes WHERE name = $1 FOR UPDATE",
+            [node.into()],
+        ))
+        .await?;
+    let draining: bool = node_row
+        .map(|r| r.try_get("", "draining"))
+        .transpose()?
+        .unwrap_or(true);
+    if draining {
+        return Ok(false);
+    }
+    let active: i64 = txn
+        .query_one_raw(stmt(
+            &format!(
+                "SELECT count(*) AS n FROM runs WHERE node = $1 AND status IN {}",
+                active_sql()
+            ),
+            [node.into()],
+        ))
+        .await?
+        .map(|r| r.try_get("", "n"))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(active < i64::from(max_runs))
 }
