@@ -107,21 +107,7 @@ async fn a_run_executes_in_lxd_with_inputs_outputs_logs_and_progress() -> Result
 
     // Both logs, in the catalogue and through StreamRunLogs after the end.
     assert_eq!(done.log_file_ids.len(), 2);
-    let mut logs = s
-        .run
-        .stream_run_logs(run::StreamRunLogsRequest {
-            run_id: done.id.clone(),
-            stream: "stdout".into(),
-            offset: 0,
-            follow: false,
-        })
-        .await?
-        .into_inner();
-    let mut stdout = Vec::new();
-    while let Some(chunk) = logs.next().await {
-        stdout.extend_from_slice(&chunk?.data);
-    }
-    let stdout = String::from_utf8(stdout)?;
+    let stdout = String::from_utf8(s.logs(&done.id, "stdout").await?)?;
     assert!(
         stdout.starts_with(&format!("starting run {}", done.id)),
         "{stdout}"

@@ -21,6 +21,15 @@ use sea_orm_migration::MigratorTrait;
 
 pub use sea_orm;
 
+/// Whether a statement failed on a unique constraint (an idempotency key or a natural key
+/// taken by a concurrent insert).
+pub fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
+    matches!(
+        e.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
 /// How long a pooled connection may sit idle inside a transaction before PostgreSQL ends it.
 const IDLE_IN_TRANSACTION_TIMEOUT: &str = "30s";
 

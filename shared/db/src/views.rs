@@ -15,71 +15,51 @@ fn unknown(what: &str, value: &str) -> DbErr {
     DbErr::Custom(format!("unknown {what} status '{value}'"))
 }
 
-/// A pipeline's status, as the runner needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PipelineState {
-    Uploading,
-    Pause,
-    Installing,
-    Ready,
-    Error,
-}
+/// A status enum spelled as the schema stores it; an unknown spelling is an error.
+macro_rules! status_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
 
-impl PipelineState {
-    pub const ALL: [Self; 5] = [
-        Self::Uploading,
-        Self::Pause,
-        Self::Installing,
-        Self::Ready,
-        Self::Error,
-    ];
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Uploading => "uploading",
-            Self::Pause => "pause",
-            Self::Installing => "installing",
-            Self::Ready => "ready",
-            Self::Error => "error",
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Result<Self, DbErr> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| unknown($what, s))
+            }
         }
-    }
-
-    pub fn parse(s: &str) -> Result<Self, DbErr> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| unknown("pipeline", s))
-    }
+    };
 }
 
-/// A file's status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileState {
-    Uploading,
-    Pause,
-    Ready,
-    Error,
-}
-
-impl FileState {
-    pub const ALL: [Self; 4] = [Self::Uploading, Self::Pause, Self::Ready, Self::Error];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Uploading => "uploading",
-            Self::Pause => "pause",
-            Self::Ready => "ready",
-            Self::Error => "error",
-        }
+status_enum!(
+    /// A pipeline's status, as the runner needs it.
+    PipelineState, "pipeline" {
+        Uploading = "uploading",
+        Pause = "pause",
+        Installing = "installing",
+        Ready = "ready",
+        Error = "error",
     }
+);
 
-    pub fn parse(s: &str) -> Result<Self, DbErr> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| unknown("file", s))
+status_enum!(
+    /// A file's status.
+    FileState, "file" {
+        Uploading = "uploading",
+        Pause = "pause",
+        Ready = "ready",
+        Error = "error",
     }
-}
+);
 
 /// What a run's file is to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,10 +239,10 @@ mod tests {
     #[test]
     fn statuses_round_trip_and_unknown_ones_are_errors() {
         for s in PipelineState::ALL {
-            assert_eq!(PipelineState::parse(s.as_str()).unwrap(), s);
+            assert_eq!(PipelineState::parse(s.as_str()).unwrap(), *s);
         }
         for s in FileState::ALL {
-            assert_eq!(FileState::parse(s.as_str()).unwrap(), s);
+            assert_eq!(FileState::parse(s.as_str()).unwrap(), *s);
         }
         assert!(PipelineState::parse("READY").is_err());
         assert!(FileState::parse("installing").is_err());

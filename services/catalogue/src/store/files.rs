@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
 use uuid::Uuid;
 
-use super::{Store, expiry_deadline, is_unique_violation, stmt};
+use super::{Store, expiry_deadline, stmt};
 use crate::domain::{
     Endpoint, Error, File, FileFilter, FileKind, FileStatus, NewFile, Page, Result,
 };
@@ -115,14 +115,16 @@ impl Store {
             .await;
         if let Err(e) = inserted {
             // A concurrent create with the same request_id won the race: answer with its file.
-            if let (Some(request_id), true) = (&new.request_id, is_unique_violation(&e)) {
+            if let (Some(request_id), true) = (&new.request_id, pirus_db::is_unique_violation(&e)) {
                 drop(txn);
                 return self
                     .file_by_request_id(request_id)
                     .await?
                     .ok_or_else(|| Error::internal(e));
             }
-            if let (Some((run, kind, name)), true) = (&run_output, is_unique_violation(&e)) {
+            if let (Some((run, kind, name)), true) =
+                (&run_output, pirus_db::is_unique_violation(&e))
+            {
                 drop(txn);
                 return self
                     .run_file(*run, *kind, name)

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbErr, FromQueryResult, SqlErr, TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, TransactionTrait};
 use uuid::Uuid;
 
 use super::{Store, expiry_deadline, stmt};
@@ -110,10 +108,6 @@ pub struct DeletedPipeline {
     pub files: Vec<Uuid>,
 }
 
-fn unique_violation(e: &DbErr) -> bool {
-    matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-}
-
 impl Store {
     /// A pipeline waiting for its package: the pipeline, its PACKAGE file and the upload (whose
     /// id is the pipeline's), in one transaction. Idempotent on `request_id`.
@@ -146,7 +140,7 @@ impl Store {
             ))
             .await;
         if let Err(e) = inserted {
-            if let (Some(request_id), true) = (&new.request_id, unique_violation(&e)) {
+            if let (Some(request_id), true) = (&new.request_id, pirus_db::is_unique_violation(&e)) {
                 drop(txn);
                 return self
                     .pipeline_by_request_id(request_id)
@@ -312,7 +306,7 @@ impl Store {
                 Ok(true)
             }
             // Another install of the same name and version won the race.
-            Err(e) if unique_violation(&e) => {
+            Err(e) if pirus_db::is_unique_violation(&e) => {
                 drop(txn);
                 let message = format!(
                     "pipeline {} {} already exists: it was installed while this one was",

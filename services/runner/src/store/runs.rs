@@ -238,9 +238,7 @@ impl RunStore {
             ))
             .await;
         if let Err(e) = inserted {
-            if let (Some(request_id), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) =
-                (&run.request_id, e.sql_err())
-            {
+            if let (Some(request_id), true) = (&run.request_id, pirus_db::is_unique_violation(&e)) {
                 drop(txn);
                 return self
                     .by_request_id(request_id)
