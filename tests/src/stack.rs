@@ -228,7 +228,18 @@ impl Stack {
                 return Ok(());
             }
         }
-        bail!("run {id} ended without running")
+        let run = self.get(id).await?;
+        let log = self.runner.stderr();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        bail!(
+            "run {id} ended without running ({}): {}\nthe runner's warnings:\n{}",
+            run.status,
+            run.error_message,
+            warnings[warnings.len().saturating_sub(20)..].join("\n")
+        )
     }
 
     pub async fn submit(

@@ -137,6 +137,10 @@ fn no_service_reads_the_other_s_tables() -> Result<()> {
     ];
     for (dir, tables) in rules {
         for (path, text) in sources(&repo().join(dir))? {
+            // A store's own tests may set up the other service's rows.
+            if path.file_name().is_some_and(|n| n == "tests.rs") {
+                continue;
+            }
             for table in tables {
                 assert!(
                     !names_table(&text, table),

@@ -200,7 +200,7 @@ pub async fn profile_nics(lxd: &pirus_lxd::Client) -> Result<Vec<String>> {
 }
 
 /// Tries at making a container with an id range of its own.
-const CREATE_TRIES: u32 = 5;
+const CREATE_TRIES: u32 = 8;
 
 /// Why a creation is tried again.
 enum Attempt {
