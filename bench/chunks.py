@@ -8,13 +8,14 @@ address; bench/chunks.sh starts one)
 """
 import base64
 import http.client
+import os
 import sys
 import time
 
 host, port = sys.argv[1].rsplit(":", 1)
 count = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 size = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
-tus = {"Tus-Resumable": "1.0.0"}
+tus = {"Tus-Resumable": "1.0.0", "Authorization": "Bearer " + os.environ["PIRUS_BENCH_TOKEN"]}
 connection = http.client.HTTPConnection(host, int(port))
 
 

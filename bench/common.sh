@@ -1,6 +1,8 @@
 # Shared by the bench scripts (sourced, after `set -euo pipefail`): the release build, a work
 # folder and a database of the benchmark's own, both removed on exit with every service it
-# started, and `start` for a service. Sets repo, bin, work, admin, db and dburl.
+# started, and `start` for a service. Sets repo, bin, work, admin, db, dburl and auth (the
+# `authorization` header of the database's first admin token, also exported to the bench
+# clients as PIRUS_BENCH_TOKEN).
 # BENCH_ON_EXIT may name a command to run at exit before the clean-up (runs.sh removes its
 # container with it).
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +29,17 @@ admin="${url%/*}/postgres"
 db=pirus_bench_$$
 psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null
 dburl="${url%/*}/$db"
+# The benchmark database's first admin token: every call carries it, as in a deployment.
+PIRUS_BENCH_TOKEN=$("$bin/pirus-catalogue" token bootstrap --database-url "$dburl" | tail -n 1)
+export PIRUS_BENCH_TOKEN
+auth="authorization: Bearer $PIRUS_BENCH_TOKEN"
+
+# runner_token NODE: a file holding a runner token for NODE (for --token-file).
+runner_token() {
+  "$bin/pirus-catalogue" token create --database-url "$dburl" --role runner --node "$1" \
+    --name "bench runner $1" | tail -n 1 > "$work/runner-$1.token"
+  echo "$work/runner-$1.token"
+}
 
 # start NAME BINARY ARGS...: starts a service on free loopback ports, waits for its addresses,
 # prints its gRPC address. $work/NAME.addr holds both addresses, $work/NAME.pid its pid.

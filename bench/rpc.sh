@@ -5,7 +5,9 @@
 # and client, no database: the baseline). Calls per second, p50 and p99 latency, ratio to the
 # baseline.
 #
-#   GetFile     one row by primary key (1,000 files in the table)
+#   GetFile     one row by primary key (1,000 files in the table), with a token, and beside it
+#               the same calls to a second catalogue on the same database with --auth none
+#               (two rounds each, alternately): what the token check costs
 #   ListFiles   a keyset page of 50
 #   CreateFile  one committed insert (an fsync of PostgreSQL's WAL per call, grouped by it)
 #
@@ -17,7 +19,10 @@ seconds=${2:-5}
 
 grpc=$(start catalogue pirus-catalogue --data-dir "$work/data")
 cat_pid=$(cat "$work/catalogue.pid")
+# The same service on the same database without token checks (loopback only), to measure what
+# the check costs GetFile in the same run.
+open_grpc=$(start open pirus-catalogue --data-dir "$work/open-data" --auth none)
 
 printf 'catalogue RPC throughput (%s, release build)\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
-"$bin/pirus-bench-rpc" "$grpc" "$concurrency" "$seconds"
+"$bin/pirus-bench-rpc" "$grpc" "$concurrency" "$seconds" "$open_grpc"
 printf 'pirus-catalogue peak RSS (VmHWM): %d MiB\n' "$(( $(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status") / 1024 ))"

@@ -21,7 +21,8 @@ package=$(examples/hello/build.sh)
 
 catalogue=$(start catalogue pirus-catalogue --data-dir "$work/data")
 runner=$(start runner pirus-runner --work-dir "$work/runner" --max-runs 4 \
-  --node-name "bench-$$" --catalogue-addr "http://$catalogue" --lxd-storage-pool "$pool")
+  --node-name "bench-$$" --token-file "$(runner_token "bench-$$")" \
+  --catalogue-addr "http://$catalogue" --lxd-storage-pool "$pool")
 
 echo "==> pirus: $sequential sequential runs, then $batch at once (--max-runs 4)"
 "$bin/pirus-bench-runs" "$catalogue" "$runner" "$package" "$sequential" "$batch" > "$work/pirus.out"

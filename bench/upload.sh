@@ -41,10 +41,10 @@ tus_upload() { # base-url -> seconds for POST + one streamed PATCH
   local base=$1 meta location t0 t1
   meta="filename $(printf bench.bin | base64)"
   t0=$(now)
-  location=$(curl -sS -D - -o /dev/null -X POST "$base" -H 'Tus-Resumable: 1.0.0' \
+  location=$(curl -sS -D - -o /dev/null -X POST "$base" -H "$auth" -H 'Tus-Resumable: 1.0.0' \
     -H "Upload-Length: $bytes" -H "Upload-Metadata: $meta" | tr -d '\r' | awk -F': ' 'tolower($1)=="location" {print $2}')
   case $location in http*) ;; *) location="${base%/files*}$location" ;; esac
-  curl -sS -f -o /dev/null -X PATCH "$location" -H 'Tus-Resumable: 1.0.0' \
+  curl -sS -f -o /dev/null -X PATCH "$location" -H "$auth" -H 'Tus-Resumable: 1.0.0' \
     -H 'Content-Type: application/offset+octet-stream' -H 'Upload-Offset: 0' \
     -H 'Expect:' -T "$input"
   t1=$(now)

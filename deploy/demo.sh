@@ -2,13 +2,18 @@
 # A real pipeline run, end to end, against the running services (deploy/setup.sh starts them
 # and then calls this): the example package and an input file are uploaded with tus, the
 # pipeline installs, a run is submitted with grpcurl, its events are followed to the end, and
-# its outputs are read back from the catalogue.
+# its outputs are read back from the catalogue. Every call carries the admin token
+# (PIRUS_DEMO_TOKEN_FILE, default /etc/pirus/admin.token, which deploy/setup.sh keeps).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 catalogue=${PIRUS_DEMO_CATALOGUE:-127.0.0.1:50051}
 runner=${PIRUS_DEMO_RUNNER:-127.0.0.1:50052}
 http=${PIRUS_DEMO_HTTP:-http://127.0.0.1:8080}
+token_file=${PIRUS_DEMO_TOKEN_FILE:-/etc/pirus/admin.token}
+[ -r "$token_file" ] || { echo "demo: cannot read the token in $token_file" >&2; exit 1; }
+bearer="authorization: Bearer $(cat "$token_file")"
+grpc() { grpcurl -plaintext -H "$bearer" "$@"; }
 say() { printf '==> %s\n' "$*"; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
@@ -16,21 +21,21 @@ tus_upload() { # endpoint file -> upload id
   local size meta location
   size=$(stat -c %s "$2")
   meta="filename $(printf %s "$(basename "$2")" | base64 -w0)"
-  location=$(curl -sSf -D - -o /dev/null -X POST "$http/uploads/$1/" -H 'Tus-Resumable: 1.0.0' \
+  location=$(curl -sSf -D - -o /dev/null -X POST "$http/uploads/$1/" -H "$bearer" -H 'Tus-Resumable: 1.0.0' \
     -H "Upload-Length: $size" -H "Upload-Metadata: $meta" | tr -d '\r' | awk -F': ' 'tolower($1)=="location" {print $2}')
-  curl -sSf -o /dev/null -X PATCH "$location" -H 'Tus-Resumable: 1.0.0' \
+  curl -sSf -o /dev/null -X PATCH "$location" -H "$bearer" -H 'Tus-Resumable: 1.0.0' \
     -H 'Content-Type: application/offset+octet-stream' -H 'Upload-Offset: 0' -H 'Expect:' --data-binary @"$2"
   echo "${location##*/}"
 }
 
 package=$("$repo/examples/hello/build.sh")
-pipeline=$(grpcurl -plaintext -d '{"name": "hello", "status": "PIPELINE_STATUS_READY"}' "$catalogue" \
+pipeline=$(grpc -d '{"name": "hello", "status": "PIPELINE_STATUS_READY"}' "$catalogue" \
   pirus.catalogue.v1.CatalogueService/ListPipelines | json 'd.get("pipelines", [{}])[0].get("id", "")')
 if [ -z "$pipeline" ]; then
   say "uploading the example pipeline package ($(basename "$package")) with tus"
   pipeline=$(tus_upload pipelines "$package")
   for _ in $(seq 1 300); do
-    status=$(grpcurl -plaintext -d "{\"id\": \"$pipeline\"}" "$catalogue" \
+    status=$(grpc -d "{\"id\": \"$pipeline\"}" "$catalogue" \
       pirus.catalogue.v1.CatalogueService/GetPipeline | json 'd["status"]')
     case $status in PIPELINE_STATUS_READY|PIPELINE_STATUS_ERROR) break ;; esac
     sleep 0.2
@@ -46,11 +51,11 @@ printf 'Pirus runs containerised analysis pipelines\non LXD hosts.\n' > "$input"
 file=$(tus_upload files "$input")
 say "input file uploaded: $file"
 
-run=$(grpcurl -plaintext -d "{\"pipeline_id\": \"$pipeline\", \"name\": \"demo\",
+run=$(grpc -d "{\"pipeline_id\": \"$pipeline\", \"name\": \"demo\",
   \"config_json\": \"{\\\"greeting\\\": \\\"bonjour\\\"}\", \"input_file_ids\": [\"$file\"]}" \
   "$runner" pirus.runner.v1.RunnerService/SubmitRun | json 'd["id"]')
 say "run submitted: $run; its events:"
-grpcurl -plaintext -max-time 300 -d "{\"run_id\": \"$run\"}" "$runner" pirus.runner.v1.RunnerService/WatchRun |
+grpc -max-time 300 -d "{\"run_id\": \"$run\"}" "$runner" pirus.runner.v1.RunnerService/WatchRun |
   python3 -c '
 import json, sys
 buffer = ""
@@ -61,12 +66,12 @@ for line in sys.stdin:
         p = e.get("progress", {})
         print("    #%-3s %-22s %5.2f  %s" % (e["seq"], e["status"], p.get("value", 0), e.get("message", "")))
 '
-result=$(grpcurl -plaintext -d "{\"id\": \"$run\"}" "$runner" pirus.runner.v1.RunnerService/GetRun)
+result=$(grpc -d "{\"id\": \"$run\"}" "$runner" pirus.runner.v1.RunnerService/GetRun)
 status=$(echo "$result" | json 'd["status"]')
 say "run $run ended $status"
 for output in $(echo "$result" | json '" ".join(d.get("outputFileIds", []))'); do
-  name=$(grpcurl -plaintext -d "{\"id\": \"$output\"}" "$catalogue" pirus.catalogue.v1.CatalogueService/GetFile | json 'd["name"]')
-  content=$(grpcurl -plaintext -d "{\"file_id\": \"$output\"}" "$catalogue" pirus.catalogue.v1.CatalogueService/ReadFile |
+  name=$(grpc -d "{\"id\": \"$output\"}" "$catalogue" pirus.catalogue.v1.CatalogueService/GetFile | json 'd["name"]')
+  content=$(grpc -d "{\"file_id\": \"$output\"}" "$catalogue" pirus.catalogue.v1.CatalogueService/ReadFile |
     python3 -c '
 import base64, json, sys
 text = sys.stdin.read()

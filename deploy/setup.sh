@@ -10,6 +10,10 @@
 # exists); logs in /var/log/pirus when the services run without systemd. Each service runs as
 # a user of its own (pirus-catalogue, pirus-runner), never as root.
 #
+# Nothing answers without a token: the first admin token is kept in /etc/pirus/admin.token
+# (mode 0600, root's), the local runner's own in /etc/pirus/runner.token (its user's alone).
+# Call with: grpcurl -H "authorization: Bearer $(cat /etc/pirus/admin.token)" ...
+#
 # Environment: PIRUS_LXD_POOL_SIZE (default 32GiB) sizes the btrfs storage pool `pirus` that
 # bounds every run's disk (a sparse loop file under /var/lib/lxd/disks).
 set -euo pipefail
@@ -216,8 +220,33 @@ install_grpcurl() {
   hash -r
 }
 
+# The deployment's first admin token (kept by root), and the local runner's own token for its
+# node. Both are made straight in the database (the services need not run); kept files are
+# reused, so a second run changes nothing.
+provision_tokens() {
+  local node out
+  ( set -a; . "$env_file"; set +a
+    umask 077
+    if [ ! -s /etc/pirus/admin.token ]; then
+      out=$(/usr/local/bin/pirus-catalogue token bootstrap) \
+        || die "no admin token: a token exists already but /etc/pirus/admin.token is missing; make one with 'pirus-catalogue token create --role admin --name admin'"
+      printf '%s\n' "$out" | tail -n 1 > /etc/pirus/admin.token
+      say "admin token kept in /etc/pirus/admin.token"
+    fi
+    node=${PIRUS_NODE_NAME:-$(cat /proc/sys/kernel/hostname)}
+    if [ ! -s /etc/pirus/runner.token ]; then
+      out=$(/usr/local/bin/pirus-catalogue token create --role runner --node "$node" --name "runner $node")
+      printf '%s\n' "$out" | tail -n 1 > /etc/pirus/runner.token
+      say "runner token for node $node kept in /etc/pirus/runner.token"
+    fi )
+  chown root:root /etc/pirus/admin.token && chmod 600 /etc/pirus/admin.token
+  chown pirus-runner:pirus-runner /etc/pirus/runner.token && chmod 400 /etc/pirus/runner.token
+  grep -q '^PIRUS_TOKEN_FILE=' "$env_file" || echo 'PIRUS_TOKEN_FILE=/etc/pirus/runner.token' >> "$env_file"
+}
+
 build_and_install
+provision_tokens
 start_services
-say "Pirus is running: catalogue gRPC 127.0.0.1:50051 (tus http://127.0.0.1:8080), runner gRPC 127.0.0.1:50052"
+say "Pirus is running: catalogue gRPC 127.0.0.1:50051 (tus http://127.0.0.1:8080), runner gRPC 127.0.0.1:50052; admin token in /etc/pirus/admin.token"
 install_grpcurl
 "$here/demo.sh"

@@ -6,6 +6,7 @@ use prost::Message;
 
 const PROTOS: &[&str] = &[
     "pirus/catalogue/v1/catalogue.proto",
+    "pirus/catalogue/v1/access.proto",
     "pirus/runner/v1/runner.proto",
 ];
 
@@ -18,8 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // One descriptor set per service, so that reflection on the catalogue lists only what the
     // catalogue serves (and likewise for the runner).
-    for (proto, name) in PROTOS.iter().zip(["catalogue", "runner"]) {
-        let fds = protox::compile([proto], [&root])?;
+    let services: [(&[&str], &str); 2] = [(&PROTOS[..2], "catalogue"), (&PROTOS[2..], "runner")];
+    for (protos, name) in services {
+        let fds = protox::compile(protos, [&root])?;
         std::fs::write(
             out.join(format!("{name}_descriptor.bin")),
             fds.encode_to_vec(),

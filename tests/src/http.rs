@@ -26,20 +26,42 @@ impl Response {
     }
 }
 
+/// Requests carry the token of the process serving the URL (see [`crate::identity`]), unless
+/// they set `authorization` themselves or the client is [`Http::anonymous`].
 #[derive(Clone)]
 pub struct Http {
     client: Client<HttpConnector, Full<Bytes>>,
+    harness_tokens: bool,
 }
 
 impl Default for Http {
     fn default() -> Self {
         Self {
             client: Client::builder(TokioExecutor::new()).build_http(),
+            harness_tokens: true,
         }
     }
 }
 
 impl Http {
+    /// A client that sends no token but those a request names.
+    pub fn anonymous() -> Self {
+        Self {
+            harness_tokens: false,
+            ..Self::default()
+        }
+    }
+
+    /// An anonymous client connecting from the loopback address `local` (a peer of its own).
+    pub fn anonymous_from(local: std::net::IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(local));
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            harness_tokens: false,
+        }
+    }
+
     pub async fn send(
         &self,
         method: &str,
@@ -50,6 +72,18 @@ impl Http {
         let mut request = hyper::Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
+        }
+        let named = headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("authorization"));
+        if self.harness_tokens && !named {
+            let uri: hyper::Uri = url.parse()?;
+            if let Some(token) = uri
+                .authority()
+                .and_then(|a| crate::identity::recall(a.as_str()))
+            {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
         }
         let response = self
             .client

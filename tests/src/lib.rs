@@ -7,8 +7,11 @@
 //! PostgreSQL is reached through `PIRUS_TEST_DATABASE_URL` (an account that may create
 //! databases); a missing PostgreSQL fails the tests loudly, it never skips them.
 //!
-//! Depends on (within Pirus): pirus-proto, pirus-db. Never on: pirus-catalogue, pirus-runner
-//! (they are driven as binaries, like any client).
+//! Every test database has its own admin token, and every process on it is called with it
+//! unless a test asks otherwise (see [`identity`]).
+//!
+//! Depends on (within Pirus): pirus-proto, pirus-db, pirus-auth. Never on: pirus-catalogue,
+//! pirus-runner (they are driven as binaries, like any client).
 
 use std::{
     net::SocketAddr,
@@ -19,9 +22,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
+
+pub use identity::Channel;
 
 pub mod http;
+pub mod identity;
 pub mod packages;
 pub mod pg;
 pub mod stack;
@@ -77,14 +82,34 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     admin_url: String,
+    /// Its first admin token (none for an empty database).
+    pub admin_token: Option<String>,
 }
 
 impl TestDb {
+    /// A migrated database with its first admin token, which every process started on it
+    /// is called with.
     pub async fn create() -> Result<Self> {
         Self::create_on(&admin_url()).await
     }
 
     pub async fn create_on(admin_url: &str) -> Result<Self> {
+        let mut db = Self::create_empty_on(admin_url).await?;
+        let pool = pirus_db::connect(&pirus_db::DbConfig::new(db.url.clone())).await?;
+        pirus_db::migrate(&pool).await?;
+        pool.close().await.ok();
+        let token = identity::bootstrap(&db.url).await?;
+        identity::remember(&db.url, &token);
+        db.admin_token = Some(token);
+        Ok(db)
+    }
+
+    /// An empty database (no schema, no token): for tests of the migrations themselves.
+    pub async fn create_empty() -> Result<Self> {
+        Self::create_empty_on(&admin_url()).await
+    }
+
+    pub async fn create_empty_on(admin_url: &str) -> Result<Self> {
         let name = format!("pirus_test_{}", uuid::Uuid::new_v4().simple());
         let admin = pg_connect(admin_url).await.context(
             "PostgreSQL is needed for these tests: run deploy/setup.sh --deps-only, or set \
@@ -97,6 +122,7 @@ impl TestDb {
             url: with_database(admin_url, &name),
             name,
             admin_url: admin_url.to_owned(),
+            admin_token: None,
         })
     }
 
@@ -108,7 +134,7 @@ impl TestDb {
 /// A fresh database with the schema migrated, and a pool on it: for the services' own store
 /// tests.
 pub async fn migrated_db() -> Result<(TestDb, pirus_db::sea_orm::DatabaseConnection)> {
-    let db = TestDb::create().await?;
+    let db = TestDb::create_empty().await?;
     let pool = pirus_db::connect(&pirus_db::DbConfig::new(db.url.clone())).await?;
     pirus_db::migrate(&pool).await?;
     Ok((db, pool))
@@ -191,6 +217,8 @@ pub struct Launch {
     /// Run as the service's own unprivileged user, with only the capabilities that
     /// `deploy/setup.sh` gives it (setpriv), as a deployment does.
     pub unprivileged: bool,
+    /// The token clients of the process call with: the database's admin token.
+    pub token: Option<String>,
 }
 
 /// The LXD storage pool test runners use: `PIRUS_TEST_LXD_POOL`, else `pirus` (the btrfs pool
@@ -236,7 +264,64 @@ impl Launch {
             env: Vec::new(),
             ephemeral_ports: true,
             unprivileged: false,
+            token: identity::recall(database_url),
         }
+    }
+
+    /// The node a runner will call itself: `--node-name`, `PIRUS_NODE_NAME`, or the host name.
+    fn node_name(&self) -> String {
+        let from_args = self
+            .args
+            .iter()
+            .position(|a| a == "--node-name")
+            .and_then(|i| self.args.get(i + 1).cloned())
+            .or_else(|| {
+                self.args
+                    .iter()
+                    .find_map(|a| a.strip_prefix("--node-name=").map(str::to_owned))
+            });
+        let from_env = || {
+            self.env
+                .iter()
+                .find(|(k, _)| k == "PIRUS_NODE_NAME")
+                .map(|(_, v)| v.clone())
+        };
+        from_args.or_else(from_env).unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".to_owned())
+        })
+    }
+
+    /// A runner on a database with tokens gets a runner token of its own node (in a file only
+    /// its user reads), unless the test gave one.
+    fn runner_token(&self, dir: &Path) -> Result<Option<PathBuf>> {
+        let given = self.args.iter().any(|a| a.starts_with("--token-file"))
+            || self.env.iter().any(|(k, _)| k == "PIRUS_TOKEN_FILE");
+        if self.kind != Kind::Runner || given || self.token.is_none() {
+            return Ok(None);
+        }
+        let node = self.node_name();
+        let token = identity::mint_blocking(
+            &self.database_url,
+            &format!("runner {node}"),
+            pirus_auth::Role::Runner,
+            Some(&node),
+        )?;
+        let path = dir.join("runner.token");
+        std::fs::write(&path, token)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        if self.unprivileged {
+            let status = std::process::Command::new("chown")
+                .args([
+                    "pirus-runner:pirus-runner",
+                    path.to_str().unwrap_or_default(),
+                ])
+                .status()?;
+            anyhow::ensure!(status.success(), "chown of the runner token failed");
+        }
+        Ok(Some(path))
     }
 
     /// Runs the service as its own user, as [`Launch::unprivileged`] says.
@@ -260,6 +345,7 @@ impl Launch {
         let dir = tempdir()?;
         let addr_file = dir.join("addr.json");
         let stderr_path = dir.join("stderr.log");
+        let token_file = self.runner_token(&dir)?;
         let mut command = if self.unprivileged {
             let user = match self.kind {
                 Kind::Catalogue => "pirus-catalogue",
@@ -291,6 +377,9 @@ impl Launch {
                 .env("PIRUS_WORK_DIR", dir.join("work"))
                 .env("PIRUS_LXD_STORAGE_POOL", test_pool()),
         };
+        if let Some(path) = &token_file {
+            command.env("PIRUS_TOKEN_FILE", path);
+        }
         if self.ephemeral_ports {
             command.args([
                 "--grpc-addr",
@@ -318,6 +407,7 @@ impl Launch {
             addr_file,
             stderr_path,
             addrs: None,
+            token: self.token,
         })
     }
 
@@ -343,6 +433,8 @@ pub struct Process {
     addr_file: PathBuf,
     stderr_path: PathBuf,
     addrs: Option<Addrs>,
+    /// The token [`Process::channel`] and HTTP requests to it carry.
+    pub token: Option<String>,
 }
 
 impl Process {
@@ -357,6 +449,9 @@ impl Process {
                     http: v["http"].as_str().context("http address")?.parse()?,
                 };
                 self.addrs = Some(addrs);
+                if let Some(token) = &self.token {
+                    identity::remember(&addrs.http.to_string(), token);
+                }
                 return Ok(addrs);
             }
             if let Some(status) = self.child.try_wait()? {
@@ -389,9 +484,40 @@ impl Process {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// A channel whose calls carry the process's token (the database's admin token).
     pub async fn channel(&self) -> Result<Channel> {
+        Ok(identity::with_token(
+            self.raw_channel().await?,
+            self.token.as_deref(),
+        ))
+    }
+
+    /// A channel whose calls carry `token`.
+    pub async fn channel_as(&self, token: &str) -> Result<Channel> {
+        Ok(identity::with_token(self.raw_channel().await?, Some(token)))
+    }
+
+    /// A channel from the loopback address `local` (like 127.0.3.7: a peer of its own),
+    /// carrying `token` or none.
+    pub async fn channel_from(
+        &self,
+        local: std::net::IpAddr,
+        token: Option<&str>,
+    ) -> Result<Channel> {
         let endpoint = format!("http://{}", self.addrs().grpc);
-        Ok(Channel::from_shared(endpoint)?.connect().await?)
+        let channel = tonic::transport::Channel::from_shared(endpoint)?
+            .local_address(Some(local))
+            .connect()
+            .await?;
+        Ok(identity::with_token(channel, token))
+    }
+
+    /// A channel whose calls carry no token.
+    pub async fn raw_channel(&self) -> Result<tonic::transport::Channel> {
+        let endpoint = format!("http://{}", self.addrs().grpc);
+        Ok(tonic::transport::Channel::from_shared(endpoint)?
+            .connect()
+            .await?)
     }
 
     pub fn http_url(&self, path: &str) -> String {
@@ -430,13 +556,19 @@ pub fn tempdir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A minimal HTTP/1.1 GET over loopback: status and body.
+/// A minimal HTTP/1.1 GET over loopback: status and body. It carries the token of the
+/// process serving `url`, if the harness started it.
 pub async fn http_get(url: &str) -> Result<(u16, String)> {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::{client::legacy::Client, rt::TokioExecutor};
     let client: Client<_, Empty<hyper::body::Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    let response = client.get(url.parse()?).await?;
+    let uri: hyper::Uri = url.parse()?;
+    let mut request = hyper::Request::get(uri.clone());
+    if let Some(token) = uri.authority().and_then(|a| identity::recall(a.as_str())) {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client.request(request.body(Empty::new())?).await?;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))

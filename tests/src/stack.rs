@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
+use crate::Channel;
 use anyhow::{Result, bail};
 use pirus_proto::{
     catalogue::v1::{self as cat, catalogue_service_client::CatalogueServiceClient},
     runner::v1::{self as run, runner_service_client::RunnerServiceClient},
 };
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use crate::{
     Kind, Launch, Process, TestDb,

@@ -21,7 +21,7 @@ fn catalogue(db: &str) -> Launch {
     Launch::new(Kind::Catalogue, db)
 }
 
-async fn v1_services(channel: tonic::transport::Channel) -> Result<Vec<String>> {
+async fn v1_services(channel: pirus_tests::Channel) -> Result<Vec<String>> {
     use v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -43,7 +43,7 @@ async fn v1_services(channel: tonic::transport::Channel) -> Result<Vec<String>> 
     }
 }
 
-async fn v1alpha_symbol_found(channel: tonic::transport::Channel, symbol: &str) -> Result<bool> {
+async fn v1alpha_symbol_found(channel: pirus_tests::Channel, symbol: &str) -> Result<bool> {
     use v1alpha::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -242,7 +242,7 @@ async fn schema_state(db: &TestDb) -> Result<(Vec<String>, i64)> {
 
 #[tokio::test]
 async fn migrations_build_the_schema_on_an_empty_database() -> Result<()> {
-    let db = TestDb::create().await?;
+    let db = TestDb::create_empty().await?;
     let tables_before: i64 = db
         .client()
         .await?
@@ -291,7 +291,7 @@ async fn migrations_build_the_schema_on_an_empty_database() -> Result<()> {
 
 #[tokio::test]
 async fn processes_started_at_the_same_instant_on_a_fresh_database_all_come_up() -> Result<()> {
-    let db = TestDb::create().await?;
+    let db = TestDb::create_empty().await?;
     let mut processes = vec![
         catalogue(&db.url).spawn()?,
         runner(&db.url).spawn()?,
@@ -324,6 +324,11 @@ async fn health_follows_the_database_going_away_and_coming_back() -> Result<()> 
     ];
     for process in &processes {
         assert_eq!(health_status(process.channel().await?, "").await?, SERVING);
+        // A scraper reading metrics before the outage keeps reading them during it: its token,
+        // checked a moment ago, is still good while no token can be revoked.
+        let (status, metrics) = http_get(&process.http_url("/metrics")).await?;
+        assert_eq!(status, 200);
+        assert!(metrics.contains("pirus_db_up 1"), "{metrics}");
     }
 
     pg.stop()?;
@@ -534,7 +539,7 @@ async fn a_taken_port_fails_fast() -> Result<()> {
 #[tokio::test]
 async fn pooled_connections_do_not_hold_idle_transactions_forever() -> Result<()> {
     use pirus_db::sea_orm::{ConnectionTrait, DbBackend, Statement};
-    let db = TestDb::create().await?;
+    let db = TestDb::create_empty().await?;
     let pool = pirus_db::connect(&pirus_db::DbConfig::new(&db.url)).await?;
     let show = "SHOW idle_in_transaction_session_timeout";
     let row = pool

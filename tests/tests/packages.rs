@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use anyhow::Result;
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
+use pirus_tests::Channel;
 use pirus_tests::{
     Kind, Launch, Process, SERVING, TestDb, health_status,
     http::{Http, b64},
     packages::{self, Format, Item},
 };
 use sha2::{Digest, Sha256};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 type Client = CatalogueServiceClient<Channel>;
 

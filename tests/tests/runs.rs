@@ -9,12 +9,13 @@ use pirus_proto::{
     catalogue::v1::{self as cat, catalogue_service_client::CatalogueServiceClient},
     runner::v1::{self as run, runner_service_client::RunnerServiceClient},
 };
+use pirus_tests::Channel;
 use pirus_tests::{
     Kind, Launch, TestDb,
     stack::{Stack, node_containers, stack, status, statuses, terminal},
 };
 use tokio_stream::StreamExt;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 #[tokio::test]
 async fn a_run_executes_in_lxd_with_inputs_outputs_logs_and_progress() -> Result<()> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
+use pirus_tests::Channel;
 use pirus_tests::{
     Kind, Launch, Process, TestDb, eventually,
     http::{Http, b64},
@@ -14,7 +15,7 @@ use pirus_tests::{
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 const MIB: u64 = 1 << 20;
 
@@ -953,8 +954,9 @@ async fn raw_patch(
     let request = format!(
         "PATCH {path} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\n\
          Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n\
-         Content-Length: {length}\r\n\r\n",
-        p.addrs().http
+         Content-Length: {length}\r\nAuthorization: Bearer {}\r\n\r\n",
+        p.addrs().http,
+        p.token.as_deref().unwrap_or_default()
     );
     stream.write_all(request.as_bytes()).await?;
     Ok(stream)
@@ -1490,7 +1492,7 @@ async fn tuspy_uploads_a_file_in_chunks_with_checksums() -> Result<()> {
     let script = r#"
 import sys
 from tusclient import client
-c = client.TusClient(sys.argv[1])
+c = client.TusClient(sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[4]})
 u = c.uploader(sys.argv[2], chunk_size=1048576, metadata={"filename": "sample.bin", "sha256": sys.argv[3]}, upload_checksum=True)
 u.upload()
 print(u.url)
@@ -1502,6 +1504,7 @@ print(u.url)
             &files_url(&p),
             path.to_str().unwrap(),
             &sha256(&content),
+            p.token.as_deref().unwrap(),
         ])
         .output()?;
     assert!(
@@ -1525,8 +1528,12 @@ async fn grpcurl_creates_and_gets_a_file() -> Result<()> {
     let db = TestDb::create().await?;
     let p = catalogue(&db.url).start().await?;
     let addr = p.addrs().grpc.to_string();
+    let bearer = format!("authorization: Bearer {}", p.token.as_deref().unwrap());
     let grpcurl = |args: &[&str]| -> Result<serde_json::Value> {
-        let output = std::process::Command::new("grpcurl").args(args).output()?;
+        let output = std::process::Command::new("grpcurl")
+            .args(["-H", &bearer])
+            .args(args)
+            .output()?;
         anyhow::ensure!(
             output.status.success(),
             "grpcurl: {}",

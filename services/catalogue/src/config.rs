@@ -58,6 +58,12 @@ pub struct Config {
     #[arg(long, env = "PIRUS_MAX_TRANSFERS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_transfers: u32,
+
+    /// Origins (like `https://app.example.org`, comma-separated) whose web pages may call the
+    /// tus endpoints from a browser. Empty (the default): no CORS headers at all, and no
+    /// X-HTTP-Method-Override, so no other web page can drive uploads through a user's browser.
+    #[arg(long, env = "PIRUS_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
 }
 
 impl ServiceConfig for Config {
@@ -91,6 +97,19 @@ fn parse_public_url(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_origin(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("not an origin: {e}"))?;
+    match (uri.scheme_str(), uri.authority(), uri.path()) {
+        (Some("http" | "https"), Some(_), "" | "/") if uri.query().is_none() => {
+            Ok(s.trim().trim_end_matches('/').to_owned())
+        }
+        _ => Err("an origin is a scheme and a host, like https://app.example.org".to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +127,12 @@ mod tests {
         assert!(parse_public_url("ftp://h").is_err());
         assert!(parse_public_url("/relative").is_err());
         assert!(parse_public_url("http://h/?q=1").is_err());
+        assert_eq!(
+            parse_origin("https://app.example.org/").as_deref(),
+            Ok("https://app.example.org")
+        );
+        assert!(parse_origin("https://app.example.org/path").is_err());
+        assert!(parse_origin("*").is_err());
     }
 
     #[test]
@@ -120,5 +145,6 @@ mod tests {
         assert_eq!(c.upload_expiry, Duration::from_secs(86_400));
         assert_eq!(c.data_dir, PathBuf::from("./var/catalogue"));
         assert_eq!(c.common.database_url, "postgres://localhost/pirus");
+        assert!(c.cors_origins.is_empty());
     }
 }

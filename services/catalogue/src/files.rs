@@ -3,12 +3,17 @@
 //! behind).
 
 use bytes::Bytes;
+use pirus_auth::{
+    Caller,
+    policy::{self, Action, Scope},
+};
 use tokio_stream::Stream;
 use uuid::Uuid;
 
 use crate::{
+    access::{self, Access},
     content::Content,
-    domain::{File, FileFilter, NewFile, Page, Result},
+    domain::{Error, File, FileFilter, NewFile, Page, Result},
     store::Store,
     uploads::{LockConnector, Uploads},
 };
@@ -19,44 +24,102 @@ pub struct Files {
     store: Store,
     content: Content,
     locks: LockConnector,
+    access: Access,
 }
 
 impl Files {
-    pub fn new(uploads: Uploads, store: Store, content: Content, locks: LockConnector) -> Self {
+    pub fn new(
+        uploads: Uploads,
+        store: Store,
+        content: Content,
+        locks: LockConnector,
+        access: Access,
+    ) -> Self {
         Self {
             uploads,
             store,
             content,
             locks,
+            access,
         }
     }
 
-    /// Creates a file and opens its upload.
-    pub async fn create(&self, new: NewFile) -> Result<File> {
-        self.uploads.open_file(new).await
+    /// Creates a file and opens its upload. The caller owns a data file; a run's output or log
+    /// belongs to the run's owner, and is registered only by the runner holding the run. A
+    /// run's result registered again answers the file registered before, if it has the same
+    /// digest.
+    pub async fn create(&self, caller: &Caller, mut new: NewFile) -> Result<File> {
+        new.owner = self.access.new_file_owner(caller, &new).await?;
+        let sha256 = new.sha256.clone();
+        let file = self.uploads.open_file(new).await?;
+        if file.source_run_id.is_some()
+            && let (Some(asked), Some(registered)) = (&sha256, &file.sha256)
+            && asked != registered
+        {
+            return Err(Error::AlreadyExists(format!(
+                "a {} named '{}' of run {} is registered already with another SHA-256 \
+                 ({registered})",
+                file.kind.as_str(),
+                file.name,
+                file.source_run_id.unwrap_or_default()
+            )));
+        }
+        Ok(file)
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<File> {
-        self.store.get_file(id).await
+    pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<File> {
+        access::require(caller, Action::ReadFiles)?;
+        let file = self.store.get_file(id).await?;
+        self.access.readable_file(caller, file).await
     }
 
-    pub async fn list(&self, filter: &FileFilter, page: Page) -> Result<Vec<File>> {
-        self.store.list_files(filter, page).await
+    /// Files within the caller's scope: a user lists its own; a runner the results of one
+    /// run its node holds (`source_run_id`).
+    pub async fn list(&self, caller: &Caller, filter: FileFilter, page: Page) -> Result<Vec<File>> {
+        access::require(caller, Action::ReadFiles)?;
+        let mut filter = filter;
+        match policy::scope(caller) {
+            Scope::All => {}
+            Scope::Own(me) => filter.owner = Some(me),
+            Scope::Node(node) => {
+                let Some(run) = filter.source_run_id else {
+                    return Err(Error::PermissionDenied(
+                        "a runner token lists only the files of a run its node holds: give \
+                         source_run_id"
+                            .to_owned(),
+                    ));
+                };
+                if !self.access.node_holds(&node, run).await? {
+                    return Ok(Vec::new());
+                }
+            }
+        }
+        self.store.list_files(&filter, page).await
     }
 
     /// A ranged read of a ready file's content, in chunks of at most 1 MiB.
     pub async fn read(
         &self,
+        caller: &Caller,
         id: Uuid,
         offset: u64,
         limit: u64,
     ) -> Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
+        self.get(caller, id).await?;
         self.content.read(id, offset, limit).await
     }
 
     /// Deletes a file (FAILED_PRECONDITION while a pipeline or unfinished run uses it), its
     /// upload, and its blob once nothing else references it.
-    pub async fn delete(&self, id: Uuid) -> Result<File> {
+    pub async fn delete(&self, caller: &Caller, id: Uuid) -> Result<File> {
+        access::require(caller, Action::DeleteFiles)?;
+        let file = self.store.get_file(id).await?;
+        self.access.deletable_file(caller, file).await?;
+        self.remove(id).await
+    }
+
+    /// Deletes a file for the catalogue itself (a deleted pipeline's package and image).
+    pub async fn remove(&self, id: Uuid) -> Result<File> {
         let file = self.store.get_file(id).await?;
         let lock = match file.upload_id {
             Some(upload) => Some(self.locks.lock(upload).await?),

@@ -1,12 +1,13 @@
 //! `pirus-catalogue`: takes resumable uploads of pipeline packages and data files, installs
 //! packages, and serves pipeline, file and document metadata and file contents.
 //!
-//! Depends on (within Pirus): pirus-proto, pirus-db, pirus-server. Never on: pirus-runner,
-//! pirus-lxd. The runner's data (runs) is read only through `pirus_db::views`.
+//! Depends on (within Pirus): pirus-proto, pirus-db, pirus-server, pirus-auth. Never on:
+//! pirus-runner, pirus-lxd. The runner's data (runs) is read only through `pirus_db::views`.
 //!
 //! `main` only parses options and calls [`run`], which takes pre-bound listeners and a
 //! cancellation token so that tests can run the service in-process.
 
+mod access;
 mod config;
 mod content;
 mod datadir;
@@ -16,14 +17,30 @@ mod grpc;
 mod install;
 mod pipelines;
 mod store;
+pub mod token_cli;
+mod tokens;
 mod tus;
 mod uploads;
 
-use pirus_proto::catalogue::v1::catalogue_service_server::CatalogueServiceServer;
-use pirus_server::{Listeners, ServeOptions, Service, metrics::MetricsBuilder};
+use pirus_proto::catalogue::v1::{
+    access_service_server::AccessServiceServer, catalogue_service_server::CatalogueServiceServer,
+};
+use pirus_server::{AuthSetup, Listeners, ServeOptions, Service, metrics::MetricsBuilder};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// The calls that change something, recorded in the audit trail (tus creations and
+/// terminations are recorded by the HTTP side of the layer).
+const CHANGES: &[&str] = &[
+    "/pirus.catalogue.v1.CatalogueService/CreatePipeline",
+    "/pirus.catalogue.v1.CatalogueService/InstallPipeline",
+    "/pirus.catalogue.v1.CatalogueService/DeletePipeline",
+    "/pirus.catalogue.v1.CatalogueService/CreateFile",
+    "/pirus.catalogue.v1.CatalogueService/DeleteFile",
+    "/pirus.catalogue.v1.AccessService/CreateToken",
+    "/pirus.catalogue.v1.AccessService/RevokeToken",
+];
 
 /// Connects to and migrates the database, then serves until `shutdown` is cancelled.
 pub async fn run(
@@ -56,15 +73,23 @@ pub async fn run(
     );
     let installer = tokio::spawn(installer.run(install_queue, shutdown.clone()));
     let content = content::Content::new(store.clone(), storage);
+    let access = access::Access::new(store.clone());
     let uploads = uploads::Uploads::new(
         store.clone(),
         content.clone(),
         locks.clone(),
+        access.clone(),
         config.max_upload_size,
         config.upload_expiry,
         installs.clone(),
     );
-    let files = files::Files::new(uploads.clone(), store.clone(), content.clone(), locks);
+    let files = files::Files::new(
+        uploads.clone(),
+        store.clone(),
+        content.clone(),
+        locks,
+        access,
+    );
     let pipelines =
         pipelines::Pipelines::new(uploads.clone(), store, files.clone(), content, installs);
     let sweeper = tokio::spawn(uploads::run_sweeper(
@@ -74,23 +99,34 @@ pub async fn run(
     ));
 
     let metrics = MetricsBuilder::new("catalogue").build();
+    let auth = AuthSetup {
+        verifier: pirus_auth::Verifier::new(db.clone(), config.common.auth.mode()),
+        audit: pirus_auth::audit::Audit::new(db.clone(), "catalogue"),
+        changes: CHANGES,
+    };
+    let tokens = tokens::Tokens::new(
+        pirus_auth::store::TokenStore::new(db.clone()),
+        auth.audit.clone(),
+    );
     let service = Service {
         grpc: tonic::service::Routes::new(
             CatalogueServiceServer::new(grpc::Catalogue {
                 uploads: uploads.clone(),
                 files: files.clone(),
-                pipelines,
+                pipelines: pipelines.clone(),
                 public_url: public_url.as_str().into(),
             })
             .max_decoding_message_size(16 << 20),
-        ),
-        http: tus::router(uploads, files, &public_url),
+        )
+        .add_service(AccessServiceServer::new(grpc::access::Access { tokens })),
+        http: tus::router(uploads, files, pipelines, &public_url, &config.cors_origins),
     };
     let options = ServeOptions {
-        services: vec![pirus_proto::CATALOGUE_SERVICE],
+        services: vec![pirus_proto::CATALOGUE_SERVICE, pirus_proto::ACCESS_SERVICE],
         addr_file: config.common.addr_file.clone(),
         shutdown_timeout: config.common.shutdown_timeout,
         reflection: vec![pirus_proto::CATALOGUE_DESCRIPTOR_SET],
+        auth,
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
     let _ = tokio::join!(sweeper, installer);

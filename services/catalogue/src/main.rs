@@ -1,5 +1,8 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    if pirus_catalogue::token_cli::is_token_command() {
+        return pirus_catalogue::token_cli::token_command();
+    }
     pirus_server::process::main("pirus-catalogue", pirus_catalogue::run)
 }

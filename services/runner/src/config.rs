@@ -40,6 +40,12 @@ pub struct Config {
           value_parser = parse_endpoint)]
     pub catalogue_addr: String,
 
+    /// This runner's own token (a runner token for this node), for its calls to the catalogue
+    /// and to other runners. Read again when it changes, so a token is rotated without a
+    /// restart.
+    #[arg(long, env = "PIRUS_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Name of this node; default the host name.
     #[arg(long, env = "PIRUS_NODE_NAME", value_parser = parse_node_name)]
     pub node_name: Option<String>,

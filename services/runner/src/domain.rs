@@ -85,6 +85,8 @@ pub struct Run {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// The accessor that submitted it; its outputs and logs are that accessor's files.
+    pub owner: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -110,6 +112,8 @@ pub struct NewRun {
     /// Limits asked for; `None` keeps the pipeline's, then the node's default.
     pub requested: Requested,
     pub max_attempts: Option<u32>,
+    /// Who submits it (set by the submit use case from the caller).
+    pub owner: Option<Uuid>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +193,8 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
     pub pipeline_id: Option<Uuid>,
     pub node: Option<String>,
+    /// Only this accessor's runs (a user's list).
+    pub owner: Option<Uuid>,
 }
 
 pub use pirus_server::paging::Page;
@@ -203,6 +209,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's role may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -240,6 +249,12 @@ impl From<sea_orm::DbErr> for Error {
     }
 }
 
+impl From<pirus_auth::policy::Forbidden> for Error {
+    fn from(e: pirus_auth::policy::Forbidden) -> Self {
+        Self::PermissionDenied(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Self::Internal(e.to_string())
@@ -254,6 +269,7 @@ impl From<Error> for tonic::Status {
             Error::NotFound(_) => Status::not_found(e.to_string()),
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
+            Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 Status::internal("internal error")

@@ -1,13 +1,14 @@
 //! `pirus-runner`: one per LXD host. It claims queued runs from the shared database, runs each
 //! in its own unprivileged LXD container, streams logs and progress, and reports back.
 //!
-//! Depends on (within Pirus): pirus-proto, pirus-db, pirus-server, pirus-lxd. Never on:
+//! Depends on (within Pirus): pirus-proto, pirus-db, pirus-server, pirus-lxd, pirus-auth. Never on:
 //! pirus-catalogue. The catalogue's data (pipelines, files) is read only through
 //! `pirus_db::views`, and its content through the catalogue's gRPC API.
 //!
 //! `main` only parses options and calls [`run`], which takes pre-bound listeners and a
 //! cancellation token so that tests can run the service in-process.
 
+mod access;
 mod config;
 mod domain;
 mod executor;
@@ -22,12 +23,24 @@ mod scheduler;
 mod store;
 mod submit;
 
+use pirus_auth::{Credential, client::OwnCredential};
 use pirus_proto::runner::v1::runner_service_server::RunnerServiceServer;
-use pirus_server::{Listeners, ServeOptions, Service, metrics::MetricsBuilder};
+use pirus_server::{AuthSetup, Listeners, ServeOptions, Service, metrics::MetricsBuilder};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// The calls that change something, recorded in the audit trail.
+const CHANGES: &[&str] = &[
+    "/pirus.runner.v1.RunnerService/SubmitRun",
+    "/pirus.runner.v1.RunnerService/PauseRun",
+    "/pirus.runner.v1.RunnerService/ResumeRun",
+    "/pirus.runner.v1.RunnerService/CancelRun",
+    "/pirus.runner.v1.RunnerService/DeleteRun",
+    "/pirus.runner.v1.RunnerService/DrainNode",
+    "/pirus.runner.v1.RunnerService/UndrainNode",
+];
 
 /// Connects to and migrates the database, registers the node, then serves and runs until
 /// `shutdown` is cancelled. LXD being unreachable does not stop the runner from serving: it is
@@ -69,7 +82,8 @@ pub async fn run(
     };
     let node_state = register(node, &shutdown).await?;
 
-    let catalogue = executor::Catalogue::connect_lazy(&config.catalogue_addr)?;
+    let credential = own_credential(&config, &db, &node_name).await?;
+    let catalogue = executor::Catalogue::connect_lazy(&config.catalogue_addr, credential.clone())?;
     let executor = executor::Executor::new(
         stores.clone(),
         lxd.clone(),
@@ -95,7 +109,7 @@ pub async fn run(
     tokio::spawn(scheduler.run(notices.subscribe(), shutdown.clone()));
 
     let runs = runs::Runs {
-        peers: peers::Peers::new(stores.nodes.clone(), node_name.clone()),
+        peers: peers::Peers::new(stores.nodes.clone(), node_name.clone(), credential),
         stores,
         notices,
         node: node_name,
@@ -105,6 +119,45 @@ pub async fn run(
         databases_dir: config.databases_dir.clone(),
     };
     serve(&config, listeners, runs, db, metrics, shutdown).await
+}
+
+/// The runner's own token (`--token-file`), checked at start-up: it must be a valid runner
+/// token for this node. Followed for rotation afterwards.
+async fn own_credential(
+    config: &Config,
+    db: &pirus_db::sea_orm::DatabaseConnection,
+    node: &str,
+) -> anyhow::Result<OwnCredential> {
+    let Some(path) = &config.token_file else {
+        if config.common.auth == pirus_server::options::Auth::Token {
+            tracing::warn!(
+                "no --token-file: calls to the catalogue and other runners carry no token and \
+                 will be refused; give this runner a runner token for node '{node}'"
+            );
+        }
+        return Ok(OwnCredential::default());
+    };
+    let credential = Credential::read_file(path).map_err(anyhow::Error::msg)?;
+    let verifier = pirus_auth::Verifier::new(db.clone(), pirus_auth::AuthMode::Token);
+    let header = format!("Bearer {}", credential.token().unwrap_or_default());
+    let caller = verifier
+        .verify(Some(&header), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("the token in {}: {e}", path.display()))?;
+    if caller.role != pirus_auth::Role::Runner || caller.node.as_deref() != Some(node) {
+        anyhow::bail!(
+            "the token in {} is a {} token{}; this runner needs a runner token for node '{node}'",
+            path.display(),
+            caller.role.as_str(),
+            caller
+                .node
+                .map(|n| format!(" for node '{n}'"))
+                .unwrap_or_default()
+        );
+    }
+    let own = OwnCredential::new(credential);
+    tokio::spawn(own.clone().follow_file(path.clone()));
+    Ok(own)
 }
 
 /// The runner's metrics, with the gauge of LXD's availability.
@@ -181,6 +234,11 @@ async fn serve(
         addr_file: config.common.addr_file.clone(),
         shutdown_timeout: config.common.shutdown_timeout,
         reflection: vec![pirus_proto::RUNNER_DESCRIPTOR_SET],
+        auth: AuthSetup {
+            verifier: pirus_auth::Verifier::new(db.clone(), config.common.auth.mode()),
+            audit: pirus_auth::audit::Audit::new(db.clone(), "runner"),
+            changes: CHANGES,
+        },
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
     Ok(())

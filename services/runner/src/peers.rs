@@ -1,9 +1,12 @@
 //! Other runners, for reads that only a run's owning node can answer (live logs, monitoring):
 //! the owner is found at its registered address and asked over gRPC. A forwarded call never
-//! goes to this node itself (it would loop), and connecting has a deadline.
+//! goes to this node itself (it would loop), connecting has a deadline, and the call carries
+//! this runner's own token (the peer lets runners make forwarded reads; this node checked the
+//! client).
 
 use std::time::Duration;
 
+use pirus_auth::client::OwnCredential;
 use pirus_proto::runner::v1::{self as pb, runner_service_client::RunnerServiceClient};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -22,6 +25,7 @@ pub struct Peers {
     nodes: NodeStore,
     /// This node: never a peer.
     node: String,
+    credential: OwnCredential,
 }
 
 fn unavailable(owner: &str, e: impl std::fmt::Display) -> Error {
@@ -32,8 +36,12 @@ fn unavailable(owner: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Peers {
-    pub fn new(nodes: NodeStore, node: String) -> Self {
-        Self { nodes, node }
+    pub fn new(nodes: NodeStore, node: String, credential: OwnCredential) -> Self {
+        Self {
+            nodes,
+            node,
+            credential,
+        }
     }
 
     async fn client(&self, owner: &str) -> Result<RunnerServiceClient<Channel>> {
@@ -75,7 +83,7 @@ impl Peers {
             follow,
         };
         let mut remote = client
-            .stream_run_logs(request)
+            .stream_run_logs(self.credential.get().request(request))
             .await
             .map_err(|s| relayed(owner, s))?
             .into_inner();
@@ -97,9 +105,9 @@ impl Peers {
     pub async fn monitoring(&self, owner: &str, run: Uuid) -> Result<Monitoring> {
         let mut client = self.client(owner).await?;
         let m = client
-            .get_run_monitoring(pb::GetRunMonitoringRequest {
+            .get_run_monitoring(self.credential.get().request(pb::GetRunMonitoringRequest {
                 id: run.to_string(),
-            })
+            }))
             .await
             .map_err(|s| relayed(owner, s))?
             .into_inner();

@@ -5,11 +5,16 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use pirus_auth::{
+    Caller,
+    policy::{self, Action},
+};
 use pirus_db::{listen::Notice, views::RunFileKind};
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use crate::{
+    access,
     domain::{
         Error, LogChunk, LogStream, Monitoring, NewRun, Node, Page, Result, Run, RunEvent,
         RunFilter, RunStatus,
@@ -43,16 +48,27 @@ pub struct Runs {
 }
 
 impl Runs {
-    pub async fn submit(&self, new: NewRun) -> Result<Run> {
-        submit::submit(&self.stores, self.databases_dir.as_deref(), new).await
+    /// Queues a run for the caller, who owns it; a user's inputs must be its own files.
+    pub async fn submit(&self, caller: &Caller, mut new: NewRun) -> Result<Run> {
+        access::require(caller, Action::SubmitRuns)?;
+        new.owner = Some(caller.accessor);
+        let inputs_of = policy::scope(caller).owner_filter();
+        submit::submit(&self.stores, self.databases_dir.as_deref(), new, inputs_of).await
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<Run> {
-        self.stores.runs.get(id).await
+    pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Run> {
+        access::allowed(caller, Action::ReadRuns, self.stores.runs.get(id)).await
     }
 
-    pub async fn list(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {
-        self.stores.runs.list(filter, page).await
+    /// Runs within the caller's scope.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        mut filter: RunFilter,
+        page: Page,
+    ) -> Result<Vec<Run>> {
+        filter.owner = access::list_owner(caller)?;
+        self.stores.runs.list(&filter, page).await
     }
 
     /// Every event of a run after `after`, then live ones, until the terminal event. A
@@ -61,10 +77,11 @@ impl Runs {
     /// twice.
     pub async fn watch(
         &self,
+        caller: &Caller,
         id: Uuid,
         mut after: i64,
     ) -> Result<mpsc::Receiver<Result<RunEvent>>> {
-        self.stores.runs.get(id).await?;
+        self.get(caller, id).await?;
         // Subscribed before the first read: nothing committed after it can be missed.
         let mut notices = self.notices.subscribe();
         let (tx, rx) = mpsc::channel(64);
@@ -99,16 +116,21 @@ impl Runs {
     /// until the run ends.
     pub async fn logs(
         &self,
+        caller: &Caller,
         id: Uuid,
         stream: LogStream,
         offset: u64,
         follow: bool,
     ) -> Result<mpsc::Receiver<Result<LogChunk>>> {
-        self.stores.runs.get(id).await?;
+        access::live_readable(caller, self.stores.runs.get(id)).await?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
+        let credential = caller.credential.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.stream_log(id, stream, offset, follow, &tx).await {
+            let streamed = this
+                .stream_log(id, stream, offset, follow, &credential, &tx)
+                .await;
+            if let Err(e) = streamed {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -121,6 +143,7 @@ impl Runs {
         stream: LogStream,
         mut offset: u64,
         follow: bool,
+        credential: &pirus_auth::Credential,
         tx: &mpsc::Sender<Result<LogChunk>>,
     ) -> Result<()> {
         loop {
@@ -128,7 +151,8 @@ impl Runs {
             if run.status.is_terminal() {
                 let log = self.stores.runs.file(id, RunFileKind::Log, stream.file());
                 if let Some(file) = log.await? {
-                    self.catalogue.read(file, offset, tx).await?;
+                    // As the caller: the catalogue checks the log is theirs to read.
+                    self.catalogue.read(file, offset, credential, tx).await?;
                 }
                 return Ok(());
             }
@@ -168,22 +192,25 @@ impl Runs {
     }
 
     /// Pause, resume or cancel, as the lifecycle allows.
-    pub async fn control(&self, id: Uuid, request: Request) -> Result<Run> {
+    pub async fn control(&self, caller: &Caller, id: Uuid, request: Request) -> Result<Run> {
+        access::allowed(caller, Action::ControlRuns, self.stores.runs.get(id)).await?;
         self.stores.runs.request(id, request).await
     }
 
-    /// Removes a run that ended with its output and log files.
-    pub async fn delete(&self, id: Uuid) -> Result<Run> {
+    /// Removes a run that ended with its output and log files (deleted in the catalogue as
+    /// the caller, whose files they are).
+    pub async fn delete(&self, caller: &Caller, id: Uuid) -> Result<Run> {
+        access::allowed(caller, Action::DeleteRuns, self.stores.runs.get(id)).await?;
         let (run, files) = self.stores.runs.delete(id).await?;
         for file in files {
-            self.catalogue.delete(file).await?;
+            self.catalogue.delete(file, &caller.credential).await?;
         }
         Ok(run)
     }
 
     /// Live figures of a run's container, from its node's LXD.
-    pub async fn monitoring(&self, id: Uuid) -> Result<Monitoring> {
-        let run = self.stores.runs.get(id).await?;
+    pub async fn monitoring(&self, caller: &Caller, id: Uuid) -> Result<Monitoring> {
+        let run = access::live_readable(caller, self.stores.runs.get(id)).await?;
         if run.status.is_terminal() || run.status == RunStatus::Waiting {
             return Err(Error::FailedPrecondition(format!(
                 "run {id} has no container (it is {})",
@@ -214,11 +241,13 @@ impl Runs {
         }
     }
 
-    pub async fn nodes(&self) -> Result<Vec<Node>> {
+    pub async fn nodes(&self, caller: &Caller) -> Result<Vec<Node>> {
+        access::require(caller, Action::ReadNodes)?;
         self.stores.nodes.list().await
     }
 
-    pub async fn set_draining(&self, name: &str, draining: bool) -> Result<Node> {
+    pub async fn set_draining(&self, caller: &Caller, name: &str, draining: bool) -> Result<Node> {
+        access::require(caller, Action::DrainNodes)?;
         self.stores.nodes.set_draining(name, draining).await
     }
 }

@@ -21,8 +21,15 @@ use crate::{
 /// Inputs of one run at most: each is fetched, cached and linked, and named in linear time.
 pub const MAX_INPUTS: usize = 1000;
 
-/// Queues a run, or answers the run an earlier submission with the same `request_id` queued.
-pub async fn submit(stores: &Stores, databases_dir: Option<&Path>, new: NewRun) -> Result<Run> {
+/// Queues a run, or answers the run an earlier submission (by the same owner) with the same
+/// `request_id` queued. With `inputs_of`, every input must be that accessor's file (another's
+/// is reported as not found).
+pub async fn submit(
+    stores: &Stores,
+    databases_dir: Option<&Path>,
+    new: NewRun,
+    inputs_of: Option<Uuid>,
+) -> Result<Run> {
     if new.input_file_ids.len() > MAX_INPUTS {
         return Err(Error::invalid(
             "input_file_ids",
@@ -33,7 +40,7 @@ pub async fn submit(stores: &Stores, databases_dir: Option<&Path>, new: NewRun) 
         ));
     }
     if let Some(request_id) = &new.request_id
-        && let Some(run) = stores.runs.by_request_id(request_id).await?
+        && let Some(run) = stores.runs.by_request_id(request_id, new.owner).await?
     {
         return Ok(run);
     }
@@ -56,7 +63,7 @@ pub async fn submit(stores: &Stores, databases_dir: Option<&Path>, new: NewRun) 
         &stores.nodes.largest_runs().await?,
     )?;
 
-    let names = input_names(&input_file_names(stores, &new.input_file_ids).await?);
+    let names = input_names(&input_file_names(stores, &new.input_file_ids, inputs_of).await?);
 
     let databases = databases_dir.map(list_databases).unwrap_or_default();
     let form = pipeline
@@ -76,13 +83,18 @@ pub async fn submit(stores: &Stores, databases_dir: Option<&Path>, new: NewRun) 
         requested,
         max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
         pipeline,
+        owner: new.owner,
     };
     stores.runs.insert(insert).await
 }
 
-/// The names of a run's input files, in order; every id must name an existing file that did
-/// not fail its upload.
-async fn input_file_names(stores: &Stores, ids: &[Uuid]) -> Result<Vec<String>> {
+/// The names of a run's input files, in order; every id must name an existing file (of
+/// `owner`, if given) that did not fail its upload.
+async fn input_file_names(
+    stores: &Stores,
+    ids: &[Uuid],
+    owner: Option<Uuid>,
+) -> Result<Vec<String>> {
     let files: HashMap<Uuid, FileView> = views::files(stores.db(), ids)
         .await?
         .into_iter()
@@ -90,7 +102,10 @@ async fn input_file_names(stores: &Stores, ids: &[Uuid]) -> Result<Vec<String>> 
         .collect();
     let mut names = Vec::with_capacity(ids.len());
     for (i, id) in ids.iter().enumerate() {
-        let file = files.get(id).ok_or_else(|| {
+        let file = files
+            .get(id)
+            .filter(|f| owner.is_none() || f.owner == owner);
+        let file = file.ok_or_else(|| {
             Error::invalid(
                 &format!("input_file_ids[{i}]"),
                 format!("file {id} not found"),

@@ -109,6 +109,8 @@ pub struct FileView {
     pub name: String,
     pub state: FileState,
     pub sha256: Option<String>,
+    /// The accessor that owns it.
+    pub owner: Option<Uuid>,
 }
 
 #[derive(FromQueryResult)]
@@ -117,6 +119,7 @@ struct FileRow {
     name: String,
     status: String,
     sha256: Option<String>,
+    owner: Option<Uuid>,
 }
 
 /// A pipeline, for a run of it.
@@ -146,7 +149,7 @@ pub async fn pipeline(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Pipe
 /// The files among `ids` that exist (in no particular order).
 pub async fn files(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<Vec<FileView>, DbErr> {
     let rows = FileRow::find_by_statement(stmt(
-        "SELECT id, name, status, sha256 FROM file_for_runs WHERE id = ANY($1)",
+        "SELECT id, name, status, sha256, owner FROM file_for_runs WHERE id = ANY($1)",
         [ids.to_vec().into()],
     ))
     .all(db)
@@ -158,6 +161,7 @@ pub async fn files(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<Vec<FileVi
                 id: r.id,
                 name: r.name,
                 sha256: r.sha256,
+                owner: r.owner,
             })
         })
         .collect()

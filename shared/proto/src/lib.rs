@@ -28,5 +28,7 @@ pub const RUNNER_DESCRIPTOR_SET: &[u8] =
 
 /// Fully qualified gRPC service names, as health checking and reflection report them.
 pub const CATALOGUE_SERVICE: &str = "pirus.catalogue.v1.CatalogueService";
+/// See [`CATALOGUE_SERVICE`]; also served by the catalogue.
+pub const ACCESS_SERVICE: &str = "pirus.catalogue.v1.AccessService";
 /// See [`CATALOGUE_SERVICE`].
 pub const RUNNER_SERVICE: &str = "pirus.runner.v1.RunnerService";

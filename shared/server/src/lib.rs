@@ -4,7 +4,8 @@
 //!
 //! It holds no business logic and does not depend on either service's domain or on LXD.
 //!
-//! Depends on (within Pirus): pirus-db. Never on: pirus-lxd, pirus-catalogue, pirus-runner.
+//! Depends on (within Pirus): pirus-db, pirus-auth. Never on: pirus-lxd, pirus-catalogue,
+//! pirus-runner.
 
 pub mod digest;
 pub mod health;
@@ -16,4 +17,4 @@ pub mod process;
 pub mod serve;
 pub mod telemetry;
 
-pub use serve::{Listeners, ServeError, ServeOptions, Service, serve, shutdown_signal};
+pub use serve::{AuthSetup, Listeners, ServeError, ServeOptions, Service, serve, shutdown_signal};

@@ -4,7 +4,13 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::{ConnectInfo, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
 
 use crate::{health::Health, metrics::Metrics};
 
@@ -12,14 +18,20 @@ use crate::{health::Health, metrics::Metrics};
 struct OpsState {
     health: Health,
     metrics: Arc<Metrics>,
+    verifier: pirus_auth::Verifier,
 }
 
-pub fn router(health: Health, metrics: Arc<Metrics>) -> Router {
+/// `/livez` and `/readyz` are open; `/metrics` needs a token that may read metrics.
+pub fn router(health: Health, metrics: Arc<Metrics>, verifier: pirus_auth::Verifier) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(OpsState { health, metrics })
+        .with_state(OpsState {
+            health,
+            metrics,
+            verifier,
+        })
 }
 
 async fn livez() -> &'static str {
@@ -36,7 +48,20 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
+async fn metrics_text(
+    State(state): State<OpsState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: http::HeaderMap,
+) -> Response {
+    let caller =
+        pirus_auth::layer::authenticate_http(&state.verifier, &headers, Some(peer.ip())).await;
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err((status, e)) => return unauthorized(status, &e.to_string()),
+    };
+    if let Err(e) = pirus_auth::policy::check(&caller, pirus_auth::policy::Action::ReadMetrics) {
+        return (StatusCode::FORBIDDEN, format!("{e}\n")).into_response();
+    }
     (
         [(
             http::header::CONTENT_TYPE,
@@ -44,4 +69,71 @@ async fn metrics_text(State(state): State<OpsState>) -> impl IntoResponse {
         )],
         state.metrics.encode(),
     )
+        .into_response()
+}
+
+/// A 401 (or 503) with `WWW-Authenticate: Bearer`, as HTTP clients expect.
+pub fn unauthorized(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(http::header::WWW_AUTHENTICATE, "Bearer")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+/// What the HTTP side of the authorization layer needs.
+#[derive(Clone)]
+pub struct HttpAuth {
+    pub verifier: pirus_auth::Verifier,
+    pub audit: pirus_auth::audit::Audit,
+}
+
+/// The authorization layer for a service's own HTTP routes (tus): every request but OPTIONS
+/// (discovery and CORS preflight, which browsers send without credentials) is authenticated
+/// once, its [`pirus_auth::Caller`] put in the request's extensions for the handlers; the
+/// others are answered 401 with `WWW-Authenticate: Bearer`. Creations and terminations (POST,
+/// DELETE) are recorded in the audit trail with their status.
+pub async fn authenticate(
+    State(auth): State<HttpAuth>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.method() == http::Method::OPTIONS {
+        return next.run(request).await;
+    }
+    let audited = matches!(*request.method(), http::Method::POST | http::Method::DELETE);
+    let action = format!("{} {}", request.method(), request.uri().path());
+    let peer_text = peer.ip().to_string();
+    let caller =
+        pirus_auth::layer::authenticate_http(&auth.verifier, request.headers(), Some(peer.ip()))
+            .await;
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err((status, e)) => {
+            if audited {
+                auth.audit
+                    .record(None, &action, "", status.as_str(), &peer_text);
+            }
+            return unauthorized(status, &e.to_string());
+        }
+    };
+    let accessor = caller.accessor;
+    request.extensions_mut().insert(caller);
+    let response = next.run(request).await;
+    if audited {
+        auth.audit.record(
+            Some(accessor),
+            &action,
+            response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            response.status().as_str(),
+            &peer_text,
+        );
+    }
+    response
 }

@@ -28,10 +28,30 @@ pub struct CommonOptions {
     #[arg(long, env = "PIRUS_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// `token`: every call needs a bearer token (the default). `none`: every caller is an
+    /// admin, for development; accepted only when every bound address is loopback.
+    #[arg(long, env = "PIRUS_AUTH", value_enum, default_value_t = Auth::Token)]
+    pub auth: Auth,
+
     /// Connections in the database pool.
     #[arg(long, env = "PIRUS_DATABASE_MAX_CONNECTIONS", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub database_max_connections: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Auth {
+    Token,
+    None,
+}
+
+impl Auth {
+    pub fn mode(self) -> pirus_auth::AuthMode {
+        match self {
+            Self::Token => pirus_auth::AuthMode::Token,
+            Self::None => pirus_auth::AuthMode::None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

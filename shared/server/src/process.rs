@@ -24,6 +24,10 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let config: C = crate::options::parse();
+    if let Err(line) = check_safe(&config) {
+        eprintln!("{name}: {line}");
+        return ExitCode::from(2);
+    }
     crate::telemetry::init(config.common().log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -50,6 +54,20 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// Refuses unsafe combinations of options at start-up: `--auth none` on an address other
+/// machines can reach.
+fn check_safe<C: ServiceConfig>(config: &C) -> Result<(), String> {
+    let (grpc, http) = config.addresses();
+    let loopback = grpc.ip().is_loopback() && http.ip().is_loopback();
+    if config.common().auth == crate::options::Auth::None && !loopback {
+        return Err(
+            "--auth none is accepted only when every bound address is loopback (127.0.0.1 or ::1)"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// Connects to the database the options name and applies the migrations.

@@ -78,6 +78,17 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
     /// Encoded `FileDescriptorSet`s that reflection publishes (health's is added here).
     pub reflection: Vec<&'static [u8]>,
+    /// The authorization layer every call (but health and reflection) passes.
+    pub auth: AuthSetup,
+}
+
+/// What the authorization layer needs: the verifier, the audit trail, and which methods change
+/// something (to be audited).
+#[derive(Clone)]
+pub struct AuthSetup {
+    pub verifier: pirus_auth::Verifier,
+    pub audit: pirus_auth::audit::Audit,
+    pub changes: &'static [&'static str],
 }
 
 /// What a service hands to [`serve`]: its gRPC routes and any HTTP routes of its own.
@@ -131,6 +142,11 @@ pub async fn serve(
         .max_frame_size(Some(1 << 20))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .layer(GrpcMetricsLayer::new(metrics.clone()))
+        .layer(pirus_auth::layer::AuthLayer::new(
+            options.auth.verifier.clone(),
+            options.auth.audit.clone(),
+            options.auth.changes,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             grpc_panic_response,
         ));
@@ -147,9 +163,23 @@ pub async fn serve(
         );
     let grpc_task = tokio::spawn(grpc_server);
 
-    let http_router = ops::router(health.clone(), metrics.clone()).merge(service.http);
-    let http_server = axum::serve(listeners.http, http_router)
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let http_router = ops::router(
+        health.clone(),
+        metrics.clone(),
+        options.auth.verifier.clone(),
+    )
+    .merge(service.http.layer(axum::middleware::from_fn_with_state(
+        ops::HttpAuth {
+            verifier: options.auth.verifier.clone(),
+            audit: options.auth.audit.clone(),
+        },
+        ops::authenticate,
+    )));
+    let http_server = axum::serve(
+        listeners.http,
+        http_router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
     let http_task = tokio::spawn(async move { http_server.await });
 
     let watchdog = tokio::spawn(health::watch_database(db, health.clone(), stop.clone()));

@@ -1,9 +1,11 @@
 //! Benchmark client: unary RPC throughput and latency against a running catalogue, each RPC
 //! driven by CONCURRENCY tasks over four HTTP/2 connections for SECONDS, beside the gRPC health
 //! check measured the same way (the same server, transport and client, no database: the
-//! baseline). Used by bench/rpc.sh.
+//! baseline). Calls carry the token in `PIRUS_BENCH_TOKEN`. Given the address of a second
+//! catalogue on the same database started with `--auth none`, GetFile is measured on both,
+//! alternately, to give the cost of the token check. Used by bench/rpc.sh.
 //!
-//! Usage: pirus-bench-rpc GRPC_ADDR [CONCURRENCY] [SECONDS]
+//! Usage: pirus-bench-rpc GRPC_ADDR [CONCURRENCY] [SECONDS] [NO_AUTH_GRPC_ADDR]
 
 // A command-line tool: its report goes to stdout.
 #![allow(clippy::print_stdout)]
@@ -16,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
-use tonic::transport::Channel;
+use pirus_tests::{Channel, identity::with_token};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const CONNECTIONS: usize = 4;
@@ -92,21 +94,82 @@ where
     Ok(outcome)
 }
 
+/// CONNECTIONS connections to `addr`, their calls carrying `token`.
+async fn connect(addr: &str, token: Option<&str>) -> Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        channels.push(with_token(channel, token));
+    }
+    Ok(channels)
+}
+
+/// GetFile of the ids in turn, over `channels`.
+async fn get_files(
+    channels: &[Channel],
+    ids: &Arc<Vec<String>>,
+    concurrency: usize,
+    seconds: u64,
+) -> Result<Outcome> {
+    let ids = ids.clone();
+    drive(channels, concurrency, seconds, move |channel, n| {
+        let id = ids[n % ids.len()].clone();
+        async move {
+            CatalogueServiceClient::new(channel)
+                .get_file(pb::GetFileRequest { id })
+                .await
+                .is_ok()
+        }
+    })
+    .await
+}
+
+/// Outcomes of several rounds as one.
+fn merged(rounds: Vec<Outcome>) -> Outcome {
+    let mut all = Outcome {
+        calls: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for r in rounds {
+        all.calls += r.calls;
+        all.errors += r.errors;
+        all.elapsed += r.elapsed;
+        all.latencies.extend(r.latencies);
+    }
+    all.latencies.sort_unstable();
+    all
+}
+
+/// GetFile with tokens and without (`--auth none`), alternately, `rounds` times each.
+async fn token_cost(
+    with: &[Channel],
+    without: &[Channel],
+    ids: &Arc<Vec<String>>,
+    concurrency: usize,
+    seconds: u64,
+) -> Result<(Outcome, Outcome)> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        b.push(get_files(without, ids, concurrency, seconds).await?);
+        a.push(get_files(with, ids, concurrency, seconds).await?);
+    }
+    Ok((merged(a), merged(b)))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: pirus-bench-rpc GRPC_ADDR [CONCURRENCY] [SECONDS]";
+    let usage = "usage: pirus-bench-rpc GRPC_ADDR [CONCURRENCY] [SECONDS] [NO_AUTH_GRPC_ADDR]";
     let addr = args.next().context(usage)?;
     let concurrency: usize = args.next().map_or(Ok(32), |a| a.parse()).context(usage)?;
     let seconds: u64 = args.next().map_or(Ok(5), |a| a.parse()).context(usage)?;
-    let mut channels = Vec::new();
-    for _ in 0..CONNECTIONS {
-        channels.push(
-            Channel::from_shared(format!("http://{addr}"))?
-                .connect()
-                .await?,
-        );
-    }
+    let no_auth = args.next();
+    let token = std::env::var("PIRUS_BENCH_TOKEN").ok();
+    let channels = connect(&addr, token.as_deref()).await?;
 
     // Files to read: created, never uploaded (metadata reads do not care).
     let mut client = CatalogueServiceClient::new(channels[0].clone());
@@ -135,18 +198,19 @@ async fn main() -> Result<()> {
     })
     .await?;
     rows.push(("grpc.health.v1.Health/Check (baseline)", health));
-    let get_ids = ids.clone();
-    let get = drive(&channels, concurrency, seconds, move |channel, n| {
-        let id = get_ids[n % get_ids.len()].clone();
-        async move {
-            CatalogueServiceClient::new(channel)
-                .get_file(pb::GetFileRequest { id })
-                .await
-                .is_ok()
+    match &no_auth {
+        Some(open) => {
+            let without = connect(open, None).await?;
+            let (with, without) =
+                token_cost(&channels, &without, &ids, concurrency, seconds).await?;
+            rows.push(("GetFile (with a token)", with));
+            rows.push(("GetFile (--auth none)", without));
         }
-    })
-    .await?;
-    rows.push(("GetFile", get));
+        None => rows.push((
+            "GetFile",
+            get_files(&channels, &ids, concurrency, seconds).await?,
+        )),
+    }
     let list = drive(&channels, concurrency, seconds, |channel, _| async move {
         CatalogueServiceClient::new(channel)
             .list_files(pb::ListFilesRequest {
@@ -188,6 +252,14 @@ async fn main() -> Result<()> {
             outcome.percentile(0.99).as_secs_f64() * 1e3,
             outcome.rate() / baseline,
             outcome.errors
+        );
+    }
+    if no_auth.is_some() {
+        let (with, without) = (rows[1].1.rate(), rows[2].1.rate());
+        println!(
+            "token check: GetFile with a token at {:.1}% of the rate without (cost {:.1}%)",
+            100.0 * with / without,
+            100.0 * (1.0 - with / without)
         );
     }
     Ok(())

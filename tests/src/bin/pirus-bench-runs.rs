@@ -18,7 +18,7 @@ use pirus_proto::{
 use tokio_stream::StreamExt;
 
 async fn until_done(
-    runner: &mut RunnerServiceClient<tonic::transport::Channel>,
+    runner: &mut RunnerServiceClient<pirus_tests::Channel>,
     id: &str,
 ) -> Result<()> {
     let mut events = runner
@@ -49,8 +49,10 @@ async fn main() -> Result<()> {
         bail!("usage: pirus-bench-runs CATALOGUE_ADDR RUNNER_ADDR PACKAGE SEQUENTIAL BATCH");
     };
     let (sequential, batch): (usize, usize) = (sequential.parse()?, batch.parse()?);
-    let mut cat = CatalogueServiceClient::connect(format!("http://{catalogue}")).await?;
-    let mut runner = RunnerServiceClient::connect(format!("http://{runner}")).await?;
+    let mut cat =
+        CatalogueServiceClient::new(pirus_tests::identity::connect_from_env(catalogue).await?);
+    let mut runner =
+        RunnerServiceClient::new(pirus_tests::identity::connect_from_env(runner).await?);
 
     let bytes = std::fs::read(package).context("package")?;
     let pipeline = cat

@@ -29,9 +29,9 @@ async fn main() -> Result<()> {
         .next()
         .context("usage: pirus-bench-upload GRPC_ADDR FILE")?;
     let size = std::fs::metadata(&path)?.len();
-    let mut client = CatalogueServiceClient::connect(format!("http://{addr}"))
-        .await?
-        .max_decoding_message_size(16 << 20);
+    let mut client =
+        CatalogueServiceClient::new(pirus_tests::identity::connect_from_env(&addr).await?)
+            .max_decoding_message_size(16 << 20);
     let started = Instant::now();
     let file = client
         .create_file(pb::CreateFileRequest {

@@ -32,6 +32,9 @@ pub enum Error {
         "the catalogue's storage is full; the upload keeps its durable bytes and resumes once space is freed"
     )]
     StorageFull,
+    /// The caller's role may not do this (PERMISSION_DENIED, HTTP 403).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Temporarily unable to serve (database down, too many transfers).
     #[error("{0}")]
     Unavailable(String),
@@ -84,6 +87,12 @@ impl From<sea_orm::sqlx::Error> for Error {
     }
 }
 
+impl From<pirus_auth::policy::Forbidden> for Error {
+    fn from(e: pirus_auth::policy::Forbidden) -> Self {
+        Self::PermissionDenied(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         use std::io::ErrorKind;
@@ -109,6 +118,7 @@ impl From<Error> for tonic::Status {
             Error::ChecksumMismatch => Status::data_loss(e.to_string()),
             Error::TooLarge(_) | Error::StorageFull => Status::resource_exhausted(e.to_string()),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
+            Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 Status::internal("internal error")

@@ -77,6 +77,8 @@ pub struct File {
     /// The upload that fills this file (its id is the file id, or a pipeline id).
     pub upload_id: Option<Uuid>,
     pub upload_endpoint: Option<Endpoint>,
+    /// The accessor that owns it (a run's outputs and logs: the run's owner).
+    pub owner: Option<Uuid>,
 }
 
 /// A pipeline as clients see it: its package upload, then what its install found.
@@ -129,6 +131,8 @@ pub struct NewFile {
     pub source_run_id: Option<Uuid>,
     /// tus Upload-Metadata as sent, echoed by HEAD.
     pub metadata: String,
+    /// Who will own it: the creator, or a run's owner for its outputs and logs.
+    pub owner: Option<Uuid>,
 }
 
 /// The durable state of an upload, as HEAD and GetUploadStatus report it.
@@ -145,6 +149,8 @@ pub struct UploadState {
     pub parts: Vec<Uuid>,
     pub complete: bool,
     pub expires_at: DateTime<Utc>,
+    /// The accessor that made it: only it (or an admin) may write, read or end it.
+    pub owner: Option<Uuid>,
 }
 
 pub use pirus_server::paging::Page;
@@ -155,6 +161,8 @@ pub struct FileFilter {
     pub status: Option<FileStatus>,
     pub kind: Option<FileKind>,
     pub source_run_id: Option<Uuid>,
+    /// Only this accessor's files (a user's list).
+    pub owner: Option<Uuid>,
 }
 
 /// Checks a lowercase hex SHA-256, naming `field` when it is not one.

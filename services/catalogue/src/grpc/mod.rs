@@ -1,10 +1,12 @@
 //! gRPC edge of the catalogue. Handlers stay thin: convert the request, call one use case,
 //! convert the answer.
 
+pub mod access;
 mod convert;
 
 use std::{pin::Pin, sync::Arc};
 
+use pirus_auth::layer::caller;
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_server::CatalogueService};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -88,6 +90,7 @@ fn new_file(request: pb::CreateFileRequest) -> Result<NewFile, Error> {
         kind,
         source_run_id,
         metadata: String::new(),
+        owner: None,
     })
 }
 
@@ -97,6 +100,7 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::CreatePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let filename = check_filename("filename", &request.filename)?;
         if request.size < 0 {
@@ -108,8 +112,9 @@ impl CatalogueService for Catalogue {
             sha256: parse_sha256("sha256", &request.sha256)?,
             request_id: request_id(&request.request_id)?,
             metadata: String::new(),
+            owner: None,
         };
-        let pipeline = self.pipelines.create(new).await?;
+        let pipeline = self.pipelines.create(&caller, new).await?;
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
@@ -117,8 +122,9 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::InstallPipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
+        let caller = caller(&request)?;
         let file = parse_id("file_id", &request.into_inner().file_id)?;
-        let pipeline = self.pipelines.install_file(file).await?;
+        let pipeline = self.pipelines.install_file(&caller, file).await?;
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
@@ -126,8 +132,9 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("id", &request.into_inner().id)?;
-        let pipeline = self.pipelines.get(id).await?;
+        let pipeline = self.pipelines.get(&caller, id).await?;
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
@@ -135,13 +142,14 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::ListPipelinesRequest>,
     ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let page = convert::page(request.page_size, &request.page_token)?;
         let filter = PipelineFilter {
             status: convert::pipeline_status(request.status)?,
             name: (!request.name.is_empty()).then_some(request.name),
         };
-        let pipelines = self.pipelines.list(&filter, page).await?;
+        let pipelines = self.pipelines.list(&caller, filter, page).await?;
         let next_page_token =
             convert::next_page_token(page, pipelines.last().map(|p| p.id), pipelines.len());
         Ok(Response::new(pb::ListPipelinesResponse {
@@ -157,8 +165,9 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::DeletePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("id", &request.into_inner().id)?;
-        let pipeline = self.pipelines.delete(id).await?;
+        let pipeline = self.pipelines.delete(&caller, id).await?;
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
@@ -166,6 +175,7 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::GetPipelineDocumentRequest>,
     ) -> Result<Response<pb::PipelineDocument>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let id = parse_id("pipeline_id", &request.pipeline_id)?;
         if !DOCUMENT_NAMES.contains(&request.name.as_str()) {
@@ -179,7 +189,7 @@ impl CatalogueService for Catalogue {
             )
             .into());
         }
-        let (content_type, content) = self.pipelines.document(id, &request.name).await?;
+        let (content_type, content) = self.pipelines.document(&caller, id, &request.name).await?;
         Ok(Response::new(pb::PipelineDocument {
             content_type,
             content: content.into(),
@@ -190,8 +200,9 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::CreateFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
+        let caller = caller(&request)?;
         let new = new_file(request.into_inner())?;
-        let file = self.files.create(new).await?;
+        let file = self.files.create(&caller, new).await?;
         Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
 
@@ -199,8 +210,9 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::GetFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("id", &request.into_inner().id)?;
-        let file = self.files.get(id).await?;
+        let file = self.files.get(&caller, id).await?;
         Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
 
@@ -208,14 +220,16 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::ListFilesRequest>,
     ) -> Result<Response<pb::ListFilesResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let page = convert::page(request.page_size, &request.page_token)?;
         let filter = FileFilter {
             status: convert::file_status(request.status)?,
             kind: convert::file_kind(request.kind)?,
             source_run_id: parse_optional_id("source_run_id", &request.source_run_id)?,
+            owner: None,
         };
-        let files = self.files.list(&filter, page).await?;
+        let files = self.files.list(&caller, filter, page).await?;
         let next_page_token =
             convert::next_page_token(page, files.last().map(|f| f.id), files.len());
         Ok(Response::new(pb::ListFilesResponse {
@@ -231,8 +245,9 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("id", &request.into_inner().id)?;
-        let file = self.files.delete(id).await?;
+        let file = self.files.delete(&caller, id).await?;
         Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
 
@@ -240,6 +255,7 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<Streaming<pb::WriteUploadRequest>>,
     ) -> Result<Response<pb::UploadStatus>, Status> {
+        let caller = caller(&request)?;
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -251,7 +267,7 @@ impl CatalogueService for Catalogue {
         }
         let transfer = self
             .uploads
-            .begin(id, None, first.offset as u64, None, None)
+            .begin(&caller, id, None, first.offset as u64, None, None)
             .await?;
         let state = driver::drive(transfer, write_pieces(first, stream))
             .await
@@ -267,8 +283,9 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::GetUploadStatusRequest>,
     ) -> Result<Response<pb::UploadStatus>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("upload_id", &request.into_inner().upload_id)?;
-        let state = self.uploads.state(id).await?;
+        let state = self.uploads.state_for(&caller, id, None).await?;
         Ok(Response::new(upload_status(&state)))
     }
 
@@ -278,6 +295,7 @@ impl CatalogueService for Catalogue {
         &self,
         request: Request<pb::ReadFileRequest>,
     ) -> Result<Response<Self::ReadFileStream>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let id = parse_id("file_id", &request.file_id)?;
         if request.offset < 0 {
@@ -288,7 +306,7 @@ impl CatalogueService for Catalogue {
         }
         let chunks = self
             .files
-            .read(id, request.offset as u64, request.limit as u64)
+            .read(&caller, id, request.offset as u64, request.limit as u64)
             .await?;
         let stream = chunks.map(|chunk| {
             chunk

@@ -14,7 +14,7 @@ use crate::domain::{
 
 const FILE_COLUMNS: &str = r#"
     f.id, f.name, f.kind, f.status, f.size, f.expected_sha256, f.sha256, f.tags,
-    f.source_run_id, f.error_message, f.created_at,
+    f.source_run_id, f.error_message, f.created_at, f.owner,
     u.id AS upload_id, u.endpoint AS upload_endpoint, u."offset" AS upload_offset"#;
 
 #[derive(FromQueryResult)]
@@ -33,6 +33,7 @@ struct FileRow {
     upload_id: Option<Uuid>,
     upload_endpoint: Option<String>,
     upload_offset: Option<i64>,
+    owner: Option<Uuid>,
 }
 
 impl FileRow {
@@ -58,6 +59,7 @@ impl FileRow {
             created_at: self.created_at,
             upload_id: self.upload_id,
             upload_endpoint: self.upload_endpoint.as_deref().and_then(Endpoint::parse),
+            owner: self.owner,
         }
     }
 }
@@ -77,7 +79,7 @@ impl Store {
     /// file created then is returned instead (idempotent retries).
     pub async fn create_file(&self, new: NewFile, expiry: Duration) -> Result<File> {
         if let Some(request_id) = &new.request_id
-            && let Some(file) = self.file_by_request_id(request_id).await?
+            && let Some(file) = self.file_by_request_id(request_id, new.owner).await?
         {
             return Ok(file);
         }
@@ -98,8 +100,8 @@ impl Store {
         let inserted = txn
             .execute_raw(stmt(
                 "INSERT INTO files (id, name, kind, status, size, expected_sha256, tags,
-                                    source_run_id, request_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                    source_run_id, request_id, owner)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 [
                     id.into(),
                     new.name.into(),
@@ -110,6 +112,7 @@ impl Store {
                     new.tags.into(),
                     new.source_run_id.into(),
                     new.request_id.clone().into(),
+                    new.owner.into(),
                 ],
             ))
             .await;
@@ -118,7 +121,7 @@ impl Store {
             if let (Some(request_id), true) = (&new.request_id, pirus_db::is_unique_violation(&e)) {
                 drop(txn);
                 return self
-                    .file_by_request_id(request_id)
+                    .file_by_request_id(request_id, new.owner)
                     .await?
                     .ok_or_else(|| Error::internal(e));
             }
@@ -135,14 +138,15 @@ impl Store {
         }
         txn.execute_raw(stmt(
             r#"INSERT INTO uploads (id, endpoint, file_id, size, "offset", metadata, is_partial,
-                                    complete, expires_at)
-               VALUES ($1, $2, $1, $3, 0, $4, false, false, $5)"#,
+                                    complete, expires_at, owner)
+               VALUES ($1, $2, $1, $3, 0, $4, false, false, $5, $6)"#,
             [
                 id.into(),
                 Endpoint::Files.as_str().into(),
                 new.size.map(|s| s as i64).into(),
                 new.metadata.into(),
                 expiry_deadline(expiry).into(),
+                new.owner.into(),
             ],
         ))
         .await?;
@@ -162,12 +166,17 @@ impl Store {
         Ok(row.map(FileRow::into_file))
     }
 
-    async fn file_by_request_id(&self, request_id: &str) -> Result<Option<File>> {
+    /// The file an owner created with this idempotency key (keys are per owner).
+    async fn file_by_request_id(
+        &self,
+        request_id: &str,
+        owner: Option<Uuid>,
+    ) -> Result<Option<File>> {
         let sql = format!(
             "SELECT {FILE_COLUMNS} FROM files f LEFT JOIN uploads u ON u.file_id = f.id
-             WHERE f.request_id = $1"
+             WHERE f.request_id = $1 AND f.owner IS NOT DISTINCT FROM $2"
         );
-        let row = FileRow::find_by_statement(stmt(&sql, [request_id.into()]))
+        let row = FileRow::find_by_statement(stmt(&sql, [request_id.into(), owner.into()]))
             .one(&self.db)
             .await?;
         Ok(row.map(FileRow::into_file))
@@ -199,6 +208,9 @@ impl Store {
         }
         if let Some(run) = filter.source_run_id {
             filter_sql.and("f.source_run_id = ?", run);
+        }
+        if let Some(owner) = filter.owner {
+            filter_sql.and("f.owner = ?", owner);
         }
         let (filter_sql, values) = filter_sql.build();
         let sql = format!(

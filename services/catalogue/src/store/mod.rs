@@ -9,6 +9,7 @@ use sea_orm::{DatabaseConnection, DbBackend, Statement, Value};
 
 mod blobs;
 mod files;
+mod holders;
 mod pipelines;
 pub mod session;
 mod uploads;

@@ -85,6 +85,8 @@ pub struct NewPackage {
     pub sha256: Option<String>,
     pub request_id: Option<String>,
     pub metadata: String,
+    /// Who uploads it (the package file and its upload are theirs; the pipeline is no one's).
+    pub owner: Option<Uuid>,
 }
 
 /// What an install found, to record.
@@ -122,13 +124,14 @@ impl Store {
         let size: Option<i64> = new.size.map(|s| s as i64);
         let txn = self.db.begin().await?;
         txn.execute_raw(stmt(
-            "INSERT INTO files (id, name, kind, status, size, expected_sha256)
-             VALUES ($1, $2, 'package', 'uploading', $3, $4)",
+            "INSERT INTO files (id, name, kind, status, size, expected_sha256, owner)
+             VALUES ($1, $2, 'package', 'uploading', $3, $4, $5)",
             [
                 file_id.into(),
                 new.filename.into(),
                 size.into(),
                 new.sha256.into(),
+                new.owner.into(),
             ],
         ))
         .await?;
@@ -150,14 +153,16 @@ impl Store {
             return Err(e.into());
         }
         txn.execute_raw(stmt(
-            "INSERT INTO uploads (id, endpoint, file_id, pipeline_id, size, metadata, expires_at)
-             VALUES ($1, 'pipelines', $2, $1, $3, $4, $5)",
+            "INSERT INTO uploads (id, endpoint, file_id, pipeline_id, size, metadata, expires_at,
+                                  owner)
+             VALUES ($1, 'pipelines', $2, $1, $3, $4, $5, $6)",
             [
                 id.into(),
                 file_id.into(),
                 size.into(),
                 new.metadata.into(),
                 expiry_deadline(expiry).into(),
+                new.owner.into(),
             ],
         ))
         .await?;

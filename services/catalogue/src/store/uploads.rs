@@ -23,6 +23,7 @@ struct UploadRow {
     parts: Option<Vec<Uuid>>,
     complete: bool,
     expires_at: DateTime<Utc>,
+    owner: Option<Uuid>,
 }
 
 impl From<UploadRow> for UploadState {
@@ -39,6 +40,7 @@ impl From<UploadRow> for UploadState {
             parts: r.parts.unwrap_or_default(),
             complete: r.complete,
             expires_at: r.expires_at,
+            owner: r.owner,
         }
     }
 }
@@ -50,20 +52,22 @@ impl Store {
         endpoint: Endpoint,
         size: Option<u64>,
         metadata: String,
+        owner: Option<Uuid>,
         expiry: Duration,
     ) -> Result<UploadState> {
         let id = Uuid::now_v7();
         self.db
             .execute_raw(stmt(
                 r#"INSERT INTO uploads (id, endpoint, size, "offset", metadata, is_partial,
-                                        complete, expires_at)
-                   VALUES ($1, $2, $3, 0, $4, true, false, $5)"#,
+                                        complete, expires_at, owner)
+                   VALUES ($1, $2, $3, 0, $4, true, false, $5, $6)"#,
                 [
                     id.into(),
                     endpoint.as_str().into(),
                     size.map(|s| s as i64).into(),
                     metadata.into(),
                     expiry_deadline(expiry).into(),
+                    owner.into(),
                 ],
             ))
             .await?;
@@ -73,7 +77,7 @@ impl Store {
     pub async fn get_upload(&self, id: Uuid) -> Result<UploadState> {
         UploadRow::find_by_statement(stmt(
             r#"SELECT id, endpoint, file_id, pipeline_id, size, "offset", metadata, is_partial,
-                      parts, complete, expires_at
+                      parts, complete, expires_at, owner
                FROM uploads WHERE id = $1"#,
             [id.into()],
         ))
@@ -262,7 +266,7 @@ impl Store {
         let rows = UploadRow::find_by_statement(stmt(
             &format!(
                 r#"SELECT id, endpoint, file_id, pipeline_id, size, "offset", metadata, is_partial,
-                          parts, complete, expires_at
+                          parts, complete, expires_at, owner
                    FROM uploads WHERE (NOT complete OR is_partial) AND expires_at < now()
                    ORDER BY expires_at LIMIT {limit}"#
             ),

@@ -8,13 +8,14 @@ mod headers;
 use std::{ops::ControlFlow, sync::Arc};
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::any,
 };
+use pirus_auth::Caller;
 use tokio_stream::StreamExt;
 use uuid::Uuid;
 
@@ -22,6 +23,7 @@ use crate::{
     domain::{Endpoint, Error, NewFile, Result, UploadState, check_filename, parse_sha256},
     files::Files,
     grpc::upload_url,
+    pipelines::Pipelines,
     store::NewPackage,
     uploads::{
         Terminated, Transfer, Uploads,
@@ -34,14 +36,27 @@ use headers::{Concat, OFFSET_OCTET_STREAM, TUS_VERSION};
 struct Tus {
     uploads: Uploads,
     files: Files,
+    pipelines: Pipelines,
     public_url: Arc<str>,
+    /// Origins whose pages may call from a browser; none by default.
+    cors_origins: Arc<[String]>,
 }
 
-pub fn router(uploads: Uploads, files: Files, public_url: &str) -> Router {
+/// The tus routes. They sit behind the HTTP authorization layer, which puts the caller in
+/// every request but OPTIONS.
+pub fn router(
+    uploads: Uploads,
+    files: Files,
+    pipelines: Pipelines,
+    public_url: &str,
+    cors_origins: &[String],
+) -> Router {
     let state = Tus {
         uploads,
         files,
+        pipelines,
         public_url: public_url.into(),
+        cors_origins: cors_origins.into(),
     };
     Router::new()
         .route("/uploads/{endpoint}", any(collection))
@@ -64,6 +79,7 @@ fn error_response(e: Error) -> Response {
         Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
         Error::Internal(detail) => {
             tracing::error!(error = %detail, "internal error");
             return reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response();
@@ -77,15 +93,42 @@ fn reply(status: StatusCode, body: impl Into<Body>) -> Response {
     let mut response = (status, body.into()).into_response();
     let h = response.headers_mut();
     h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
-    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    h.insert(
-        "access-control-expose-headers",
-        HeaderValue::from_static(
-            "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, \
-             Tus-Extension, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Expires",
-        ),
-    );
     response
+}
+
+/// The request's Origin, when it is one of `--cors-origins`.
+fn allowed_origin<'h>(tus: &Tus, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
+    let origin = headers.get("origin")?;
+    let text = origin.to_str().ok()?;
+    tus.cors_origins.iter().any(|o| o == text).then_some(origin)
+}
+
+/// CORS headers for an allowed origin; none for any other (the browser then withholds the
+/// answer from the page).
+fn with_cors(tus: &Tus, request: &HeaderMap, mut response: Response) -> Response {
+    if let Some(origin) = allowed_origin(tus, request) {
+        let h = response.headers_mut();
+        h.insert("access-control-allow-origin", origin.clone());
+        h.insert("vary", HeaderValue::from_static("Origin"));
+        h.insert(
+            "access-control-expose-headers",
+            HeaderValue::from_static(
+                "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, \
+                 Tus-Max-Size, Tus-Extension, Upload-Metadata, Upload-Defer-Length, \
+                 Upload-Concat, Upload-Expires",
+            ),
+        );
+    }
+    response
+}
+
+/// The answer to a request the authorization layer let through without a caller (it never
+/// should: every request but OPTIONS gets one).
+fn unauthenticated() -> Response {
+    pirus_server::ops::unauthorized(
+        StatusCode::UNAUTHORIZED,
+        "the request was not authenticated",
+    )
 }
 
 fn set(response: &mut Response, name: &'static str, value: impl ToString) {
@@ -125,59 +168,74 @@ fn preamble(
 async fn collection(
     State(tus): State<Tus>,
     Path(endpoint_name): Path<String>,
+    found: Option<Extension<Caller>>,
     method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let endpoint = match preamble(&tus, &endpoint_name, &method, &headers) {
-        ControlFlow::Continue(endpoint) => endpoint,
-        ControlFlow::Break(response) => return response,
+    let response = async {
+        let endpoint = match preamble(&tus, &endpoint_name, &method, &headers) {
+            ControlFlow::Continue(endpoint) => endpoint,
+            ControlFlow::Break(response) => return response,
+        };
+        let Some(Extension(caller)) = found else {
+            return unauthenticated();
+        };
+        if method != Method::POST {
+            return tus_method_not_allowed("OPTIONS, POST");
+        }
+        if !headers::resumable_ok(&headers) {
+            return precondition_failed();
+        }
+        create(&tus, &caller, endpoint, &headers, body)
+            .await
+            .unwrap_or_else(error_response)
     };
-    if method != Method::POST {
-        return tus_method_not_allowed("OPTIONS, POST");
-    }
-    if !headers::resumable_ok(&headers) {
-        return precondition_failed();
-    }
-    create(&tus, endpoint, &headers, body)
-        .await
-        .unwrap_or_else(error_response)
+    with_cors(&tus, &headers, response.await)
 }
 
 async fn member(
     State(tus): State<Tus>,
     Path((endpoint_name, id)): Path<(String, String)>,
+    found: Option<Extension<Caller>>,
     method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let endpoint = match preamble(&tus, &endpoint_name, &method, &headers) {
-        ControlFlow::Continue(endpoint) => endpoint,
-        ControlFlow::Break(response) => return response,
-    };
-    // Clients behind proxies that only pass GET and POST.
-    let method = match headers
-        .get("x-http-method-override")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(overridden) if method == Method::POST => {
-            Method::from_bytes(overridden.as_bytes()).unwrap_or(method)
+    let response = async {
+        let endpoint = match preamble(&tus, &endpoint_name, &method, &headers) {
+            ControlFlow::Continue(endpoint) => endpoint,
+            ControlFlow::Break(response) => return response,
+        };
+        let Some(Extension(caller)) = found else {
+            return unauthenticated();
+        };
+        // Browser clients behind proxies that only pass GET and POST; only where browsers
+        // are let in at all (--cors-origins).
+        let method = match headers
+            .get("x-http-method-override")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(overridden) if method == Method::POST && !tus.cors_origins.is_empty() => {
+                Method::from_bytes(overridden.as_bytes()).unwrap_or(method)
+            }
+            _ => method,
+        };
+        if !headers::resumable_ok(&headers) {
+            return precondition_failed();
         }
-        _ => method,
+        let Ok(id) = Uuid::try_parse(&id) else {
+            return error_response(Error::NotFound(format!("upload {id}")));
+        };
+        let result = match method {
+            Method::HEAD => head(&tus, &caller, endpoint, id).await,
+            Method::PATCH => patch(&tus, &caller, endpoint, id, &headers, body).await,
+            Method::DELETE => terminate(&tus, &caller, endpoint, id).await,
+            _ => return tus_method_not_allowed("OPTIONS, HEAD, PATCH, DELETE"),
+        };
+        result.unwrap_or_else(error_response)
     };
-    if !headers::resumable_ok(&headers) {
-        return precondition_failed();
-    }
-    let Ok(id) = Uuid::try_parse(&id) else {
-        return error_response(Error::NotFound(format!("upload {id}")));
-    };
-    let result = match method {
-        Method::HEAD => head(&tus, endpoint, id).await,
-        Method::PATCH => patch(&tus, endpoint, id, &headers, body).await,
-        Method::DELETE => terminate(&tus, endpoint, id).await,
-        _ => return tus_method_not_allowed("OPTIONS, HEAD, PATCH, DELETE"),
-    };
-    result.unwrap_or_else(error_response)
+    with_cors(&tus, &headers, response.await)
 }
 
 fn tus_empty(status: StatusCode) -> Response {
@@ -200,8 +258,8 @@ fn options(tus: &Tus, request: &HeaderMap) -> Response {
         headers::CHECKSUM_ALGORITHMS,
     );
     set(&mut r, "tus-max-size", tus.uploads.max_size());
-    // CORS preflight, for browser clients (tus-js-client).
-    if request.contains_key("origin") {
+    // CORS preflight, for browser clients (tus-js-client) of the allowed origins.
+    if allowed_origin(tus, request).is_some() {
         set(
             &mut r,
             "access-control-allow-methods",
@@ -231,8 +289,8 @@ fn describe(r: &mut Response, state: &UploadState) {
     }
 }
 
-async fn head(tus: &Tus, endpoint: Endpoint, id: Uuid) -> Result<Response> {
-    let state = tus.uploads.state_at(id, endpoint).await?;
+async fn head(tus: &Tus, caller: &Caller, endpoint: Endpoint, id: Uuid) -> Result<Response> {
+    let state = tus.uploads.state_for(caller, id, Some(endpoint)).await?;
     let mut r = tus_empty(StatusCode::OK);
     describe(&mut r, &state);
     set(&mut r, "cache-control", "no-store");
@@ -254,6 +312,7 @@ async fn head(tus: &Tus, endpoint: Endpoint, id: Uuid) -> Result<Response> {
 
 async fn create(
     tus: &Tus,
+    caller: &Caller,
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
@@ -263,12 +322,12 @@ async fn create(
     let (raw_metadata, metadata) = headers::metadata(headers)?;
     let mut state = if concat == Some(Concat::Partial) {
         tus.uploads
-            .create_partial(endpoint, length, raw_metadata)
+            .create_partial(caller, endpoint, length, raw_metadata)
             .await?
     } else {
         let new = new_file(&metadata, length, raw_metadata)?;
-        let upload_id = open(tus, endpoint, concat, new).await?;
-        tus.uploads.state(upload_id).await?
+        let upload_id = open(tus, caller, endpoint, concat, new).await?;
+        tus.uploads.state_for(caller, upload_id, None).await?
     };
     // creation-with-upload: the body carries the first bytes.
     let carries_data = headers.get("content-type").map(|v| v.as_bytes())
@@ -278,7 +337,7 @@ async fn create(
         let checksum = headers::checksum(headers)?;
         let transfer = tus
             .uploads
-            .begin(state.id, Some(endpoint), 0, None, checksum)
+            .begin(caller, state.id, Some(endpoint), 0, None, checksum)
             .await?;
         state = run_transfer(transfer, body).await?;
     }
@@ -364,16 +423,24 @@ fn new_file(
         kind: None,
         source_run_id: None,
         metadata: raw_metadata,
+        owner: None,
     })
 }
 
 /// Opens the upload a creation asks for: a file, a final upload of parts, or a package.
-async fn open(tus: &Tus, endpoint: Endpoint, concat: Option<Concat>, new: NewFile) -> Result<Uuid> {
+/// Each through its use case, which decides what the caller may create.
+async fn open(
+    tus: &Tus,
+    caller: &Caller,
+    endpoint: Endpoint,
+    concat: Option<Concat>,
+    new: NewFile,
+) -> Result<Uuid> {
     Ok(match (endpoint, concat) {
         (Endpoint::Files, Some(Concat::Final(parts))) => {
-            tus.uploads.create_final(new, parts).await?.id
+            tus.uploads.create_final(caller, new, parts).await?.id
         }
-        (Endpoint::Files, _) => tus.uploads.open_file(new).await?.id,
+        (Endpoint::Files, _) => tus.files.create(caller, new).await?.id,
         (Endpoint::Pipelines, Some(Concat::Final(_))) => {
             return Err(Error::invalid(
                 "Upload-Concat",
@@ -387,14 +454,16 @@ async fn open(tus: &Tus, endpoint: Endpoint, concat: Option<Concat>, new: NewFil
                 sha256: new.sha256,
                 request_id: new.request_id,
                 metadata: new.metadata,
+                owner: None,
             };
-            tus.uploads.open_package(package).await?.id
+            tus.pipelines.create(caller, package).await?.id
         }
     })
 }
 
 async fn patch(
     tus: &Tus,
+    caller: &Caller,
     endpoint: Endpoint,
     id: Uuid,
     headers: &HeaderMap,
@@ -414,7 +483,7 @@ async fn patch(
     let length = headers::number(headers, "Upload-Length")?;
     let content_length = headers::number(headers, "Content-Length")?;
 
-    let state = tus.uploads.state_at(id, endpoint).await?;
+    let state = tus.uploads.state_for(caller, id, Some(endpoint)).await?;
     if !state.parts.is_empty() {
         return Ok(reply(
             StatusCode::FORBIDDEN,
@@ -437,7 +506,7 @@ async fn patch(
     }
     let transfer = tus
         .uploads
-        .begin(id, Some(endpoint), offset, length, checksum)
+        .begin(caller, id, Some(endpoint), offset, length, checksum)
         .await?;
     let state = run_transfer(transfer, body).await?;
     let mut r = tus_empty(StatusCode::NO_CONTENT);
@@ -456,11 +525,11 @@ async fn patch(
 /// mid-body still leaves its bytes durable and the upload paused, even though hyper drops this
 /// request's future.
 /// tus termination: the upload goes, and a complete upload's file with it.
-async fn terminate(tus: &Tus, endpoint: Endpoint, id: Uuid) -> Result<Response> {
-    match tus.uploads.terminate(id, endpoint).await? {
+async fn terminate(tus: &Tus, caller: &Caller, endpoint: Endpoint, id: Uuid) -> Result<Response> {
+    match tus.uploads.terminate(caller, id, endpoint).await? {
         Terminated::Removed => {}
         Terminated::Complete(file) => {
-            tus.files.delete(file).await?;
+            tus.files.delete(caller, file).await?;
         }
     }
     Ok(tus_empty(StatusCode::NO_CONTENT))

@@ -14,6 +14,7 @@ mod transfer;
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
+use pirus_auth::{Caller, policy::Action};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -23,6 +24,7 @@ pub use sweeper::run_sweeper;
 pub use transfer::Transfer;
 
 use crate::{
+    access::{self, Access},
     content::{Completed, Content},
     domain::{Endpoint, Error, File, FileStatus, NewFile, Pipeline, Result, UploadState},
     store::{NewPackage, Store},
@@ -43,6 +45,7 @@ struct Inner {
     store: Store,
     content: Content,
     locks: LockConnector,
+    access: Access,
     max_size: u64,
     expiry: Duration,
     completion: Completion,
@@ -85,6 +88,7 @@ impl Uploads {
         store: Store,
         content: Content,
         locks: LockConnector,
+        access: Access,
         max_size: u64,
         expiry: Duration,
         installs: mpsc::UnboundedSender<Uuid>,
@@ -98,6 +102,7 @@ impl Uploads {
                 store,
                 content,
                 locks,
+                access,
                 max_size,
                 expiry,
                 blocks: blocks::BlockBudget::new(),
@@ -150,25 +155,40 @@ impl Uploads {
             .await
     }
 
-    /// A tus partial upload, to be concatenated into a final one.
+    /// A tus partial upload, to be concatenated into a final one; the caller's.
     pub async fn create_partial(
         &self,
+        caller: &Caller,
         endpoint: Endpoint,
         size: Option<u64>,
         metadata: String,
     ) -> Result<UploadState> {
+        access::require(caller, Action::CreateFiles)?;
         self.check_size(size)?;
         self.inner
             .store
-            .create_partial_upload(endpoint, size, metadata, self.inner.expiry)
+            .create_partial_upload(
+                endpoint,
+                size,
+                metadata,
+                Some(caller.accessor),
+                self.inner.expiry,
+            )
             .await
     }
 
     /// A final upload (tus concatenation): the parts, all complete partial uploads of the
     /// files endpoint, each named once, at most [`MAX_PARTS`], are copied in order into a new
     /// file, which is then completed like any upload. The copy holds a transfer slot (and the
-    /// new upload's lock) like any transfer.
-    pub async fn create_final(&self, new: NewFile, parts: Vec<Uuid>) -> Result<File> {
+    /// new upload's lock) like any transfer. Parts are the caller's own; the file is too.
+    pub async fn create_final(
+        &self,
+        caller: &Caller,
+        mut new: NewFile,
+        parts: Vec<Uuid>,
+    ) -> Result<File> {
+        access::require(caller, Action::CreateFiles)?;
+        new.owner = Some(caller.accessor);
         if parts.is_empty() {
             return Err(Error::invalid(
                 "Upload-Concat",
@@ -193,12 +213,24 @@ impl Uploads {
         }
         let mut size = 0u64;
         for part in &parts {
-            let state = self.inner.store.get_upload(*part).await.map_err(|_| {
+            let unknown = || {
                 Error::invalid(
                     "Upload-Concat",
                     format!("part {part} is not a known upload"),
                 )
-            })?;
+            };
+            let state = self
+                .inner
+                .store
+                .get_upload(*part)
+                .await
+                .map_err(|_| unknown())?;
+            let state = self
+                .inner
+                .access
+                .writable_upload(caller, state)
+                .await
+                .map_err(|_| unknown())?;
             if !state.is_partial {
                 return Err(Error::invalid(
                     "Upload-Concat",
@@ -253,30 +285,41 @@ impl Uploads {
         Ok(state)
     }
 
-    /// The state of an upload addressed through a tus endpoint: a file upload is not reachable
-    /// under /uploads/pipelines/ and the other way round.
-    pub async fn state_at(&self, id: Uuid, endpoint: Endpoint) -> Result<UploadState> {
-        let state = self.state(id).await?;
-        if state.endpoint != endpoint {
+    /// The state of an upload the caller may see, addressed through a tus endpoint (a file
+    /// upload is not reachable under /uploads/pipelines/ and the other way round) or not.
+    pub async fn state_for(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        endpoint: Option<Endpoint>,
+    ) -> Result<UploadState> {
+        access::require(caller, Action::ReadFiles)?;
+        let state = self.inner.store.get_upload(id).await?;
+        if endpoint.is_some_and(|e| e != state.endpoint) {
             return Err(Error::NotFound(format!("upload {id}")));
+        }
+        // Scope first: another's expired upload is as unknown as any.
+        let state = self.inner.access.readable_upload(caller, state).await?;
+        if !state.complete && state.expires_at < Utc::now() {
+            return Err(Error::Gone(format!("upload {id} expired")));
         }
         Ok(state)
     }
 
-    /// Starts a transfer at `offset`, which must be the durable offset. `length` sets a deferred
-    /// length (tus Upload-Length on PATCH).
+    /// Starts a transfer at `offset`, which must be the durable offset, into an upload the
+    /// caller may write. `length` sets a deferred length (tus Upload-Length on PATCH).
     pub async fn begin(
         &self,
+        caller: &Caller,
         id: Uuid,
         endpoint: Option<Endpoint>,
         offset: u64,
         length: Option<u64>,
         checksum: Option<ChunkChecksum>,
     ) -> Result<Transfer> {
-        let state = match endpoint {
-            Some(endpoint) => self.state_at(id, endpoint).await?,
-            None => self.state(id).await?,
-        };
+        access::require_some_write(caller)?;
+        let state = self.state_for(caller, id, endpoint).await?;
+        let state = self.inner.access.writable_upload(caller, state).await?;
         if state.complete || state.offset != offset {
             return Err(Error::OffsetMismatch {
                 actual: state.offset,
@@ -364,11 +407,18 @@ impl Uploads {
 
     /// tus termination: removes an upload, unless a transfer holds it; a complete upload's
     /// file is for the caller to delete like any file.
-    pub async fn terminate(&self, id: Uuid, endpoint: Endpoint) -> Result<Terminated> {
+    pub async fn terminate(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        endpoint: Endpoint,
+    ) -> Result<Terminated> {
+        access::require_some_write(caller)?;
         let state = self.inner.store.get_upload(id).await?;
         if state.endpoint != endpoint {
             return Err(Error::NotFound(format!("upload {id}")));
         }
+        let state = self.inner.access.writable_upload(caller, state).await?;
         if state.complete && !state.is_partial {
             return match state.file_id {
                 Some(file) => Ok(Terminated::Complete(file)),

@@ -1,10 +1,12 @@
 //! The runner's side of the catalogue: images and inputs fetched with ReadFile (verified
 //! against their SHA-256), outputs and logs pushed with CreateFile + WriteUpload. Pushing is
 //! idempotent: the catalogue answers the existing file for a run, kind and name, and an
-//! upload cut short is resumed from its durable offset.
+//! upload cut short is resumed from its durable offset. Every call carries the runner's own
+//! token, or (for reads and deletions made for a client) the client's.
 
 use std::{os::unix::fs::FileExt, path::Path, sync::Arc};
 
+use pirus_auth::{Credential, client::OwnCredential};
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -25,6 +27,8 @@ pub enum PushKind {
 #[derive(Clone)]
 pub struct Catalogue {
     client: CatalogueServiceClient<Channel>,
+    /// The runner's own token.
+    credential: OwnCredential,
 }
 
 fn unavailable(e: tonic::Status) -> Error {
@@ -37,7 +41,7 @@ fn unavailable(e: tonic::Status) -> Error {
 
 impl Catalogue {
     /// A client that connects on first use (the catalogue may start after the runner).
-    pub fn connect_lazy(addr: &str) -> Result<Self> {
+    pub fn connect_lazy(addr: &str, credential: OwnCredential) -> Result<Self> {
         let channel = Endpoint::from_shared(addr.to_owned())
             .map_err(|e| Error::invalid("catalogue_addr", e.to_string()))?
             .initial_stream_window_size(4 << 20)
@@ -45,6 +49,7 @@ impl Catalogue {
             .connect_lazy();
         Ok(Self {
             client: CatalogueServiceClient::new(channel).max_decoding_message_size(16 << 20),
+            credential,
         })
     }
 
@@ -83,11 +88,11 @@ impl Catalogue {
         let mut stream = self
             .client
             .clone()
-            .read_file(pb::ReadFileRequest {
+            .read_file(self.credential.get().request(pb::ReadFileRequest {
                 file_id: file.to_string(),
                 offset: 0,
                 limit: 0,
-            })
+            }))
             .await
             .map_err(unavailable)?
             .into_inner();
@@ -110,21 +115,25 @@ impl Catalogue {
         Ok(())
     }
 
-    /// Streams a file's content from `offset` into `tx` as log chunks.
+    /// Streams a file's content from `offset` into `tx` as log chunks, read as `caller` (else
+    /// as this runner).
     pub async fn read(
         &self,
         file: Uuid,
         offset: u64,
+        caller: &Credential,
         tx: &tokio::sync::mpsc::Sender<Result<LogChunk>>,
     ) -> Result<()> {
+        let own = self.credential.get();
+        let request = caller.or(&own).request(pb::ReadFileRequest {
+            file_id: file.to_string(),
+            offset: offset as i64,
+            limit: 0,
+        });
         let mut stream = self
             .client
             .clone()
-            .read_file(pb::ReadFileRequest {
-                file_id: file.to_string(),
-                offset: offset as i64,
-                limit: 0,
-            })
+            .read_file(request)
             .await
             .map_err(unavailable)?
             .into_inner();
@@ -141,16 +150,14 @@ impl Catalogue {
         Ok(())
     }
 
-    /// Deletes a file of a deleted run; one already gone is fine.
-    pub async fn delete(&self, file: Uuid) -> Result<()> {
-        match self
-            .client
-            .clone()
-            .delete_file(pb::DeleteFileRequest {
-                id: file.to_string(),
-            })
-            .await
-        {
+    /// Deletes a file of a deleted run as `caller` (else as this runner); one already gone is
+    /// fine.
+    pub async fn delete(&self, file: Uuid, caller: &Credential) -> Result<()> {
+        let own = self.credential.get();
+        let request = caller.or(&own).request(pb::DeleteFileRequest {
+            id: file.to_string(),
+        });
+        match self.client.clone().delete_file(request).await {
             Ok(_) => Ok(()),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
             Err(status) => Err(unavailable(status)),
@@ -172,7 +179,7 @@ impl Catalogue {
         let sha256 = hash(file.clone(), size).await?;
         let mut client = self.client.clone();
         let created = client
-            .create_file(pb::CreateFileRequest {
+            .create_file(self.credential.get().request(pb::CreateFileRequest {
                 filename: name.to_owned(),
                 size: size as i64,
                 sha256: sha256.clone(),
@@ -182,10 +189,18 @@ impl Catalogue {
                 } as i32,
                 source_run_id: run.to_string(),
                 ..Default::default()
-            })
+            }))
             .await
             .map_err(unavailable)?
             .into_inner();
+        // The file registered for this run, kind and name must be this one: anything else
+        // (registered before by someone else) is never taken as the run's result.
+        if !created.sha256.is_empty() && created.sha256 != sha256 {
+            return Err(Error::internal(format!(
+                "{name}: the catalogue holds another file ({}) as this run's result; refused",
+                created.sha256
+            )));
+        }
         match pb::FileStatus::try_from(created.status) {
             Ok(pb::FileStatus::Ready) => return Ok(()),
             Ok(pb::FileStatus::Error) => {
@@ -197,9 +212,9 @@ impl Catalogue {
             _ => {}
         }
         let status = client
-            .get_upload_status(pb::GetUploadStatusRequest {
+            .get_upload_status(self.credential.get().request(pb::GetUploadStatusRequest {
                 upload_id: created.id.clone(),
-            })
+            }))
             .await
             .map_err(unavailable)?
             .into_inner();
@@ -227,7 +242,11 @@ impl Catalogue {
             }
         });
         let written = client
-            .write_upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .write_upload(
+                self.credential
+                    .get()
+                    .request(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            )
             .await
             .map_err(unavailable)?
             .into_inner();

@@ -5,6 +5,7 @@ mod convert;
 
 use std::{pin::Pin, time::Duration};
 
+use pirus_auth::layer::caller;
 use pirus_proto::runner::v1::{self as pb, runner_service_server::RunnerService};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
@@ -38,6 +39,7 @@ impl RunnerService for Runner {
         &self,
         request: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let input_file_ids = r
             .input_file_ids
@@ -81,22 +83,29 @@ impl RunnerService for Runner {
                 time,
             },
             max_attempts: (r.max_attempts > 0).then_some(r.max_attempts as u32),
+            owner: None,
         };
-        Ok(Response::new(run_to_proto(self.runs.submit(new).await?)))
+        Ok(Response::new(run_to_proto(
+            self.runs.submit(&caller, new).await?,
+        )))
     }
 
     async fn get_run(
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("id", &request.into_inner().id)?;
-        Ok(Response::new(run_to_proto(self.runs.get(id).await?)))
+        Ok(Response::new(run_to_proto(
+            self.runs.get(&caller, id).await?,
+        )))
     }
 
     async fn list_runs(
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let page = convert::page(r.page_size, &r.page_token)?;
         let filter = RunFilter {
@@ -106,8 +115,9 @@ impl RunnerService for Runner {
                 id => Some(parse_id("pipeline_id", id)?),
             },
             node: (!r.node.is_empty()).then_some(r.node),
+            owner: None,
         };
-        let runs = self.runs.list(&filter, page).await?;
+        let runs = self.runs.list(&caller, filter, page).await?;
         let next_page_token = convert::next_page_token(page, runs.last().map(|r| r.id), runs.len());
         Ok(Response::new(pb::ListRunsResponse {
             runs: runs.into_iter().map(run_to_proto).collect(),
@@ -121,12 +131,13 @@ impl RunnerService for Runner {
         &self,
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let id = parse_id("run_id", &r.run_id)?;
         if r.after_seq < 0 {
             return Err(Error::invalid("after_seq", "must not be negative").into());
         }
-        let events = self.runs.watch(id, r.after_seq).await?;
+        let events = self.runs.watch(&caller, id, r.after_seq).await?;
         Ok(Response::new(relay(events, event_to_proto)))
     }
 
@@ -136,6 +147,7 @@ impl RunnerService for Runner {
         &self,
         request: Request<pb::StreamRunLogsRequest>,
     ) -> Result<Response<Self::StreamRunLogsStream>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let id = parse_id("run_id", &r.run_id)?;
         let stream = LogStream::parse(&r.stream).ok_or_else(|| {
@@ -146,7 +158,7 @@ impl RunnerService for Runner {
         }
         let chunks = self
             .runs
-            .logs(id, stream, r.offset as u64, r.follow)
+            .logs(&caller, id, stream, r.offset as u64, r.follow)
             .await?;
         Ok(Response::new(relay(chunks, |c| pb::LogChunk {
             offset: c.offset as i64,
@@ -158,8 +170,12 @@ impl RunnerService for Runner {
         &self,
         request: Request<pb::PauseRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("id", &request.into_inner().id)?;
-        let run = self.runs.control(id, lifecycle::Request::Pause).await?;
+        let run = self
+            .runs
+            .control(&caller, id, lifecycle::Request::Pause)
+            .await?;
         Ok(Response::new(run_to_proto(run)))
     }
 
@@ -167,8 +183,12 @@ impl RunnerService for Runner {
         &self,
         request: Request<pb::ResumeRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("id", &request.into_inner().id)?;
-        let run = self.runs.control(id, lifecycle::Request::Resume).await?;
+        let run = self
+            .runs
+            .control(&caller, id, lifecycle::Request::Resume)
+            .await?;
         Ok(Response::new(run_to_proto(run)))
     }
 
@@ -176,8 +196,12 @@ impl RunnerService for Runner {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("id", &request.into_inner().id)?;
-        let run = self.runs.control(id, lifecycle::Request::Cancel).await?;
+        let run = self
+            .runs
+            .control(&caller, id, lifecycle::Request::Cancel)
+            .await?;
         Ok(Response::new(run_to_proto(run)))
     }
 
@@ -185,24 +209,29 @@ impl RunnerService for Runner {
         &self,
         request: Request<pb::DeleteRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("id", &request.into_inner().id)?;
-        Ok(Response::new(run_to_proto(self.runs.delete(id).await?)))
+        Ok(Response::new(run_to_proto(
+            self.runs.delete(&caller, id).await?,
+        )))
     }
 
     async fn get_run_monitoring(
         &self,
         request: Request<pb::GetRunMonitoringRequest>,
     ) -> Result<Response<pb::RunMonitoring>, Status> {
+        let caller = caller(&request)?;
         let id = parse_id("id", &request.into_inner().id)?;
-        let monitoring = self.runs.monitoring(id).await?;
+        let monitoring = self.runs.monitoring(&caller, id).await?;
         Ok(Response::new(monitoring_to_proto(monitoring)))
     }
 
     async fn list_nodes(
         &self,
-        _: Request<pb::ListNodesRequest>,
+        request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let nodes = self.runs.nodes().await?;
+        let caller = caller(&request)?;
+        let nodes = self.runs.nodes(&caller).await?;
         Ok(Response::new(pb::ListNodesResponse {
             nodes: nodes.into_iter().map(node_to_proto).collect(),
         }))
@@ -212,8 +241,9 @@ impl RunnerService for Runner {
         &self,
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        let caller = caller(&request)?;
         let name = request.into_inner().name;
-        let node = self.runs.set_draining(&name, true).await?;
+        let node = self.runs.set_draining(&caller, &name, true).await?;
         Ok(Response::new(node_to_proto(node)))
     }
 
@@ -221,8 +251,9 @@ impl RunnerService for Runner {
         &self,
         request: Request<pb::UndrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        let caller = caller(&request)?;
         let name = request.into_inner().name;
-        let node = self.runs.set_draining(&name, false).await?;
+        let node = self.runs.set_draining(&caller, &name, false).await?;
         Ok(Response::new(node_to_proto(node)))
     }
 }

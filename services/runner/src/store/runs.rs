@@ -20,7 +20,7 @@ fn run_columns() -> String {
          r.input_file_ids, r.progress_value, r.progress_label, r.node, r.attempt, r.exit_code,
          r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
          r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at,
-         r.ended_at, {} AS output_file_ids, {} AS log_file_ids",
+         r.ended_at, r.owner, {} AS output_file_ids, {} AS log_file_ids",
         views::run_file_ids_sql("r.id", RunFileKind::Output),
         views::run_file_ids_sql("r.id", RunFileKind::Log),
     )
@@ -54,6 +54,7 @@ struct RunRow {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
+    owner: Option<Uuid>,
 }
 
 impl From<RunRow> for Run {
@@ -91,6 +92,7 @@ impl From<RunRow> for Run {
             created_at: r.created_at,
             started_at: r.started_at,
             ended_at: r.ended_at,
+            owner: r.owner,
         }
     }
 }
@@ -135,6 +137,8 @@ pub struct RunInsert {
     pub request_id: Option<String>,
     pub requested: Requested,
     pub max_attempts: i32,
+    /// The accessor that submitted it.
+    pub owner: Option<Uuid>,
 }
 
 /// What a runner records of a run it holds: a lifecycle event, and what comes with it.
@@ -192,15 +196,22 @@ impl RunStore {
         Self { db }
     }
 
-    pub async fn by_request_id(&self, request_id: &str) -> Result<Option<Run>> {
+    /// The run an owner submitted with this idempotency key (keys are per owner).
+    pub async fn by_request_id(
+        &self,
+        request_id: &str,
+        owner: Option<Uuid>,
+    ) -> Result<Option<Run>> {
         let sql = format!(
-            "SELECT {} FROM runs r WHERE r.request_id = $1",
+            "SELECT {} FROM runs r WHERE r.request_id = $1 AND r.owner IS NOT DISTINCT FROM $2",
             run_columns()
         );
-        Ok(RunRow::find_by_statement(stmt(&sql, [request_id.into()]))
-            .one(&self.db)
-            .await?
-            .map(Into::into))
+        Ok(
+            RunRow::find_by_statement(stmt(&sql, [request_id.into(), owner.into()]))
+                .one(&self.db)
+                .await?
+                .map(Into::into),
+        )
     }
 
     /// Queues a run with its first event, and wakes the schedulers. The answer is the run as
@@ -213,9 +224,9 @@ impl RunStore {
                 "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, image_sha256,
                                    name, status, config, input_file_ids, priority, request_id,
                                    cpu_limit, memory_limit, processes_limit, disk_limit,
-                                   timeout_seconds, max_attempts, last_seq)
+                                   timeout_seconds, max_attempts, owner, last_seq)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                         $16, $17, 1)",
+                         $16, $17, $18, 1)",
                 [
                     run.id.into(),
                     run.pipeline.id.into(),
@@ -234,6 +245,7 @@ impl RunStore {
                     run.requested.disk_bytes.map(|n| n as i64).into(),
                     run.requested.time.map(|t| t.as_secs() as i64).into(),
                     run.max_attempts.into(),
+                    run.owner.into(),
                 ],
             ))
             .await;
@@ -241,7 +253,7 @@ impl RunStore {
             if let (Some(request_id), true) = (&run.request_id, pirus_db::is_unique_violation(&e)) {
                 drop(txn);
                 return self
-                    .by_request_id(request_id)
+                    .by_request_id(request_id, run.owner)
                     .await?
                     .ok_or_else(|| Error::internal(e));
             }
@@ -281,6 +293,9 @@ impl RunStore {
         }
         if let Some(node) = &filter.node {
             filter_sql.and("r.node = ?", node.clone());
+        }
+        if let Some(owner) = filter.owner {
+            filter_sql.and("r.owner = ?", owner);
         }
         let (filter_sql, values) = filter_sql.build();
         let sql = format!(

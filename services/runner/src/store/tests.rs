@@ -46,6 +46,7 @@ async fn queued(stores: &Stores, requested: Requested, max_attempts: i32) -> Run
             input_file_ids: Vec::new(),
             priority: 0,
             request_id: None,
+            owner: None,
             requested,
             max_attempts,
         })

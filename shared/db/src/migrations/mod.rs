@@ -23,6 +23,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "m20261130_000003_boundary_views",
         include_str!("m20261130_000003_boundary_views.sql"),
     ),
+    (
+        "m20261130_000004_identity",
+        include_str!("m20261130_000004_identity.sql"),
+    ),
 ];
 
 #[async_trait::async_trait]

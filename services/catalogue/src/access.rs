@@ -1,0 +1,190 @@
+//! The catalogue's use of the policy in `pirus_auth::policy`: what a caller may do with files,
+//! uploads and pipelines. The use cases (files, pipelines, the upload engine) call these and
+//! nothing else decides. A resource outside the caller's scope answers exactly as a missing
+//! one does (NOT_FOUND, same message), so ids cannot be probed; an action the caller's role
+//! lacks is PERMISSION_DENIED.
+//!
+//! Scopes: admins and operators see every file and upload; a user its own; a runner the files
+//! an unfinished run held by its node reads (inputs, the pipeline's image) and the outputs and
+//! logs of such runs, which only it may register (they then belong to the run's owner).
+
+use pirus_auth::{
+    Caller, Role,
+    policy::{self, Action, Scope},
+};
+use uuid::Uuid;
+
+use crate::{
+    domain::{Error, File, FileKind, NewFile, Pipeline, PipelineStatus, Result, UploadState},
+    store::Store,
+};
+
+#[derive(Clone)]
+pub struct Access {
+    store: Store,
+}
+
+/// The role may take the action (PERMISSION_DENIED otherwise).
+pub fn require(caller: &Caller, action: Action) -> Result<()> {
+    policy::check(caller, action).map_err(Into::into)
+}
+
+/// The role may fill some upload (its files, packages, or a run's results): checked before an
+/// upload is read, so that a refusal never depends on what exists.
+pub fn require_some_write(caller: &Caller) -> Result<()> {
+    let may = [
+        Action::CreateFiles,
+        Action::InstallPipelines,
+        Action::RegisterRunResults,
+    ]
+    .into_iter()
+    .any(|a| policy::allows(caller.role, a));
+    if may {
+        Ok(())
+    } else {
+        require(caller, Action::CreateFiles)
+    }
+}
+
+fn is_run_result(kind: FileKind) -> bool {
+    matches!(kind, FileKind::Output | FileKind::Log)
+}
+
+impl Access {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Whether `node` holds `run` now (the run is unfinished and claimed by it).
+    pub async fn node_holds(&self, node: &str, run: Uuid) -> Result<bool> {
+        Ok(matches!(
+            self.store.run_holder(run).await?,
+            Some(h) if h.unfinished && h.node.as_deref() == Some(node)
+        ))
+    }
+
+    /// Whether a file is within the caller's scope.
+    async fn sees(&self, caller: &Caller, file: &File) -> Result<bool> {
+        Ok(match policy::scope(caller) {
+            Scope::All => true,
+            Scope::Own(me) => file.owner == Some(me),
+            Scope::Node(node) => match file.source_run_id {
+                Some(run) if is_run_result(file.kind) => self.node_holds(&node, run).await?,
+                _ => self.store.node_reads(&node, file.id).await?,
+            },
+        })
+    }
+
+    /// A file the caller may read (ReadFiles, within its scope); others are NOT_FOUND.
+    pub async fn readable_file(&self, caller: &Caller, file: File) -> Result<File> {
+        require(caller, Action::ReadFiles)?;
+        if self.sees(caller, &file).await? {
+            Ok(file)
+        } else {
+            Err(Error::NotFound(format!("file {}", file.id)))
+        }
+    }
+
+    /// A file the caller may delete (DeleteFiles, within its scope).
+    pub async fn deletable_file(&self, caller: &Caller, file: File) -> Result<File> {
+        require(caller, Action::DeleteFiles)?;
+        if self.sees(caller, &file).await? {
+            Ok(file)
+        } else {
+            Err(Error::NotFound(format!("file {}", file.id)))
+        }
+    }
+
+    /// Who owns a file the caller creates: a data file is the caller's (CreateFiles); a run's
+    /// output or log is the run's owner's, and only a runner whose node holds the run may
+    /// register one (RegisterRunResults).
+    pub async fn new_file_owner(&self, caller: &Caller, new: &NewFile) -> Result<Option<Uuid>> {
+        let kind = new.kind.unwrap_or(FileKind::Data);
+        if !is_run_result(kind) {
+            require(caller, Action::CreateFiles)?;
+            return Ok(Some(caller.accessor));
+        }
+        require(caller, Action::RegisterRunResults)?;
+        let run = new.source_run_id.ok_or_else(|| {
+            Error::invalid("source_run_id", "is required for OUTPUT and LOG files")
+        })?;
+        let node = caller.node.as_deref().unwrap_or_default();
+        match self.store.run_holder(run).await? {
+            Some(holder) if holder.unfinished && holder.node.as_deref() == Some(node) => {
+                Ok(holder.owner)
+            }
+            _ => Err(Error::PermissionDenied(format!(
+                "source_run_id: run {run} is not an unfinished run held by node '{node}'; a \
+                 runner registers only the results of its own runs"
+            ))),
+        }
+    }
+
+    /// Whether an upload is within the caller's scope: its creator's, or for a runner the
+    /// upload of a result of a run its node holds.
+    async fn sees_upload(&self, caller: &Caller, upload: &UploadState) -> Result<bool> {
+        Ok(match policy::scope(caller) {
+            Scope::All => true,
+            Scope::Own(me) => upload.owner == Some(me),
+            Scope::Node(node) => match upload.file_id {
+                Some(file) => match self.store.get_file(file).await {
+                    Ok(file) => match file.source_run_id {
+                        Some(run) if is_run_result(file.kind) => {
+                            self.node_holds(&node, run).await?
+                        }
+                        _ => false,
+                    },
+                    Err(Error::NotFound(_)) => false,
+                    Err(e) => return Err(e),
+                },
+                None => false,
+            },
+        })
+    }
+
+    /// An upload whose state the caller may read; others are NOT_FOUND.
+    pub async fn readable_upload(
+        &self,
+        caller: &Caller,
+        upload: UploadState,
+    ) -> Result<UploadState> {
+        require(caller, Action::ReadFiles)?;
+        if self.sees_upload(caller, &upload).await? {
+            Ok(upload)
+        } else {
+            Err(Error::NotFound(format!("upload {}", upload.id)))
+        }
+    }
+
+    /// An upload the caller may write to or terminate: it may create what the upload fills
+    /// (files, packages, a run's results) and the upload is within its scope.
+    pub async fn writable_upload(
+        &self,
+        caller: &Caller,
+        upload: UploadState,
+    ) -> Result<UploadState> {
+        let action = match (caller.role, upload.pipeline_id) {
+            (_, Some(_)) => Action::InstallPipelines,
+            (Role::Runner, None) => Action::RegisterRunResults,
+            (_, None) => Action::CreateFiles,
+        };
+        require(caller, action)?;
+        if self.sees_upload(caller, &upload).await? {
+            Ok(upload)
+        } else {
+            Err(Error::NotFound(format!("upload {}", upload.id)))
+        }
+    }
+
+    /// A pipeline the caller may read: every READY one, and any for those who read all.
+    pub fn readable_pipeline(caller: &Caller, pipeline: Pipeline) -> Result<Pipeline> {
+        require(caller, Action::ReadReadyPipelines)?;
+        if pipeline.status == PipelineStatus::Ready
+            || policy::allows(caller.role, Action::ReadAllPipelines)
+        {
+            Ok(pipeline)
+        } else {
+            Err(Error::NotFound(format!("pipeline {}", pipeline.id)))
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! gRPC edge of token management (AccessService): convert, call the use case, convert.
+
+use pirus_auth::{Role, audit::AuditEvent, layer::caller, store::TokenInfo};
+use pirus_proto::catalogue::v1::{self as pb, access_service_server::AccessService};
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, parse_id, timestamp};
+use crate::{
+    domain::Error,
+    tokens::{TokenRequest, Tokens},
+};
+
+pub struct Access {
+    pub tokens: Tokens,
+}
+
+fn role_to_proto(role: Role) -> pb::Role {
+    match role {
+        Role::Admin => pb::Role::Admin,
+        Role::Operator => pb::Role::Operator,
+        Role::User => pb::Role::User,
+        Role::Runner => pb::Role::Runner,
+    }
+}
+
+fn role(value: i32) -> Result<Option<Role>, Error> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::Unspecified) => Ok(None),
+        Ok(pb::Role::Admin) => Ok(Some(Role::Admin)),
+        Ok(pb::Role::Operator) => Ok(Some(Role::Operator)),
+        Ok(pb::Role::User) => Ok(Some(Role::User)),
+        Ok(pb::Role::Runner) => Ok(Some(Role::Runner)),
+        Err(_) => Err(Error::invalid("role", format!("{value} is not a Role"))),
+    }
+}
+
+fn token_to_proto(t: TokenInfo) -> pb::Token {
+    pb::Token {
+        accessor_id: t.accessor.to_string(),
+        name: t.name,
+        role: role_to_proto(t.role) as i32,
+        node: t.node.unwrap_or_default(),
+        expires_at: t.expires_at.map(timestamp),
+        created_at: Some(timestamp(t.created_at)),
+        revoked_at: t.revoked_at.map(timestamp),
+    }
+}
+
+fn event_to_proto(e: AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        id: e.id.to_string(),
+        at: Some(timestamp(e.at)),
+        accessor_id: e.accessor_id.map(|a| a.to_string()).unwrap_or_default(),
+        service: e.service,
+        action: e.action,
+        target: e.target,
+        outcome: e.outcome,
+        peer: e.peer,
+    }
+}
+
+#[tonic::async_trait]
+impl AccessService for Access {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let ttl = match request.ttl {
+            None => None,
+            Some(d) => Some(
+                chrono::Duration::try_seconds(d.seconds)
+                    .and_then(|s| s.checked_add(&chrono::Duration::nanoseconds(d.nanos.into())))
+                    .ok_or_else(|| Error::invalid("ttl", "is out of range"))?,
+            ),
+        };
+        let asked = TokenRequest {
+            name: request.name,
+            role: role(request.role)?,
+            node: request.node,
+            ttl,
+        };
+        let (token, secret) = self.tokens.create(&caller, asked).await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token_to_proto(token)),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let caller = caller(&request)?;
+        let tokens = self.tokens.list(&caller).await?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.into_iter().map(token_to_proto).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let caller = caller(&request)?;
+        let accessor = parse_id("accessor_id", &request.into_inner().accessor_id)?;
+        let token = self.tokens.revoke(&caller, accessor).await?;
+        Ok(Response::new(token_to_proto(token)))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(token_to_proto(
+            self.tokens.who_am_i(&caller).await?,
+        )))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let page = convert::page(request.page_size, &request.page_token)?;
+        let events = self.tokens.audit(&caller, page).await?;
+        let next_page_token =
+            convert::next_page_token(page, events.last().map(|e| e.id), events.len());
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.into_iter().map(event_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+}

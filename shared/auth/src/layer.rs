@@ -1,0 +1,184 @@
+//! The one authorization layer, for gRPC (a tower layer on the tonic server) and HTTP (the
+//! same check as a function the HTTP routes call). A call is authenticated once, before any
+//! handler: its [`Caller`] goes into the request's extensions, or it is answered
+//! UNAUTHENTICATED (HTTP 401 with `WWW-Authenticate: Bearer`). Health checking and reflection
+//! stay open. Calls that change something are recorded in the audit trail with their outcome.
+
+use std::{
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::{AuthError, Caller, Verifier, audit::Audit};
+
+/// Paths answered without a token.
+fn open(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// The gRPC status of an authentication failure.
+pub fn status(e: &AuthError) -> tonic::Status {
+    match e {
+        AuthError::Unavailable => tonic::Status::unavailable(e.to_string()),
+        _ => tonic::Status::unauthenticated(e.to_string()),
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Verifier,
+    audit: Audit,
+    /// The methods that change something (`/package.Service/Method`), to audit.
+    changes: &'static [&'static str],
+}
+
+impl AuthLayer {
+    pub fn new(verifier: Verifier, audit: Audit, changes: &'static [&'static str]) -> Self {
+        Self {
+            verifier,
+            audit,
+            changes,
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+/// The peer's address, as tonic records it.
+fn peer<B>(request: &Request<B>) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+        .map(|addr| addr.ip())
+}
+
+/// How a gRPC call ended, from its response headers: a failure is sent trailers-only (its
+/// `grpc-status` in the headers); a success carries it in the trailers.
+fn outcome<B>(response: &Response<B>) -> String {
+    match response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("0") => "ok".to_owned(),
+        Some(code) => format!("{:?}", tonic::Code::from_bytes(code.as_bytes())),
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for AuthService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        if open(&path) {
+            return Box::pin(self.inner.call(request));
+        }
+        // The service that was polled ready is the one that serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        let header = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let peer = peer(&request);
+        Box::pin(async move {
+            let audited = layer.changes.contains(&path.as_str());
+            let caller = match layer.verifier.verify(header.as_deref(), peer).await {
+                Ok(caller) => caller,
+                Err(e) => {
+                    let status = status(&e);
+                    if audited {
+                        layer.audit.record(
+                            None,
+                            &path,
+                            "",
+                            &format!("{:?}", status.code()),
+                            &peer_text(peer),
+                        );
+                    }
+                    return Ok(status.into_http());
+                }
+            };
+            let accessor = caller.accessor;
+            request.extensions_mut().insert(caller);
+            let response = inner.call(request).await?;
+            if audited {
+                layer.audit.record(
+                    Some(accessor),
+                    &path,
+                    "",
+                    &outcome(&response),
+                    &peer_text(peer),
+                );
+            }
+            Ok(response)
+        })
+    }
+}
+
+fn peer_text(peer: Option<IpAddr>) -> String {
+    peer.map(|p| p.to_string()).unwrap_or_default()
+}
+
+/// The caller of a gRPC call, put there by [`AuthLayer`].
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| tonic::Status::unauthenticated("the call was not authenticated"))
+}
+
+/// The HTTP side: authenticates a request's `authorization` header; on failure, the 401 (or
+/// 503) response to send, with `WWW-Authenticate: Bearer`.
+pub async fn authenticate_http(
+    verifier: &Verifier,
+    headers: &http::HeaderMap,
+    peer: Option<IpAddr>,
+) -> Result<Caller, (http::StatusCode, AuthError)> {
+    let header = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    verifier.verify(header, peer).await.map_err(|e| {
+        let code = match e {
+            AuthError::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
+            _ => http::StatusCode::UNAUTHORIZED,
+        };
+        (code, e)
+    })
+}
