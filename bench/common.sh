@@ -20,7 +20,9 @@ bench_cleanup() {
   done
   wait 2>/dev/null || true
   rm -rf "$work"
-  [ -n "${db:-}" ] && psql -q "$admin" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  for d in ${db:-} ${extra_dbs:-}; do
+    psql -q "$admin" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true
+  done
 }
 trap bench_cleanup EXIT
 
@@ -41,11 +43,22 @@ runner_token() {
   echo "$work/runner-$1.token"
 }
 
+# extra_database NAME: a further database of the benchmark's own (dropped on exit); sets
+# extra_url to its URL. Not in a subshell: it records the name for the clean-up.
+extra_dbs=
+extra_database() {
+  psql -q "$admin" -c "CREATE DATABASE $1" >/dev/null
+  extra_dbs="$extra_dbs $1"
+  extra_url="${url%/*}/$1"
+}
+
 # start NAME BINARY ARGS...: starts a service on free loopback ports, waits for its addresses,
 # prints its gRPC address. $work/NAME.addr holds both addresses, $work/NAME.pid its pid.
+# START_BIN and START_DB, when set, name another build's folder and another database.
 start() {
   local name=$1 binary=$2; shift 2
-  "$bin/$binary" --database-url "$dburl" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+  "${START_BIN:-$bin}/$binary" --database-url "${START_DB:-$dburl}" \
+    --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
     --addr-file "$work/$name.addr" "$@" > "$work/$name.log" 2>&1 &
   echo "$!" > "$work/$name.pid"
   for _ in $(seq 1 100); do [ -s "$work/$name.addr" ] && break; sleep 0.1; done

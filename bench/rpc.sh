@@ -7,9 +7,13 @@
 #
 #   GetFile     one row by primary key (1,000 files in the table), with a token, and beside it
 #               the same calls to a second catalogue on the same database with --auth none
-#               (two rounds each, alternately): what the token check costs
+#               (three rounds each, alternately): what the token check costs
 #   ListFiles   a keyset page of 50
 #   CreateFile  one committed insert (an fsync of PostgreSQL's WAL per call, grouped by it)
+#
+# BASELINE_BIN=<folder of another release build> also measures that build's catalogue, on a
+# database of its own, with the same client in the same run (an A/B of two versions; its
+# GetFile row is the plain one).
 #
 # Needs PostgreSQL (deploy/setup.sh --deps-only). Run as root from the repository.
 set -euo pipefail
@@ -26,3 +30,12 @@ open_grpc=$(start open pirus-catalogue --data-dir "$work/open-data" --auth none)
 printf 'catalogue RPC throughput (%s, release build)\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
 "$bin/pirus-bench-rpc" "$grpc" "$concurrency" "$seconds" "$open_grpc"
 printf 'pirus-catalogue peak RSS (VmHWM): %d MiB\n' "$(( $(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status") / 1024 ))"
+
+if [ -n "${BASELINE_BIN:-}" ]; then
+  extra_database "${db}_baseline"
+  base_grpc=$(START_BIN=$BASELINE_BIN START_DB=$extra_url start baseline pirus-catalogue --data-dir "$work/base-data")
+  printf '\nthe same client against %s/pirus-catalogue (its own database)\n' "$BASELINE_BIN"
+  "$bin/pirus-bench-rpc" "$base_grpc" "$concurrency" "$seconds"
+  printf 'and this build again, plain GetFile\n'
+  "$bin/pirus-bench-rpc" "$grpc" "$concurrency" "$seconds"
+fi

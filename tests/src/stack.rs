@@ -98,7 +98,39 @@ pub async fn stack_with(
 }
 
 impl Drop for Stack {
+    /// The runner goes first, then whatever containers of its node a test left running (a
+    /// test may end while a run does): nothing of a test outlives it in LXD.
     fn drop(&mut self) {
+        let _ = self.runner.signal("KILL");
+        if let Ok(output) = node_containers(&self.node) {
+            for name in String::from_utf8_lossy(&output.stdout).lines() {
+                let _ = std::process::Command::new("lxc")
+                    .args(["delete", "--force", name.trim()])
+                    .output();
+            }
+        }
+        // And the run volumes of its node (on the test pool).
+        let pool = crate::test_pool();
+        let volumes = std::process::Command::new("lxc")
+            .args([
+                "storage", "volume", "list", &pool, "--format", "csv", "-c", "tn",
+            ])
+            .output();
+        if let Ok(output) = volumes {
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                let Some(name) = line.strip_prefix("custom,") else {
+                    continue;
+                };
+                let node = std::process::Command::new("lxc")
+                    .args(["storage", "volume", "get", &pool, name, "user.pirus.node"])
+                    .output();
+                if node.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == self.node) {
+                    let _ = std::process::Command::new("lxc")
+                        .args(["storage", "volume", "delete", &pool, name])
+                        .output();
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.work_dir);
     }
 }

@@ -32,7 +32,9 @@ pub const FREE_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 const MAX_DELAY: Duration = Duration::from_secs(3);
 
-type Entry = Option<(TokenInfo, Vec<u8>)>;
+/// A token read from the database and its stored digest (none: no such token), shared so that
+/// a cache hit copies a pointer.
+type Entry = Option<Arc<(TokenInfo, Vec<u8>)>>;
 
 #[derive(Clone)]
 pub struct Verifier {
@@ -86,11 +88,12 @@ impl Verifier {
     async fn check(&self, header: Option<&str>) -> Result<Caller, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let presented = token::parse_header(header)?;
-        let (info, digest) = self
+        let entry = self
             .lookup(presented.accessor)
             .await?
             .ok_or(AuthError::Unknown)?;
-        if !presented.matches(&digest) {
+        let (info, digest) = &*entry;
+        if !presented.matches(digest) {
             return Err(AuthError::Unknown);
         }
         if info.revoked_at.is_some() {
@@ -101,9 +104,9 @@ impl Verifier {
         }
         Ok(Caller {
             accessor: info.accessor,
-            name: info.name,
+            name: info.name.clone(),
             role: info.role,
-            node: info.node,
+            node: info.node.clone(),
             credential: crate::Credential::header(header)?,
         })
     }
@@ -118,7 +121,13 @@ impl Verifier {
         {
             return Ok(entry.clone());
         }
-        let entry = match self.inner.store.find(accessor).await {
+        let entry = match self
+            .inner
+            .store
+            .find(accessor)
+            .await
+            .map(|e| e.map(Arc::new))
+        {
             Ok(entry) => entry,
             // While the database is unreachable no token can be made or revoked: a token known
             // a little earlier is still good, so that operators can read /metrics and clients

@@ -23,6 +23,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const CONNECTIONS: usize = 4;
 const FILES: usize = 1000;
+/// Rounds of GetFile with and without tokens, alternately.
+const ROUNDS: usize = 3;
 
 struct Outcome {
     calls: usize,
@@ -153,7 +155,7 @@ async fn token_cost(
     seconds: u64,
 ) -> Result<(Outcome, Outcome)> {
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
+    for _ in 0..ROUNDS {
         b.push(get_files(without, ids, concurrency, seconds).await?);
         a.push(get_files(with, ids, concurrency, seconds).await?);
     }
