@@ -3,17 +3,20 @@
 # and then calls this): the example package and an input file are uploaded with tus, the
 # pipeline installs, a run is submitted with grpcurl, its events are followed to the end, and
 # its outputs are read back from the catalogue. Every call carries the admin token
-# (PIRUS_DEMO_TOKEN_FILE, default /etc/pirus/admin.token, which deploy/setup.sh keeps).
+# (PIRUS_DEMO_TOKEN_FILE, default /etc/pirus/admin.token, which deploy/setup.sh keeps), over TLS
+# checked against the deployment's CA (PIRUS_DEMO_CA, default /etc/pirus/tls/ca.pem).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-catalogue=${PIRUS_DEMO_CATALOGUE:-127.0.0.1:50051}
-runner=${PIRUS_DEMO_RUNNER:-127.0.0.1:50052}
-http=${PIRUS_DEMO_HTTP:-http://127.0.0.1:8080}
+catalogue=${PIRUS_DEMO_CATALOGUE:-localhost:50051}
+runner=${PIRUS_DEMO_RUNNER:-localhost:50052}
+http=${PIRUS_DEMO_HTTP:-https://localhost:8080}
+ca=${PIRUS_DEMO_CA:-/etc/pirus/tls/ca.pem}
 token_file=${PIRUS_DEMO_TOKEN_FILE:-/etc/pirus/admin.token}
 [ -r "$token_file" ] || { echo "demo: cannot read the token in $token_file" >&2; exit 1; }
 bearer="authorization: Bearer $(cat "$token_file")"
-grpc() { grpcurl -plaintext -H "$bearer" "$@"; }
+grpc() { grpcurl -cacert "$ca" -H "$bearer" "$@"; }
+curl() { command curl --cacert "$ca" "$@"; }
 say() { printf '==> %s\n' "$*"; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 

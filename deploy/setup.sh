@@ -12,7 +12,12 @@
 #
 # Nothing answers without a token: the first admin token is kept in /etc/pirus/admin.token
 # (mode 0600, root's), the local runner's own in /etc/pirus/runner.token (its user's alone).
-# Call with: grpcurl -H "authorization: Bearer $(cat /etc/pirus/admin.token)" ...
+# Call with: grpcurl -cacert /etc/pirus/tls/ca.pem \
+#   -H "authorization: Bearer $(cat /etc/pirus/admin.token)" localhost:50051 ...
+#
+# Nothing travels in clear: a deployment CA in /etc/pirus/tls (deploy/tls.sh; ca.key stays
+# there) signs PostgreSQL's certificate and each service's, both services serve TLS on gRPC and
+# HTTP, and every database connection checks the server's certificate (sslmode=verify-full).
 #
 # Environment: PIRUS_LXD_POOL_SIZE (default 32GiB) sizes the btrfs storage pool `pirus` that
 # bounds every run's disk (a sparse loop file under /var/lib/lxd/disks).
@@ -21,6 +26,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 env_file=/etc/pirus/pirus.env
+tls_dir=/etc/pirus/tls
 log_dir=/var/log/pirus
 run_dir=/run/pirus
 mode=${1:-all}
@@ -151,11 +157,46 @@ create_users() {
   chmod 700 /var/lib/pirus/catalogue /var/lib/pirus/runner
 }
 
+# The deployment CA and the certificates of PostgreSQL and of both services (kept: a second run
+# changes nothing). PostgreSQL serves TLS with its own; the database URL then asks for it and
+# checks it (sslmode=verify-full against the CA); the runner reaches the catalogue over https.
+setup_tls() {
+  local host version conf current
+  host=$(cat /proc/sys/kernel/hostname)
+  "$here/tls.sh" ca "$tls_dir"
+  chmod 755 "$tls_dir"
+  [ -s "$tls_dir/postgres.pem" ] || "$here/tls.sh" issue "$tls_dir" postgres localhost 127.0.0.1 ::1 "$host"
+  for svc in pirus-catalogue pirus-runner; do
+    [ -s "$tls_dir/$svc.pem" ] || "$here/tls.sh" issue "$tls_dir" "$svc" localhost 127.0.0.1 ::1 "$host"
+    chown "$svc:$svc" "$tls_dir/$svc.key" && chmod 400 "$tls_dir/$svc.key"
+  done
+  version=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  conf=/etc/postgresql/$version/main
+  install -o postgres -g postgres -m 0644 "$tls_dir/postgres.pem" "$conf/pirus-server.pem"
+  install -o postgres -g postgres -m 0600 "$tls_dir/postgres.key" "$conf/pirus-server.key"
+  current=$(runuser -u postgres -- psql -qAtc 'SHOW ssl_cert_file')
+  if [ "$current" != "$conf/pirus-server.pem" ]; then
+    say "PostgreSQL serves TLS with the deployment's certificate"
+    runuser -u postgres -- psql -qAt -v ON_ERROR_STOP=1 >/dev/null <<SQL
+ALTER SYSTEM SET ssl = on;
+ALTER SYSTEM SET ssl_cert_file = '$conf/pirus-server.pem';
+ALTER SYSTEM SET ssl_key_file = '$conf/pirus-server.key';
+SELECT pg_reload_conf();
+SQL
+  fi
+  if ! grep -q '^PIRUS_DATABASE_URL=.*sslmode=' "$env_file"; then
+    sed -i -E "s|^(PIRUS_DATABASE_URL=[^?]*)\$|\1?sslmode=verify-full\&sslrootcert=$tls_dir/ca.pem|" "$env_file"
+  fi
+  sed -i 's|^PIRUS_CATALOGUE_ADDR=http://127.0.0.1:50051$|PIRUS_CATALOGUE_ADDR=https://localhost:50051|' "$env_file"
+  grep -q '^PIRUS_TLS_CA=' "$env_file" || echo "PIRUS_TLS_CA=$tls_dir/ca.pem" >> "$env_file"
+}
+
 install_packages
 start_postgres
 configure_database
 start_lxd
 create_users
+setup_tls
 if [ "$mode" = --deps-only ]; then
   say "PostgreSQL and LXD are running; database settings in $env_file"
   exit 0
@@ -194,6 +235,9 @@ start_services() {
     for svc in pirus-catalogue pirus-runner; do
       ( set -a; . "$env_file"; set +a
         umask 077
+        # Each service presents its own certificate (the runner's is also its client one).
+        export PIRUS_TLS_CERT="$tls_dir/$svc.pem" PIRUS_TLS_KEY="$tls_dir/$svc.key"
+        export PIRUS_TLS_CLIENT_CERT="$tls_dir/$svc.pem" PIRUS_TLS_CLIENT_KEY="$tls_dir/$svc.key"
         # shellcheck disable=SC2046
         nohup setpriv $(privileges "$svc") --no-new-privs -- "/usr/local/bin/$svc" \
           >>"$log_dir/$svc.log" 2>&1 &
@@ -204,10 +248,10 @@ start_services() {
     local port
     case $svc in pirus-catalogue) port=8080 ;; *) port=8081 ;; esac
     for _ in $(seq 1 100); do
-      curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+      curl -fsS --cacert "$tls_dir/ca.pem" "https://localhost:$port/readyz" >/dev/null 2>&1 && break
       sleep 0.2
     done
-    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || die "$svc is not ready: see $log_dir/$svc.log"
+    curl -fsS --cacert "$tls_dir/ca.pem" "https://localhost:$port/readyz" >/dev/null || die "$svc is not ready: see $log_dir/$svc.log"
     say "$svc ready"
   done
 }
@@ -247,6 +291,6 @@ provision_tokens() {
 build_and_install
 provision_tokens
 start_services
-say "Pirus is running: catalogue gRPC 127.0.0.1:50051 (tus http://127.0.0.1:8080), runner gRPC 127.0.0.1:50052; admin token in /etc/pirus/admin.token"
+say "Pirus is running over TLS (CA $tls_dir/ca.pem): catalogue gRPC localhost:50051 (tus https://localhost:8080), runner gRPC localhost:50052; admin token in /etc/pirus/admin.token"
 install_grpcurl
 "$here/demo.sh"

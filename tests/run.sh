@@ -26,9 +26,13 @@ if ! python3 -c 'import tusclient' 2>/dev/null; then
 fi
 hash -r
 
-# Tests make their own databases with the service account (it may CREATE DATABASE).
+# Tests make their own databases with the service account (it may CREATE DATABASE), over
+# loopback without the deployment's sslmode (the harness's own client speaks plain TCP); the
+# transport-security tests connect with sslmode=verify-full themselves, trusting the
+# deployment CA (PIRUS_TEST_DATABASE_CA, default /etc/pirus/tls/ca.pem).
 if [ -z "${PIRUS_TEST_DATABASE_URL:-}" ] && [ -r /etc/pirus/pirus.env ]; then
   url=$(grep '^PIRUS_DATABASE_URL=' /etc/pirus/pirus.env | cut -d= -f2-)
+  url=${url%%\?*}
   export PIRUS_TEST_DATABASE_URL="${url%/*}/postgres"
 fi
 

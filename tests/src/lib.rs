@@ -30,6 +30,7 @@ pub mod identity;
 pub mod packages;
 pub mod pg;
 pub mod stack;
+pub mod tls;
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://pirus:pirus@127.0.0.1:5432/postgres";
 
@@ -219,6 +220,9 @@ pub struct Launch {
     pub unprivileged: bool,
     /// The token clients of the process call with: the database's admin token.
     pub token: Option<String>,
+    /// How clients reach the process when it serves TLS (its CA, and a client certificate
+    /// when it requires one); none: plaintext.
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The LXD storage pool test runners use: `PIRUS_TEST_LXD_POOL`, else `pirus` (the btrfs pool
@@ -265,6 +269,7 @@ impl Launch {
             ephemeral_ports: true,
             unprivileged: false,
             token: identity::recall(database_url),
+            client_tls: None,
         }
     }
 
@@ -327,6 +332,14 @@ impl Launch {
     /// Runs the service as its own user, as [`Launch::unprivileged`] says.
     pub fn unprivileged(mut self) -> Self {
         self.unprivileged = true;
+        self
+    }
+
+    /// Serves TLS with the certificate `name` of `certs`; the harness's clients trust the CA
+    /// and present `client` (a certificate of `certs`) when given.
+    pub fn tls(mut self, certs: &tls::Certs, name: &str, client: Option<&str>) -> Self {
+        self.args.extend(certs.server_args(name));
+        self.client_tls = Some(certs.client_config(client));
         self
     }
 
@@ -408,6 +421,7 @@ impl Launch {
             stderr_path,
             addrs: None,
             token: self.token,
+            client_tls: self.client_tls,
         })
     }
 
@@ -435,6 +449,8 @@ pub struct Process {
     addrs: Option<Addrs>,
     /// The token [`Process::channel`] and HTTP requests to it carry.
     pub token: Option<String>,
+    /// TLS of the harness's channels to it (see [`Launch::tls`]).
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Process {
@@ -504,24 +520,44 @@ impl Process {
         local: std::net::IpAddr,
         token: Option<&str>,
     ) -> Result<Channel> {
-        let endpoint = format!("http://{}", self.addrs().grpc);
-        let channel = tonic::transport::Channel::from_shared(endpoint)?
+        let channel = self
+            .endpoint()?
             .local_address(Some(local))
             .connect()
             .await?;
         Ok(identity::with_token(channel, token))
     }
 
-    /// A channel whose calls carry no token.
+    /// A channel whose calls carry no token (over TLS when the process serves it).
     pub async fn raw_channel(&self) -> Result<tonic::transport::Channel> {
-        let endpoint = format!("http://{}", self.addrs().grpc);
-        Ok(tonic::transport::Channel::from_shared(endpoint)?
-            .connect()
-            .await?)
+        Ok(self.endpoint()?.connect().await?)
+    }
+
+    /// The process's gRPC address as a URL: `https://` when it serves TLS.
+    pub fn grpc_url(&self) -> String {
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addrs().grpc)
+    }
+
+    fn endpoint(&self) -> Result<tonic::transport::Endpoint> {
+        let endpoint = tonic::transport::Channel::from_shared(self.grpc_url())?;
+        Ok(match &self.client_tls {
+            Some(tls) => endpoint.tls_config(tls.clone())?,
+            None => endpoint,
+        })
     }
 
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addrs().http, path)
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{}", self.addrs().http, path)
     }
 
     /// Sends a signal by name (`TERM`, `INT`, `KILL`).

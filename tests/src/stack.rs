@@ -74,18 +74,50 @@ pub async fn stack_with(
         .args(catalogue_args.iter().copied())
         .start()
         .await?;
+    assemble(db, catalogue, max_runs, |runner| {
+        runner.args(runner_args.iter().copied())
+    })
+    .await
+}
+
+/// A deployment over TLS with client certificates required everywhere (mTLS): the catalogue
+/// and the runner present the certificates `catalogue` and `runner` of `certs`, the runner
+/// reaches the catalogue at its `https://` address presenting its own as its client
+/// certificate, and the harness's clients present `client`.
+pub async fn stack_over_tls(max_runs: u32, certs: &crate::tls::Certs) -> Result<Stack> {
+    let db = TestDb::create().await?;
+    let ca = certs.ca().to_string_lossy().into_owned();
+    let catalogue = Launch::new(Kind::Catalogue, &db.url)
+        .tls(certs, "catalogue", Some("client"))
+        .args(["--tls-client-ca", &ca])
+        .start()
+        .await?;
+    let (cert, key) = (certs.cert("runner"), certs.key("runner"));
+    assemble(db, catalogue, max_runs, |runner| {
+        runner
+            .tls(certs, "runner", Some("client"))
+            .args(["--tls-client-ca", &ca, "--tls-ca", &ca])
+            .args(["--tls-client-cert", cert.to_str().unwrap_or_default()])
+            .args(["--tls-client-key", key.to_str().unwrap_or_default()])
+    })
+    .await
+}
+
+/// Starts a runner of a fresh node beside `catalogue` (`options` adds to its launch) and
+/// connects the harness's clients to both.
+async fn assemble(
+    db: TestDb,
+    catalogue: Process,
+    max_runs: u32,
+    options: impl FnOnce(Launch) -> Launch,
+) -> Result<Stack> {
     let node = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let work_dir = crate::tempdir()?;
     let runner = Launch::new(Kind::Runner, &db.url)
         .args(["--node-name", &node, "--max-runs", &max_runs.to_string()])
         .args(["--work-dir", work_dir.to_str().unwrap()])
-        .args([
-            "--catalogue-addr",
-            &format!("http://{}", catalogue.addrs().grpc),
-        ])
-        .args(runner_args.iter().copied())
-        .start()
-        .await?;
+        .args(["--catalogue-addr", &catalogue.grpc_url()]);
+    let runner = options(runner).start().await?;
     Ok(Stack {
         cat: CatalogueServiceClient::new(catalogue.channel().await?),
         run: RunnerServiceClient::new(runner.channel().await?),

@@ -58,7 +58,7 @@ pub async fn run(
     let public_url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", listeners.http_addr()));
+        .unwrap_or_else(|| format!("{}://{}", listeners.scheme(), listeners.http_addr()));
     tracing::info!(data_dir = %config.data_dir.display(), %public_url, "catalogue starting");
 
     let locks =

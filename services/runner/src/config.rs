@@ -40,6 +40,9 @@ pub struct Config {
           value_parser = parse_endpoint)]
     pub catalogue_addr: String,
 
+    #[command(flatten)]
+    pub client_tls: pirus_server::tls::ClientTlsOptions,
+
     /// This runner's own token (a runner token for this node), for its calls to the catalogue
     /// and to other runners. Read again when it changes, so a token is rotated without a
     /// restart.

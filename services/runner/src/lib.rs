@@ -74,7 +74,10 @@ pub async fn run(
         address: config
             .advertise_addr
             .clone()
-            .unwrap_or_else(|| listeners.grpc_addr().to_string()),
+            .unwrap_or_else(|| match listeners.tls {
+                Some(_) => format!("https://{}", listeners.grpc_addr()),
+                None => listeners.grpc_addr().to_string(),
+            }),
         max_runs,
         largest: node_limits.largest,
         lease: config.node_lease,
@@ -83,7 +86,9 @@ pub async fn run(
     let node_state = register(node, &shutdown).await?;
 
     let credential = own_credential(&config, &db, &node_name).await?;
-    let catalogue = executor::Catalogue::connect_lazy(&config.catalogue_addr, credential.clone())?;
+    let client_tls = config.client_tls.load()?;
+    let catalogue =
+        executor::Catalogue::connect_lazy(&client_tls, &config.catalogue_addr, credential.clone())?;
     let executor = executor::Executor::new(
         stores.clone(),
         lxd.clone(),
@@ -109,7 +114,12 @@ pub async fn run(
     tokio::spawn(scheduler.run(notices.subscribe(), shutdown.clone()));
 
     let runs = runs::Runs {
-        peers: peers::Peers::new(stores.nodes.clone(), node_name.clone(), credential),
+        peers: peers::Peers::new(
+            stores.nodes.clone(),
+            node_name.clone(),
+            credential,
+            client_tls,
+        ),
         stores,
         notices,
         node: node_name,

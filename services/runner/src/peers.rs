@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use pirus_auth::client::OwnCredential;
 use pirus_proto::runner::v1::{self as pb, runner_service_client::RunnerServiceClient};
+use pirus_server::tls::ClientTls;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::{
@@ -19,6 +20,19 @@ use crate::{
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a peer may take to answer a forwarded call (for a log stream: to start it).
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `call`, or UNAVAILABLE naming the peer once [`CALL_TIMEOUT`] has passed.
+async fn answered<T>(
+    owner: &str,
+    call: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+) -> Result<T> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(answer) => answer.map_err(|s| relayed(owner, s)),
+        Err(_) => Err(unavailable(owner, "no answer in time")),
+    }
+}
 
 #[derive(Clone)]
 pub struct Peers {
@@ -26,6 +40,7 @@ pub struct Peers {
     /// This node: never a peer.
     node: String,
     credential: OwnCredential,
+    tls: ClientTls,
 }
 
 fn unavailable(owner: &str, e: impl std::fmt::Display) -> Error {
@@ -36,11 +51,12 @@ fn unavailable(owner: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Peers {
-    pub fn new(nodes: NodeStore, node: String, credential: OwnCredential) -> Self {
+    pub fn new(nodes: NodeStore, node: String, credential: OwnCredential, tls: ClientTls) -> Self {
         Self {
             nodes,
             node,
             credential,
+            tls,
         }
     }
 
@@ -56,7 +72,9 @@ impl Peers {
         } else {
             format!("http://{address}")
         };
-        let channel = Endpoint::from_shared(url)
+        let channel = self
+            .tls
+            .endpoint(&url)
             .map_err(|e| unavailable(owner, e))?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()
@@ -82,11 +100,12 @@ impl Peers {
             offset: offset as i64,
             follow,
         };
-        let mut remote = client
-            .stream_run_logs(self.credential.get().request(request))
-            .await
-            .map_err(|s| relayed(owner, s))?
-            .into_inner();
+        let mut remote = answered(
+            owner,
+            client.stream_run_logs(self.credential.get().request(request)),
+        )
+        .await?
+        .into_inner();
         while let Some(item) = remote.next().await {
             let item = item
                 .map(|c| LogChunk {
@@ -104,12 +123,11 @@ impl Peers {
     /// The owner's live figures of a run.
     pub async fn monitoring(&self, owner: &str, run: Uuid) -> Result<Monitoring> {
         let mut client = self.client(owner).await?;
-        let m = client
-            .get_run_monitoring(self.credential.get().request(pb::GetRunMonitoringRequest {
-                id: run.to_string(),
-            }))
-            .await
-            .map_err(|s| relayed(owner, s))?
+        let request = self.credential.get().request(pb::GetRunMonitoringRequest {
+            id: run.to_string(),
+        });
+        let m = answered(owner, client.get_run_monitoring(request))
+            .await?
             .into_inner();
         Ok(Monitoring {
             cpu_seconds: m.cpu_seconds,

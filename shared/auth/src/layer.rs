@@ -66,10 +66,16 @@ pub struct AuthService<S> {
 
 /// The peer's address, as tonic records it.
 fn peer<B>(request: &Request<B>) -> Option<IpAddr> {
-    request
-        .extensions()
-        .get::<tonic::transport::server::TcpConnectInfo>()
-        .and_then(|info| info.remote_addr())
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
+        .and_then(TcpConnectInfo::remote_addr)
         .map(|addr| addr.ip())
 }
 

@@ -1,12 +1,15 @@
-//! LISTEN/NOTIFY: one dedicated tokio-postgres connection per process, driven by
-//! `poll_message`, reconnecting with back-off and re-issuing LISTEN. A notification is only a
+//! LISTEN/NOTIFY: one dedicated connection per process, reconnecting with back-off and
+//! re-issuing LISTEN. It is sqlx's `PgListener` rather than a tokio-postgres connection so that
+//! it connects exactly as the pool does: the same URL parsing, and the same TLS (`sslmode`
+//! `require`, `verify-ca`, `verify-full` with `sslrootcert`), with no second TLS set-up to
+//! keep in step. A notification is only a
 //! hint: subscribers re-read the tables, and are told [`Notice::Reconnected`] after every
 //! (re)connection, since notifications sent while disconnected are lost.
 
 use std::time::Duration;
 
+use sea_orm::sqlx::{self, postgres::PgListener};
 use tokio::sync::broadcast;
-use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,34 +58,25 @@ async fn listen_once(
     channels: &[&'static str],
     tx: &broadcast::Sender<Notice>,
     shutdown: &CancellationToken,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel();
-    let forward = tx.clone();
-    let driver = tokio::spawn(async move {
-        let result = loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    let _ = forward.send(Notice::Notification {
-                        channel: n.channel().to_owned(),
-                        payload: n.payload().to_owned(),
-                    });
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break Err(e),
-                None => break Ok(()),
-            }
-        };
-        let _ = closed_tx.send(result);
-    });
-    let statements: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
-    client.batch_execute(&statements).await?;
+) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    // A lost connection ends this session (and the caller reconnects, announcing it), rather
+    // than being re-established silently inside the listener.
+    listener.eager_reconnect(false);
+    listener.listen_all(channels.iter().copied()).await?;
     let _ = tx.send(Notice::Reconnected);
     tracing::info!(?channels, "listening for notifications");
-    let result = tokio::select! {
-        () = shutdown.cancelled() => Ok(()),
-        closed = &mut closed_rx => closed.unwrap_or(Ok(())),
-    };
-    driver.abort();
-    result
+    loop {
+        let received = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            received = listener.try_recv() => received?,
+        };
+        let Some(n) = received else {
+            return Ok(());
+        };
+        let _ = tx.send(Notice::Notification {
+            channel: n.channel().to_owned(),
+            payload: n.payload().to_owned(),
+        });
+    }
 }

@@ -16,5 +16,6 @@ pub mod paging;
 pub mod process;
 pub mod serve;
 pub mod telemetry;
+pub mod tls;
 
 pub use serve::{AuthSetup, Listeners, ServeError, ServeOptions, Service, serve, shutdown_signal};

@@ -33,6 +33,9 @@ pub struct CommonOptions {
     #[arg(long, env = "PIRUS_AUTH", value_enum, default_value_t = Auth::Token)]
     pub auth: Auth,
 
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTlsOptions,
+
     /// Connections in the database pool.
     #[arg(long, env = "PIRUS_DATABASE_MAX_CONNECTIONS", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(2..=1000))]
@@ -76,16 +79,26 @@ pub fn parse<T: Parser>() -> T {
                 e.exit();
             }
             let rendered = e.to_string();
-            let line = rendered
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("invalid command line");
+            let line = first_line(&rendered);
             let name = T::command().get_name().to_owned();
             eprintln!("{name}: {line}");
             std::process::exit(2);
         }
     }
+}
+
+/// clap's message as one line: its first line, and when that announces a list ("the
+/// following required arguments were not provided:"), the list's items after it.
+fn first_line(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim).skip_while(|l| l.is_empty());
+    let Some(first) = lines.next() else {
+        return "invalid command line".to_owned();
+    };
+    if !first.ends_with(':') {
+        return first.to_owned();
+    }
+    let items: Vec<&str> = lines.take_while(|l| !l.is_empty()).collect();
+    format!("{first} {}", items.join(", "))
 }
 
 /// Parses a duration written like `10s`, `5m`, `24h` or `1h 30m`.
@@ -163,6 +176,17 @@ pub fn format_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clap_error_is_one_line_with_its_list() {
+        let rendered = "error: the following required arguments were not provided:\n  --tls-key <TLS_KEY>\n\nUsage: x --tls-cert <TLS_CERT>\n";
+        assert_eq!(
+            first_line(rendered),
+            "error: the following required arguments were not provided: --tls-key <TLS_KEY>"
+        );
+        assert_eq!(first_line("\nerror: bad value\n\nmore"), "error: bad value");
+        assert_eq!(first_line(""), "invalid command line");
+    }
 
     #[test]
     fn sizes() {

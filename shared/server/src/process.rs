@@ -28,6 +28,13 @@ where
         eprintln!("{name}: {line}");
         return ExitCode::from(2);
     }
+    let tls = match config.common().tls.load() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     crate::telemetry::init(config.common().log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -38,7 +45,7 @@ where
     };
     let result = runtime.block_on(async {
         let (grpc, http) = config.addresses();
-        let listeners = Listeners::bind(grpc, http).await?;
+        let listeners = Listeners::bind(grpc, http, tls).await?;
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
@@ -56,16 +63,24 @@ where
     }
 }
 
-/// Refuses unsafe combinations of options at start-up: `--auth none` on an address other
-/// machines can reach.
+/// Refuses unsafe combinations of options at start-up: `--auth none`, or plaintext without
+/// `--insecure-plaintext`, on an address other machines can reach.
 fn check_safe<C: ServiceConfig>(config: &C) -> Result<(), String> {
     let (grpc, http) = config.addresses();
-    let loopback = grpc.ip().is_loopback() && http.ip().is_loopback();
-    if config.common().auth == crate::options::Auth::None && !loopback {
-        return Err(
-            "--auth none is accepted only when every bound address is loopback (127.0.0.1 or ::1)"
-                .to_owned(),
-        );
+    let common = config.common();
+    let exposed = [grpc, http].into_iter().find(|a| !a.ip().is_loopback());
+    let Some(exposed) = exposed else {
+        return Ok(());
+    };
+    if common.auth == crate::options::Auth::None {
+        return Err(format!(
+            "--auth none is accepted only when every bound address is loopback (127.0.0.1 or ::1), not {exposed}"
+        ));
+    }
+    if common.tls.tls_cert.is_none() && !common.tls.insecure_plaintext {
+        return Err(format!(
+            "refusing to serve plaintext on {exposed}: give --tls-cert and --tls-key, or --insecure-plaintext if a proxy terminates TLS"
+        ));
     }
     Ok(())
 }

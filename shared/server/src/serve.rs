@@ -15,6 +15,7 @@ use crate::{
     health::{self, Health},
     metrics::{GrpcMetricsLayer, Metrics},
     ops,
+    tls::{ServerTls, TlsListener},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,19 +35,26 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("cannot set up TLS for gRPC: {0}")]
+    GrpcTls(#[source] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 }
 
 /// The two listening sockets of a process, bound before anything else so that a taken port is
-/// reported at once and `127.0.0.1:0` resolves to a real port.
+/// reported at once and `127.0.0.1:0` resolves to a real port, and the TLS both serve with.
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
+    pub tls: Option<ServerTls>,
 }
 
 impl Listeners {
-    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> Result<Self, ServeError> {
+    pub async fn bind(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        tls: Option<ServerTls>,
+    ) -> Result<Self, ServeError> {
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -55,7 +63,13 @@ impl Listeners {
         Ok(Self {
             grpc: bind("gRPC", grpc).await?,
             http: bind("HTTP", http).await?,
+            tls,
         })
+    }
+
+    /// The scheme clients use: `https` when serving with a certificate.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -150,6 +164,11 @@ pub async fn serve(
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             grpc_panic_response,
         ));
+    if let Some(tls) = &listeners.tls {
+        builder = builder
+            .tls_config(tls.grpc.clone())
+            .map_err(ServeError::GrpcTls)?;
+    }
     // No server-wide timeout: it would also cut uploads and watches, which run for as long
     // as they need; a client's own deadline (grpc-timeout) is honoured by tonic.
     let grpc_server = builder
@@ -175,12 +194,14 @@ pub async fn serve(
         },
         ops::authenticate,
     )));
-    let http_server = axum::serve(
-        listeners.http,
-        http_router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let http_task = tokio::spawn(async move { http_server.await });
+    let http_task = match &listeners.tls {
+        None => spawn_http(listeners.http, http_router, stop.clone()),
+        Some(tls) => {
+            let listener =
+                TlsListener::new(listeners.http, tls.http.clone()).map_err(ServeError::Http)?;
+            spawn_http(listener, http_router, stop.clone())
+        }
+    };
 
     let watchdog = tokio::spawn(health::watch_database(db, health.clone(), stop.clone()));
     health.set_ready().await;
@@ -196,6 +217,26 @@ pub async fn serve(
         watchdog,
     };
     run_until_stopped(tasks, &health, &stop, &shutdown, options.shutdown_timeout).await
+}
+
+/// Serves the HTTP port on `listener` (plain or TLS) until `stop`; handlers see the peer's
+/// address as `ConnectInfo<SocketAddr>` either way.
+fn spawn_http<L>(
+    listener: L,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: Unpin,
+{
+    use axum::serve::ListenerExt;
+    let server = axum::serve(
+        listener.tap_io(|_| {}),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned());
+    tokio::spawn(async move { server.await })
 }
 
 /// What a running server is made of.

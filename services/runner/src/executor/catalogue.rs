@@ -8,10 +8,11 @@ use std::{os::unix::fs::FileExt, path::Path, sync::Arc};
 
 use pirus_auth::{Credential, client::OwnCredential};
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
+use pirus_server::tls::ClientTls;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::domain::{Error, LogChunk, Result};
@@ -41,9 +42,10 @@ fn unavailable(e: tonic::Status) -> Error {
 
 impl Catalogue {
     /// A client that connects on first use (the catalogue may start after the runner).
-    pub fn connect_lazy(addr: &str, credential: OwnCredential) -> Result<Self> {
-        let channel = Endpoint::from_shared(addr.to_owned())
-            .map_err(|e| Error::invalid("catalogue_addr", e.to_string()))?
+    pub fn connect_lazy(tls: &ClientTls, addr: &str, credential: OwnCredential) -> Result<Self> {
+        let channel = tls
+            .endpoint(addr)
+            .map_err(|e| Error::invalid("catalogue_addr", e))?
             .initial_stream_window_size(4 << 20)
             .initial_connection_window_size(8 << 20)
             .connect_lazy();
