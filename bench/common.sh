@@ -27,6 +27,7 @@ bench_cleanup() {
 trap bench_cleanup EXIT
 
 url=$(grep '^PIRUS_DATABASE_URL=' /etc/pirus/pirus.env | cut -d= -f2-)
+url=${url%%\?*} # loopback, plain TCP: the same for every variant measured
 admin="${url%/*}/postgres"
 db=pirus_bench_$$
 psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null

@@ -7,7 +7,8 @@
 #
 #   GetFile     one row by primary key (1,000 files in the table), with a token, and beside it
 #               the same calls to a second catalogue on the same database with --auth none
-#               (three rounds each, alternately): what the token check costs
+#               (three rounds each, alternately): what the token check costs; and a third on
+#               the same database serving TLS, called with a token: what TLS adds
 #   ListFiles   a keyset page of 50
 #   CreateFile  one committed insert (an fsync of PostgreSQL's WAL per call, grouped by it)
 #
@@ -26,9 +27,15 @@ cat_pid=$(cat "$work/catalogue.pid")
 # The same service on the same database without token checks (loopback only), to measure what
 # the check costs GetFile in the same run.
 open_grpc=$(start open pirus-catalogue --data-dir "$work/open-data" --auth none)
+# And a third serving TLS (a CA and certificate of the benchmark's own, by deploy/tls.sh).
+"$repo/deploy/tls.sh" ca "$work/tls"
+"$repo/deploy/tls.sh" issue "$work/tls" catalogue localhost 127.0.0.1
+tls_grpc=$(start tls pirus-catalogue --data-dir "$work/tls-data" \
+  --tls-cert "$work/tls/catalogue.pem" --tls-key "$work/tls/catalogue.key")
+export PIRUS_BENCH_TLS_CA=$work/tls/ca.pem
 
 printf 'catalogue RPC throughput (%s, release build)\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
-"$bin/pirus-bench-rpc" "$grpc" "$concurrency" "$seconds" "$open_grpc"
+"$bin/pirus-bench-rpc" "$grpc" "$concurrency" "$seconds" "$open_grpc" "https://$tls_grpc"
 printf 'pirus-catalogue peak RSS (VmHWM): %d MiB\n' "$(( $(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status") / 1024 ))"
 
 if [ -n "${BASELINE_BIN:-}" ]; then

@@ -9,6 +9,8 @@
 #   pirus latency   SubmitRun -> DONE of the example pipeline (inputs none, outputs and logs
 #                   pushed to the catalogue), sequential runs
 #   pirus batch     20 runs submitted at once with --max-runs 4: runs per minute
+#   baseline build  with BASELINE_BIN=<folder of another release build>: its catalogue and
+#                   runner (own database) through the same client, latency and batch
 #
 # Needs PostgreSQL and LXD (deploy/setup.sh --deps-only). Run as root from the repository.
 set -euo pipefail
@@ -27,6 +29,19 @@ runner=$(start runner pirus-runner --work-dir "$work/runner" --max-runs 4 \
 echo "==> pirus: $sequential sequential runs, then $batch at once (--max-runs 4)"
 "$bin/pirus-bench-runs" "$catalogue" "$runner" "$package" "$sequential" "$batch" > "$work/pirus.out"
 image=$(awk '/^image/ {print $2}' "$work/pirus.out")
+
+if [ -n "${BASELINE_BIN:-}" ]; then
+  # Another build's catalogue and runner, on a database of their own, driven by the same
+  # client in the same run (an A/B of two versions).
+  echo "==> the baseline build in $BASELINE_BIN: the same runs"
+  extra_database "${db}_baseline"
+  base_catalogue=$(START_BIN=$BASELINE_BIN START_DB=$extra_url start base-catalogue \
+    pirus-catalogue --data-dir "$work/base-data")
+  base_runner=$(START_BIN=$BASELINE_BIN START_DB=$extra_url start base-runner pirus-runner \
+    --work-dir "$work/base-runner" --max-runs 4 --node-name "bench-base-$$" \
+    --catalogue-addr "http://$base_catalogue" --lxd-storage-pool "$pool")
+  "$bin/pirus-bench-runs" "$base_catalogue" "$base_runner" "$package" "$sequential" "$batch" > "$work/base.out"
+fi
 
 echo "==> bare LXD on pool $pool: $sequential x (init, three disk devices, start, exec, delete), plain then bounded"
 mkdir -p "$work/bare"/{inputs,outputs,logs}
@@ -67,3 +82,11 @@ printf 'bare LXD, bounded like a Pirus run, median of %s:          %.3f s\n' "$s
 printf 'pirus SubmitRun -> DONE, median of %s:                  %.3f s  (%.2fx bare LXD, %.2fx bounded)\n' "$sequential" "$pirus" \
   "$(awk -v p="$pirus" -v b="$bare" 'BEGIN { print p / b }')" "$(awk -v p="$pirus" -v b="$bounded" 'BEGIN { print p / b }')"
 printf 'pirus %s runs at --max-runs 4: %.1f s, %.1f runs/minute\n' "$runs" "$seconds" "$(awk -v n="$runs" -v s="$seconds" 'BEGIN { print n * 60 / s }')"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  base=$(awk '/^latency/ {print $2}' "$work/base.out" | median)
+  read -r _ base_runs base_seconds < <(grep '^batch' "$work/base.out")
+  printf 'baseline build SubmitRun -> DONE, median of %s:         %.3f s  (this build %.2fx of it)\n' \
+    "$sequential" "$base" "$(awk -v p="$pirus" -v b="$base" 'BEGIN { print p / b }')"
+  printf 'baseline build %s runs at --max-runs 4: %.1f s, %.1f runs/minute\n' "$base_runs" "$base_seconds" \
+    "$(awk -v n="$base_runs" -v s="$base_seconds" 'BEGIN { print n * 60 / s }')"
+fi

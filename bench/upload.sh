@@ -15,6 +15,8 @@
 #                      single upload (not a target, a yardstick)
 #   Node @tus/server   the reference tus server (@tus/server + @tus/file-store), curl PATCH;
 #                      also shown with a `sync` after it (what making its bytes durable costs)
+#   baseline build     with BASELINE_BIN=<folder of another release build>: the same tus PATCH
+#                      into that build's catalogue (its own database), in the same rounds
 #
 # and the catalogue's peak RSS (VmHWM). Pirus acknowledges an offset only after fsync; the
 # Node file store does not fsync, so its number flatters it.
@@ -36,6 +38,14 @@ echo "==> pirus-catalogue (release)"
 grpc=$(start catalogue pirus-catalogue --data-dir "$work/data" --max-upload-size 64GiB)
 http=$(http_addr catalogue)
 cat_pid=$(cat "$work/catalogue.pid")
+if [ -n "${BASELINE_BIN:-}" ]; then
+  # Another build's catalogue on a database of its own: the same tus upload against it, in
+  # the same rounds (an A/B of two versions).
+  extra_database "${db}_baseline"
+  START_BIN=$BASELINE_BIN START_DB=$extra_url start baseline pirus-catalogue \
+    --data-dir "$work/base-data" --max-upload-size 64GiB > /dev/null
+  base_http=$(http_addr baseline)
+fi
 
 tus_upload() { # base-url -> seconds for POST + one streamed PATCH
   local base=$1 meta location t0 t1
@@ -82,7 +92,12 @@ for round in $(seq 1 "$rounds"); do
   rm -rf "${work:?}/node-files/"*; sync
   sha_kbs=$(openssl speed -evp sha256 -bytes 1048576 -seconds 1 2>/dev/null | awk '/^sha256/ { sub("k", "", $2); print $2 }')
   sha_s=$(awk -v b="$bytes" -v k="$sha_kbs" 'BEGIN { printf "%.3f", b / (k * 1000) }')
-  echo "$cp_s $tus_s $grpc_s $node_s $node_sync_s $sha_s $cat_s $read_s" >> "$results"
+  base_s=
+  if [ -n "${BASELINE_BIN:-}" ]; then
+    base_s=$(tus_upload "http://$base_http/uploads/files/"); sync
+    rm -rf "${work:?}/base-data/blobs/"*; sync
+  fi
+  echo "$cp_s $tus_s $grpc_s $node_s $node_sync_s $sha_s $cat_s $read_s $base_s" >> "$results"
 done
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status")
 
@@ -91,9 +106,10 @@ printf '%-36s' ""; for round in $(seq 1 "$rounds"); do printf '%9s' "round $roun
 printf '%9s %8s\n' median "MB/s"
 labels=("cp + sync (baseline)" "pirus tus PATCH (curl, fsync)" "pirus WriteUpload (gRPC, fsync)" \
   "Node @tus/server (no fsync)" "Node @tus/server, then sync" "sha256 on one core (openssl speed)" \
-  "cat of a stored blob (cold)" "pirus ReadFile (gRPC, cold)")
+  "cat of a stored blob (cold)" "pirus ReadFile (gRPC, cold)" "baseline build: tus PATCH")
+columns=8; [ -n "${BASELINE_BIN:-}" ] && columns=9
 medians=()
-for column in 1 2 3 4 5 6 7 8; do
+for column in $(seq 1 "$columns"); do
   values=$(awk -v c="$column" '{print $c}' "$results")
   median=$(echo "$values" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
   medians+=("$median")

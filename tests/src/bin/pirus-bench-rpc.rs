@@ -3,9 +3,11 @@
 //! check measured the same way (the same server, transport and client, no database: the
 //! baseline). Calls carry the token in `PIRUS_BENCH_TOKEN`. Given the address of a second
 //! catalogue on the same database started with `--auth none`, GetFile is measured on both,
-//! alternately, to give the cost of the token check. Used by bench/rpc.sh.
+//! alternately, to give the cost of the token check; given also the `https://` URL of a third
+//! one serving TLS (its CA in `PIRUS_BENCH_TLS_CA`), GetFile with a token over TLS joins the
+//! rotation. Used by bench/rpc.sh.
 //!
-//! Usage: pirus-bench-rpc GRPC_ADDR [CONCURRENCY] [SECONDS] [NO_AUTH_GRPC_ADDR]
+//! Usage: pirus-bench-rpc GRPC_ADDR [CONCURRENCY] [SECONDS] [NO_AUTH_GRPC_ADDR [TLS_GRPC_URL]]
 
 // A command-line tool: its report goes to stdout.
 #![allow(clippy::print_stdout)]
@@ -96,14 +98,21 @@ where
     Ok(outcome)
 }
 
-/// CONNECTIONS connections to `addr`, their calls carrying `token`.
+/// CONNECTIONS connections to `addr` (an `https://` URL: TLS, trusting `PIRUS_BENCH_TLS_CA`),
+/// their calls carrying `token`.
 async fn connect(addr: &str, token: Option<&str>) -> Result<Vec<Channel>> {
     let mut channels = Vec::new();
     for _ in 0..CONNECTIONS {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?;
-        channels.push(with_token(channel, token));
+        let endpoint = match addr.strip_prefix("https://") {
+            Some(_) => {
+                let ca = std::env::var("PIRUS_BENCH_TLS_CA").context("PIRUS_BENCH_TLS_CA")?;
+                let ca = tonic::transport::Certificate::from_pem(std::fs::read(ca)?);
+                tonic::transport::Channel::from_shared(addr.to_owned())?
+                    .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(ca))?
+            }
+            None => tonic::transport::Channel::from_shared(format!("http://{addr}"))?,
+        };
+        channels.push(with_token(endpoint.connect().await?, token));
     }
     Ok(channels)
 }
@@ -146,20 +155,24 @@ fn merged(rounds: Vec<Outcome>) -> Outcome {
     all
 }
 
-/// GetFile with tokens and without (`--auth none`), alternately, `rounds` times each.
-async fn token_cost(
-    with: &[Channel],
-    without: &[Channel],
+/// GetFile on each variant in turn, [`ROUNDS`] times: a row per variant.
+async fn alternately<'a>(
+    variants: Vec<(&'a str, Vec<Channel>)>,
     ids: &Arc<Vec<String>>,
     concurrency: usize,
     seconds: u64,
-) -> Result<(Outcome, Outcome)> {
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+) -> Result<Vec<(&'a str, Outcome)>> {
+    let mut rounds: Vec<Vec<Outcome>> = variants.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
-        b.push(get_files(without, ids, concurrency, seconds).await?);
-        a.push(get_files(with, ids, concurrency, seconds).await?);
+        for (i, (_, channels)) in variants.iter().enumerate() {
+            rounds[i].push(get_files(channels, ids, concurrency, seconds).await?);
+        }
     }
-    Ok((merged(a), merged(b)))
+    Ok(variants
+        .into_iter()
+        .zip(rounds)
+        .map(|((name, _), r)| (name, merged(r)))
+        .collect())
 }
 
 #[tokio::main]
@@ -170,6 +183,7 @@ async fn main() -> Result<()> {
     let concurrency: usize = args.next().map_or(Ok(32), |a| a.parse()).context(usage)?;
     let seconds: u64 = args.next().map_or(Ok(5), |a| a.parse()).context(usage)?;
     let no_auth = args.next();
+    let tls = args.next();
     let token = std::env::var("PIRUS_BENCH_TOKEN").ok();
     let channels = connect(&addr, token.as_deref()).await?;
 
@@ -202,11 +216,17 @@ async fn main() -> Result<()> {
     rows.push(("grpc.health.v1.Health/Check (baseline)", health));
     match &no_auth {
         Some(open) => {
-            let without = connect(open, None).await?;
-            let (with, without) =
-                token_cost(&channels, &without, &ids, concurrency, seconds).await?;
-            rows.push(("GetFile (with a token)", with));
-            rows.push(("GetFile (--auth none)", without));
+            let mut variants = vec![
+                ("GetFile (with a token)", channels.clone()),
+                ("GetFile (--auth none)", connect(open, None).await?),
+            ];
+            if let Some(url) = &tls {
+                variants.push((
+                    "GetFile (a token, over TLS)",
+                    connect(url, token.as_deref()).await?,
+                ));
+            }
+            rows.extend(alternately(variants, &ids, concurrency, seconds).await?);
         }
         None => rows.push((
             "GetFile",
@@ -262,6 +282,14 @@ async fn main() -> Result<()> {
             "token check: GetFile with a token at {:.1}% of the rate without (cost {:.1}%)",
             100.0 * with / without,
             100.0 * (1.0 - with / without)
+        );
+    }
+    if tls.is_some() {
+        let (over_tls, without) = (rows[3].1.rate(), rows[2].1.rate());
+        println!(
+            "token and TLS: GetFile at {:.1}% of the rate of plaintext without tokens (cost {:.1}%)",
+            100.0 * over_tls / without,
+            100.0 * (1.0 - over_tls / without)
         );
     }
     Ok(())
