@@ -38,6 +38,15 @@ die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 
 have_systemd() { [ -d /run/systemd/system ]; }
 
+# Exports the settings of the environment file as systemd reads them: NAME=value lines taken
+# literally (no shell expansion: a database URL holds '&'), comments and blank lines skipped.
+load_env() {
+  local line
+  while IFS= read -r line || [ -n "$line" ]; do
+    case $line in ''|'#'*) continue ;; *=*) export "${line?}" ;; esac
+  done < "$env_file"
+}
+
 stop_services() {
   for svc in pirus-runner pirus-catalogue; do
     if have_systemd && systemctl list-unit-files "$svc.service" >/dev/null 2>&1; then
@@ -233,7 +242,7 @@ start_services() {
     systemctl enable --now pirus-catalogue pirus-runner
   else
     for svc in pirus-catalogue pirus-runner; do
-      ( set -a; . "$env_file"; set +a
+      ( load_env
         umask 077
         # Each service presents its own certificate (the runner's is also its client one).
         export PIRUS_TLS_CERT="$tls_dir/$svc.pem" PIRUS_TLS_KEY="$tls_dir/$svc.key"
@@ -269,7 +278,7 @@ install_grpcurl() {
 # reused, so a second run changes nothing.
 provision_tokens() {
   local node out
-  ( set -a; . "$env_file"; set +a
+  ( load_env
     umask 077
     if [ ! -s /etc/pirus/admin.token ]; then
       out=$(/usr/local/bin/pirus-catalogue token bootstrap) \

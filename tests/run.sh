@@ -52,4 +52,26 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-
 # Folders a failed or killed test left behind, once they are an hour old (a suite running
 # beside this one keeps its own).
 find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'pirus-test-*' -mmin +60 -exec rm -rf {} + 2>/dev/null || true
+# Likewise containers and run volumes of test nodes (node names test-*) an hour old: what a
+# killed test run could not remove (LXD 5.0 records no creation time for volumes: those of
+# test nodes go whenever unattached; LXD refuses to delete one a container uses).
+if command -v lxc >/dev/null 2>&1; then
+  python3 - "${PIRUS_TEST_LXD_POOL:-pirus}" <<'PY' || true
+import datetime, json, subprocess, sys
+pool = sys.argv[1]
+cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+def old(item):
+    node = item.get("config", {}).get("user.pirus.node", "")
+    created = datetime.datetime.fromisoformat(item["created_at"][:26].rstrip("Z") + "+00:00")
+    return node.startswith("test-") and created < cutoff
+def lxc(*args):
+    return subprocess.run(["lxc", *args], capture_output=True, text=True).stdout
+for c in json.loads(lxc("list", "--format", "json") or "[]"):
+    if old(c):
+        lxc("delete", "--force", c["name"])
+for v in json.loads(lxc("storage", "volume", "list", pool, "--format", "json") or "[]"):
+    if v.get("type") == "custom" and old(v):
+        lxc("storage", "volume", "delete", pool, v["name"])
+PY
+fi
 exit "$status"

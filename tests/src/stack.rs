@@ -134,6 +134,12 @@ impl Drop for Stack {
     /// test may end while a run does): nothing of a test outlives it in LXD.
     fn drop(&mut self) {
         let _ = self.runner.signal("KILL");
+        // LXD finishes a creation the runner asked for before it died: wait for those (a few
+        // seconds at most), so that the listing below sees their containers.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && creating_instances() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         if let Ok(output) = node_containers(&self.node) {
             for name in String::from_utf8_lossy(&output.stdout).lines() {
                 let _ = std::process::Command::new("lxc")
@@ -396,6 +402,18 @@ impl Stack {
 }
 
 /// `lxc list` of the containers tagged with `node`: their names, one a line.
+/// Whether LXD is creating an instance right now (for anyone).
+fn creating_instances() -> bool {
+    std::process::Command::new("lxc")
+        .args(["operation", "list", "--format", "csv"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.contains("Creating instance") && l.contains("Running"))
+        })
+}
+
 pub fn node_containers(node: &str) -> std::io::Result<std::process::Output> {
     std::process::Command::new("lxc")
         .args([
