@@ -27,11 +27,13 @@ bench_cleanup() {
 trap bench_cleanup EXIT
 
 url=$(grep '^PIRUS_DATABASE_URL=' /etc/pirus/pirus.env | cut -d= -f2-)
-url=${url%%\?*} # loopback, plain TCP: the same for every variant measured
+# Loopback, plain TCP (sslmode=disable): the same for every variant and build measured, and
+# a build without TLS to PostgreSQL compares with one that has it.
+url=${url%%\?*}
 admin="${url%/*}/postgres"
 db=pirus_bench_$$
 psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null
-dburl="${url%/*}/$db"
+dburl="${url%/*}/$db?sslmode=disable"
 # The benchmark database's first admin token: every call carries it, as in a deployment.
 PIRUS_BENCH_TOKEN=$("$bin/pirus-catalogue" token bootstrap --database-url "$dburl" | tail -n 1)
 export PIRUS_BENCH_TOKEN
@@ -50,7 +52,7 @@ extra_dbs=
 extra_database() {
   psql -q "$admin" -c "CREATE DATABASE $1" >/dev/null
   extra_dbs="$extra_dbs $1"
-  extra_url="${url%/*}/$1"
+  extra_url="${url%/*}/$1?sslmode=disable"
 }
 
 # start NAME BINARY ARGS...: starts a service on free loopback ports, waits for its addresses,

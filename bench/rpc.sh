@@ -13,8 +13,8 @@
 #   CreateFile  one committed insert (an fsync of PostgreSQL's WAL per call, grouped by it)
 #
 # BASELINE_BIN=<folder of another release build> also measures that build's catalogue, on a
-# database of its own, with the same client in the same run (an A/B of two versions; its
-# GetFile row is the plain one).
+# database of its own, in turn with this build's (--auth none) three times, with the same
+# client in the same run: an A/B of two versions, medians side by side.
 #
 # Needs PostgreSQL (deploy/setup.sh --deps-only). Run as root from the repository.
 set -euo pipefail
@@ -39,10 +39,25 @@ printf 'catalogue RPC throughput (%s, release build)\n' "$(date -u +%Y-%m-%dT%H:
 printf 'pirus-catalogue peak RSS (VmHWM): %d MiB\n' "$(( $(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status") / 1024 ))"
 
 if [ -n "${BASELINE_BIN:-}" ]; then
+  # The baseline build on a database of its own, and this build's plain catalogue, driven in
+  # turn by the same client, three times each: the medians compare the two builds.
   extra_database "${db}_baseline"
   base_grpc=$(START_BIN=$BASELINE_BIN START_DB=$extra_url start baseline pirus-catalogue --data-dir "$work/base-data")
-  printf '\nthe same client against %s/pirus-catalogue (its own database)\n' "$BASELINE_BIN"
-  "$bin/pirus-bench-rpc" "$base_grpc" "$concurrency" "$seconds"
-  printf 'and this build again, plain GetFile\n'
-  "$bin/pirus-bench-rpc" "$grpc" "$concurrency" "$seconds"
+  for round in 1 2 3; do
+    PIRUS_BENCH_SERVER_PID=$(cat "$work/baseline.pid") "$bin/pirus-bench-rpc" "$base_grpc" \
+      "$concurrency" "$seconds" | sed "s/^/base $round | /" >> "$work/ab.out"
+    PIRUS_BENCH_SERVER_PID=$(cat "$work/open.pid") "$bin/pirus-bench-rpc" "$open_grpc" \
+      "$concurrency" "$seconds" | sed "s/^/this $round | /" >> "$work/ab.out"
+  done
+  printf '\nA/B: %s/pirus-catalogue (base) and this build with --auth none (this), the same client in turn, 3 rounds\n' "$BASELINE_BIN"
+  printf '%-30s %10s %10s %9s %14s %14s\n' "medians" "base /s" "this /s" this/base \
+    "base us/call" "this us/call"
+  for rpc in "grpc.health.v1.Health/Check" GetFile ListFiles CreateFile; do
+    # calls/s: the first number of the row; the server's CPU per call: its last field.
+    med() { grep "^$1 [0-9] | $rpc" "$work/ab.out" | awk -F'|' -v last="$2" '{ n = split($2, f, " "); if (last) { print f[n]; next } for (i = 1; i <= n; i++) if (f[i] ~ /^[0-9]+$/ && f[i] > 0) { print f[i]; break } }' \
+      | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+    b=$(med base ""); t=$(med this ""); bc=$(med base 1); tc=$(med this 1)
+    printf '%-30s %10s %10s %8.2fx %14s %14s\n' "$rpc" "$b" "$t" \
+      "$(awk -v t="$t" -v b="$b" 'BEGIN { print t / b }')" "$bc" "$tc"
+  done
 fi

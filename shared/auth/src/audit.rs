@@ -2,7 +2,10 @@
 //! in the shared database (both services write it; admins read it with ListAuditEvents).
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement, Value,
+};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// One audited call.
@@ -18,18 +21,32 @@ pub struct AuditEvent {
     pub peer: String,
 }
 
+/// Writes the trail. Events are queued and written by one background task, many to a
+/// statement and a commit: a burst of changes costs the database one commit per batch rather
+/// than one per change, and never takes the pool's connections away from the calls themselves.
 #[derive(Clone)]
 pub struct Audit {
     db: DatabaseConnection,
     service: &'static str,
+    queue: mpsc::Sender<[Value; COLUMNS]>,
 }
 
+const COLUMNS: usize = 7;
+/// Events queued before `record` waits for the writer (in a task of its own: the call it
+/// records is never held up).
+const QUEUE: usize = 8192;
+/// Events written by one statement at most.
+const BATCH: usize = 256;
+
 impl Audit {
+    /// Starts the writer (on the current tokio runtime).
     pub fn new(db: DatabaseConnection, service: &'static str) -> Self {
-        Self { db, service }
+        let (queue, events) = mpsc::channel(QUEUE);
+        tokio::spawn(write_batches(db.clone(), events));
+        Self { db, service, queue }
     }
 
-    /// Records a call without holding it up: written in the background; a failure is logged.
+    /// Records a call without holding it up; a failure to write is logged.
     pub fn record(
         &self,
         accessor: Option<Uuid>,
@@ -38,7 +55,6 @@ impl Audit {
         outcome: &str,
         peer: &str,
     ) {
-        let db = self.db.clone();
         let values = [
             Uuid::now_v7().into(),
             accessor.into(),
@@ -48,19 +64,10 @@ impl Audit {
             outcome.to_owned().into(),
             peer.to_owned().into(),
         ];
-        tokio::spawn(async move {
-            let written = db
-                .execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "INSERT INTO audit_events (id, accessor_id, service, action, target, outcome, peer)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    values,
-                ))
-                .await;
-            if let Err(e) = written {
-                tracing::warn!(error = %e, "could not record an audit event");
-            }
-        });
+        if let Err(mpsc::error::TrySendError::Full(values)) = self.queue.try_send(values) {
+            let queue = self.queue.clone();
+            tokio::spawn(async move { queue.send(values).await });
+        }
     }
 
     /// One page of events, oldest first, after `after`.
@@ -75,5 +82,38 @@ impl Audit {
         ))
         .all(&self.db)
         .await
+    }
+}
+
+/// The writer: waits for an event, takes whatever else is queued (up to [`BATCH`]), writes
+/// them with one INSERT, and again, until every `Audit` is gone.
+async fn write_batches(db: DatabaseConnection, mut events: mpsc::Receiver<[Value; COLUMNS]>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while events.recv_many(&mut batch, BATCH).await > 0 {
+        let rows = batch.len();
+        let placeholders: Vec<String> = (0..rows)
+            .map(|r| {
+                let columns: Vec<String> = (1..=COLUMNS)
+                    .map(|c| format!("${}", r * COLUMNS + c))
+                    .collect();
+                format!("({})", columns.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO audit_events (id, accessor_id, service, action, target, outcome, peer)
+             VALUES {}",
+            placeholders.join(", ")
+        );
+        let values: Vec<Value> = batch.drain(..).flatten().collect();
+        let written = db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, events = rows, "could not record audit events");
+        }
     }
 }

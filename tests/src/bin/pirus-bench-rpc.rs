@@ -7,6 +7,8 @@
 //! one serving TLS (its CA in `PIRUS_BENCH_TLS_CA`), GetFile with a token over TLS joins the
 //! rotation. Used by bench/rpc.sh.
 //!
+//! With `PIRUS_BENCH_SERVER_PID`, each row also gives the server's CPU time per call.
+//!
 //! Usage: pirus-bench-rpc GRPC_ADDR [CONCURRENCY] [SECONDS] [NO_AUTH_GRPC_ADDR [TLS_GRPC_URL]]
 
 // A command-line tool: its report goes to stdout.
@@ -34,6 +36,19 @@ struct Outcome {
     elapsed: Duration,
     /// Sorted latencies of the successful calls.
     latencies: Vec<Duration>,
+    /// CPU time the server process spent meanwhile (with `PIRUS_BENCH_SERVER_PID`).
+    server_cpu: Option<Duration>,
+}
+
+/// CPU time (user and system) of the process `PIRUS_BENCH_SERVER_PID` so far, if given. CPU
+/// per call is steadier than calls per second on a host the client and the database share.
+fn server_cpu() -> Option<Duration> {
+    let pid = std::env::var("PIRUS_BENCH_SERVER_PID").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 impl Outcome {
@@ -62,6 +77,7 @@ where
     Fut: Future<Output = bool> + Send,
 {
     let call = Arc::new(call);
+    let cpu_before = server_cpu();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -86,6 +102,7 @@ where
         errors: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
+        server_cpu: None,
     };
     for task in tasks {
         let (latencies, errors) = task.await?;
@@ -94,6 +111,9 @@ where
         outcome.latencies.extend(latencies);
     }
     outcome.elapsed = started.elapsed();
+    outcome.server_cpu = cpu_before
+        .zip(server_cpu())
+        .map(|(before, after)| after.saturating_sub(before));
     outcome.latencies.sort_unstable();
     Ok(outcome)
 }
@@ -144,12 +164,14 @@ fn merged(rounds: Vec<Outcome>) -> Outcome {
         errors: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
+        server_cpu: Some(Duration::ZERO),
     };
     for r in rounds {
         all.calls += r.calls;
         all.errors += r.errors;
         all.elapsed += r.elapsed;
         all.latencies.extend(r.latencies);
+        all.server_cpu = all.server_cpu.zip(r.server_cpu).map(|(a, b)| a + b);
     }
     all.latencies.sort_unstable();
     all
@@ -262,18 +284,23 @@ async fn main() -> Result<()> {
         "{concurrency} concurrent callers over {CONNECTIONS} connections, {seconds} s per RPC"
     );
     println!(
-        "{:<40} {:>10} {:>9} {:>9} {:>9} {:>7}",
-        "", "calls/s", "p50 ms", "p99 ms", "vs base", "errors"
+        "{:<40} {:>10} {:>9} {:>9} {:>9} {:>7} {:>12}",
+        "", "calls/s", "p50 ms", "p99 ms", "vs base", "errors", "srv us/call"
     );
     for (name, outcome) in &rows {
+        let cpu = outcome.server_cpu.map_or_else(
+            || "-".to_owned(),
+            |c| format!("{:.0}", c.as_secs_f64() * 1e6 / outcome.calls.max(1) as f64),
+        );
         println!(
-            "{:<40} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x {:>7}",
+            "{:<40} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x {:>7} {:>12}",
             name,
             outcome.rate(),
             outcome.percentile(0.5).as_secs_f64() * 1e3,
             outcome.percentile(0.99).as_secs_f64() * 1e3,
             outcome.rate() / baseline,
-            outcome.errors
+            outcome.errors,
+            cpu
         );
     }
     if no_auth.is_some() {
