@@ -35,7 +35,8 @@ tls_grpc=$(start tls pirus-catalogue --data-dir "$work/tls-data" \
 export PIRUS_BENCH_TLS_CA=$work/tls/ca.pem
 
 printf 'catalogue RPC throughput (%s, release build)\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
-"$bin/pirus-bench-rpc" "$grpc" "$concurrency" "$seconds" "$open_grpc" "https://$tls_grpc"
+PIRUS_BENCH_SERVER_PIDS="$cat_pid,$(cat "$work/open.pid"),$(cat "$work/tls.pid")" \
+  "$bin/pirus-bench-rpc" "$grpc" "$concurrency" "$seconds" "$open_grpc" "https://$tls_grpc"
 printf 'pirus-catalogue peak RSS (VmHWM): %d MiB\n' "$(( $(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status") / 1024 ))"
 
 if [ -n "${BASELINE_BIN:-}" ]; then
@@ -44,9 +45,9 @@ if [ -n "${BASELINE_BIN:-}" ]; then
   extra_database "${db}_baseline"
   base_grpc=$(START_BIN=$BASELINE_BIN START_DB=$extra_url start baseline pirus-catalogue --data-dir "$work/base-data")
   for round in 1 2 3; do
-    PIRUS_BENCH_SERVER_PID=$(cat "$work/baseline.pid") "$bin/pirus-bench-rpc" "$base_grpc" \
+    PIRUS_BENCH_SERVER_PIDS=$(cat "$work/baseline.pid") "$bin/pirus-bench-rpc" "$base_grpc" \
       "$concurrency" "$seconds" | sed "s/^/base $round | /" >> "$work/ab.out"
-    PIRUS_BENCH_SERVER_PID=$(cat "$work/open.pid") "$bin/pirus-bench-rpc" "$open_grpc" \
+    PIRUS_BENCH_SERVER_PIDS=$(cat "$work/open.pid") "$bin/pirus-bench-rpc" "$open_grpc" \
       "$concurrency" "$seconds" | sed "s/^/this $round | /" >> "$work/ab.out"
   done
   printf '\nA/B: %s/pirus-catalogue (base) and this build with --auth none (this), the same client in turn, 3 rounds\n' "$BASELINE_BIN"

@@ -7,7 +7,8 @@
 //! one serving TLS (its CA in `PIRUS_BENCH_TLS_CA`), GetFile with a token over TLS joins the
 //! rotation. Used by bench/rpc.sh.
 //!
-//! With `PIRUS_BENCH_SERVER_PID`, each row also gives the server's CPU time per call.
+//! With `PIRUS_BENCH_SERVER_PIDS` (the pids of the catalogues measured, in the order of their
+//! addresses), each row also gives the server's CPU time per call.
 //!
 //! Usage: pirus-bench-rpc GRPC_ADDR [CONCURRENCY] [SECONDS] [NO_AUTH_GRPC_ADDR [TLS_GRPC_URL]]
 
@@ -16,7 +17,10 @@
 
 use std::{
     future::Future,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -36,14 +40,23 @@ struct Outcome {
     elapsed: Duration,
     /// Sorted latencies of the successful calls.
     latencies: Vec<Duration>,
-    /// CPU time the server process spent meanwhile (with `PIRUS_BENCH_SERVER_PID`).
+    /// CPU time the server process spent meanwhile (with `PIRUS_BENCH_SERVER_PIDS`).
     server_cpu: Option<Duration>,
 }
 
-/// CPU time (user and system) of the process `PIRUS_BENCH_SERVER_PID` so far, if given. CPU
+/// The server measured now: an index into `PIRUS_BENCH_SERVER_PIDS` (the catalogue at
+/// GRPC_ADDR, then the one without tokens, then the one with TLS).
+static SERVER: AtomicUsize = AtomicUsize::new(0);
+
+/// CPU time (user and system) so far of the server measured now, if its pid was given. CPU
 /// per call is steadier than calls per second on a host the client and the database share.
 fn server_cpu() -> Option<Duration> {
-    let pid = std::env::var("PIRUS_BENCH_SERVER_PID").ok()?;
+    let pids = std::env::var("PIRUS_BENCH_SERVER_PIDS").ok()?;
+    let pid = pids
+        .split(',')
+        .nth(SERVER.load(Ordering::Relaxed))?
+        .trim()
+        .to_owned();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) in parentheses.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -187,8 +200,10 @@ async fn alternately<'a>(
     let mut rounds: Vec<Vec<Outcome>> = variants.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
         for (i, (_, channels)) in variants.iter().enumerate() {
+            SERVER.store(i, Ordering::Relaxed);
             rounds[i].push(get_files(channels, ids, concurrency, seconds).await?);
         }
+        SERVER.store(0, Ordering::Relaxed);
     }
     Ok(variants
         .into_iter()
