@@ -118,6 +118,6 @@ impl Tokens {
 
     pub async fn audit(&self, caller: &Caller, page: Page) -> Result<Vec<AuditEvent>> {
         access::require(caller, Action::ReadAudit)?;
-        Ok(self.audit.list(page.after, page.size).await?)
+        Ok(self.audit.list(page.after, page.fetch()).await?)
     }
 }

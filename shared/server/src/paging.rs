@@ -72,13 +72,23 @@ pub fn page(page_size: i32, page_token: &str) -> Result<Page, FieldError> {
     Ok(Page { size, after })
 }
 
-/// The token of the page after one that held `count` items ending with `last`; empty on the
-/// last page.
-pub fn next_page_token(page: Page, last: Option<Uuid>, count: usize) -> String {
-    match last {
-        Some(id) if count as u64 == page.size => id.simple().to_string(),
-        _ => String::new(),
+impl Page {
+    /// Rows a store reads for this page: one more than the page holds, so that a last page
+    /// that is exactly full is known to be the last (and answers no token to an empty page).
+    pub fn fetch(&self) -> u64 {
+        self.size + 1
     }
+}
+
+/// The page cut from `rows` (read with [`Page::fetch`]): at most `size` items, and the token of
+/// the next page, given only when more rows came than the page holds.
+pub fn paged<T>(page: Page, mut rows: Vec<T>, id: impl Fn(&T) -> Uuid) -> (Vec<T>, String) {
+    if rows.len() as u64 <= page.size {
+        return (rows, String::new());
+    }
+    rows.truncate(page.size as usize);
+    let token = rows.last().map(|r| id(r).simple().to_string());
+    (rows, token.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -97,11 +107,18 @@ mod tests {
         assert_eq!(page(5000, "").unwrap().size, 1000);
         assert_eq!(page(-1, "").unwrap_err().field, "page_size");
         assert_eq!(page(10, "garbage").unwrap_err().field, "page_token");
-        let id = Uuid::now_v7();
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
         let p = page(2, "").unwrap();
-        let token = next_page_token(p, Some(id), 2);
-        assert_eq!(page(2, &token).unwrap().after, Some(id));
-        assert_eq!(next_page_token(p, Some(id), 1), "");
+        assert_eq!(p.fetch(), 3);
+        // Three rows for a page of two: two, and a token after the second.
+        let (rows, token) = paged(p, ids.clone(), |id| *id);
+        assert_eq!(rows, ids[..2]);
+        assert_eq!(page(2, &token).unwrap().after, Some(ids[1]));
+        // Exactly two (a last page that is full), one, none: no token.
+        for n in [2, 1, 0] {
+            let (rows, token) = paged(p, ids[..n].to_vec(), |id| *id);
+            assert_eq!((rows.len(), token.as_str()), (n, ""));
+        }
     }
 
     #[test]

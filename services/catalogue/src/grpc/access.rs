@@ -127,8 +127,7 @@ impl AccessService for Access {
         let request = request.into_inner();
         let page = convert::page(request.page_size, &request.page_token)?;
         let events = self.tokens.audit(&caller, page).await?;
-        let next_page_token =
-            convert::next_page_token(page, events.last().map(|e| e.id), events.len());
+        let (events, next_page_token) = convert::paged(page, events, |e| e.id);
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: events.into_iter().map(event_to_proto).collect(),
             next_page_token,

@@ -9,7 +9,7 @@ use crate::domain::{
     UploadState,
 };
 
-pub use pirus_server::paging::{next_page_token, timestamp};
+pub use pirus_server::paging::{paged, timestamp};
 
 /// A required UUID field.
 pub fn parse_id(field: &str, value: &str) -> Result<Uuid> {

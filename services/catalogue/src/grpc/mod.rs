@@ -150,8 +150,7 @@ impl CatalogueService for Catalogue {
             name: (!request.name.is_empty()).then_some(request.name),
         };
         let pipelines = self.pipelines.list(&caller, filter, page).await?;
-        let next_page_token =
-            convert::next_page_token(page, pipelines.last().map(|p| p.id), pipelines.len());
+        let (pipelines, next_page_token) = convert::paged(page, pipelines, |p| p.id);
         Ok(Response::new(pb::ListPipelinesResponse {
             pipelines: pipelines
                 .into_iter()
@@ -230,8 +229,7 @@ impl CatalogueService for Catalogue {
             owner: None,
         };
         let files = self.files.list(&caller, filter, page).await?;
-        let next_page_token =
-            convert::next_page_token(page, files.last().map(|f| f.id), files.len());
+        let (files, next_page_token) = convert::paged(page, files, |f| f.id);
         Ok(Response::new(pb::ListFilesResponse {
             files: files
                 .into_iter()

@@ -216,7 +216,7 @@ impl Store {
         let sql = format!(
             "SELECT {FILE_COLUMNS} FROM files f LEFT JOIN uploads u ON u.file_id = f.id
              {filter_sql} ORDER BY f.id LIMIT {}",
-            page.size
+            page.fetch()
         );
         let rows = FileRow::find_by_statement(stmt(&sql, values))
             .all(&self.db)

@@ -224,7 +224,7 @@ impl Store {
         let (filter_sql, values) = filter_sql.build();
         let sql = format!(
             "SELECT {PIPELINE_COLUMNS} FROM {PIPELINE_FROM} {filter_sql} ORDER BY p.id LIMIT {}",
-            page.size
+            page.fetch()
         );
         let rows = PipelineRow::find_by_statement(stmt(&sql, values))
             .all(&self.db)

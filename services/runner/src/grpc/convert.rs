@@ -7,7 +7,7 @@ use crate::domain::{
     Error, Monitoring, Node, NodeStatus, Page, Progress, Result, Run, RunEvent, RunStatus,
 };
 
-pub use pirus_server::paging::{next_page_token, timestamp};
+pub use pirus_server::paging::{paged, timestamp};
 
 pub fn parse_id(field: &str, value: &str) -> Result<Uuid> {
     Ok(pirus_server::paging::parse_id(field, value)?)

@@ -118,7 +118,7 @@ impl RunnerService for Runner {
             owner: None,
         };
         let runs = self.runs.list(&caller, filter, page).await?;
-        let next_page_token = convert::next_page_token(page, runs.last().map(|r| r.id), runs.len());
+        let (runs, next_page_token) = convert::paged(page, runs, |r| r.id);
         Ok(Response::new(pb::ListRunsResponse {
             runs: runs.into_iter().map(run_to_proto).collect(),
             next_page_token,

@@ -301,7 +301,7 @@ impl RunStore {
         let sql = format!(
             "SELECT {} FROM runs r {filter_sql} ORDER BY r.id LIMIT {}",
             run_columns(),
-            page.size
+            page.fetch()
         );
         let rows = RunRow::find_by_statement(stmt(&sql, values))
             .all(&self.db)
