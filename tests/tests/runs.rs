@@ -56,6 +56,20 @@ async fn a_run_executes_in_lxd_with_inputs_outputs_logs_and_progress() -> Result
         statuses(&events),
         vec![Waiting, Initializing, Running, Finishing, Done]
     );
+    // A client resuming from the last seq it stored (or past it) of a run that has ended gets
+    // no events and the end of the stream, at once.
+    let last = events.last().map_or(0, |e| e.seq);
+    for after in [last, last + 5] {
+        let rest = tokio::time::timeout(Duration::from_secs(5), s.watch(&submitted.id, after))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("WatchRun after seq {after} of a DONE run did not end")
+            })??;
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    // From the seq before the terminal one: just the terminal event.
+    let tail = s.watch(&submitted.id, last - 1).await?;
+    assert_eq!(statuses(&tail), vec![Done]);
     let values: Vec<f64> = events
         .iter()
         .filter(|e| status(e.status) == Running)
@@ -949,7 +963,12 @@ async fn runners_racing_for_runs_execute_each_once() -> Result<()> {
                 .filter(|e| status(e.status) == run::RunStatus::Running
                     && e.message == "command started")
                 .count(),
-            1
+            1,
+            "run {id}: {:?}",
+            events
+                .iter()
+                .map(|e| (e.seq, status(e.status), e.message.as_str()))
+                .collect::<Vec<_>>()
         );
         let r = s
             .run

@@ -81,7 +81,9 @@ impl Runs {
         id: Uuid,
         mut after: i64,
     ) -> Result<mpsc::Receiver<Result<RunEvent>>> {
-        self.get(caller, id).await?;
+        // A run that had ended before this read has all its events written: one read answers
+        // the rest (none when `after` is at or past its terminal event), then the stream ends.
+        let ended = self.get(caller, id).await?.status.is_terminal();
         // Subscribed before the first read: nothing committed after it can be missed.
         let mut notices = self.notices.subscribe();
         let (tx, rx) = mpsc::channel(64);
@@ -97,6 +99,9 @@ impl Runs {
                             if tx.send(Ok(event)).await.is_err() || terminal {
                                 return;
                             }
+                        }
+                        if ended {
+                            return;
                         }
                     }
                     Err(e) => {
