@@ -708,7 +708,7 @@ async fn two_users_cannot_see_or_touch_each_other_s_files_uploads_and_runs() -> 
         })
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(refused.code(), Code::NotFound);
     assert!(
         refused.message().contains("not found"),
         "{}",

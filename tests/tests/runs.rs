@@ -33,6 +33,10 @@ async fn a_run_executes_in_lxd_with_inputs_outputs_logs_and_progress() -> Result
         })
         .await?;
     assert_eq!(status(submitted.status), run::RunStatus::Waiting);
+    assert_eq!(
+        submitted.attempt, 1,
+        "a waiting run shows the attempt it waits for"
+    );
     let config: serde_json::Value = serde_json::from_str(&submitted.config_json)?;
     assert_eq!(
         config,
@@ -275,7 +279,7 @@ async fn submissions_are_validated_and_idempotent() -> Result<()> {
                 input_file_ids: vec![uuid::Uuid::now_v7().to_string()],
                 ..base.clone()
             },
-            Code::InvalidArgument,
+            Code::NotFound,
             "input_file_ids[0]",
         ),
         (

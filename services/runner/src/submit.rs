@@ -105,12 +105,10 @@ async fn input_file_names(
         let file = files
             .get(id)
             .filter(|f| owner.is_none() || f.owner == owner);
-        let file = file.ok_or_else(|| {
-            Error::invalid(
-                &format!("input_file_ids[{i}]"),
-                format!("file {id} not found"),
-            )
-        })?;
+        // NOT_FOUND, as for any other missing resource (and another user's file is missing
+        // to this caller).
+        let file = file
+            .ok_or_else(|| Error::NotFound(format!("input_file_ids[{i}]: file {id} not found")))?;
         if file.state == FileState::Error {
             return Err(Error::invalid(
                 &format!("input_file_ids[{i}]"),

@@ -60,7 +60,13 @@ pub fn run_to_proto(r: Run) -> pb::Run {
         log_file_ids: ids(r.log_file_ids),
         progress: Some(progress(r.progress)),
         node: r.node.unwrap_or_default(),
-        attempt: r.attempt,
+        // A waiting run shows the attempt it waits for (1 for the first): the store counts
+        // attempts when a node claims one.
+        attempt: if r.status == RunStatus::Waiting {
+            r.attempt + 1
+        } else {
+            r.attempt
+        },
         exit_code: r.exit_code,
         error_message: r.error_message,
         created_at: Some(timestamp(r.created_at)),
