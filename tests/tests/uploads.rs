@@ -167,6 +167,23 @@ async fn tus_answers_every_status_code_of_the_contract() -> Result<()> {
             "{ext} missing from {extensions}"
         );
     }
+    // The pipelines endpoint advertises what works there: a package is uploaded whole (or in
+    // PATCH chunks), never concatenated.
+    let r = http
+        .send(
+            "OPTIONS",
+            &files_url(&p).replace("/uploads/files/", "/uploads/pipelines/"),
+            &[],
+            Vec::new(),
+        )
+        .await?;
+    assert_eq!(r.status, 204);
+    let pipeline_extensions = r.header("tus-extension").unwrap_or_default().to_owned();
+    assert!(pipeline_extensions.split(',').any(|e| e == "creation"));
+    assert!(
+        !pipeline_extensions.split(',').any(|e| e == "concatenation"),
+        "{pipeline_extensions}"
+    );
     let algorithms = r
         .header("tus-checksum-algorithm")
         .unwrap_or_default()

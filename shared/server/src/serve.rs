@@ -154,6 +154,12 @@ pub async fn serve(
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
         .max_frame_size(Some(1 << 20))
+        // Long idle streams (WatchRun, StreamRunLogs, a paused upload) stay open through NATs
+        // and proxies, and a peer that vanished is noticed, without every client having to
+        // configure its own keepalive: a PING every 30 s, the connection dropped when one is
+        // not answered within 20 s.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .layer(GrpcMetricsLayer::new(metrics.clone()))
         .layer(pirus_auth::layer::AuthLayer::new(

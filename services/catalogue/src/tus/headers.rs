@@ -11,7 +11,18 @@ use crate::{
 };
 
 pub const TUS_VERSION: &str = "1.0.0";
-pub const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,concatenation";
+/// The tus extensions an endpoint supports: concatenation only where parts can be joined
+/// (files; a package is uploaded whole, or in PATCH chunks, and a part never installs).
+pub fn extensions(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Files => {
+            "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,concatenation"
+        }
+        Endpoint::Pipelines => {
+            "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration"
+        }
+    }
+}
 pub const CHECKSUM_ALGORITHMS: &str = "sha1,sha256,md5";
 pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 

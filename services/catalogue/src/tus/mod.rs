@@ -160,7 +160,9 @@ fn preamble(
 ) -> ControlFlow<Response, Endpoint> {
     match endpoint(name) {
         Err(e) => ControlFlow::Break(error_response(e)),
-        Ok(_) if method == Method::OPTIONS => ControlFlow::Break(options(tus, headers)),
+        Ok(endpoint) if method == Method::OPTIONS => {
+            ControlFlow::Break(options(tus, endpoint, headers))
+        }
         Ok(endpoint) => ControlFlow::Continue(endpoint),
     }
 }
@@ -248,10 +250,10 @@ fn tus_method_not_allowed(allow: &'static str) -> Response {
     r
 }
 
-fn options(tus: &Tus, request: &HeaderMap) -> Response {
+fn options(tus: &Tus, endpoint: Endpoint, request: &HeaderMap) -> Response {
     let mut r = tus_empty(StatusCode::NO_CONTENT);
     set(&mut r, "tus-version", TUS_VERSION);
-    set(&mut r, "tus-extension", headers::EXTENSIONS);
+    set(&mut r, "tus-extension", headers::extensions(endpoint));
     set(
         &mut r,
         "tus-checksum-algorithm",
