@@ -215,6 +215,9 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// Whether to pass `--grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --addr-file`.
     pub ephemeral_ports: bool,
+    /// The addresses to bind instead of free ports (a process started again where another
+    /// was), with `ephemeral_ports`.
+    pub at: Option<Addrs>,
     /// Run as the service's own unprivileged user, with only the capabilities that
     /// `deploy/setup.sh` gives it (setpriv), as a deployment does.
     pub unprivileged: bool,
@@ -267,6 +270,7 @@ impl Launch {
             args: Vec::new(),
             env: Vec::new(),
             ephemeral_ports: true,
+            at: None,
             unprivileged: false,
             token: identity::recall(database_url),
             client_tls: None,
@@ -394,13 +398,11 @@ impl Launch {
             command.env("PIRUS_TOKEN_FILE", path);
         }
         if self.ephemeral_ports {
-            command.args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--addr-file",
-            ]);
+            let (grpc, http) = self.at.map_or_else(
+                || ("127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned()),
+                |a| (a.grpc.to_string(), a.http.to_string()),
+            );
+            command.args(["--grpc-addr", &grpc, "--http-addr", &http, "--addr-file"]);
             command.arg(&addr_file);
         }
         command

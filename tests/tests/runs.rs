@@ -790,6 +790,69 @@ async fn control_requests_through_another_runner_reach_the_owner() -> Result<()>
     Ok(())
 }
 
+/// DeleteRun removes a run's files before the run: when the catalogue is down the call fails
+/// UNAVAILABLE and leaves the run, and the same call completes once the catalogue is back.
+#[tokio::test]
+async fn a_deletion_the_catalogue_interrupts_completes_when_retried() -> Result<()> {
+    let mut s = stack(1).await?;
+    let (pipeline, input) = s.ready().await?;
+    let r = s
+        .submit(run::SubmitRunRequest {
+            pipeline_id: pipeline,
+            config_json: r#"{"input": "reads.txt"}"#.into(),
+            input_file_ids: vec![input],
+            ..Default::default()
+        })
+        .await?;
+    s.watch(&r.id, 0).await?;
+    let done = s.get(&r.id).await?;
+    let files: Vec<String> = [done.output_file_ids, done.log_file_ids].concat();
+    assert!(!files.is_empty(), "the run left outputs and logs");
+
+    let addrs = s.catalogue.addrs();
+    s.catalogue.signal("KILL")?;
+    s.catalogue.wait_exit(Duration::from_secs(10)).await?;
+    let refused = s
+        .run
+        .delete_run(run::DeleteRunRequest { id: r.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(s.get(&r.id).await?.id, r.id, "the run is still there");
+
+    // The catalogue back on its addresses and data: the same call completes.
+    let data = s.catalogue.dir.join("data");
+    let mut again = Launch::new(Kind::Catalogue, &s.db.url);
+    again.at = Some(addrs);
+    let again = again
+        .args(["--data-dir", data.to_str().unwrap_or_default()])
+        .start()
+        .await?;
+    let old = std::mem::replace(&mut s.catalogue, again);
+    let deleted = s
+        .run
+        .delete_run(run::DeleteRunRequest { id: r.id.clone() })
+        .await?
+        .into_inner();
+    assert_eq!(deleted.id, r.id);
+    let gone = s
+        .run
+        .get_run(run::GetRunRequest { id: r.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    for file in files {
+        let gone = s
+            .cat
+            .get_file(cat::GetFileRequest { id: file })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound);
+    }
+    drop(old);
+    Ok(())
+}
+
 /// A node that is killed and not heard from for its lease: another runner records it OFFLINE,
 /// its run that allows a retry runs again as attempt 2 elsewhere, the one that does not ends
 /// ERROR with the reason. When the lost node comes back, it removes the containers of the

@@ -205,11 +205,16 @@ impl Runs {
     /// Removes a run that ended with its output and log files (deleted in the catalogue as
     /// the caller, whose files they are).
     pub async fn delete(&self, caller: &Caller, id: Uuid) -> Result<Run> {
-        access::allowed(caller, Action::DeleteRuns, self.stores.runs.get(id)).await?;
-        let (run, files) = self.stores.runs.delete(id).await?;
-        for file in files {
-            self.catalogue.delete(file, &caller.credential).await?;
+        let run = access::allowed(caller, Action::DeleteRuns, self.stores.runs.get(id)).await?;
+        crate::lifecycle::request(run.status, Request::Delete)
+            .map_err(|e| Error::FailedPrecondition(format!("run {id}: {e}")))?;
+        // Its files first, the run last: when the catalogue fails, the run is still there and
+        // the same call, retried, completes (a file already gone counts as deleted). Files of
+        // an ended run no longer change; the store checks the lifecycle again as it deletes.
+        for file in run.output_file_ids.iter().chain(&run.log_file_ids) {
+            self.catalogue.delete(*file, &caller.credential).await?;
         }
+        let (run, _) = self.stores.runs.delete(id).await?;
         Ok(run)
     }
 
