@@ -293,6 +293,25 @@ async fn tus_answers_every_status_code_of_the_contract() -> Result<()> {
         .await?;
     assert_eq!(r.status, 460, "{}", r.body);
     assert_eq!(http.tus("HEAD", &location, &[]).await?.offset(), 5);
+    // 400 on the PATCH that completes an upload whose bytes do not match the announced
+    // sha256 (the file is then ERROR).
+    let meta = format!(
+        "filename {},sha256 {}",
+        b64(b"announced"),
+        b64(sha256(b"abcd").as_bytes())
+    );
+    let created = http
+        .tus(
+            "POST",
+            &files_url(&p),
+            &[("upload-length", "4"), ("upload-metadata", &meta)],
+        )
+        .await?;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let announced = created.header("location").expect("Location").to_owned();
+    let r = http.patch(&announced, 0, "abce", &[]).await?;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("sha256 mismatch"), "{}", r.body);
     // 400: an algorithm we do not offer.
     let r = http
         .patch(
@@ -724,7 +743,8 @@ async fn grpc_files_api_uploads_reads_lists_and_deletes() -> Result<()> {
         Some(Code::InvalidArgument)
     );
 
-    // An announced digest that does not match ends in error, with the reason.
+    // An announced digest that does not match ends in error, with the reason: the call that
+    // completes the upload says so, and the file is ERROR.
     let wrong = c
         .create_file(pb::CreateFileRequest {
             filename: "w".into(),
@@ -734,7 +754,15 @@ async fn grpc_files_api_uploads_reads_lists_and_deletes() -> Result<()> {
         })
         .await?
         .into_inner();
-    write_upload(&mut c, &wrong.id, 0, b"abce", 4).await?;
+    let refused = write_upload(&mut c, &wrong.id, 0, b"abce", 4)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("sha256 mismatch"),
+        "{}",
+        refused.message()
+    );
     let failed = get_file(&mut c, &wrong.id).await?;
     assert_eq!(status_of(&failed), pb::FileStatus::Error);
     assert!(

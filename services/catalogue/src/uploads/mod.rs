@@ -63,7 +63,13 @@ pub struct Completion {
 }
 
 impl Completion {
-    pub async fn complete(&self, upload: &UploadState, digest: Option<String>) -> Result<()> {
+    /// Completes `upload`. Bytes that do not match the announced SHA-256 are not an error here:
+    /// the file is ERROR with the reason, and the answer says so (a transfer tells its client).
+    pub async fn complete(
+        &self,
+        upload: &UploadState,
+        digest: Option<String>,
+    ) -> Result<Completed> {
         let completed = self.content.complete(upload, digest).await?;
         if completed == Completed::Stored
             && let Some(pipeline) = upload.pipeline_id
@@ -71,7 +77,7 @@ impl Completion {
             // The scan finds it anyway should the installer be gone (shutdown).
             let _ = self.installs.send(pipeline);
         }
-        Ok(())
+        Ok(completed)
     }
 }
 
@@ -153,6 +159,7 @@ impl Uploads {
             .completion
             .complete(&upload, Some(EMPTY_SHA256.to_owned()))
             .await
+            .map(|_| ())
     }
 
     /// A tus partial upload, to be concatenated into a final one; the caller's.

@@ -58,7 +58,11 @@ async fn sweep(uploads: &Uploads) -> Result<(), Error> {
         };
         let state = store.get_upload(id).await;
         let result = match state {
-            Ok(state) if !state.complete => uploads.completion().complete(&state, None).await,
+            Ok(state) if !state.complete => uploads
+                .completion()
+                .complete(&state, None)
+                .await
+                .map(|_| ()),
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         };

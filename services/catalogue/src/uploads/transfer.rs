@@ -409,10 +409,16 @@ impl Transfer {
         self.commit_written().await?;
         if self.upload.size == Some(self.position) {
             let digest = hashers.whole.map(|h| hex::encode(h.finalize()));
-            self.context
+            let completed = self
+                .context
                 .completion
                 .complete(&self.upload, digest)
                 .await?;
+            // The client learns from the call that completed the upload that its bytes do not
+            // match the digest it announced (the file is ERROR, its bytes dropped).
+            if let crate::content::Completed::Refused(reason) = completed {
+                return Err(Error::invalid("sha256", reason));
+            }
             self.upload.complete = true;
         }
         Ok(self.upload.clone())
