@@ -316,8 +316,22 @@ async fn submissions_are_validated_and_idempotent() -> Result<()> {
         ..base.clone()
     };
     let a = s.submit(once.clone()).await?;
-    let b = s.submit(once).await?;
+    let b = s.submit(once.clone()).await?;
     assert_eq!(a.id, b.id);
+    // The same key for another run: ALREADY_EXISTS, naming the key and what differs.
+    let reused = s
+        .submit(run::SubmitRunRequest {
+            config_json: r#"{"exit_code": 3}"#.into(),
+            ..once
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
+    assert!(
+        reused.message().contains("submit-1") && reused.message().contains("config_json"),
+        "{}",
+        reused.message()
+    );
     let list = s
         .run
         .list_runs(run::ListRunsRequest {

@@ -797,8 +797,19 @@ async fn grpc_files_api_uploads_reads_lists_and_deletes() -> Result<()> {
         ..Default::default()
     };
     let a = c.create_file(once.clone()).await?.into_inner();
-    let b = c.create_file(once).await?.into_inner();
+    let b = c.create_file(once.clone()).await?.into_inner();
     assert_eq!(a.id, b.id);
+    // The same key for another file: ALREADY_EXISTS, naming the key and what differs.
+    let reused = c
+        .create_file(pb::CreateFileRequest { size: 2, ..once })
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
+    assert!(
+        reused.message().contains("req-1") && reused.message().contains("size"),
+        "{}",
+        reused.message()
+    );
 
     // Paging: every file exactly once, in creation order, and a last page that is exactly
     // full carries no token (no empty page after it); filters.

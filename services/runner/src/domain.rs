@@ -205,6 +205,9 @@ pub enum Error {
     InvalidArgument { field: String, message: String },
     #[error("{0} not found")]
     NotFound(String),
+    /// An idempotency key already used for something else.
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
@@ -267,6 +270,7 @@ impl From<Error> for tonic::Status {
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             Error::NotFound(_) => Status::not_found(e.to_string()),
+            Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
             Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),

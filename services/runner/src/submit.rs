@@ -42,7 +42,7 @@ pub async fn submit(
     if let Some(request_id) = &new.request_id
         && let Some(run) = stores.runs.by_request_id(request_id, new.owner).await?
     {
-        return Ok(run);
+        return same_submission(request_id, &new, run);
     }
     let pipeline = views::pipeline(stores.db(), new.pipeline_id)
         .await?
@@ -86,6 +86,40 @@ pub async fn submit(
         owner: new.owner,
     };
     stores.runs.insert(insert).await
+}
+
+/// The run an earlier submission with this `request_id` queued, when this one asks for the
+/// same run (the same pipeline and inputs, and a configuration the queued one holds: it has
+/// the form's defaults added); a key reused for another run is ALREADY_EXISTS, naming the key
+/// and what differs.
+fn same_submission(request_id: &str, new: &NewRun, run: Run) -> Result<Run> {
+    let mut differs = Vec::new();
+    if new.pipeline_id != run.pipeline_id {
+        differs.push("pipeline_id");
+    }
+    if new.input_file_ids != run.input_file_ids {
+        differs.push("input_file_ids");
+    }
+    let asked: serde_json::Value = match new.config_json.trim() {
+        "" => serde_json::json!({}),
+        text => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+    };
+    let same_config = asked.as_object().is_some_and(|asked| {
+        asked
+            .iter()
+            .all(|(k, v)| run.config.get(k).is_some_and(|held| held == v))
+    });
+    if !same_config {
+        differs.push("config_json");
+    }
+    if differs.is_empty() {
+        return Ok(run);
+    }
+    Err(Error::AlreadyExists(format!(
+        "request_id '{request_id}' was used for run {} with another {}; send a new request_id for a new run",
+        run.id,
+        differs.join(", ")
+    )))
 }
 
 /// The names of a run's input files, in order; every id must name an existing file (of

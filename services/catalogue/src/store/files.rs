@@ -74,6 +74,38 @@ pub struct DeletedFile {
     pub unreferenced_blob: Option<String>,
 }
 
+/// The file an earlier request with this `request_id` created, when this one asks for the same
+/// file; a key reused for another file is ALREADY_EXISTS, naming the key and what differs.
+fn same_request(request_id: &str, new: &NewFile, file: File) -> Result<File> {
+    let mut differs = Vec::new();
+    if new.name != file.name {
+        differs.push("filename");
+    }
+    if new.size.is_some() && new.size != file.size {
+        differs.push("size");
+    }
+    if new.sha256.is_some() && new.sha256 != file.sha256 {
+        differs.push("sha256");
+    }
+    if new.kind.unwrap_or(FileKind::Data) != file.kind {
+        differs.push("kind");
+    }
+    if new.source_run_id != file.source_run_id {
+        differs.push("source_run_id");
+    }
+    if new.tags != file.tags {
+        differs.push("tags");
+    }
+    if differs.is_empty() {
+        return Ok(file);
+    }
+    Err(Error::AlreadyExists(format!(
+        "request_id '{request_id}' was used for file {} with another {}; send a new request_id for a new file",
+        file.id,
+        differs.join(", ")
+    )))
+}
+
 impl Store {
     /// Creates a file and its upload in one transaction. With a `request_id` already used, the
     /// file created then is returned instead (idempotent retries).
@@ -81,7 +113,7 @@ impl Store {
         if let Some(request_id) = &new.request_id
             && let Some(file) = self.file_by_request_id(request_id, new.owner).await?
         {
-            return Ok(file);
+            return same_request(request_id, &new, file);
         }
         let kind = new.kind.unwrap_or(FileKind::Data);
         let run_output = match (new.source_run_id, kind) {
@@ -104,12 +136,12 @@ impl Store {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 [
                     id.into(),
-                    new.name.into(),
+                    new.name.clone().into(),
                     kind.as_str().into(),
                     FileStatus::Uploading.as_str().into(),
                     new.size.map(|s| s as i64).into(),
-                    new.sha256.into(),
-                    new.tags.into(),
+                    new.sha256.clone().into(),
+                    new.tags.clone().into(),
                     new.source_run_id.into(),
                     new.request_id.clone().into(),
                     new.owner.into(),
@@ -120,10 +152,11 @@ impl Store {
             // A concurrent create with the same request_id won the race: answer with its file.
             if let (Some(request_id), true) = (&new.request_id, pirus_db::is_unique_violation(&e)) {
                 drop(txn);
-                return self
+                let file = self
                     .file_by_request_id(request_id, new.owner)
                     .await?
-                    .ok_or_else(|| Error::internal(e));
+                    .ok_or_else(|| Error::internal(e))?;
+                return same_request(request_id, &new, file);
             }
             if let (Some((run, kind, name)), true) =
                 (&run_output, pirus_db::is_unique_violation(&e))
