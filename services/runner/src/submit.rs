@@ -73,23 +73,29 @@ pub async fn submit(
     let config = validate_config(&new.config_json, &form, &names, &databases)?;
 
     let name = run_name(&new.name, &pipeline)?;
+    let id = Uuid::now_v7();
     let insert = RunInsert {
-        id: Uuid::now_v7(),
+        id,
         name,
         config,
-        input_file_ids: new.input_file_ids,
+        input_file_ids: new.input_file_ids.clone(),
         priority: new.priority,
-        request_id: new.request_id,
+        request_id: new.request_id.clone(),
         requested,
         max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
         pipeline,
         owner: new.owner,
     };
-    stores.runs.insert(insert).await
+    let run = stores.runs.insert(insert).await?;
+    // Another run: a concurrent submission with the same key won the insert.
+    match &new.request_id {
+        Some(request_id) if run.id != id => same_submission(request_id, &new, run),
+        _ => Ok(run),
+    }
 }
 
-/// The run an earlier submission with this `request_id` queued, when this one asks for the
-/// same run (the same pipeline and inputs, and a configuration the queued one holds: it has
+/// The run an earlier (or concurrent) submission with this `request_id` queued, when this one
+/// asks for the same run (the same pipeline and inputs, and a configuration the queued one holds: it has
 /// the form's defaults added); a key reused for another run is ALREADY_EXISTS, naming the key
 /// and what differs.
 fn same_submission(request_id: &str, new: &NewRun, run: Run) -> Result<Run> {
