@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{Error, File, FileKind, NewFile, Pipeline, PipelineStatus, Result, UploadState},
-    store::Store,
+    store::{RunHolder, Store},
 };
 
 #[derive(Clone)]
@@ -55,39 +55,35 @@ impl Access {
         Self { store }
     }
 
-    /// Whether `node` holds `run` now (the run is unfinished and claimed by it).
+    /// The run's holder when `node` holds `run` now (the run is unfinished and claimed by it).
+    async fn holder(&self, node: &str, run: Uuid) -> Result<Option<RunHolder>> {
+        Ok(self
+            .store
+            .run_holder(run)
+            .await?
+            .filter(|h| h.unfinished && h.node.as_deref() == Some(node)))
+    }
+
+    /// Whether `node` holds `run` now.
     pub async fn node_holds(&self, node: &str, run: Uuid) -> Result<bool> {
-        Ok(matches!(
-            self.store.run_holder(run).await?,
-            Some(h) if h.unfinished && h.node.as_deref() == Some(node)
-        ))
+        Ok(self.holder(node, run).await?.is_some())
     }
 
     /// Whether a file is within the caller's scope.
     async fn sees(&self, caller: &Caller, file: &File) -> Result<bool> {
-        Ok(match policy::scope(caller) {
-            Scope::All => true,
-            Scope::Own(me) => file.owner == Some(me),
+        match policy::scope(caller) {
             Scope::Node(node) => match file.source_run_id {
-                Some(run) if is_run_result(file.kind) => self.node_holds(&node, run).await?,
-                _ => self.store.node_reads(&node, file.id).await?,
+                Some(run) if is_run_result(file.kind) => self.node_holds(&node, run).await,
+                _ => self.store.node_reads(&node, file.id).await,
             },
-        })
-    }
-
-    /// A file the caller may read (ReadFiles, within its scope); others are NOT_FOUND.
-    pub async fn readable_file(&self, caller: &Caller, file: File) -> Result<File> {
-        require(caller, Action::ReadFiles)?;
-        if self.sees(caller, &file).await? {
-            Ok(file)
-        } else {
-            Err(Error::NotFound(format!("file {}", file.id)))
+            scope => Ok(scope.owns(file.owner)),
         }
     }
 
-    /// A file the caller may delete (DeleteFiles, within its scope).
-    pub async fn deletable_file(&self, caller: &Caller, file: File) -> Result<File> {
-        require(caller, Action::DeleteFiles)?;
+    /// `file`, if the caller's role may take `action` (ReadFiles, DeleteFiles) and the file is
+    /// within its scope; others are NOT_FOUND.
+    pub async fn file_for(&self, caller: &Caller, action: Action, file: File) -> Result<File> {
+        require(caller, action)?;
         if self.sees(caller, &file).await? {
             Ok(file)
         } else {
@@ -109,11 +105,9 @@ impl Access {
             Error::invalid("source_run_id", "is required for OUTPUT and LOG files")
         })?;
         let node = caller.node.as_deref().unwrap_or_default();
-        match self.store.run_holder(run).await? {
-            Some(holder) if holder.unfinished && holder.node.as_deref() == Some(node) => {
-                Ok(holder.owner)
-            }
-            _ => Err(Error::PermissionDenied(format!(
+        match self.holder(node, run).await? {
+            Some(holder) => Ok(holder.owner),
+            None => Err(Error::PermissionDenied(format!(
                 "source_run_id: run {run} is not an unfinished run held by node '{node}'; a \
                  runner registers only the results of its own runs"
             ))),
@@ -123,23 +117,38 @@ impl Access {
     /// Whether an upload is within the caller's scope: its creator's, or for a runner the
     /// upload of a result of a run its node holds.
     async fn sees_upload(&self, caller: &Caller, upload: &UploadState) -> Result<bool> {
-        Ok(match policy::scope(caller) {
-            Scope::All => true,
-            Scope::Own(me) => upload.owner == Some(me),
-            Scope::Node(node) => match upload.file_id {
-                Some(file) => match self.store.get_file(file).await {
-                    Ok(file) => match file.source_run_id {
-                        Some(run) if is_run_result(file.kind) => {
-                            self.node_holds(&node, run).await?
-                        }
-                        _ => false,
-                    },
-                    Err(Error::NotFound(_)) => false,
-                    Err(e) => return Err(e),
-                },
-                None => false,
-            },
-        })
+        let node = match policy::scope(caller) {
+            Scope::Node(node) => node,
+            scope => return Ok(scope.owns(upload.owner)),
+        };
+        let Some(file) = upload.file_id else {
+            return Ok(false);
+        };
+        match self.store.get_file(file).await {
+            Ok(File {
+                source_run_id: Some(run),
+                kind,
+                ..
+            }) if is_run_result(kind) => self.node_holds(&node, run).await,
+            Ok(_) | Err(Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `upload`, if the caller's role may take `action` and the upload is within its scope;
+    /// others are NOT_FOUND.
+    async fn upload_for(
+        &self,
+        caller: &Caller,
+        action: Action,
+        upload: UploadState,
+    ) -> Result<UploadState> {
+        require(caller, action)?;
+        if self.sees_upload(caller, &upload).await? {
+            Ok(upload)
+        } else {
+            Err(Error::NotFound(format!("upload {}", upload.id)))
+        }
     }
 
     /// An upload whose state the caller may read; others are NOT_FOUND.
@@ -148,12 +157,7 @@ impl Access {
         caller: &Caller,
         upload: UploadState,
     ) -> Result<UploadState> {
-        require(caller, Action::ReadFiles)?;
-        if self.sees_upload(caller, &upload).await? {
-            Ok(upload)
-        } else {
-            Err(Error::NotFound(format!("upload {}", upload.id)))
-        }
+        self.upload_for(caller, Action::ReadFiles, upload).await
     }
 
     /// An upload the caller may write to or terminate: it may create what the upload fills
@@ -168,12 +172,7 @@ impl Access {
             (Role::Runner, None) => Action::RegisterRunResults,
             (_, None) => Action::CreateFiles,
         };
-        require(caller, action)?;
-        if self.sees_upload(caller, &upload).await? {
-            Ok(upload)
-        } else {
-            Err(Error::NotFound(format!("upload {}", upload.id)))
-        }
+        self.upload_for(caller, action, upload).await
     }
 
     /// A pipeline the caller may read: every READY one, and any for those who read all.

@@ -70,7 +70,7 @@ impl Files {
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<File> {
         access::require(caller, Action::ReadFiles)?;
         let file = self.store.get_file(id).await?;
-        self.access.readable_file(caller, file).await
+        self.access.file_for(caller, Action::ReadFiles, file).await
     }
 
     /// Files within the caller's scope: a user lists its own; a runner the results of one
@@ -114,7 +114,9 @@ impl Files {
     pub async fn delete(&self, caller: &Caller, id: Uuid) -> Result<File> {
         access::require(caller, Action::DeleteFiles)?;
         let file = self.store.get_file(id).await?;
-        self.access.deletable_file(caller, file).await?;
+        self.access
+            .file_for(caller, Action::DeleteFiles, file)
+            .await?;
         self.remove(id).await
     }
 

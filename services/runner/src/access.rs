@@ -8,7 +8,7 @@
 
 use pirus_auth::{
     Caller, Role,
-    policy::{self, Action, Scope},
+    policy::{self, Action},
 };
 use uuid::Uuid;
 
@@ -17,15 +17,6 @@ use crate::domain::{Error, Result, Run};
 /// The role may take the action (PERMISSION_DENIED otherwise).
 pub fn require(caller: &Caller, action: Action) -> Result<()> {
     policy::check(caller, action).map_err(Into::into)
-}
-
-/// Whether a run is within the caller's scope.
-fn sees(caller: &Caller, run: &Run) -> bool {
-    match policy::scope(caller) {
-        Scope::All => true,
-        Scope::Own(me) => run.owner == Some(me),
-        Scope::Node(_) => false,
-    }
 }
 
 /// The run `fetch` reads, if the caller may take `action` on it: the role is checked before
@@ -38,7 +29,7 @@ pub async fn allowed(
 ) -> Result<Run> {
     require(caller, action)?;
     let run = fetch.await?;
-    if sees(caller, &run) {
+    if policy::scope(caller).owns(run.owner) {
         Ok(run)
     } else {
         Err(Error::NotFound(format!("run {}", run.id)))

@@ -17,6 +17,7 @@ mod uploads;
 #[cfg(test)]
 mod tests;
 
+pub use holders::RunHolder;
 pub use pipelines::{InstallRecord, NewPackage};
 
 #[derive(Clone)]
