@@ -118,14 +118,10 @@ fn same_submission(request_id: &str, new: &NewRun, run: Run) -> Result<Run> {
     if !same_config {
         differs.push("config_json");
     }
-    if differs.is_empty() {
-        return Ok(run);
+    match pirus_server::paging::reused_key(request_id, "run", run.id, &differs) {
+        None => Ok(run),
+        Some(message) => Err(Error::AlreadyExists(message)),
     }
-    Err(Error::AlreadyExists(format!(
-        "request_id '{request_id}' was used for run {} with another {}; send a new request_id for a new run",
-        run.id,
-        differs.join(", ")
-    )))
 }
 
 /// The names of a run's input files, in order; every id must name an existing file (of

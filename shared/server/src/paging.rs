@@ -72,6 +72,18 @@ pub fn page(page_size: i32, page_token: &str) -> Result<Page, FieldError> {
     Ok(Page { size, after })
 }
 
+/// An idempotency key reused for another resource: the message naming the key, the resource
+/// it made and the fields that `differ` (none differ: the same request, answered again).
+pub fn reused_key(request_id: &str, what: &str, id: Uuid, differ: &[&str]) -> Option<String> {
+    (!differ.is_empty()).then(|| {
+        format!(
+            "request_id '{request_id}' was used for {what} {id} with another {}; send a new \
+             request_id for a new {what}",
+            differ.join(", ")
+        )
+    })
+}
+
 impl Page {
     /// Rows a store reads for this page: one more than the page holds, so that a last page
     /// that is exactly full is known to be the last (and answers no token to an empty page).

@@ -96,14 +96,10 @@ fn same_request(request_id: &str, new: &NewFile, file: File) -> Result<File> {
     if new.tags != file.tags {
         differs.push("tags");
     }
-    if differs.is_empty() {
-        return Ok(file);
+    match pirus_server::paging::reused_key(request_id, "file", file.id, &differs) {
+        None => Ok(file),
+        Some(message) => Err(Error::AlreadyExists(message)),
     }
-    Err(Error::AlreadyExists(format!(
-        "request_id '{request_id}' was used for file {} with another {}; send a new request_id for a new file",
-        file.id,
-        differs.join(", ")
-    )))
 }
 
 impl Store {
