@@ -150,20 +150,23 @@ fn precondition_failed() -> Response {
     r
 }
 
-/// What both routes do first: resolve the endpoint, and answer OPTIONS (which needs no
-/// Tus-Resumable). `Break` carries the response to send as it is.
+/// What both routes do first: resolve the endpoint, answer OPTIONS (which needs neither a
+/// token nor Tus-Resumable), and take the caller the authorization layer found (401 without
+/// one). `Break` carries the response to send as it is.
 fn preamble(
     tus: &Tus,
     name: &str,
     method: &Method,
     headers: &HeaderMap,
-) -> ControlFlow<Response, Endpoint> {
-    match endpoint(name) {
-        Err(e) => ControlFlow::Break(error_response(e)),
-        Ok(endpoint) if method == Method::OPTIONS => {
+    found: Option<Extension<Caller>>,
+) -> ControlFlow<Response, (Endpoint, Caller)> {
+    match (endpoint(name), found) {
+        (Err(e), _) => ControlFlow::Break(error_response(e)),
+        (Ok(endpoint), _) if method == Method::OPTIONS => {
             ControlFlow::Break(options(tus, endpoint, headers))
         }
-        Ok(endpoint) => ControlFlow::Continue(endpoint),
+        (Ok(_), None) => ControlFlow::Break(unauthenticated()),
+        (Ok(endpoint), Some(Extension(caller))) => ControlFlow::Continue((endpoint, caller)),
     }
 }
 
@@ -176,12 +179,9 @@ async fn collection(
     body: Body,
 ) -> Response {
     let response = async {
-        let endpoint = match preamble(&tus, &endpoint_name, &method, &headers) {
-            ControlFlow::Continue(endpoint) => endpoint,
+        let (endpoint, caller) = match preamble(&tus, &endpoint_name, &method, &headers, found) {
+            ControlFlow::Continue(found) => found,
             ControlFlow::Break(response) => return response,
-        };
-        let Some(Extension(caller)) = found else {
-            return unauthenticated();
         };
         if method != Method::POST {
             return tus_method_not_allowed("OPTIONS, POST");
@@ -205,12 +205,9 @@ async fn member(
     body: Body,
 ) -> Response {
     let response = async {
-        let endpoint = match preamble(&tus, &endpoint_name, &method, &headers) {
-            ControlFlow::Continue(endpoint) => endpoint,
+        let (endpoint, caller) = match preamble(&tus, &endpoint_name, &method, &headers, found) {
+            ControlFlow::Continue(found) => found,
             ControlFlow::Break(response) => return response,
-        };
-        let Some(Extension(caller)) = found else {
-            return unauthenticated();
         };
         // Browser clients behind proxies that only pass GET and POST; only where browsers
         // are let in at all (--cors-origins).
