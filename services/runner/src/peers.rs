@@ -4,7 +4,11 @@
 //! this runner's own token (the peer lets runners make forwarded reads; this node checked the
 //! client).
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use pirus_auth::client::OwnCredential;
 use pirus_proto::runner::v1::{self as pb, runner_service_client::RunnerServiceClient};
@@ -41,7 +45,13 @@ pub struct Peers {
     node: String,
     credential: OwnCredential,
     tls: ClientTls,
+    /// One channel per peer address, kept: a forwarded read reuses its connection (and TLS
+    /// session) rather than opening one per call.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
+
+/// Peer addresses whose channels are kept at most (the cache is emptied beyond).
+const MAX_CHANNELS: usize = 256;
 
 fn unavailable(owner: &str, e: impl std::fmt::Display) -> Error {
     tracing::warn!(node = %owner, error = %e, "a peer runner is unreachable");
@@ -57,6 +67,7 @@ impl Peers {
             node,
             credential,
             tls,
+            channels: Arc::default(),
         }
     }
 
@@ -72,14 +83,22 @@ impl Peers {
         } else {
             format!("http://{address}")
         };
+        let mut channels = self.channels.lock().expect("peer channels");
+        if let Some(channel) = channels.get(&url) {
+            return Ok(RunnerServiceClient::new(channel.clone()));
+        }
+        // Connects on first use, within CONNECT_TIMEOUT; a failure answers that call
+        // UNAVAILABLE, and the channel connects again on the next.
         let channel = self
             .tls
             .endpoint(&url)
             .map_err(|e| unavailable(owner, e))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|e| unavailable(owner, e))?;
+            .connect_lazy();
+        if channels.len() >= MAX_CHANNELS {
+            channels.clear();
+        }
+        channels.insert(url, channel.clone());
         Ok(RunnerServiceClient::new(channel))
     }
 
