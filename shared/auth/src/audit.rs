@@ -1,6 +1,11 @@
 //! The audit trail: every call that changes something, with who made it and how it ended,
 //! in the shared database (both services write it; admins read it with ListAuditEvents).
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement, Value,
@@ -29,6 +34,8 @@ pub struct Audit {
     db: DatabaseConnection,
     service: &'static str,
     queue: mpsc::Sender<[Value; COLUMNS]>,
+    /// Anonymous refusals not recorded because the writer was behind.
+    dropped: Arc<AtomicU64>,
 }
 
 const COLUMNS: usize = 7;
@@ -43,7 +50,12 @@ impl Audit {
     pub fn new(db: DatabaseConnection, service: &'static str) -> Self {
         let (queue, events) = mpsc::channel(QUEUE);
         tokio::spawn(write_batches(db.clone(), events));
-        Self { db, service, queue }
+        Self {
+            db,
+            service,
+            queue,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Records a call without holding it up; a failure to write is logged.
@@ -64,9 +76,24 @@ impl Audit {
             outcome.to_owned().into(),
             peer.to_owned().into(),
         ];
-        if let Err(mpsc::error::TrySendError::Full(values)) = self.queue.try_send(values) {
-            let queue = self.queue.clone();
-            tokio::spawn(async move { queue.send(values).await });
+        match self.queue.try_send(values) {
+            // A caller's change waits for room (these are bounded by the calls in flight).
+            Err(mpsc::error::TrySendError::Full(values)) if accessor.is_some() => {
+                let queue = self.queue.clone();
+                tokio::spawn(async move { queue.send(values).await });
+            }
+            // A refusal of an anonymous caller is dropped while the writer is behind: a flood
+            // of them cannot grow this process's memory.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        dropped,
+                        "audit writer behind: anonymous refusals not recorded"
+                    );
+                }
+            }
+            _ => {}
         }
     }
 

@@ -25,7 +25,7 @@ use crate::{
 pub const CACHE: Duration = Duration::from_secs(2);
 /// How long a cached token is used while the database cannot be read.
 pub const STALE_WHILE_UNAVAILABLE: Duration = Duration::from_secs(600);
-/// Entries kept at most (tokens and unknown accessors); the cache is emptied beyond.
+/// Entries kept at most (tokens and unknown accessors); unknown ones are dropped beyond.
 const MAX_ENTRIES: usize = 10_000;
 /// Failures from one peer in a window before it is slowed down.
 pub const FREE_FAILURES: u32 = 5;
@@ -142,7 +142,14 @@ impl Verifier {
         };
         let mut cache = self.inner.cache.lock().expect("token cache");
         if cache.len() >= MAX_ENTRIES {
-            cache.clear();
+            // Unknown accessors (what a flood of guesses leaves) and entries too old to serve
+            // even while the database is down go first: guesses cannot push real tokens out
+            // and send every caller's next call to the database.
+            cache
+                .retain(|_, (entry, at)| entry.is_some() && at.elapsed() < STALE_WHILE_UNAVAILABLE);
+            if cache.len() >= MAX_ENTRIES {
+                cache.clear();
+            }
         }
         cache.insert(accessor, (entry.clone(), Instant::now()));
         Ok(entry)

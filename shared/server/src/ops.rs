@@ -82,6 +82,9 @@ pub fn unauthorized(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
+/// The longest request path an audit event records (tus paths are far shorter).
+const MAX_AUDITED_PATH: usize = 256;
+
 /// What the HTTP side of the authorization layer needs.
 #[derive(Clone)]
 pub struct HttpAuth {
@@ -103,18 +106,29 @@ pub async fn authenticate(
     if request.method() == http::Method::OPTIONS {
         return next.run(request).await;
     }
-    let audited = matches!(*request.method(), http::Method::POST | http::Method::DELETE);
-    let action = format!("{} {}", request.method(), request.uri().path());
-    let peer_text = peer.ip().to_string();
+    // Creations and terminations are audited (the path as sent, cut to a length an audit row
+    // can hold); transfers, the hot path, compute nothing for it.
+    let audited =
+        matches!(*request.method(), http::Method::POST | http::Method::DELETE).then(|| {
+            let path: String = request
+                .uri()
+                .path()
+                .chars()
+                .take(MAX_AUDITED_PATH)
+                .collect();
+            (
+                format!("{} {path}", request.method()),
+                peer.ip().to_string(),
+            )
+        });
     let caller =
         pirus_auth::layer::authenticate_http(&auth.verifier, request.headers(), Some(peer.ip()))
             .await;
     let caller = match caller {
         Ok(caller) => caller,
         Err((status, e)) => {
-            if audited {
-                auth.audit
-                    .record(None, &action, "", status.as_str(), &peer_text);
+            if let Some((action, peer)) = &audited {
+                auth.audit.record(None, action, "", status.as_str(), peer);
             }
             return unauthorized(status, &e.to_string());
         }
@@ -122,18 +136,15 @@ pub async fn authenticate(
     let accessor = caller.accessor;
     request.extensions_mut().insert(caller);
     let response = next.run(request).await;
-    if audited {
-        auth.audit.record(
-            Some(accessor),
-            &action,
-            response
-                .headers()
-                .get(http::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default(),
-            response.status().as_str(),
-            &peer_text,
-        );
+    if let Some((action, peer)) = &audited {
+        let location = response
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let status = response.status();
+        auth.audit
+            .record(Some(accessor), action, location, status.as_str(), peer);
     }
     response
 }

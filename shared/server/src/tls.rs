@@ -24,6 +24,9 @@ use tokio_rustls::{
 
 /// How long a client may take over its TLS handshake before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes the HTTP port runs at once; a connection beyond them is closed at once, so that
+/// clients that open connections and never finish a handshake hold bounded memory.
+const MAX_HANDSHAKES: usize = 1024;
 
 /// A certificate, key or CA file that cannot be used, named with its option.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +74,6 @@ pub struct ServerTlsOptions {
 pub struct ServerTls {
     pub grpc: tonic::transport::ServerTlsConfig,
     pub http: Arc<ServerConfig>,
-    pub client_certificates: bool,
 }
 
 impl ServerTlsOptions {
@@ -110,7 +112,6 @@ impl ServerTlsOptions {
         Ok(Some(ServerTls {
             grpc,
             http: Arc::new(http),
-            client_certificates: self.tls_client_ca.is_some(),
         }))
     }
 }
@@ -221,7 +222,8 @@ fn pem_reason(e: rustls::pki_types::pem::Error, what: &str) -> String {
 }
 
 /// The HTTP port's listener with TLS: handshakes run concurrently (a slow client holds up no
-/// one) under [`HANDSHAKE_TIMEOUT`]; failed handshakes are logged and dropped.
+/// one), at most [`MAX_HANDSHAKES`] at once, each under [`HANDSHAKE_TIMEOUT`]; failed
+/// handshakes are logged and dropped.
 pub struct TlsListener {
     local: SocketAddr,
     ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -232,6 +234,7 @@ impl TlsListener {
         let local = listener.local_addr()?;
         let (tx, ready) = tokio::sync::mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -246,9 +249,14 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many TLS handshakes at once; connection closed");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
