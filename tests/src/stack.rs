@@ -264,17 +264,23 @@ impl Stack {
         Ok((pipeline, input))
     }
 
-    /// The test pipeline, an input, and a run of it that sleeps `seconds` (submitted).
-    pub async fn submit_sleeping(&mut self, seconds: u32) -> Result<run::Run> {
+    /// The test pipeline, an input, and a run of it with `config_json` (submitted).
+    pub async fn submit_ready(&mut self, config_json: &str) -> Result<run::Run> {
         let (pipeline, input) = self.ready().await?;
         Ok(self
             .submit(run::SubmitRunRequest {
                 pipeline_id: pipeline,
-                config_json: format!(r#"{{"sleep": {seconds}}}"#),
+                config_json: config_json.to_owned(),
                 input_file_ids: vec![input],
                 ..Default::default()
             })
             .await?)
+    }
+
+    /// The test pipeline, an input, and a run of it that sleeps `seconds` (submitted).
+    pub async fn submit_sleeping(&mut self, seconds: u32) -> Result<run::Run> {
+        self.submit_ready(&format!(r#"{{"sleep": {seconds}}}"#))
+            .await
     }
 
     /// A run's events after `after`, followed as they come.

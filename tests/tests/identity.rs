@@ -15,7 +15,7 @@ use pirus_proto::{
     runner::v1::{self as run, runner_service_client::RunnerServiceClient},
 };
 use pirus_tests::{
-    Channel, Kind, Launch, TestDb,
+    Channel, Kind, Launch, Process, TestDb,
     http::{Http, b64},
     identity::mint,
     stack::{Stack, stack},
@@ -890,16 +890,22 @@ async fn planted_outputs_never_replace_a_run_s_result_and_runner_tokens_stay_on_
     Ok(())
 }
 
-/// A token revoked on the catalogue is refused by the runner within 5 s, and by the
-/// catalogue itself; a new token for the same holder works at once (rotation).
-#[tokio::test]
-async fn a_revoked_token_is_refused_everywhere_within_five_seconds() -> Result<()> {
-    let db = TestDb::create().await?;
+/// A catalogue, and a runner without LXD (these tests make no runs).
+async fn services(db: &TestDb) -> Result<(Process, Process)> {
     let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
     let runner = Launch::new(Kind::Runner, &db.url)
         .args(["--lxd-socket", "/nonexistent/lxd.socket"])
         .start()
         .await?;
+    Ok((catalogue, runner))
+}
+
+/// A token revoked on the catalogue is refused by the runner within 5 s, and by the
+/// catalogue itself; a new token for the same holder works at once (rotation).
+#[tokio::test]
+async fn a_revoked_token_is_refused_everywhere_within_five_seconds() -> Result<()> {
+    let db = TestDb::create().await?;
+    let (catalogue, runner) = services(&db).await?;
     let t = mint(&db.url, "rotating", Role::Operator, None, None).await?;
     let mut on_runner = RunnerServiceClient::new(runner.channel_as(&t).await?);
     let mut on_catalogue = CatalogueServiceClient::new(catalogue.channel_as(&t).await?);
@@ -964,11 +970,7 @@ async fn a_revoked_token_is_refused_everywhere_within_five_seconds() -> Result<(
 #[tokio::test]
 async fn changes_are_audited_with_caller_and_outcome() -> Result<()> {
     let db = TestDb::create().await?;
-    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
-    let runner = Launch::new(Kind::Runner, &db.url)
-        .args(["--lxd-socket", "/nonexistent/lxd.socket"])
-        .start()
-        .await?;
+    let (catalogue, runner) = services(&db).await?;
     let user = mint(&db.url, "auditee", Role::User, None, None).await?;
     let mut cat_user = CatalogueServiceClient::new(catalogue.channel_as(&user).await?);
     let file = cat_user

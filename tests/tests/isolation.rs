@@ -659,15 +659,7 @@ async fn services_run_as_their_own_unprivileged_users() -> Result<()> {
         catalogue,
         runner,
     };
-    let (pipeline, input) = s.ready().await?;
-    let r = s
-        .submit(run::SubmitRunRequest {
-            pipeline_id: pipeline,
-            config_json: r#"{"input": "reads.txt"}"#.into(),
-            input_file_ids: vec![input],
-            ..Default::default()
-        })
-        .await?;
+    let r = s.submit_ready(r#"{"input": "reads.txt"}"#).await?;
     let mut events = s.follow(&r.id, 0).await?;
     while let Some(e) = events.next().await {
         if pirus_tests::stack::terminal(status(e?.status)) {

@@ -809,15 +809,7 @@ async fn control_requests_through_another_runner_reach_the_owner() -> Result<()>
 #[tokio::test]
 async fn a_deletion_the_catalogue_interrupts_completes_when_retried() -> Result<()> {
     let mut s = stack(1).await?;
-    let (pipeline, input) = s.ready().await?;
-    let r = s
-        .submit(run::SubmitRunRequest {
-            pipeline_id: pipeline,
-            config_json: r#"{"input": "reads.txt"}"#.into(),
-            input_file_ids: vec![input],
-            ..Default::default()
-        })
-        .await?;
+    let r = s.submit_ready(r#"{"input": "reads.txt"}"#).await?;
     s.watch(&r.id, 0).await?;
     let done = s.get(&r.id).await?;
     let files: Vec<String> = [done.output_file_ids, done.log_file_ids].concat();

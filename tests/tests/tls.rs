@@ -162,15 +162,7 @@ async fn mtls_carries_a_whole_run_and_refuses_clients_without_a_certificate() ->
     let mut s = stack_over_tls(1, &certs).await?;
 
     // The runner fetches the image and the input and pushes outputs and logs, all over mTLS.
-    let (pipeline, input) = s.ready().await?;
-    let submitted = s
-        .submit(run::SubmitRunRequest {
-            pipeline_id: pipeline,
-            config_json: r#"{"input": "reads.txt"}"#.into(),
-            input_file_ids: vec![input],
-            ..Default::default()
-        })
-        .await?;
+    let submitted = s.submit_ready(r#"{"input": "reads.txt"}"#).await?;
     let events = s.watch(&submitted.id, 0).await?;
     assert_eq!(
         statuses(&events).last(),
