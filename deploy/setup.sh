@@ -7,8 +7,9 @@
 #   deploy/setup.sh --stop       stop the services this script started
 #
 # Must run as root. Configuration lands in /etc/pirus/pirus.env (mode 0600, kept if it
-# exists); logs in /var/log/pirus when the services run without systemd. Each service runs as
-# a user of its own (pirus-catalogue, pirus-runner), never as root.
+# exists), the runner's database role in /etc/pirus/runner.env; logs in /var/log/pirus when the
+# services run without systemd. Each service runs as a user of its own (pirus-catalogue,
+# pirus-runner), never as root.
 #
 # Nothing answers without a token: the first admin token is kept in /etc/pirus/admin.token
 # (mode 0600, root's), the local runner's own in /etc/pirus/runner.token (its user's alone).
@@ -26,6 +27,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 env_file=/etc/pirus/pirus.env
+runner_env_file=/etc/pirus/runner.env
 tls_dir=/etc/pirus/tls
 log_dir=/var/log/pirus
 run_dir=/run/pirus
@@ -40,11 +42,11 @@ have_systemd() { [ -d /run/systemd/system ]; }
 
 # Exports the settings of the environment file as systemd reads them: NAME=value lines taken
 # literally (no shell expansion: a database URL holds '&'), comments and blank lines skipped.
-load_env() {
+load_env() { # [file], default the main one
   local line
   while IFS= read -r line || [ -n "$line" ]; do
     case $line in ''|'#'*) continue ;; *=*) export "${line?}" ;; esac
-  done < "$env_file"
+  done < "${1:-$env_file}"
 }
 
 stop_services() {
@@ -200,12 +202,47 @@ SQL
   grep -q '^PIRUS_TLS_CA=' "$env_file" || echo "PIRUS_TLS_CA=$tls_dir/ca.pem" >> "$env_file"
 }
 
+# The runner's database role, `pirus_runner`: only what a runner needs (its runs, the nodes,
+# appending to the audit trail, the pipeline and file views, verifying a token through one
+# function; the schema's migration 5 says exactly). Its URL, the main one with this role's
+# name and password, is kept in /etc/pirus/runner.env (mode 0600), which the runner reads
+# after pirus.env; the catalogue and the token commands keep the schema owner's.
+configure_runner_role() {
+  local url password
+  if [ ! -s "$runner_env_file" ]; then
+    password=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24)
+    url=$(grep '^PIRUS_DATABASE_URL=' "$env_file" | cut -d= -f2-)
+    ( umask 077
+      printf '# The runner connects as its own database role (deploy/setup.sh).\nPIRUS_DATABASE_URL=%s\n' \
+        "$(printf '%s' "$url" | sed -E "s|^(postgres(ql)?://)[^:]+:[^@]*@|\1pirus_runner:$password@|")" \
+        > "$runner_env_file" )
+    say "wrote $runner_env_file (the runner's database role)"
+  fi
+  chmod 600 "$runner_env_file"
+  password=$(grep '^PIRUS_DATABASE_URL=' "$runner_env_file" | sed -E 's|^[^:]+://[^:]+:([^@]*)@.*$|\1|')
+  runuser -u postgres -- psql -qAt -v ON_ERROR_STOP=1 -v pw="$password" <<'SQL' >/dev/null
+SELECT format('CREATE ROLE pirus_runner LOGIN PASSWORD %L', :'pw')
+  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pirus_runner') \gexec
+SELECT format('ALTER ROLE pirus_runner LOGIN PASSWORD %L', :'pw') \gexec
+-- The schema owner contains the runner role (it has every grant of it anyway), so it sees and
+-- may end the runners' sessions as it does its own.
+GRANT pirus_runner TO pirus;
+SQL
+  # A schema migrated before the role existed gets its grants now (a later migration makes
+  # them itself).
+  runuser -u postgres -- psql -qAt -d pirus -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+SELECT 'SELECT pirus_grant_runner()'
+  WHERE EXISTS (SELECT FROM pg_proc WHERE proname = 'pirus_grant_runner') \gexec
+SQL
+}
+
 install_packages
 start_postgres
 configure_database
 start_lxd
 create_users
 setup_tls
+configure_runner_role
 if [ "$mode" = --deps-only ]; then
   say "PostgreSQL and LXD are running; database settings in $env_file"
   exit 0
@@ -243,6 +280,7 @@ start_services() {
   else
     for svc in pirus-catalogue pirus-runner; do
       ( load_env
+        [ "$svc" = pirus-runner ] && load_env "$runner_env_file"
         umask 077
         # Each service presents its own certificate (the runner's is also its client one).
         export PIRUS_TLS_CERT="$tls_dir/$svc.pem" PIRUS_TLS_KEY="$tls_dir/$svc.key"

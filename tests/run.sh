@@ -35,6 +35,12 @@ if [ -z "${PIRUS_TEST_DATABASE_URL:-}" ] && [ -r /etc/pirus/pirus.env ]; then
   url=${url%%\?*}
   export PIRUS_TEST_DATABASE_URL="${url%/*}/postgres"
 fi
+# Test runners connect as the runner's own database role, as deployed runners do.
+if [ -z "${PIRUS_TEST_RUNNER_DATABASE_URL:-}" ] && [ -r /etc/pirus/runner.env ]; then
+  url=$(grep '^PIRUS_DATABASE_URL=' /etc/pirus/runner.env | cut -d= -f2-)
+  url=${url%%\?*}
+  export PIRUS_TEST_RUNNER_DATABASE_URL="${url%/*}/postgres"
+fi
 
 cargo build --locked --workspace --bins
 # Tests within a binary run four at a time: the run tests each start a catalogue, runners and

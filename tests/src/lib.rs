@@ -60,6 +60,38 @@ pub fn with_database(url: &str, database: &str) -> String {
     out
 }
 
+/// The URL of the runner's own database role (deploy/setup.sh creates `pirus_runner`) on the
+/// server `PIRUS_TEST_RUNNER_DATABASE_URL` names, if set (tests/run.sh sets it).
+pub fn runner_role_admin_url() -> Option<String> {
+    std::env::var("PIRUS_TEST_RUNNER_DATABASE_URL").ok()
+}
+
+/// What a runner started on `database_url` connects with: the runner's role on the same
+/// database, when the URL is a test database of the server [`admin_url`] names and the role is
+/// configured (as deployed runners connect); `database_url` itself otherwise.
+pub fn runner_database_url(database_url: &str) -> String {
+    fn credentials_and_server(url: &str) -> Option<(&str, &str)> {
+        let after_scheme = &url[url.find("://")? + 3..];
+        let (credentials, rest) = after_scheme.split_once('@')?;
+        let server = rest.split(['/', '?']).next()?;
+        Some((credentials, server))
+    }
+    let Some(role_url) = runner_role_admin_url() else {
+        return database_url.to_owned();
+    };
+    let (Some((ours, server)), Some((admin, admin_server)), Some((role, role_server))) = (
+        credentials_and_server(database_url),
+        credentials_and_server(&admin_url()).map(|(c, s)| (c.to_owned(), s.to_owned())),
+        credentials_and_server(&role_url),
+    ) else {
+        return database_url.to_owned();
+    };
+    if ours != admin || server != admin_server || server != role_server {
+        return database_url.to_owned();
+    }
+    database_url.replacen(&format!("{ours}@"), &format!("{role}@"), 1)
+}
+
 /// Opens a plain tokio-postgres connection (for assertions on the schema and rows).
 pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -386,7 +418,13 @@ impl Launch {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
-            .env("PIRUS_DATABASE_URL", &self.database_url)
+            .env(
+                "PIRUS_DATABASE_URL",
+                match self.kind {
+                    Kind::Catalogue => self.database_url.clone(),
+                    Kind::Runner => runner_database_url(&self.database_url),
+                },
+            )
             .env("PIRUS_SHUTDOWN_TIMEOUT", "5s");
         match self.kind {
             Kind::Catalogue => command.env("PIRUS_DATA_DIR", dir.join("data")),

@@ -80,9 +80,10 @@ impl TokenStore {
         Self { db }
     }
 
-    /// A token and its stored digest.
+    /// A token and its stored digest. Read through `pirus_token()`, the one read of tokens a
+    /// runner's database role may make (it cannot read the table).
     pub async fn find(&self, accessor: Uuid) -> Result<Option<(TokenInfo, Vec<u8>)>, DbErr> {
-        let sql = format!("SELECT {COLUMNS} FROM tokens WHERE accessor_id = $1");
+        let sql = format!("SELECT {COLUMNS} FROM pirus_token($1)");
         Row::find_by_statement(stmt(&sql, [accessor.into()]))
             .one(&self.db)
             .await?

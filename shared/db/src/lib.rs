@@ -126,11 +126,49 @@ async fn preflight(config: &DbConfig) -> Result<(), DbError> {
     Ok(())
 }
 
+/// How long a process whose database role may not change the schema (a runner's) waits for
+/// one that may (the catalogue) to bring it up to date.
+const SCHEMA_WAIT: Duration = Duration::from_secs(60);
+
 /// Applies every pending migration. Safe when several processes start at once: the first takes
 /// a transaction-scoped advisory lock and migrates, the others wait on the lock and then find
 /// nothing left to do. The lock is held by a transaction on one pooled connection while the
 /// migrator runs on others, so the pool needs at least two connections.
+///
+/// A schema already current is left alone without touching it (the migrator would first create
+/// its own table, which needs the right to create tables), so a role without that right, as a
+/// runner's is, starts on a migrated database. On one that is not, such a role waits up to
+/// [`SCHEMA_WAIT`] for another process to migrate it.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbError> {
+    let deadline = tokio::time::Instant::now() + SCHEMA_WAIT;
+    let mut said = false;
+    loop {
+        match migrate_once(db).await {
+            Err(DbError::Migrate(e)) if is_insufficient_privilege(&e) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(DbError::Migrate(sea_orm::DbErr::Custom(format!(
+                        "the schema is not up to date and this database role may not change \
+                         it ({e}); start pirus-catalogue (its role owns the schema) first"
+                    ))));
+                }
+                if !said {
+                    tracing::info!(
+                        "the schema is not up to date and this database role may not change it: \
+                         waiting for a process that may (pirus-catalogue)"
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn migrate_once(db: &DatabaseConnection) -> Result<(), DbError> {
+    if is_migrated(db).await? {
+        return Ok(());
+    }
     let lock = db.begin().await.map_err(DbError::Migrate)?;
     // This transaction idles while the migrator works on other connections, for as long as
     // the migrations take.
@@ -142,17 +180,57 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbError> {
     ))
     .await
     .map_err(DbError::Migrate)?;
-    let result = migrations::Migrator::up(db, None).await;
+    // Another process may have migrated while this one waited for the lock.
+    let result = match is_migrated(db).await {
+        Ok(true) => Ok(()),
+        Ok(false) => migrations::Migrator::up(db, None)
+            .await
+            .map_err(DbError::Migrate),
+        Err(e) => Err(e),
+    };
     // Releasing the lock: commit or rollback both end the transaction.
     lock.commit().await.map_err(DbError::Migrate)?;
-    result.map_err(DbError::Migrate)?;
-    Ok(())
+    result
 }
 
-/// Whether every migration this build knows is applied.
+/// Whether every migration this build knows is applied, read from `seaql_migrations` alone
+/// (no table yet: no).
 pub async fn is_migrated(db: &DatabaseConnection) -> Result<bool, DbError> {
-    let pending = migrations::Migrator::get_pending_migrations(db).await?;
-    Ok(pending.is_empty())
+    let statement = sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "SELECT count(*) AS n FROM seaql_migrations WHERE version = ANY($1)",
+        [migrations::names().into()],
+    );
+    match db.query_one_raw(statement).await {
+        Ok(row) => {
+            let applied: i64 = match row {
+                Some(row) => row.try_get("", "n")?,
+                None => 0,
+            };
+            Ok(applied == migrations::COUNT as i64)
+        }
+        Err(e) if sqlstate(&e).as_deref() == Some("42P01") => Ok(false),
+        Err(e) => Err(DbError::Query(e)),
+    }
+}
+
+/// The SQLSTATE of a failed statement, when the database answered one.
+fn sqlstate(e: &sea_orm::DbErr) -> Option<String> {
+    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
+    match e {
+        DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
+            match &**s {
+                Sqlx::Database(db) => db.code().map(|c| c.into_owned()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether a statement was refused for want of a privilege (SQLSTATE 42501).
+pub fn is_insufficient_privilege(e: &sea_orm::DbErr) -> bool {
+    sqlstate(e).as_deref() == Some("42501") || e.to_string().contains("permission denied")
 }
 
 /// Whether an error means the database could not be reached (rather than a query failing):

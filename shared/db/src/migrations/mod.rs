@@ -9,6 +9,14 @@ pub struct Migrator;
 /// How many migrations the schema has.
 pub const COUNT: usize = MIGRATIONS.len();
 
+/// The names of the migrations, as `seaql_migrations` records them.
+pub fn names() -> Vec<String> {
+    MIGRATIONS
+        .iter()
+        .map(|(name, _)| (*name).to_owned())
+        .collect()
+}
+
 /// The migrations, in order: (name, SQL).
 const MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -26,6 +34,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "m20261130_000004_identity",
         include_str!("m20261130_000004_identity.sql"),
+    ),
+    (
+        "m20261130_000005_runner_role",
+        include_str!("m20261130_000005_runner_role.sql"),
     ),
 ];
 
