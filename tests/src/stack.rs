@@ -189,6 +189,7 @@ impl Stack {
                 upload_id: file.id.clone(),
                 offset: 0,
                 data: data.to_vec().into(),
+                ..Default::default()
             };
             self.cat.write_upload(tokio_stream::iter([message])).await?;
         }

@@ -206,6 +206,7 @@ async fn call(method: &str, c: &Clients, f: &Fixtures) -> Result<(), tonic::Stat
                 upload_id: f.uploading.clone(),
                 offset: 0,
                 data: b"a".to_vec().into(),
+                ..Default::default()
             }]))
             .await
             .map(drop),
@@ -587,6 +588,7 @@ async fn two_users_cannot_see_or_touch_each_other_s_files_uploads_and_runs() -> 
             upload_id: file.id.clone(),
             offset: 0,
             data: b"x\n".to_vec().into(),
+            ..Default::default()
         }]))
         .await?;
     let http = Http::anonymous();
@@ -968,7 +970,7 @@ async fn a_revoked_token_is_refused_everywhere_within_five_seconds() -> Result<(
 /// Every change is recorded with its caller and outcome, refused ones too, on both services;
 /// only admins read the trail.
 #[tokio::test]
-async fn changes_are_audited_with_caller_and_outcome() -> Result<()> {
+async fn changes_are_audited_with_caller_target_and_outcome() -> Result<()> {
     let db = TestDb::create().await?;
     let (catalogue, runner) = services(&db).await?;
     let user = mint(&db.url, "auditee", Role::User, None, None).await?;
@@ -1078,6 +1080,23 @@ async fn changes_are_audited_with_caller_and_outcome() -> Result<()> {
         assert!(seen.contains(&e), "{e:?} not in {seen:?}");
     }
     assert_eq!(events.len(), 4, "only changes are recorded: {seen:?}");
+    // Each names what it acted on: the id it created, the name it was given, the upload's
+    // URL; nothing for a call refused before any handler read it.
+    let target = |action: &str| {
+        events
+            .iter()
+            .find(|e| e.action.ends_with(action))
+            .map(|e| e.target.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(target("/CreateFile"), file.id);
+    assert_eq!(target("/DrainNode"), "x");
+    assert_eq!(target("/DeleteFile"), "");
+    assert!(
+        target("/uploads/files/").contains("/uploads/files/"),
+        "{}",
+        target("/uploads/files/")
+    );
     let e = AccessServiceClient::new(catalogue.channel_as(&user).await?)
         .list_audit_events(cat::ListAuditEventsRequest::default())
         .await
@@ -1335,5 +1354,85 @@ async fn repeated_guesses_from_one_peer_are_slowed_down() -> Result<()> {
             "a missing token is no guess: {took:?}"
         );
     }
+    Ok(())
+}
+
+/// Runners connect as a database role of their own (`pirus_runner`, deploy/setup.sh) that
+/// carries a run through its whole life, deletion included, and may do nothing else: no
+/// tokens (only the lookup function), no files, pipelines, uploads or blobs, no reading the
+/// audit trail, no schema changes.
+#[tokio::test]
+async fn runners_connect_as_a_database_role_with_only_what_a_runner_needs() -> Result<()> {
+    anyhow::ensure!(
+        pirus_tests::runner_role_admin_url().is_some(),
+        "PIRUS_TEST_RUNNER_DATABASE_URL is not set: run the suite through tests/run.sh, which \
+         takes the runner role deploy/setup.sh --deps-only creates"
+    );
+    let mut s = stack(1).await?;
+    let r = s.submit_ready("{}").await?;
+    let events = s.watch(&r.id, 0).await?;
+    assert_eq!(
+        pirus_tests::stack::status(events.last().unwrap().status),
+        run::RunStatus::Done
+    );
+    let done = s.get(&r.id).await?;
+    assert!(!done.output_file_ids.is_empty(), "{done:?}");
+    s.run
+        .delete_run(run::DeleteRunRequest { id: r.id.clone() })
+        .await?;
+
+    let owner = s.db.client().await?;
+    let database = s.db.url.rsplit('/').next().unwrap_or_default().to_owned();
+    let users: Vec<String> = owner
+        .query(
+            "SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = $1",
+            &[&database],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        users.iter().any(|u| u == "pirus_runner"),
+        "the runner connects as pirus_runner: {users:?}"
+    );
+
+    let role = pirus_tests::pg_connect(&pirus_tests::runner_database_url(&s.db.url)).await?;
+    for refused in [
+        "SELECT * FROM tokens",
+        "UPDATE tokens SET revoked_at = NULL",
+        "SELECT * FROM files",
+        "DELETE FROM files",
+        "UPDATE pipelines SET status = 'error'",
+        "SELECT * FROM uploads",
+        "SELECT * FROM blobs",
+        "SELECT * FROM audit_events",
+        "DELETE FROM audit_events",
+        "CREATE TABLE planted (a int)",
+        "DROP TABLE runs",
+        "ALTER TABLE runs DROP COLUMN owner",
+        "SELECT pirus_grant_runner()",
+    ] {
+        let e = role
+            .batch_execute(refused)
+            .await
+            .expect_err(&format!("the runner role may not: {refused}"));
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{refused}: {e}"
+        );
+    }
+    // What it may: verify a token through the lookup function, read the boundary views.
+    let admin = accessor_of(s.db.admin_token.as_deref().unwrap());
+    let found = role
+        .query("SELECT role FROM pirus_token($1::text::uuid)", &[&admin])
+        .await?;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].get::<_, String>(0), "admin");
+    role.batch_execute(
+        "SELECT count(*) FROM file_for_runs; SELECT count(*) FROM pipeline_for_runs",
+    )
+    .await?;
     Ok(())
 }

@@ -62,6 +62,7 @@ async fn upload_package(c: &mut Client, name: &str, package: &[u8]) -> Result<St
             upload_id: pipeline.id.clone(),
             offset: (i * (256 << 10)) as i64,
             data: chunk.to_vec().into(),
+            ..Default::default()
         })
         .collect();
     let status = c
@@ -347,6 +348,7 @@ async fn install_pipeline_installs_a_file_uploaded_earlier() -> Result<()> {
         upload_id: file.id.clone(),
         offset: 0,
         data: package.clone().into(),
+        ..Default::default()
     }]))
     .await?;
     let p = c

@@ -602,6 +602,7 @@ async fn a_run_waits_for_its_inputs_to_finish_uploading() -> Result<()> {
         upload_id: file.id.clone(),
         offset: 0,
         data: b"a\nb".to_vec().into(),
+        ..Default::default()
     };
     s.cat.write_upload(tokio_stream::iter([first])).await?;
     let r = s
@@ -626,6 +627,7 @@ async fn a_run_waits_for_its_inputs_to_finish_uploading() -> Result<()> {
         upload_id: file.id.clone(),
         offset: 3,
         data: b"\nc\n".to_vec().into(),
+        ..Default::default()
     };
     s.cat.write_upload(tokio_stream::iter([rest])).await?;
     let events = s.watch(&r.id, 0).await?;

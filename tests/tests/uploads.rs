@@ -126,6 +126,7 @@ async fn write_upload(
             upload_id: if i == 0 { id.to_owned() } else { String::new() },
             offset: (offset + (i * chunk) as u64) as i64,
             data: part.to_vec().into(),
+            finish_write: false,
         })
         .collect();
     c.write_upload(tokio_stream::iter(messages))
@@ -376,6 +377,111 @@ async fn tus_answers_every_status_code_of_the_contract() -> Result<()> {
         get_file(&mut c, &id).await.unwrap_err().code(),
         Code::NotFound
     );
+    Ok(())
+}
+
+/// WriteUpload ends an upload of deferred length with `finish_write` (as ByteStream does):
+/// the length is where the message ends, the file completes with its digest. On an upload of
+/// known length it must end exactly there, and is refused, naming the field, anywhere else.
+#[tokio::test]
+async fn write_upload_finishes_a_deferred_length_upload() -> Result<()> {
+    let db = TestDb::create().await?;
+    let p = catalogue(&db.url).start().await?;
+    let http = Http::default();
+    let mut c = client(&p).await?;
+    let meta = format!("filename {}", b64(b"streamed.bin"));
+    let r = http
+        .tus(
+            "POST",
+            &files_url(&p),
+            &[("upload-defer-length", "1"), ("upload-metadata", &meta)],
+        )
+        .await?;
+    assert_eq!(r.status, 201);
+    let id = id_of(r.header("location").unwrap());
+    let content = data(300_000, 7);
+
+    // Two transfers: the first leaves the length open, the second ends it.
+    let status = write_upload(&mut c, &id, 0, &content[..100_000], 64 << 10).await?;
+    assert_eq!(
+        (status.offset, status.size, status.complete),
+        (100_000, 0, false)
+    );
+    let message = |offset: usize, end: usize, finish_write: bool| pb::WriteUploadRequest {
+        upload_id: id.clone(),
+        offset: offset as i64,
+        data: content[offset..end].to_vec().into(),
+        finish_write,
+    };
+    let messages = vec![
+        message(100_000, 200_000, false),
+        message(200_000, 300_000, true),
+    ];
+    let status = c
+        .write_upload(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
+    assert_eq!(
+        (status.offset, status.size, status.complete),
+        (300_000, 300_000, true)
+    );
+    let file = get_file(&mut c, &id).await?;
+    assert_eq!(status_of(&file), pb::FileStatus::Ready);
+    assert_eq!(
+        (file.size, file.sha256.as_str()),
+        (300_000, sha256(&content).as_str())
+    );
+    let head = http
+        .tus("HEAD", &p.http_url(&format!("/uploads/files/{id}")), &[])
+        .await?;
+    assert_eq!(head.header("upload-length"), Some("300000"));
+
+    // Known length: finish_write short of it is refused (the bytes before it kept), at it
+    // completes.
+    let file = c
+        .create_file(pb::CreateFileRequest {
+            filename: "known.bin".into(),
+            size: 10,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let early = pb::WriteUploadRequest {
+        upload_id: file.id.clone(),
+        offset: 0,
+        data: b"abcd".to_vec().into(),
+        finish_write: true,
+    };
+    let e = c
+        .write_upload(tokio_stream::iter(vec![early]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("finish_write") && e.message().contains("10 bytes"),
+        "{}",
+        e.message()
+    );
+    let status = c
+        .get_upload_status(pb::GetUploadStatusRequest {
+            upload_id: file.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let kept = status.offset as usize;
+    let rest = pb::WriteUploadRequest {
+        upload_id: file.id.clone(),
+        offset: kept as i64,
+        data: b"abcdefghij"[kept..].to_vec().into(),
+        finish_write: true,
+    };
+    let status = c
+        .write_upload(tokio_stream::iter(vec![rest]))
+        .await?
+        .into_inner();
+    assert!(status.complete);
+    let file = get_file(&mut c, &file.id).await?;
+    assert_eq!(file.sha256, sha256(b"abcdefghij"));
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use std::{
     future::Future,
     net::IpAddr,
     pin::Pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
@@ -137,15 +138,63 @@ where
             };
             let accessor = caller.accessor;
             request.extensions_mut().insert(caller);
+            let target = audited.map(|_| {
+                let target = AuditTarget(Some(Arc::default()));
+                request.extensions_mut().insert(target.clone());
+                target
+            });
             let response = inner.call(request).await?;
-            if let Some(method) = audited {
+            if let (Some(method), Some(target)) = (audited, target) {
                 let outcome = outcome(&response);
-                layer
-                    .audit
-                    .record(Some(accessor), method, "", &outcome, &peer_text(peer));
+                layer.audit.record(
+                    Some(accessor),
+                    method,
+                    &target.take(),
+                    &outcome,
+                    &peer_text(peer),
+                );
             }
             Ok(response)
         })
+    }
+}
+
+/// What an audited call changed (the id or name of the resource), as its handler names it
+/// with [`AuditTarget::set`]: put in the request by [`AuthLayer`] for audited calls only, read
+/// back into the audit event when the call ends. For any other call it is a no-op handle.
+#[derive(Clone, Debug)]
+pub struct AuditTarget(Option<Arc<Mutex<String>>>);
+
+impl AuditTarget {
+    /// The target of the audited call `request` (a no-op handle if the call is not audited).
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        request
+            .extensions()
+            .get::<Self>()
+            .cloned()
+            .unwrap_or(Self(None))
+    }
+
+    /// Names what the call changed (the last name given wins: a creation names the new id).
+    pub fn set(&self, target: impl std::fmt::Display) {
+        if let Some(slot) = &self.0 {
+            let mut text = target.to_string();
+            if text.len() > 256 {
+                let end = (0..=256)
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
+                text.truncate(end);
+            }
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = text;
+        }
+    }
+
+    fn take(&self) -> String {
+        self.0
+            .as_ref()
+            .map(|slot| std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
     }
 }
 

@@ -67,6 +67,7 @@ async fn main() -> Result<()> {
         upload_id: pipeline.id.clone(),
         offset: 0,
         data: bytes.into(),
+        ..Default::default()
     };
     cat.write_upload(tokio_stream::iter([message])).await?;
     let installed = loop {

@@ -67,6 +67,7 @@ async fn main() -> Result<()> {
                 upload_id: id.clone(),
                 offset,
                 data: data.freeze(),
+                ..Default::default()
             };
             offset += len;
             if tx.blocking_send(message).is_err() {

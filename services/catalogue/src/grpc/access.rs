@@ -1,6 +1,11 @@
 //! gRPC edge of token management (AccessService): convert, call the use case, convert.
 
-use pirus_auth::{Role, audit::AuditEvent, layer::caller, store::TokenInfo};
+use pirus_auth::{
+    Role,
+    audit::AuditEvent,
+    layer::{AuditTarget, caller},
+    store::TokenInfo,
+};
 use pirus_proto::catalogue::v1::{self as pb, access_service_server::AccessService};
 use tonic::{Request, Response, Status};
 
@@ -66,6 +71,7 @@ impl AccessService for Access {
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let request = request.into_inner();
         let ttl = match request.ttl {
             None => None,
@@ -82,6 +88,7 @@ impl AccessService for Access {
             ttl,
         };
         let (token, secret) = self.tokens.create(&caller, asked).await?;
+        audit.set(token.accessor);
         Ok(Response::new(pb::CreateTokenResponse {
             token: Some(token_to_proto(token)),
             secret,
@@ -104,7 +111,9 @@ impl AccessService for Access {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::Token>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let accessor = parse_id("accessor_id", &request.into_inner().accessor_id)?;
+        audit.set(accessor);
         let token = self.tokens.revoke(&caller, accessor).await?;
         Ok(Response::new(token_to_proto(token)))
     }

@@ -6,7 +6,7 @@ mod convert;
 
 use std::{pin::Pin, sync::Arc};
 
-use pirus_auth::layer::caller;
+use pirus_auth::layer::{AuditTarget, caller};
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_server::CatalogueService};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -101,6 +101,7 @@ impl CatalogueService for Catalogue {
         request: Request<pb::CreatePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let request = request.into_inner();
         let filename = check_filename("filename", &request.filename)?;
         if request.size < 0 {
@@ -115,6 +116,7 @@ impl CatalogueService for Catalogue {
             owner: None,
         };
         let pipeline = self.pipelines.create(&caller, new).await?;
+        audit.set(pipeline.id);
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
@@ -123,8 +125,11 @@ impl CatalogueService for Catalogue {
         request: Request<pb::InstallPipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let file = parse_id("file_id", &request.into_inner().file_id)?;
+        audit.set(file);
         let pipeline = self.pipelines.install_file(&caller, file).await?;
+        audit.set(pipeline.id);
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
 
@@ -165,7 +170,9 @@ impl CatalogueService for Catalogue {
         request: Request<pb::DeletePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let id = parse_id("id", &request.into_inner().id)?;
+        audit.set(id);
         let pipeline = self.pipelines.delete(&caller, id).await?;
         Ok(Response::new(pipeline_to_proto(pipeline, &self.public_url)))
     }
@@ -200,8 +207,10 @@ impl CatalogueService for Catalogue {
         request: Request<pb::CreateFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let new = new_file(request.into_inner())?;
         let file = self.files.create(&caller, new).await?;
+        audit.set(file.id);
         Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
 
@@ -244,7 +253,9 @@ impl CatalogueService for Catalogue {
         request: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let id = parse_id("id", &request.into_inner().id)?;
+        audit.set(id);
         let file = self.files.delete(&caller, id).await?;
         Ok(Response::new(file_to_proto(file, &self.public_url)))
     }
@@ -335,6 +346,7 @@ fn write_pieces(
             Ok(Piece {
                 offset: Some(u64::try_from(message.offset).unwrap_or(u64::MAX)),
                 data: message.data,
+                last: message.finish_write,
             })
         })
 }

@@ -65,6 +65,24 @@ pub async fn paused(conn: &mut PgConnection, upload: &UploadState) -> Result<()>
     set_status(conn, upload, FileStatus::Uploading, FileStatus::Pause).await
 }
 
+/// Sets the length of an upload of deferred length (and its file's size) to `size`; false
+/// when the length is already set or below the durable offset.
+pub async fn set_length(conn: &mut PgConnection, id: Uuid, size: u64) -> Result<bool> {
+    let set: i64 = sqlx::query_scalar(
+        r#"WITH u AS (
+               UPDATE uploads SET size = $2
+               WHERE id = $1 AND size IS NULL AND "offset" <= $2
+               RETURNING file_id),
+           f AS (UPDATE files SET size = $2 FROM u WHERE files.id = u.file_id)
+           SELECT count(*) FROM u"#,
+    )
+    .bind(id)
+    .bind(size as i64)
+    .fetch_one(conn)
+    .await?;
+    Ok(set == 1)
+}
+
 /// Records `offset` as the upload's durable offset (every byte below it was synced) and moves
 /// its expiry; false when the upload is gone or complete.
 pub async fn commit_offset(

@@ -536,9 +536,13 @@ async fn terminate(tus: &Tus, caller: &Caller, endpoint: Endpoint, id: Uuid) -> 
 
 /// A PATCH body through the transfer driver.
 async fn run_transfer(transfer: Transfer, body: Body) -> Result<UploadState> {
-    let pieces = body
-        .into_data_stream()
-        .map(|data| data.map(|data| Piece { offset: None, data }));
+    let pieces = body.into_data_stream().map(|data| {
+        data.map(|data| Piece {
+            offset: None,
+            data,
+            last: false,
+        })
+    });
     driver::drive(transfer, pieces)
         .await
         .map_err(|stop| match stop {

@@ -20,6 +20,9 @@ pub const IDLE: Duration = Duration::from_secs(30);
 pub struct Piece {
     pub offset: Option<u64>,
     pub data: Bytes,
+    /// The upload ends with this piece (gRPC's `finish_write`): an upload of deferred length
+    /// takes its length here; one of known length must end exactly here.
+    pub last: bool,
 }
 
 /// Why a transfer ended before its source did.
@@ -71,6 +74,13 @@ where
                 if let Err(e) = transfer.write(piece.data).await {
                     transfer.abort("the data was refused").await;
                     return Err(Stop::Refused(e));
+                }
+                if piece.last {
+                    if let Err(e) = transfer.ends_here().await {
+                        transfer.abort("the end was refused").await;
+                        return Err(Stop::Refused(e));
+                    }
+                    return transfer.finish().await.map_err(Stop::Refused);
                 }
             }
         }

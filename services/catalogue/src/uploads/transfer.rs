@@ -388,6 +388,33 @@ impl Transfer {
         Ok(())
     }
 
+    /// The upload ends at the current position: an upload of deferred length takes it as its
+    /// length (recorded at once, so a retry sees it); one of known length must end here.
+    pub async fn ends_here(&mut self) -> Result<()> {
+        let end = self.position;
+        match self.upload.size {
+            Some(size) if size == end => Ok(()),
+            Some(size) => Err(Error::invalid(
+                "finish_write",
+                format!("the upload's length is {size} bytes, and this message ends at {end}"),
+            )),
+            None => {
+                let lock = self.lock.as_mut().ok_or_else(|| {
+                    Error::internal("a transfer holds its upload's lock until it ends")
+                })?;
+                if !session::set_length(lock.connection(), self.upload.id, end).await? {
+                    return Err(Error::invalid(
+                        "finish_write",
+                        "the upload's length is already set",
+                    ));
+                }
+                self.upload.size = Some(end);
+                self.limit = end;
+                Ok(())
+            }
+        }
+    }
+
     /// The transfer's bytes all arrived: verify the chunk checksum, commit, and complete the
     /// upload if that was its last byte. Answers the upload's state after it.
     pub async fn finish(mut self) -> Result<UploadState> {

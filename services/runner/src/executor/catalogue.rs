@@ -236,6 +236,7 @@ impl Catalogue {
                     upload_id: id.clone(),
                     offset: offset as i64,
                     data: data.into(),
+                    ..Default::default()
                 };
                 offset += want as u64;
                 if tx.blocking_send(message).is_err() || offset >= size {

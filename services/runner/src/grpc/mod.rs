@@ -5,7 +5,7 @@ mod convert;
 
 use std::{pin::Pin, time::Duration};
 
-use pirus_auth::layer::caller;
+use pirus_auth::layer::{AuditTarget, caller};
 use pirus_proto::runner::v1::{self as pb, runner_service_server::RunnerService};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
@@ -40,6 +40,7 @@ impl RunnerService for Runner {
         request: Request<pb::SubmitRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let r = request.into_inner();
         let input_file_ids = r
             .input_file_ids
@@ -85,9 +86,9 @@ impl RunnerService for Runner {
             max_attempts: (r.max_attempts > 0).then_some(r.max_attempts as u32),
             owner: None,
         };
-        Ok(Response::new(run_to_proto(
-            self.runs.submit(&caller, new).await?,
-        )))
+        let run = self.runs.submit(&caller, new).await?;
+        audit.set(run.id);
+        Ok(Response::new(run_to_proto(run)))
     }
 
     async fn get_run(
@@ -171,7 +172,9 @@ impl RunnerService for Runner {
         request: Request<pb::PauseRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let id = parse_id("id", &request.into_inner().id)?;
+        audit.set(id);
         let run = self
             .runs
             .control(&caller, id, lifecycle::Request::Pause)
@@ -184,7 +187,9 @@ impl RunnerService for Runner {
         request: Request<pb::ResumeRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let id = parse_id("id", &request.into_inner().id)?;
+        audit.set(id);
         let run = self
             .runs
             .control(&caller, id, lifecycle::Request::Resume)
@@ -197,7 +202,9 @@ impl RunnerService for Runner {
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let id = parse_id("id", &request.into_inner().id)?;
+        audit.set(id);
         let run = self
             .runs
             .control(&caller, id, lifecycle::Request::Cancel)
@@ -210,7 +217,9 @@ impl RunnerService for Runner {
         request: Request<pb::DeleteRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let id = parse_id("id", &request.into_inner().id)?;
+        audit.set(id);
         Ok(Response::new(run_to_proto(
             self.runs.delete(&caller, id).await?,
         )))
@@ -242,7 +251,9 @@ impl RunnerService for Runner {
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let name = request.into_inner().name;
+        audit.set(&name);
         let node = self.runs.set_draining(&caller, &name, true).await?;
         Ok(Response::new(node_to_proto(node)))
     }
@@ -252,7 +263,9 @@ impl RunnerService for Runner {
         request: Request<pb::UndrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let caller = caller(&request)?;
+        let audit = AuditTarget::of(&request);
         let name = request.into_inner().name;
+        audit.set(&name);
         let node = self.runs.set_draining(&caller, &name, false).await?;
         Ok(Response::new(node_to_proto(node)))
     }
