@@ -171,17 +171,25 @@ impl Client {
             }
             Some(_) => {}
         }
-        match self
-            .request(
-                http::Method::DELETE,
-                &format!("/1.0/instances/{name}"),
-                None,
-            )
-            .await
-        {
-            Ok(envelope) => self.wait(&envelope.operation, timeout).await.map(drop),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e),
+        // After a failed start LXD cleans up with a stop operation of its own, and refuses a
+        // delete ("Instance is busy running a "stop" operation") until it ends: try again.
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let path = format!("/1.0/instances/{name}");
+            let result = match self.request(http::Method::DELETE, &path, None).await {
+                Ok(envelope) => self.wait(&envelope.operation, timeout).await.map(drop),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e)
+                    if e.to_string().contains("is busy running")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
         }
     }
 
