@@ -1436,3 +1436,39 @@ async fn runners_connect_as_a_database_role_with_only_what_a_runner_needs() -> R
     .await?;
     Ok(())
 }
+
+/// A runner whose role has no grants yet (a deployment where the role was made before the
+/// migration that grants it ran) waits for them, saying why, instead of failing; it serves
+/// once they are there.
+#[tokio::test]
+async fn a_runner_waits_for_its_database_role_s_grants() -> Result<()> {
+    anyhow::ensure!(
+        pirus_tests::runner_role_admin_url().is_some(),
+        "PIRUS_TEST_RUNNER_DATABASE_URL is not set: run the suite through tests/run.sh"
+    );
+    let db = TestDb::create().await?;
+    let owner = db.client().await?;
+    owner
+        .batch_execute(
+            "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM pirus_runner;
+             REVOKE ALL ON FUNCTION pirus_token(uuid) FROM pirus_runner",
+        )
+        .await?;
+    let mut runner = Launch::new(Kind::Runner, &db.url)
+        .args(["--lxd-socket", "/nonexistent/lxd.socket"])
+        .spawn()?;
+    let early = runner.wait_serving(Duration::from_secs(3)).await;
+    let why = early.expect_err("a runner without grants does not serve");
+    assert!(
+        why.to_string().contains("did not serve within"),
+        "it waits rather than exits: {why}"
+    );
+    assert!(
+        runner.stderr().contains("may not change it"),
+        "{}",
+        runner.stderr()
+    );
+    owner.batch_execute("SELECT pirus_grant_runner()").await?;
+    runner.wait_serving(Duration::from_secs(30)).await?;
+    Ok(())
+}

@@ -194,7 +194,8 @@ async fn migrate_once(db: &DatabaseConnection) -> Result<(), DbError> {
 }
 
 /// Whether every migration this build knows is applied, read from `seaql_migrations` alone
-/// (no table yet: no).
+/// (no table yet, or one this role may not read yet, as the runner's role before the migration
+/// that grants it: no).
 pub async fn is_migrated(db: &DatabaseConnection) -> Result<bool, DbError> {
     let statement = sea_orm::Statement::from_sql_and_values(
         sea_orm::DbBackend::Postgres,
@@ -209,7 +210,7 @@ pub async fn is_migrated(db: &DatabaseConnection) -> Result<bool, DbError> {
             };
             Ok(applied == migrations::COUNT as i64)
         }
-        Err(e) if sqlstate(&e).as_deref() == Some("42P01") => Ok(false),
+        Err(e) if matches!(sqlstate(&e).as_deref(), Some("42P01" | "42501")) => Ok(false),
         Err(e) => Err(DbError::Query(e)),
     }
 }
