@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, as the README gives it: makes sure PostgreSQL and LXD run (deploy/setup.sh
-# --deps-only), installs the stock test clients (grpcurl), builds the binaries and runs every
-# test against them. Extra arguments go to the test binaries (a name filter, --nocapture...).
+# --deps-only), installs the stock test clients (grpcurl, tuspy) and buf, builds the binaries
+# and runs every test against them. Extra arguments go to the test binaries (a name filter, --nocapture...).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -24,6 +24,8 @@ if ! python3 -c 'import tusclient' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check tuspy==1.1.0 \
     || pip3 install --quiet --break-system-packages tuspy==1.1.0
 fi
+# buf, for the contract tests (tests/tests/contract.rs).
+proto/check.sh --install
 hash -r
 
 # Tests make their own databases with the service account (it may CREATE DATABASE), over
