@@ -1,7 +1,8 @@
 //! `pirus-runner`: one per LXD host. It claims queued runs from the shared database, runs each
 //! in its own unprivileged LXD container, streams logs and progress, and reports back.
 //!
-//! Depends on (within Pirus): pirus-proto, pirus-db, pirus-server, pirus-lxd, pirus-auth. Never on:
+//! Depends on (within Pirus): pirus-proto, pirus-db, pirus-server, pirus-lxd, pirus-auth,
+//! pirus-form. Never on:
 //! pirus-catalogue. The catalogue's data (pipelines, files) is read only through
 //! `pirus_db::views`, and its content through the catalogue's gRPC API.
 //!

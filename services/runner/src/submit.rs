@@ -8,7 +8,7 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use pirus_db::views::{self, FileState, FileView, PipelineState, PipelineView};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
@@ -251,150 +251,20 @@ fn list_databases(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Parses `config_json`, applies the form's defaults, resolves dynamic enums, and validates.
+/// Parses `config_json`, applies the form's defaults, resolves dynamic enums, and validates
+/// (with `pirus_form`, which the CLI runs too, so both say the same).
 pub fn validate_config(
     config_json: &str,
     form: &Value,
     input_names: &[String],
     databases: &[String],
 ) -> Result<Value> {
-    let mut config: Value = if config_json.trim().is_empty() {
-        Value::Object(Map::new())
-    } else {
-        serde_json::from_str(config_json)
-            .map_err(|e| Error::invalid("config_json", format!("is not valid JSON: {e}")))?
+    let enums = pirus_form::Enums {
+        input_files: Some(input_names),
+        databases: Some(databases),
     };
-    if !config.is_object() {
-        return Err(Error::invalid("config_json", "must be a JSON object"));
-    }
-    let mut form = form.clone();
-    resolve_enums(&mut form, input_names, databases);
-    apply_defaults(&form, &mut config);
-
-    let validator = jsonschema::draft202012::new(&form)
-        .map_err(|e| Error::internal(format!("the pipeline's form does not compile: {e}")))?;
-    let problems: Vec<String> = validator
-        .iter_errors(&config)
-        .map(|e| {
-            let path = e.instance_path().to_string();
-            let field = if path.is_empty() {
-                "config_json".to_owned()
-            } else {
-                format!("config_json{}", path.replace('/', "."))
-            };
-            format!("{field}: {e}")
-        })
-        .collect();
-    if let Some((first, rest)) = problems.split_first() {
-        let (field, message) = first.split_once(": ").unwrap_or(("config_json", first));
-        let mut message = message.to_owned();
-        for other in rest {
-            message.push_str("; ");
-            message.push_str(other);
-        }
-        return Err(Error::invalid(field, message));
-    }
-    Ok(config)
-}
-
-/// Replaces `x-pirus-enum` markers by real enums.
-fn resolve_enums(schema: &mut Value, input_names: &[String], databases: &[String]) {
-    match schema {
-        Value::Object(map) => {
-            if let Some(source) = map.remove("x-pirus-enum") {
-                let values = match source.as_str() {
-                    Some("input_files") => input_names,
-                    _ => databases,
-                };
-                map.insert(
-                    "enum".to_owned(),
-                    values.iter().cloned().map(Value::String).collect(),
-                );
-            }
-            map.values_mut()
-                .for_each(|v| resolve_enums(v, input_names, databases));
-        }
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|v| resolve_enums(v, input_names, databases)),
-        _ => {}
-    }
-}
-
-/// Fills absent properties with their `default`, recursively into objects.
-fn apply_defaults(schema: &Value, value: &mut Value) {
-    let (Some(properties), Some(object)) =
-        (schema["properties"].as_object(), value.as_object_mut())
-    else {
-        return;
-    };
-    for (name, property) in properties {
-        match object.get_mut(name) {
-            Some(child) => apply_defaults(property, child),
-            None => {
-                if let Some(default) = property.get("default") {
-                    object.insert(name.clone(), default.clone());
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn form() -> Value {
-        json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["threads"],
-            "properties": {
-                "threads": {"type": "integer", "minimum": 1, "maximum": 64, "default": 2},
-                "mode": {"type": "string", "enum": ["fast", "slow"], "default": "fast"},
-                "input": {"x-pirus-enum": "input_files"},
-                "reference": {"x-pirus-enum": "databases"}
-            }
-        })
-    }
-
-    fn check(config: &str) -> Result<Value> {
-        validate_config(config, &form(), &["reads.fq".into()], &["hg38".into()])
-    }
-
-    #[test]
-    fn defaults_are_applied() {
-        assert_eq!(check("{}").unwrap(), json!({"threads": 2, "mode": "fast"}));
-        assert_eq!(check("").unwrap(), json!({"threads": 2, "mode": "fast"}));
-        assert_eq!(check(r#"{"threads": 8}"#).unwrap()["threads"], 8);
-    }
-
-    #[test]
-    fn every_kind_of_bad_config_names_its_field() {
-        let cases = [
-            (r#"{"threads": "many"}"#, "config_json.threads"),
-            (r#"{"threads": 0}"#, "config_json.threads"),
-            (r#"{"threads": 65}"#, "config_json.threads"),
-            (r#"{"mode": "medium"}"#, "config_json.mode"),
-            (r#"{"colour": "red"}"#, "config_json"),
-            (r#"{"input": "other.fq"}"#, "config_json.input"),
-            (r#"{"reference": "mm10"}"#, "config_json.reference"),
-            ("{threads: 2", "config_json"),
-            ("[1, 2]", "config_json"),
-        ];
-        for (config, field) in cases {
-            match check(config) {
-                Err(Error::InvalidArgument { field: f, message }) => {
-                    assert_eq!(f, field, "{config}: {message}");
-                    if config.contains("colour") {
-                        assert!(message.contains("colour"), "{message}");
-                    }
-                }
-                other => panic!("{config} gave {other:?}"),
-            }
-        }
-        assert!(check(r#"{"input": "reads.fq", "reference": "hg38"}"#).is_ok());
-    }
+    pirus_form::validate(config_json, form, enums).map_err(|e| match e {
+        pirus_form::Invalid::Config(p) => Error::invalid(&p.field, p.message),
+        pirus_form::Invalid::Form(why) => Error::internal(why),
+    })
 }
