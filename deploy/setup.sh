@@ -256,7 +256,8 @@ build_and_install() {
   say "building release binaries"
   (cd "$repo" && cargo build --release --locked --bins)
   local target=${CARGO_TARGET_DIR:-$repo/target}
-  install -m 0755 "$target/release/pirus-catalogue" "$target/release/pirus-runner" /usr/local/bin/
+  install -m 0755 "$target/release/pirus-catalogue" "$target/release/pirus-runner" \
+    "$target/release/pirus" /usr/local/bin/
   mkdir -p "$log_dir" "$run_dir"
 }
 
@@ -335,8 +336,25 @@ provision_tokens() {
   grep -q '^PIRUS_TOKEN_FILE=' "$env_file" || echo 'PIRUS_TOKEN_FILE=/etc/pirus/runner.token' >> "$env_file"
 }
 
+# The `pirus` client's settings for root: the services over TLS, as the admin. Kept if present.
+configure_cli() {
+  local dir=/root/.config/pirus
+  [ -f "$dir/config.toml" ] && return 0
+  mkdir -p "$dir"
+  cat > "$dir/config.toml" <<EOF2
+# Settings of the pirus command-line client (flags and PIRUS_* variables come first).
+catalogue_addr = "https://localhost:50051"
+runner_addr = "https://localhost:50052"
+tls_ca = "$tls_dir/ca.pem"
+token_file = "/etc/pirus/admin.token"
+EOF2
+  chmod 600 "$dir/config.toml"
+  say "wrote $dir/config.toml (the pirus client's settings)"
+}
+
 build_and_install
 provision_tokens
+configure_cli
 start_services
 say "Pirus is running over TLS (CA $tls_dir/ca.pem): catalogue gRPC localhost:50051 (tus https://localhost:8080), runner gRPC localhost:50052; admin token in /etc/pirus/admin.token"
 install_grpcurl

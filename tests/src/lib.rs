@@ -29,6 +29,7 @@ pub mod http;
 pub mod identity;
 pub mod packages;
 pub mod pg;
+pub mod proxy;
 pub mod stack;
 pub mod tls;
 
@@ -220,6 +221,15 @@ impl Kind {
 
 /// Where the binaries are: `PIRUS_BIN_DIR`, or the profile folder of this test executable.
 pub fn bin_path(kind: Kind) -> PathBuf {
+    binary(kind.binary())
+}
+
+/// The `pirus` command-line client.
+pub fn cli_path() -> PathBuf {
+    binary("pirus")
+}
+
+fn binary(name: &str) -> PathBuf {
     let dir = std::env::var_os("PIRUS_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -230,7 +240,7 @@ pub fn bin_path(kind: Kind) -> PathBuf {
                 .expect("target folder")
                 .to_path_buf()
         });
-    let path = dir.join(kind.binary());
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} not found: build the binaries first (cargo build --bins) or set PIRUS_BIN_DIR",

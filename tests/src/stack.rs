@@ -216,35 +216,7 @@ impl Stack {
         form: &str,
         manifest_extra: &str,
     ) -> Result<String> {
-        let extra = if manifest_extra.is_empty() {
-            String::new()
-        } else {
-            format!(", {manifest_extra}")
-        };
-        let manifest = format!(
-            r#"{{"pirus_api": "2", "name": "{name}", "version": "1.0.0", "image": "image.tar.gz",
-            "run": "/pipeline/run.sh", "form": "form.json"{extra}}}"#
-        );
-        let entries = packages::image_entries(
-            packages::metadata_yaml(""),
-            &[(
-                "rootfs/pipeline/run.sh",
-                Item::Exec(script.as_bytes().to_vec()),
-            )],
-        )?;
-        let refs: Vec<(&str, Item)> = entries
-            .iter()
-            .map(|(n, i)| (n.as_str(), i.clone()))
-            .collect();
-        let image = packages::archive(Format::TarGz, &refs)?;
-        let package = packages::archive(
-            Format::TarGz,
-            &[
-                ("manifest.json", Item::File(manifest.into_bytes())),
-                ("image.tar.gz", Item::File(image)),
-                ("form.json", Item::File(form.as_bytes().to_vec())),
-            ],
-        )?;
+        let package = package(name, script, form, manifest_extra)?;
         let file = self.upload(&format!("{name}.tar.gz"), &package).await?;
         let p = self
             .cat
@@ -454,4 +426,49 @@ pub fn statuses(events: &[run::RunEvent]) -> Vec<run::RunStatus> {
         }
     }
     out
+}
+
+/// A busybox pipeline package (tar.gz) named `name`, version 1.0.0, whose command is
+/// `script`, with `form` and extra manifest fields (`"resources": {...}`, or empty).
+pub fn package(name: &str, script: &str, form: &str, manifest_extra: &str) -> Result<Vec<u8>> {
+    let extra = if manifest_extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {manifest_extra}")
+    };
+    let manifest = format!(
+        r#"{{"pirus_api": "2", "name": "{name}", "version": "1.0.0", "image": "image.tar.gz",
+        "run": "/pipeline/run.sh", "form": "form.json"{extra}}}"#
+    );
+    let entries = packages::image_entries(
+        packages::metadata_yaml(""),
+        &[(
+            "rootfs/pipeline/run.sh",
+            Item::Exec(script.as_bytes().to_vec()),
+        )],
+    )?;
+    let refs: Vec<(&str, Item)> = entries
+        .iter()
+        .map(|(n, i)| (n.as_str(), i.clone()))
+        .collect();
+    let image = packages::archive(Format::TarGz, &refs)?;
+    let package = packages::archive(
+        Format::TarGz,
+        &[
+            ("manifest.json", Item::File(manifest.into_bytes())),
+            ("image.tar.gz", Item::File(image)),
+            ("form.json", Item::File(form.as_bytes().to_vec())),
+        ],
+    )?;
+    Ok(package)
+}
+
+/// The test pipeline's package (what [`Stack::pipeline`] installs).
+pub fn test_package() -> Result<Vec<u8>> {
+    package(
+        "wc",
+        SCRIPT,
+        FORM,
+        r#""resources": {"cpu": 1, "memory": "256MiB"}"#,
+    )
 }

@@ -18,8 +18,11 @@ const CRATES: &[&str] = &[
     "shared/db",
     "shared/server",
     "shared/lxd",
+    "shared/auth",
+    "shared/form",
     "services/catalogue",
     "services/runner",
+    "cli",
     "tests",
 ];
 
