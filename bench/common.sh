@@ -8,7 +8,7 @@
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
-cargo build -q --release --locked -p pirus-catalogue -p pirus-runner -p pirus-tests --bins
+cargo build -q --release --locked -p pirus-catalogue -p pirus-runner -p pirus-cli -p pirus-tests --bins
 bin=$CARGO_TARGET_DIR/release
 
 work=$(mktemp -d /var/tmp/pirus-bench.XXXXXX)

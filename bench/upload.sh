@@ -5,6 +5,8 @@
 #
 #   cp + sync          a plain copy of the file, made durable: the disk's own speed
 #   tus curl PATCH     curl streaming one tus PATCH into pirus-catalogue (release build)
+#   pirus CLI          `pirus file upload` of other content: CreateFile, then its own tus
+#                      client's streamed PATCH (the target: within 15% of curl's time)
 #   WriteUpload        the gRPC twin, 1 MiB messages (bench client pirus-bench-upload), of
 #                      other content than the tus upload's (so that neither is a duplicate)
 #   ReadFile           the same client reading that file back whole (a runner's input fetch),
@@ -70,7 +72,7 @@ echo "$!" > "$work/node.pid"
 for _ in $(seq 1 100); do [ -s "$work/node.port" ] && break; sleep 0.1; done
 node_url="http://127.0.0.1:$(cat "$work/node.port")/files"
 
-# One line per round: cp tus grpc node node+sync sha256 cat readfile (seconds). Each measurement starts with the
+# One line per round: cp tus grpc node node+sync sha256 cat readfile cli [baseline] (seconds). Each measurement starts with the
 # page cache clean of dirty data, so none pays for another's write-back.
 results=$work/results
 for round in $(seq 1 "$rounds"); do
@@ -79,6 +81,7 @@ for round in $(seq 1 "$rounds"); do
   echo "==> round $round of $rounds: new ${size_mib} MiB input files"
   head -c "$bytes" /dev/urandom > "$input"
   head -c "$bytes" /dev/urandom > "$work/input-grpc.bin"
+  head -c "$bytes" /dev/urandom > "$work/input-cli.bin"
   sync
   t0=$(now); cp "$input" "$work/copy.bin"; sync; t1=$(now)
   cp_s=$(elapsed "$t0" "$t1"); rm -f "$work/copy.bin"; sync
@@ -92,12 +95,17 @@ for round in $(seq 1 "$rounds"); do
   rm -rf "${work:?}/node-files/"*; sync
   sha_kbs=$(openssl speed -evp sha256 -bytes 1048576 -seconds 1 2>/dev/null | awk '/^sha256/ { sub("k", "", $2); print $2 }')
   sha_s=$(awk -v b="$bytes" -v k="$sha_kbs" 'BEGIN { printf "%.3f", b / (k * 1000) }')
+  t0=$(now)
+  HOME=$work/cli-home PIRUS_CATALOGUE_ADDR="http://$grpc" PIRUS_TOKEN=$PIRUS_BENCH_TOKEN \
+    "$bin/pirus" file upload "$work/input-cli.bin" > /dev/null 2>&1
+  t1=$(now)
+  cli_s=$(elapsed "$t0" "$t1"); sync
   base_s=
   if [ -n "${BASELINE_BIN:-}" ]; then
     base_s=$(tus_upload "http://$base_http/uploads/files/"); sync
     rm -rf "${work:?}/base-data/blobs/"*; sync
   fi
-  echo "$cp_s $tus_s $grpc_s $node_s $node_sync_s $sha_s $cat_s $read_s $base_s" >> "$results"
+  echo "$cp_s $tus_s $grpc_s $node_s $node_sync_s $sha_s $cat_s $read_s $cli_s $base_s" >> "$results"
 done
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status")
 
@@ -106,8 +114,9 @@ printf '%-36s' ""; for round in $(seq 1 "$rounds"); do printf '%9s' "round $roun
 printf '%9s %8s\n' median "MB/s"
 labels=("cp + sync (baseline)" "pirus tus PATCH (curl, fsync)" "pirus WriteUpload (gRPC, fsync)" \
   "Node @tus/server (no fsync)" "Node @tus/server, then sync" "sha256 on one core (openssl speed)" \
-  "cat of a stored blob (cold)" "pirus ReadFile (gRPC, cold)" "baseline build: tus PATCH")
-columns=8; [ -n "${BASELINE_BIN:-}" ] && columns=9
+  "cat of a stored blob (cold)" "pirus ReadFile (gRPC, cold)" "pirus file upload (the CLI)" \
+  "baseline build: tus PATCH")
+columns=9; [ -n "${BASELINE_BIN:-}" ] && columns=10
 medians=()
 for column in $(seq 1 "$columns"); do
   values=$(awk -v c="$column" '{print $c}' "$results")
@@ -118,6 +127,6 @@ for column in $(seq 1 "$columns"); do
   printf '%9s %8s\n' "$median" "$(mbs "$median")"
 done
 awk -v cp="${medians[0]}" -v t="${medians[1]}" -v g="${medians[2]}" -v n="${medians[3]}" \
-  -v c="${medians[6]}" -v r="${medians[7]}" 'BEGIN {
-  printf "ratios of medians: tus/Node %.2fx, WriteUpload/Node %.2fx, tus/cp %.2f, WriteUpload/cp %.2f, ReadFile/cat %.2f\n", n/t, n/g, cp/t, cp/g, c/r }'
+  -v c="${medians[6]}" -v r="${medians[7]}" -v l="${medians[8]}" 'BEGIN {
+  printf "ratios of medians: tus/Node %.2fx, WriteUpload/Node %.2fx, tus/cp %.2f, WriteUpload/cp %.2f, ReadFile/cat %.2f, CLI time/curl time %.2f\n", n/t, n/g, cp/t, cp/g, c/r, l/t }'
 printf 'pirus-catalogue peak RSS over every upload (VmHWM): %d MiB\n' "$((rss_kib / 1024))"

@@ -544,3 +544,71 @@ async fn the_cli_speaks_tls_with_client_certificates() -> Result<()> {
     assert!(nodes.to_string().contains(&s.node));
     Ok(())
 }
+
+/// On a terminal an upload draws a progress bar (bytes, rate, ETA), read here from the screen
+/// of a real terminal (tmux), and ends with one line once the bar is cleared.
+#[tokio::test]
+async fn an_upload_on_a_terminal_draws_a_progress_bar() -> Result<()> {
+    let db = TestDb::create().await?;
+    let (_catalogue, _http, grpc) = slow_catalogue(&db).await?;
+    let cli = Cli::new(
+        &format!("http://{}", grpc.addr()),
+        "http://127.0.0.1:1",
+        db.admin_token.as_deref().unwrap_or_default(),
+    )?;
+    let dir = tempdir()?;
+    let big = write(&dir, "screen.bin", &data(48 << 20))?;
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut line = String::from("env -i");
+    for (k, v) in [
+        ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+        ("HOME".to_owned(), text(&cli.home).to_owned()),
+        ("TERM".to_owned(), "xterm".to_owned()),
+    ]
+    .into_iter()
+    .chain(cli.env.iter().cloned())
+    {
+        line.push_str(&format!(" {k}={}", quote(&v)));
+    }
+    line.push_str(&format!(
+        " {} file upload {}; sleep 60",
+        quote(text(&pirus_tests::cli_path())),
+        quote(text(&big))
+    ));
+    let socket = format!("pirus-test-{}", uuid::Uuid::new_v4().simple());
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+    };
+    let started = tmux(&["new-session", "-d", "-x", "160", "-y", "20", &line])?;
+    ensure!(started.status.success(), "tmux: {started:?}");
+    let screen = || -> Result<String> {
+        Ok(String::from_utf8_lossy(&tmux(&["capture-pane", "-p"])?.stdout).into_owned())
+    };
+    let mut bar = None;
+    let mut done = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while done.is_none() && std::time::Instant::now() < deadline {
+        let now = screen()?;
+        if bar.is_none()
+            && let Some(l) = now
+                .lines()
+                .find(|l| l.contains("ETA") && l.contains("screen.bin ["))
+        {
+            bar = Some(l.to_owned());
+        }
+        done = now
+            .lines()
+            .find(|l| l.starts_with("screen.bin: uploaded"))
+            .map(str::to_owned);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = tmux(&["kill-server"]);
+    let bar = bar.context("no progress bar was drawn")?;
+    assert!(bar.contains("MiB") && bar.contains("/48.00 MiB"), "{bar}");
+    let done = done.context("the upload did not end")?;
+    assert!(done.contains("48.0 MiB of 48.0 MiB (100%)"), "{done}");
+    Ok(())
+}

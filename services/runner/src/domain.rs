@@ -287,6 +287,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn internal_detail_never_reaches_a_client() {
+        let status = tonic::Status::from(Error::internal(
+            "LXD: cannot reach LXD at /var/lib/lxd/unix.socket: connection refused",
+        ));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
+
+    #[test]
     fn statuses_round_trip_and_terminal_ones_are_known() {
         for s in RunStatus::ALL {
             assert_eq!(RunStatus::parse(s.as_str()), Some(s));
