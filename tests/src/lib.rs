@@ -93,6 +93,20 @@ pub fn runner_database_url(database_url: &str) -> String {
     database_url.replacen(&format!("{ours}@"), &format!("{role}@"), 1)
 }
 
+/// Deterministic bytes that do not repeat in any short period (xorshift), quickly: test
+/// content that no two tests (or seeds) share and that does not compress.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Opens a plain tokio-postgres connection (for assertions on the schema and rows).
 pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)

@@ -337,17 +337,8 @@ fn s_owned(p: &Path) -> String {
     text(p).to_owned()
 }
 
-/// Random bytes, quickly.
 fn data(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    pirus_tests::random_bytes(len, 0x9e37_79b9_7f4a_7c15)
 }
 
 /// Waits until `check` holds, polling.
@@ -360,6 +351,19 @@ async fn until(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// A catalogue reached through throttled proxies (see [`slow_catalogue`]), its database, and
+/// the CLI pointed at it.
+async fn slow_cli() -> Result<(TestDb, Process, Proxy, Proxy, Cli)> {
+    let db = TestDb::create().await?;
+    let (catalogue, http, grpc) = slow_catalogue(&db).await?;
+    let cli = Cli::new(
+        &format!("http://{}", grpc.addr()),
+        "http://127.0.0.1:1",
+        db.admin_token.as_deref().unwrap_or_default(),
+    )?;
+    Ok((db, catalogue, http, grpc, cli))
 }
 
 /// A catalogue whose tus URLs and gRPC port are reached through throttled proxies, so a
@@ -380,13 +384,7 @@ async fn slow_catalogue(db: &TestDb) -> Result<(Process, Proxy, Proxy)> {
 
 #[tokio::test]
 async fn an_upload_and_a_download_killed_mid_way_resume_to_identical_bytes() -> Result<()> {
-    let db = TestDb::create().await?;
-    let (_catalogue, _http, grpc) = slow_catalogue(&db).await?;
-    let cli = Cli::new(
-        &format!("http://{}", grpc.addr()),
-        "http://127.0.0.1:1",
-        db.admin_token.as_deref().unwrap_or_default(),
-    )?;
+    let (db, _catalogue, _http, grpc, cli) = slow_cli().await?;
     let dir = tempdir()?;
     let content = data(64 << 20);
     let big = write(&dir, "big.bin", &content)?;
@@ -549,13 +547,7 @@ async fn the_cli_speaks_tls_with_client_certificates() -> Result<()> {
 /// of a real terminal (tmux), and ends with one line once the bar is cleared.
 #[tokio::test]
 async fn an_upload_on_a_terminal_draws_a_progress_bar() -> Result<()> {
-    let db = TestDb::create().await?;
-    let (_catalogue, _http, grpc) = slow_catalogue(&db).await?;
-    let cli = Cli::new(
-        &format!("http://{}", grpc.addr()),
-        "http://127.0.0.1:1",
-        db.admin_token.as_deref().unwrap_or_default(),
-    )?;
+    let (_db, _catalogue, _http, _grpc, cli) = slow_cli().await?;
     let dir = tempdir()?;
     let big = write(&dir, "screen.bin", &data(48 << 20))?;
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));

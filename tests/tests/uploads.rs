@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
 use pirus_tests::Channel;
 use pirus_tests::{
@@ -31,18 +31,7 @@ fn catalogue_on(db: &str, data_dir: &std::path::Path, extra: &[&str]) -> Launch 
         .args(extra.iter().copied())
 }
 
-/// Deterministic bytes that do not repeat in any short period.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use pirus_tests::random_bytes as data;
 
 fn sha256(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -69,6 +58,20 @@ async fn create(http: &Http, p: &Process, length: u64, name: &str) -> Result<Str
         .await?;
     assert_eq!(r.status, 201, "{}", r.body);
     Ok(r.header("location").expect("Location").to_owned())
+}
+
+/// A tus creation with Upload-Defer-Length; answers its Location.
+async fn create_deferred(http: &Http, p: &Process, name: &str) -> Result<String> {
+    let meta = format!("filename {}", b64(name.as_bytes()));
+    let r = http
+        .tus(
+            "POST",
+            &files_url(p),
+            &[("upload-defer-length", "1"), ("upload-metadata", &meta)],
+        )
+        .await?;
+    assert_eq!(r.status, 201);
+    Ok(r.header("location").context("Location")?.to_owned())
 }
 
 fn id_of(location: &str) -> String {
@@ -389,16 +392,7 @@ async fn write_upload_finishes_a_deferred_length_upload() -> Result<()> {
     let p = catalogue(&db.url).start().await?;
     let http = Http::default();
     let mut c = client(&p).await?;
-    let meta = format!("filename {}", b64(b"streamed.bin"));
-    let r = http
-        .tus(
-            "POST",
-            &files_url(&p),
-            &[("upload-defer-length", "1"), ("upload-metadata", &meta)],
-        )
-        .await?;
-    assert_eq!(r.status, 201);
-    let id = id_of(r.header("location").unwrap());
+    let id = id_of(&create_deferred(&http, &p, "streamed.bin").await?);
     let content = data(300_000, 7);
 
     // Two transfers: the first leaves the length open, the second ends it.
@@ -514,16 +508,7 @@ async fn tus_creation_with_upload_deferred_length_and_concatenation() -> Result<
     assert_eq!(file.name, "hello.txt");
 
     // creation-defer-length: the length comes with a later PATCH.
-    let meta = format!("filename {}", b64(b"later.txt"));
-    let r = http
-        .tus(
-            "POST",
-            &files_url(&p),
-            &[("upload-defer-length", "1"), ("upload-metadata", &meta)],
-        )
-        .await?;
-    assert_eq!(r.status, 201);
-    let location = r.header("location").unwrap().to_owned();
+    let location = create_deferred(&http, &p, "later.txt").await?;
     let head = http.tus("HEAD", &location, &[]).await?;
     assert_eq!(head.header("upload-defer-length"), Some("1"));
     assert!(head.header("upload-length").is_none());
