@@ -48,6 +48,12 @@ pub struct Global {
     /// `run submit --config` sets a run's configuration)
     #[arg(long, global = true, env = "PIRUS_CONFIG", value_name = "PATH")]
     pub settings: Option<PathBuf>,
+    /// Whether --token and --token-file were given on the command line (rather than by the
+    /// environment): set after parsing, for precedence.
+    #[arg(skip)]
+    pub token_flag: bool,
+    #[arg(skip)]
+    pub token_file_flag: bool,
     /// Output for scripts: one JSON document per command (a list is one array), one JSON
     /// object per line for streams
     #[arg(long, global = true)]
@@ -117,14 +123,19 @@ impl Settings {
             }
             _ => FileSettings::default(),
         };
-        let token = match (&global.token, &global.token_file) {
-            (Some(token), _) => Some(token.trim().to_owned()),
-            (None, Some(path)) => Some(read_token(path)?),
-            (None, None) => match (&file.token, &file.token_file) {
-                (Some(token), _) => Some(token.trim().to_owned()),
-                (None, Some(path)) => Some(read_token(path)?),
-                (None, None) => None,
-            },
+        // Flags, then the environment, then the file; at each level a token before a file.
+        let token = if global.token_flag {
+            global.token.as_deref().map(|t| t.trim().to_owned())
+        } else if global.token_file_flag {
+            global.token_file.as_deref().map(read_token).transpose()?
+        } else if let Some(token) = &global.token {
+            Some(token.trim().to_owned())
+        } else if let Some(path) = &global.token_file {
+            Some(read_token(path)?)
+        } else if let Some(token) = &file.token {
+            Some(token.trim().to_owned())
+        } else {
+            file.token_file.as_deref().map(read_token).transpose()?
         };
         let cache_dir = xdg("XDG_CACHE_HOME", ".cache")
             .map(|d| d.join("pirus"))

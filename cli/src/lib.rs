@@ -76,7 +76,15 @@ pub enum Command {
 /// code for `run submit --follow` and `run watch`, 1 on a failure (one line on stderr), 2 when
 /// a run could not be queued.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{FromArgMatches, parser::ValueSource};
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let from_flag = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    cli.global.token_flag = from_flag("token");
+    cli.global.token_file_flag = from_flag("token_file");
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "pirus", &mut std::io::stdout());
         return ExitCode::SUCCESS;

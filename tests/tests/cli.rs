@@ -604,3 +604,119 @@ async fn an_upload_on_a_terminal_draws_a_progress_bar() -> Result<()> {
     assert!(done.contains("48.0 MiB of 48.0 MiB (100%)"), "{done}");
     Ok(())
 }
+
+/// Controlling a run from the CLI: pause, resume and cancel a running run, `run logs -f`
+/// following it to its end, `run watch` exiting 1 for CANCELED; and `--checksum` uploads in
+/// chunks the server verifies.
+#[tokio::test]
+async fn runs_are_controlled_and_chunked_uploads_verified() -> Result<()> {
+    let mut s = stack(1).await?;
+    let pipeline = s.pipeline().await?;
+    let cli = Cli::of(&s)?;
+    let dir = tempdir()?;
+    let reads = write(&dir, "reads.txt", b"x\ny\n")?;
+    let run = cli
+        .json(&[
+            "run",
+            "submit",
+            &pipeline,
+            "--input",
+            text(&reads),
+            "--config",
+            "sleep=60",
+        ])
+        .await?;
+    let id = run["id"].as_str().context("a run id")?.to_owned();
+    s.wait_running(&id).await?;
+    assert_eq!(cli.json(&["run", "pause", &id]).await?["id"], id.as_str());
+    until_status(&cli, &id, "RUN_STATUS_PAUSE").await?;
+    cli.json(&["run", "resume", &id]).await?;
+    until_status(&cli, &id, "RUN_STATUS_RUNNING").await?;
+    // A follower of the log, started now, ends when the run does.
+    let follower = cli.command(&["run", "logs", &id, "-f"]).output();
+    let follower = tokio::spawn(follower);
+    cli.json(&["run", "cancel", &id]).await?;
+    let watched = cli.run(&["run", "watch", &id, "--no-logs"]).await?;
+    assert_eq!(watched.status.code(), Some(1), "CANCELED is not success");
+    assert!(String::from_utf8_lossy(&watched.stderr).contains("canceled"));
+    let logs = tokio::time::timeout(Duration::from_secs(60), follower).await???;
+    assert!(
+        logs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("starting run"));
+
+    // A chunked upload: 3 MiB in 1 MiB PATCHes, each with its SHA-256.
+    let content = data(3 << 20);
+    let chunked = write(&dir, "chunked.bin", &content)?;
+    let files = cli
+        .json(&["file", "upload", text(&chunked), "--checksum", "1"])
+        .await?;
+    assert_eq!(files[0]["sha256"], sha256(&content).as_str());
+    assert_eq!(files[0]["status"], "FILE_STATUS_READY");
+    Ok(())
+}
+
+async fn until_status(cli: &Cli, id: &str, status: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = cli.json(&["run", "show", id]).await?;
+        if run["status"] == status {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("run {id} is {} rather than {status}", run["status"]);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Settings come from flags, then the environment, then the settings file: each level is
+/// shown to win over the next.
+#[tokio::test]
+async fn settings_come_from_flags_then_environment_then_the_file() -> Result<()> {
+    let db = TestDb::create().await?;
+    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
+    let admin = db.admin_token.clone().unwrap_or_default();
+    let user =
+        pirus_tests::identity::mint(&db.url, "bob", pirus_auth::Role::User, None, None).await?;
+    let mut cli = Cli::new("http://127.0.0.1:1", "http://127.0.0.1:1", "")?;
+    cli.env.clear();
+    let dir = cli.home.join(".config/pirus");
+    std::fs::create_dir_all(&dir)?;
+    let token_file = write(&cli.home, "admin.token", format!("{admin}\n").as_bytes())?;
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "catalogue_addr = \"{}\"\ntoken_file = \"{}\"\n",
+            catalogue.grpc_url(),
+            text(&token_file)
+        ),
+    )?;
+    // The file alone: the admin.
+    assert_eq!(cli.json(&["token", "whoami"]).await?["role"], "ROLE_ADMIN");
+    // The environment over the file: bob.
+    cli.set("PIRUS_TOKEN", &user);
+    assert_eq!(cli.json(&["token", "whoami"]).await?["name"], "bob");
+    // A flag over the environment (even a token file over a token): the admin again; and a
+    // wrong address by flag fails.
+    let by_flag = cli
+        .json(&["--token-file", text(&token_file), "token", "whoami"])
+        .await?;
+    assert_eq!(by_flag["role"], "ROLE_ADMIN");
+    assert_eq!(
+        cli.json(&["--token", &admin, "token", "whoami"]).await?["role"],
+        "ROLE_ADMIN"
+    );
+    let wrong = cli
+        .run(&["--catalogue", "http://127.0.0.1:1", "token", "whoami"])
+        .await?;
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(one_line(&wrong).contains("cannot reach the catalogue at http://127.0.0.1:1"));
+    // A settings file that is not valid says which and why, in one line.
+    std::fs::write(dir.join("config.toml"), "catalog_addr = 1\n")?;
+    let bad = cli.run(&["token", "whoami"]).await?;
+    assert!(one_line(&bad).contains("config.toml is not a valid configuration"));
+    Ok(())
+}
