@@ -13,6 +13,7 @@ mod access;
 mod config;
 mod domain;
 mod executor;
+mod feeds;
 mod grpc;
 mod inputs;
 mod lifecycle;
@@ -66,10 +67,17 @@ pub async fn run(
     );
 
     let (metrics, lxd_up) = metrics();
+    // Two pools: `stores` serves requests (gRPC handlers, followers, forwarded reads), `work`
+    // the node's own liveness and its runs (lease, expiry, claims, every run's events and
+    // results), so no amount of request traffic can make the node miss its lease or stall
+    // its runs. The work pool holds a connection per run slot and a few for the node.
     let stores = store::Stores::new(db.clone());
+    let work = store::Stores::new(
+        pirus_server::process::work_pool(&config.common, work_connections(max_runs)).await?,
+    );
     let notices = listen(&config, &shutdown);
     let node = node::Node {
-        nodes: stores.nodes.clone(),
+        nodes: work.nodes.clone(),
         lxd: lxd.clone(),
         name: node_name.clone(),
         address: config
@@ -91,7 +99,7 @@ pub async fn run(
     let catalogue =
         executor::Catalogue::connect_lazy(&client_tls, &config.catalogue_addr, credential.clone())?;
     let executor = executor::Executor::new(
-        stores.clone(),
+        work.clone(),
         lxd.clone(),
         catalogue.clone(),
         executor::Settings {
@@ -105,7 +113,7 @@ pub async fn run(
         notices.clone(),
     )?;
     let scheduler = scheduler::Scheduler {
-        stores: stores.clone(),
+        stores: work,
         executor: executor.clone(),
         node: node_name.clone(),
         max_runs,
@@ -121,8 +129,8 @@ pub async fn run(
             credential,
             client_tls,
         ),
+        feeds: feeds::Feeds::new(stores.runs.clone(), notices),
         stores,
-        notices,
         node: node_name,
         executor,
         catalogue,
@@ -130,6 +138,12 @@ pub async fn run(
         databases_dir: config.databases_dir.clone(),
     };
     serve(&config, listeners, runs, db, metrics, shutdown).await
+}
+
+/// Connections of the work pool: one per run slot (each run's events and results), and four
+/// for the node (lease, expiry, claims, sweeps); at most 64.
+fn work_connections(max_runs: u32) -> u32 {
+    (max_runs + 4).min(64)
 }
 
 /// The runner's own token (`--token-file`), checked at start-up: it must be a valid runner

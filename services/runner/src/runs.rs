@@ -9,8 +9,8 @@ use pirus_auth::{
     Caller,
     policy::{self, Action},
 };
-use pirus_db::{listen::Notice, views::RunFileKind};
-use tokio::sync::{broadcast, mpsc};
+use pirus_db::views::RunFileKind;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
     executor::{Catalogue, Executor, container_name},
     lifecycle::Request,
     peers::Peers,
-    store::{EVENTS_CHANNEL, Stores},
+    store::Stores,
     submit,
 };
 
@@ -33,12 +33,12 @@ const LIVE_READ: u64 = 16 << 20;
 /// How often a followed live log is read again.
 const LOG_POLL: Duration = Duration::from_millis(200);
 /// How often a watch re-reads a run's events with no hint.
-const WATCH_REREAD: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Runs {
     pub stores: Stores,
-    pub notices: broadcast::Sender<Notice>,
+    /// The shared readers of runs' events, for WatchRun.
+    pub feeds: crate::feeds::Feeds,
     pub node: String,
     pub executor: Executor,
     pub catalogue: Catalogue,
@@ -71,48 +71,21 @@ impl Runs {
         self.stores.runs.list(&filter, page).await
     }
 
-    /// Every event of a run after `after`, then live ones, until the terminal event. A
-    /// notification only says "look again": the table is re-read each time, so a
-    /// reconnection of the listener (or a lagging receiver) loses nothing, and nothing is sent
-    /// twice.
+    /// Every event of a run after `after`, then live ones, until the terminal event: through
+    /// the run's one shared reader ([`crate::feeds`]), so watchers cost one query each to join
+    /// and nothing per change beyond the reader's.
     pub async fn watch(
         &self,
         caller: &Caller,
         id: Uuid,
-        mut after: i64,
+        after: i64,
     ) -> Result<mpsc::Receiver<Result<RunEvent>>> {
         // A run that had ended before this read has all its events written: one read answers
         // the rest (none when `after` is at or past its terminal event), then the stream ends.
         let ended = self.get(caller, id).await?.status.is_terminal();
-        // Subscribed before the first read: nothing committed after it can be missed.
-        let mut notices = self.notices.subscribe();
         let (tx, rx) = mpsc::channel(64);
-        let runs = self.stores.runs.clone();
-        tokio::spawn(async move {
-            let payload = id.to_string();
-            loop {
-                match runs.events_after(id, after).await {
-                    Ok(events) => {
-                        for event in events {
-                            after = event.seq;
-                            let terminal = event.status.is_terminal();
-                            if tx.send(Ok(event)).await.is_err() || terminal {
-                                return;
-                            }
-                        }
-                        if ended {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(run = %id, error = %e, "watch could not read events; retrying");
-                    }
-                }
-                if !hint(&mut notices, &tx, &payload).await {
-                    return;
-                }
-            }
-        });
+        let feeds = self.feeds.clone();
+        tokio::spawn(async move { feeds.watch(id, after, ended, tx).await });
         Ok(rx)
     }
 
@@ -259,28 +232,5 @@ impl Runs {
     pub async fn set_draining(&self, caller: &Caller, name: &str, draining: bool) -> Result<Node> {
         access::require(caller, Action::DrainNodes)?;
         self.stores.nodes.set_draining(name, draining).await
-    }
-}
-
-/// Waits for a hint about a run (its payload on the events channel, a reconnection of the
-/// listener, or the periodic re-read); false when the watcher went away.
-async fn hint<T>(
-    notices: &mut broadcast::Receiver<Notice>,
-    tx: &mpsc::Sender<T>,
-    payload: &str,
-) -> bool {
-    let deadline = tokio::time::sleep(WATCH_REREAD);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            () = &mut deadline => return true,
-            () = tx.closed() => return false,
-            notice = notices.recv() => match notice {
-                Ok(Notice::Notification { channel, payload: p }) if channel == EVENTS_CHANNEL && p == payload => return true,
-                Ok(Notice::Notification { .. }) => {}
-                Ok(Notice::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                Err(broadcast::error::RecvError::Closed) => return false,
-            },
-        }
     }
 }

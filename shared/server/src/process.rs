@@ -85,6 +85,17 @@ fn check_safe<C: ServiceConfig>(config: &C) -> Result<(), String> {
     Ok(())
 }
 
+/// A second pool on the same database, of `max_connections`, for work that must never wait
+/// behind request traffic (a runner's lease, claims and runs).
+pub async fn work_pool(
+    common: &CommonOptions,
+    max_connections: u32,
+) -> anyhow::Result<DatabaseConnection> {
+    let mut db_config = pirus_db::DbConfig::new(&common.database_url);
+    db_config.max_connections = max_connections.max(2);
+    Ok(pirus_db::connect(&db_config).await?)
+}
+
 /// Connects to the database the options name and applies the migrations.
 pub async fn database(common: &CommonOptions) -> anyhow::Result<DatabaseConnection> {
     let mut db_config = pirus_db::DbConfig::new(&common.database_url);

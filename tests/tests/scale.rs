@@ -1,0 +1,228 @@
+//! The control plane under load, against a real runner, PostgreSQL and LXD: request traffic
+//! never holds up the node's liveness (its lease, its claims, its runs' own progress).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use pirus_proto::runner::v1::{self as run, runner_service_client::RunnerServiceClient};
+use pirus_tests::stack::{stack_with, status};
+use tokio_stream::StreamExt;
+
+/// Concurrent followers and readers in the flood.
+const FLOOD: usize = 4000;
+
+/// A runner whose request pool is small is flooded with log followers and watchers of a
+/// running run (each follower reads the run every 200 ms): its node stays ONLINE with a
+/// fresh heartbeat throughout, and its runs still finish DONE at their first attempt.
+#[tokio::test]
+async fn a_runner_flooded_with_followers_keeps_its_lease_and_finishes_its_runs() -> Result<()> {
+    let mut s = stack_with(
+        2,
+        &[],
+        &["--node-lease", "2s", "--database-max-connections", "2"],
+    )
+    .await?;
+    let (pipeline, input) = s.ready().await?;
+    let sleeping = |seconds: u32| run::SubmitRunRequest {
+        pipeline_id: pipeline.clone(),
+        config_json: format!(r#"{{"sleep": {seconds}}}"#),
+        input_file_ids: vec![input.clone()],
+        ..Default::default()
+    };
+    let first = s.submit(sleeping(10)).await?;
+    s.wait_running(&first.id).await?;
+
+    let mut flood = Vec::new();
+    let mut channels = Vec::new();
+    for _ in 0..FLOOD / 100 {
+        channels.push(s.runner.channel().await?);
+    }
+    for i in 0..FLOOD {
+        let mut client = RunnerServiceClient::new(channels[i % channels.len()].clone());
+        let id = first.id.clone();
+        flood.push(tokio::spawn(async move {
+            loop {
+                let ended = if i % 2 == 0 {
+                    let request = run::StreamRunLogsRequest {
+                        run_id: id.clone(),
+                        stream: "stdout".into(),
+                        offset: 0,
+                        follow: true,
+                    };
+                    match client.stream_run_logs(request).await {
+                        Ok(r) => drain(r.into_inner()).await,
+                        Err(_) => false,
+                    }
+                } else {
+                    let request = run::GetRunRequest { id: id.clone() };
+                    client.get_run(request).await.is_ok_and(|r| {
+                        pirus_tests::stack::status(r.into_inner().status) == run::RunStatus::Done
+                    })
+                };
+                if ended {
+                    return;
+                }
+            }
+        }));
+    }
+    // A second run submitted under the flood must be claimed and finish too.
+    let second = s.submit(sleeping(1)).await?;
+
+    let owner = s.db.client().await?;
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut statuses = Vec::new();
+    loop {
+        let row = owner
+            .query_one(
+                "SELECT status, extract(epoch FROM now() - heartbeat_at)::float8 FROM nodes
+                 WHERE name = $1",
+                &[&s.node],
+            )
+            .await?;
+        let (node_status, age): (String, f64) = (row.get(0), row.get(1));
+        worst = worst.max(Duration::from_secs_f64(age.max(0.0)));
+        statuses.push(node_status);
+        let done: i64 = owner
+            .query_one(
+                "SELECT count(*) FROM runs WHERE id::text = ANY($1)
+                 AND status IN ('done', 'error', 'canceled')",
+                &[&vec![first.id.clone(), second.id.clone()]],
+            )
+            .await?
+            .get(0);
+        if done == 2 || started.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("worst heartbeat age under the flood: {worst:?}");
+    for task in flood {
+        task.abort();
+    }
+    assert!(
+        statuses.iter().all(|s| s == "online"),
+        "the node left ONLINE under the flood: {statuses:?}"
+    );
+    assert!(
+        worst < Duration::from_secs(2),
+        "a heartbeat was {worst:?} old (lease 2 s)"
+    );
+    for r in [&first, &second] {
+        let run = s.get(&r.id).await?;
+        assert_eq!(
+            status(run.status),
+            run::RunStatus::Done,
+            "{}",
+            run.error_message
+        );
+        assert_eq!(run.attempt, 1, "the run was not retried elsewhere");
+    }
+    Ok(())
+}
+
+/// Reads a stream to its end; whether it ended without an error.
+async fn drain<T>(mut stream: tonic::Streaming<T>) -> bool {
+    loop {
+        match stream.next().await {
+            None => return true,
+            Some(Ok(_)) => {}
+            Some(Err(_)) => return false,
+        }
+    }
+}
+
+/// How long a backend may keep its statistics before they reach the shared counters: at
+/// most once a second while busy, and up to 10 s after it goes idle (PostgreSQL 15).
+const STATS_LAG: Duration = Duration::from_secs(11);
+
+/// Transactions the database has committed (each query of the services is one), as
+/// PostgreSQL's statistics count them.
+async fn commits(db: &tokio_postgres::Client) -> Result<i64> {
+    Ok(db
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// A thousand WatchRun subscribers of one run cost the database about what one costs: one
+/// shared reader per run and process, instead of a re-read per subscriber. Every one of them
+/// still receives every event, the terminal one (here CANCELED) last.
+#[tokio::test]
+async fn a_thousand_watchers_of_a_run_cost_what_one_does_in_queries() -> Result<()> {
+    let mut s = pirus_tests::stack::stack(1).await?;
+    // Long enough that both windows fall while it runs quietly; canceled at the end.
+    let run = s.submit_sleeping(300).await?;
+    s.wait_running(&run.id).await?;
+    let owner = s.db.client().await?;
+    let channels = {
+        let mut c = Vec::new();
+        for _ in 0..10 {
+            c.push(s.runner.channel().await?);
+        }
+        c
+    };
+    let joined = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watch = |i: usize| {
+        let mut client = RunnerServiceClient::new(channels[i % channels.len()].clone());
+        let id = run.id.clone();
+        let joined = joined.clone();
+        tokio::spawn(async move {
+            let request = run::WatchRunRequest {
+                run_id: id,
+                after_seq: 0,
+            };
+            let mut events = client.watch_run(request).await?.into_inner();
+            let mut seqs = Vec::new();
+            let mut last = None;
+            while let Some(event) = events.next().await {
+                let event = event?;
+                if seqs.is_empty() {
+                    joined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                seqs.push(event.seq);
+                last = Some(status(event.status));
+            }
+            anyhow::Ok((seqs, last))
+        })
+    };
+    let window = Duration::from_secs(8);
+
+    let mut watchers = vec![watch(0)];
+    // Every window starts once the statistics of what came before it have arrived.
+    tokio::time::sleep(STATS_LAG).await;
+    let before = commits(&owner).await?;
+    tokio::time::sleep(window).await;
+    let one = commits(&owner).await? - before;
+
+    for i in 1..1000 {
+        watchers.push(watch(i));
+    }
+    // Each joins with one read of what it missed (all of them, here); then the window.
+    while joined.load(std::sync::atomic::Ordering::Relaxed) < 1000 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(STATS_LAG).await;
+    let before = commits(&owner).await?;
+    tokio::time::sleep(window).await;
+    let thousand = commits(&owner).await? - before;
+    eprintln!("queries in {window:?}: one watcher {one}, a thousand {thousand}");
+    assert!(
+        thousand <= one * 2 + 20,
+        "a thousand watchers cost {thousand} queries where one cost {one}"
+    );
+
+    s.run
+        .cancel_run(run::CancelRunRequest { id: run.id.clone() })
+        .await?;
+    for watcher in watchers {
+        let (seqs, last) = watcher.await??;
+        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(seqs, expected, "every event once, in order");
+        assert_eq!(last, Some(run::RunStatus::Canceled));
+    }
+    Ok(())
+}
