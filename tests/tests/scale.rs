@@ -226,3 +226,80 @@ async fn a_thousand_watchers_of_a_run_cost_what_one_does_in_queries() -> Result<
     }
     Ok(())
 }
+
+/// A thousand live followers of a run's stdout cost the database about what one does: one
+/// shared tail per run and process, instead of a status query per follower every 200 ms. Each
+/// follower still receives the whole log, once, ending when the run does.
+#[tokio::test]
+async fn a_thousand_log_followers_of_a_run_cost_what_one_does_in_queries() -> Result<()> {
+    let mut s = pirus_tests::stack::stack(1).await?;
+    let run = s.submit_sleeping(55).await?;
+    s.wait_running(&run.id).await?;
+    let owner = s.db.client().await?;
+    let mut channels = Vec::new();
+    for _ in 0..10 {
+        channels.push(s.runner.channel().await?);
+    }
+    let joined = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let follow = |i: usize| {
+        let mut client = RunnerServiceClient::new(channels[i % channels.len()].clone());
+        let id = run.id.clone();
+        let joined = joined.clone();
+        tokio::spawn(async move {
+            let request = run::StreamRunLogsRequest {
+                run_id: id,
+                stream: "stdout".into(),
+                offset: 0,
+                follow: true,
+            };
+            let mut chunks = client.stream_run_logs(request).await?.into_inner();
+            let mut log = Vec::new();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                anyhow::ensure!(chunk.offset as usize == log.len(), "a gap or a repeat");
+                if log.is_empty() {
+                    joined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                log.extend_from_slice(&chunk.data);
+            }
+            anyhow::Ok(log)
+        })
+    };
+    let window = Duration::from_secs(8);
+    let mut followers = vec![follow(0)];
+    tokio::time::sleep(STATS_LAG).await;
+    let before = commits(&owner).await?;
+    tokio::time::sleep(window).await;
+    let one = commits(&owner).await? - before;
+
+    for i in 1..1000 {
+        followers.push(follow(i));
+    }
+    while joined.load(std::sync::atomic::Ordering::Relaxed) < 1000 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(STATS_LAG).await;
+    let before = commits(&owner).await?;
+    tokio::time::sleep(window).await;
+    let thousand = commits(&owner).await? - before;
+    eprintln!("queries in {window:?}: one follower {one}, a thousand {thousand}");
+    assert!(
+        thousand <= one * 2 + 20,
+        "a thousand followers cost {thousand} queries where one cost {one}"
+    );
+
+    let mut logs = Vec::new();
+    for follower in followers {
+        logs.push(follower.await??);
+    }
+    let text = String::from_utf8(logs[0].clone())?;
+    assert!(
+        text.starts_with(&format!("starting run {}", run.id)) && text.ends_with("done\n"),
+        "the whole log: {text:?}"
+    );
+    assert!(
+        logs.iter().all(|l| *l == logs[0]),
+        "every follower got the same log"
+    );
+    Ok(())
+}

@@ -137,7 +137,7 @@ pub struct Node {
 }
 
 /// One of a run's two logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LogStream {
     Stdout,
     Stderr,

@@ -24,6 +24,7 @@ mod runs;
 mod scheduler;
 mod store;
 mod submit;
+mod tails;
 
 use pirus_auth::{Credential, client::OwnCredential};
 use pirus_proto::runner::v1::runner_service_server::RunnerServiceServer;
@@ -130,6 +131,7 @@ pub async fn run(
             client_tls,
         ),
         feeds: feeds::Feeds::new(stores.runs.clone(), notices),
+        tails: tails::Tails::new(stores.runs.clone(), executor.clone(), node_name.clone()),
         stores,
         node: node_name,
         executor,

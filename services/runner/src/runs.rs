@@ -24,6 +24,7 @@ use crate::{
     peers::Peers,
     store::Stores,
     submit,
+    tails::Tailed,
 };
 
 /// A log chunk streamed to a client at most.
@@ -39,6 +40,8 @@ pub struct Runs {
     pub stores: Stores,
     /// The shared readers of runs' events, for WatchRun.
     pub feeds: crate::feeds::Feeds,
+    /// The shared tails of running runs' logs, for StreamRunLogs.
+    pub tails: crate::tails::Tails,
     pub node: String,
     pub executor: Executor,
     pub catalogue: Catalogue,
@@ -139,32 +142,98 @@ impl Runs {
                     return self.peers.logs(owner, id, stream, offset, follow, tx).await;
                 }
                 Some(_) => {
-                    // Through the run's workspace: a log the container swapped for a link, a
-                    // FIFO or a device is refused, never followed or read.
-                    let read = self
-                        .executor
-                        .live_log(&run, stream.file(), offset, LIVE_READ);
-                    if let Ok(data) = read.await {
-                        for piece in data.chunks(LOG_CHUNK) {
-                            let chunk = LogChunk {
-                                offset,
-                                data: bytes::Bytes::copy_from_slice(piece),
-                            };
-                            offset += piece.len() as u64;
-                            if tx.send(Ok(chunk)).await.is_err() {
-                                return Ok(());
-                            }
+                    // Live, here: what this follower missed from the file, then the run's
+                    // shared tail ([`crate::tails`]) until the run ends or leaves this node.
+                    let mut tail = follow.then(|| self.tails.subscribe(id, stream));
+                    if !self.send_from_file(&run, stream, &mut offset, tx).await? {
+                        return Ok(());
+                    }
+                    let Some(tail) = tail.as_mut() else {
+                        return Ok(());
+                    };
+                    if !self
+                        .follow_tail(&run, stream, &mut offset, tail, tx)
+                        .await?
+                    {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    // Not claimed yet: nothing to read; look again shortly.
+                    if !follow {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        () = tx.closed() => return Ok(()),
+                        () = tokio::time::sleep(LOG_POLL) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a live log's bytes from `offset` to its current end, through the run's
+    /// workspace (a log the container swapped for a link, a FIFO or a device is refused, never
+    /// followed or read); false when the follower went away.
+    async fn send_from_file(
+        &self,
+        run: &Run,
+        stream: LogStream,
+        offset: &mut u64,
+        tx: &mpsc::Sender<Result<LogChunk>>,
+    ) -> Result<bool> {
+        loop {
+            let Ok(data) = self
+                .executor
+                .live_log(run, stream.file(), *offset, LIVE_READ)
+                .await
+            else {
+                return Ok(true);
+            };
+            if data.is_empty() {
+                return Ok(true);
+            }
+            if !send_log(tx, offset, &data).await {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Follows a run's shared tail; true when the tail ended (the run ended or moved: look at
+    /// it again), false when the follower went away.
+    async fn follow_tail(
+        &self,
+        run: &Run,
+        stream: LogStream,
+        offset: &mut u64,
+        tail: &mut tokio::sync::broadcast::Receiver<Tailed>,
+        tx: &mpsc::Sender<Result<LogChunk>>,
+    ) -> Result<bool> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let piece = tokio::select! {
+                () = tx.closed() => return Ok(false),
+                piece = tail.recv() => piece,
+            };
+            match piece {
+                Ok(Tailed::Piece { offset: at, data }) => {
+                    if at > *offset && !self.send_from_file(run, stream, offset, tx).await? {
+                        return Ok(false);
+                    }
+                    let end = at + data.len() as u64;
+                    if end > *offset && at <= *offset {
+                        let skip = (*offset - at) as usize;
+                        if !send_log(tx, offset, &data[skip..]).await {
+                            return Ok(false);
                         }
                     }
                 }
-                None => {}
-            }
-            if !follow {
-                return Ok(());
-            }
-            tokio::select! {
-                () = tx.closed() => return Ok(()),
-                () = tokio::time::sleep(LOG_POLL) => {}
+                Ok(Tailed::Ended) | Err(RecvError::Closed) => return Ok(true),
+                Err(RecvError::Lagged(_)) => {
+                    if !self.send_from_file(run, stream, offset, tx).await? {
+                        return Ok(false);
+                    }
+                }
             }
         }
     }
@@ -233,4 +302,19 @@ impl Runs {
         access::require(caller, Action::DrainNodes)?;
         self.stores.nodes.set_draining(name, draining).await
     }
+}
+
+/// Sends `data` (at `offset`) in chunks, moving `offset`; false when the follower went away.
+async fn send_log(tx: &mpsc::Sender<Result<LogChunk>>, offset: &mut u64, data: &[u8]) -> bool {
+    for piece in data.chunks(LOG_CHUNK) {
+        let chunk = LogChunk {
+            offset: *offset,
+            data: bytes::Bytes::copy_from_slice(piece),
+        };
+        *offset += piece.len() as u64;
+        if tx.send(Ok(chunk)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
