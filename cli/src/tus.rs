@@ -37,6 +37,19 @@ impl std::fmt::Display for Locked {
 
 impl std::error::Error for Locked {}
 
+/// The connection broke during a PATCH (the server may have refused it and closed, or the
+/// network failed): the server's offset tells where to go on.
+#[derive(Debug)]
+pub struct Cut(String);
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the connection broke: {}", self.0)
+    }
+}
+
+impl std::error::Error for Cut {}
+
 pub struct Tus {
     sender: SendRequest<Body>,
     authorization: Option<String>,
@@ -153,7 +166,11 @@ impl Tus {
             if let Some(sum) = checksum {
                 request = request.header("upload-checksum", format!("sha256 {sum}"));
             }
-            let response = self.sender.send_request(request.body(body)?).await?;
+            let response = self
+                .sender
+                .send_request(request.body(body)?)
+                .await
+                .map_err(|e| Cut(e.to_string()))?;
             let status = response.status();
             if status == StatusCode::LOCKED {
                 bail!(Locked);

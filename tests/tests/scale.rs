@@ -19,7 +19,14 @@ async fn a_runner_flooded_with_followers_keeps_its_lease_and_finishes_its_runs()
     let mut s = stack_with(
         2,
         &[],
-        &["--node-lease", "2s", "--database-max-connections", "2"],
+        &[
+            "--node-lease",
+            "2s",
+            "--database-max-connections",
+            "2",
+            "--max-streams-per-caller",
+            "1000",
+        ],
     )
     .await?;
     let (pipeline, input) = s.ready().await?;
@@ -153,7 +160,9 @@ async fn commits(db: &tokio_postgres::Client) -> Result<i64> {
 /// still receives every event, the terminal one (here CANCELED) last.
 #[tokio::test]
 async fn a_thousand_watchers_of_a_run_cost_what_one_does_in_queries() -> Result<()> {
-    let mut s = pirus_tests::stack::stack(1).await?;
+    // (The admin's stream budget, 4 times the per-caller setting, above a thousand.)
+    let budget = ["--max-streams-per-caller", "1000"];
+    let mut s = stack_with(1, &budget, &budget).await?;
     // Long enough that both windows fall while it runs quietly; canceled at the end.
     let run = s.submit_sleeping(300).await?;
     s.wait_running(&run.id).await?;
@@ -202,7 +211,9 @@ async fn a_thousand_watchers_of_a_run_cost_what_one_does_in_queries() -> Result<
         watchers.push(watch(i));
     }
     // Each joins with one read of what it missed (all of them, here); then the window.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while joined.load(std::sync::atomic::Ordering::Relaxed) < 1000 {
+        anyhow::ensure!(Instant::now() < deadline, "not every subscriber joined");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(STATS_LAG).await;
@@ -232,7 +243,9 @@ async fn a_thousand_watchers_of_a_run_cost_what_one_does_in_queries() -> Result<
 /// follower still receives the whole log, once, ending when the run does.
 #[tokio::test]
 async fn a_thousand_log_followers_of_a_run_cost_what_one_does_in_queries() -> Result<()> {
-    let mut s = pirus_tests::stack::stack(1).await?;
+    // (The admin's stream budget, 4 times the per-caller setting, above a thousand.)
+    let budget = ["--max-streams-per-caller", "1000"];
+    let mut s = stack_with(1, &budget, &budget).await?;
     let run = s.submit_sleeping(55).await?;
     s.wait_running(&run.id).await?;
     let owner = s.db.client().await?;
@@ -275,7 +288,9 @@ async fn a_thousand_log_followers_of_a_run_cost_what_one_does_in_queries() -> Re
     for i in 1..1000 {
         followers.push(follow(i));
     }
+    let deadline = Instant::now() + Duration::from_secs(120);
     while joined.load(std::sync::atomic::Ordering::Relaxed) < 1000 {
+        anyhow::ensure!(Instant::now() < deadline, "not every subscriber joined");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(STATS_LAG).await;
@@ -301,5 +316,72 @@ async fn a_thousand_log_followers_of_a_run_cost_what_one_does_in_queries() -> Re
         logs.iter().all(|l| *l == logs[0]),
         "every follower got the same log"
     );
+    Ok(())
+}
+
+/// Each caller holds at most its budget of streams at once (here 4 for a user, so 16 for an
+/// admin): one more is RESOURCE_EXHAUSTED with a retry hint, another caller keeps a budget of
+/// its own, and a stream that ends gives its place back.
+#[tokio::test]
+async fn each_caller_holds_at_most_its_budget_of_streams() -> Result<()> {
+    let mut s = stack_with(1, &[], &["--max-streams-per-caller", "4"]).await?;
+    let run = s.submit_sleeping(120).await?;
+    s.wait_running(&run.id).await?;
+    let watch = |client: &mut RunnerServiceClient<pirus_tests::Channel>| {
+        let request = run::WatchRunRequest {
+            run_id: run.id.clone(),
+            after_seq: 0,
+        };
+        let mut client = client.clone();
+        async move { client.watch_run(request).await.map(|r| r.into_inner()) }
+    };
+    let mut admin = RunnerServiceClient::new(s.runner.channel().await?);
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(watch(&mut admin).await?);
+    }
+    let refused = watch(&mut admin).await.expect_err("a 17th stream");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("admin token holds 16 streams"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        refused
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok()),
+        Some("1000")
+    );
+    // Another admin token has a budget of its own.
+    let other =
+        pirus_tests::identity::mint(&s.db.url, "other", pirus_auth::Role::Admin, None, None)
+            .await?;
+    let mut second = RunnerServiceClient::new(s.runner.channel_as(&other).await?);
+    let theirs = watch(&mut second).await?;
+    // A stream that ends gives its place back.
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match watch(&mut admin).await {
+            Ok(stream) => {
+                held.push(stream);
+                break;
+            }
+            Err(e) if e.code() == tonic::Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => anyhow::bail!("the freed place was not given back: {e:?}"),
+        }
+    }
+    drop(theirs);
+    s.run
+        .cancel_run(run::CancelRunRequest { id: run.id.clone() })
+        .await?;
     Ok(())
 }

@@ -65,7 +65,8 @@ where
     let mut progress = Progress::new(&local.name(), local.size, start);
     let mut start = start;
     // A transfer cut off a moment ago may still hold the upload on the server (423) until the
-    // server notices: try again for a while, from the offset it then reports.
+    // server notices, and a refused or broken PATCH can end with the connection closed: try
+    // again for a while, from the offset the server then reports.
     let mut locked_tries = 0;
     while start < local.size {
         let sent = tokio::select! {
@@ -73,7 +74,7 @@ where
             _ = tokio::signal::ctrl_c() => None,
         };
         if let Some(Err(e)) = &sent
-            && e.downcast_ref::<tus::Locked>().is_some()
+            && (e.downcast_ref::<tus::Locked>().is_some() || e.downcast_ref::<tus::Cut>().is_some())
             && locked_tries < 60
         {
             locked_tries += 1;

@@ -42,6 +42,12 @@ const CHANGES: &[&str] = &[
     "/pirus.catalogue.v1.AccessService/RevokeToken",
 ];
 
+/// The long-lived calls, counted against each caller's stream budget.
+const STREAMS: &[&str] = &[
+    "/pirus.catalogue.v1.CatalogueService/WriteUpload",
+    "/pirus.catalogue.v1.CatalogueService/ReadFile",
+];
+
 /// Connects to and migrates the database, then serves until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -103,6 +109,11 @@ pub async fn run(
         verifier: pirus_auth::Verifier::new(db.clone(), config.common.auth.mode()),
         audit: pirus_auth::audit::Audit::new(db.clone(), "catalogue"),
         changes: CHANGES,
+        streams: STREAMS,
+        budget: pirus_auth::admission::StreamBudget::from_user(
+            config.common.max_streams_per_caller as usize,
+        ),
+        streams_per_connection: config.common.max_streams_per_connection,
     };
     let tokens = tokens::Tokens::new(
         pirus_auth::store::TokenStore::new(db.clone()),

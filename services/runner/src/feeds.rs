@@ -53,8 +53,11 @@ impl Feeds {
         }
     }
 
-    /// The live feed of run `id`, starting its reader if it has none.
-    fn subscribe(&self, id: Uuid) -> broadcast::Receiver<Batch> {
+    /// The live feed of run `id`, starting its reader if it has none. A new reader starts
+    /// from `after`, the subscriber's own position: whatever it has not read from the table
+    /// yet, the reader broadcasts (a reader starting from the run's latest seq could skip
+    /// events committed between the subscriber's read and its own).
+    fn subscribe(&self, id: Uuid, after: i64) -> broadcast::Receiver<Batch> {
         let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(feed) = feeds.get(&id) {
             return feed.subscribe();
@@ -64,7 +67,7 @@ impl Feeds {
         // Subscribed to the hints before the reader looks at the table: nothing committed
         // after its first read can pass unnoticed.
         let notices = self.inner.notices.subscribe();
-        tokio::spawn(read(self.inner.clone(), id, feed, notices));
+        tokio::spawn(read(self.inner.clone(), id, after, feed, notices));
         receiver
     }
 
@@ -77,7 +80,7 @@ impl Feeds {
         ended: bool,
         tx: mpsc::Sender<Result<RunEvent>>,
     ) {
-        let mut feed = (!ended).then(|| self.subscribe(id));
+        let mut feed = (!ended).then(|| self.subscribe(id, after));
         // Catch-up: what this subscriber missed, from the table.
         let mut catch_up = true;
         loop {
@@ -103,6 +106,12 @@ impl Feeds {
             tokio::select! {
                 () = tx.closed() => return,
                 batch = live.recv() => match batch {
+                    // Seqs have no gaps: a batch starting past the next one means events this
+                    // subscriber has not seen are in the table only.
+                    // (They are committed, so the table read covers this batch too.)
+                    Ok(batch) if batch.first().is_some_and(|e| e.seq > after + 1) => {
+                        catch_up = true;
+                    }
                     Ok(batch) => {
                         if send(&tx, &batch, &mut after).await != Sent::More {
                             return;
@@ -112,7 +121,7 @@ impl Feeds {
                     Err(broadcast::error::RecvError::Closed) => {
                         // The reader stopped (its run ended, or it had no subscriber for a
                         // moment): read the table, and follow a new feed.
-                        feed = Some(self.subscribe(id));
+                        feed = Some(self.subscribe(id, after));
                         catch_up = true;
                     }
                 },
@@ -148,18 +157,11 @@ async fn send(tx: &mpsc::Sender<Result<RunEvent>>, events: &[RunEvent], after: &
 async fn read(
     inner: Arc<Inner>,
     id: Uuid,
+    mut after: i64,
     feed: broadcast::Sender<Batch>,
     mut notices: broadcast::Receiver<Notice>,
 ) {
     let payload = id.to_string();
-    let mut after = match inner.runs.last_seq(id).await {
-        Ok(Some(seq)) => seq,
-        // No such run (deleted), or no answer: subscribers read the table themselves.
-        _ => {
-            forget(&inner, id, &feed);
-            return;
-        }
-    };
     loop {
         if !hint(&mut notices, &payload).await || feed.receiver_count() == 0 {
             break;

@@ -45,6 +45,12 @@ const CHANGES: &[&str] = &[
     "/pirus.runner.v1.RunnerService/UndrainNode",
 ];
 
+/// The long-lived calls, counted against each caller's stream budget.
+const STREAMS: &[&str] = &[
+    "/pirus.runner.v1.RunnerService/WatchRun",
+    "/pirus.runner.v1.RunnerService/StreamRunLogs",
+];
+
 /// Connects to and migrates the database, registers the node, then serves and runs until
 /// `shutdown` is cancelled. LXD being unreachable does not stop the runner from serving: it is
 /// reported with the node, and no run is claimed until LXD answers.
@@ -265,6 +271,11 @@ async fn serve(
             verifier: pirus_auth::Verifier::new(db.clone(), config.common.auth.mode()),
             audit: pirus_auth::audit::Audit::new(db.clone(), "runner"),
             changes: CHANGES,
+            streams: STREAMS,
+            budget: pirus_auth::admission::StreamBudget::from_user(
+                config.common.max_streams_per_caller as usize,
+            ),
+            streams_per_connection: config.common.max_streams_per_connection,
         },
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;

@@ -15,7 +15,11 @@ use std::{
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::{AuthError, Caller, Verifier, audit::Audit};
+use crate::{
+    AuthError, Caller, Verifier,
+    admission::{Admission, Permit},
+    audit::Audit,
+};
 
 /// Paths answered without a token.
 fn open(path: &str) -> bool {
@@ -36,6 +40,9 @@ pub struct AuthLayer {
     audit: Audit,
     /// The methods that change something (`/package.Service/Method`), to audit.
     changes: &'static [&'static str],
+    /// The long-lived methods (streams) each caller holds at most a budget of at once.
+    streams: &'static [&'static str],
+    admission: Admission,
 }
 
 impl AuthLayer {
@@ -44,7 +51,64 @@ impl AuthLayer {
             verifier,
             audit,
             changes,
+            streams: &[],
+            admission: Admission::default(),
         }
+    }
+
+    /// Counts the calls of `streams` against each caller's budget.
+    pub fn with_admission(
+        mut self,
+        streams: &'static [&'static str],
+        admission: Admission,
+    ) -> Self {
+        self.streams = streams;
+        self.admission = admission;
+        self
+    }
+}
+
+/// A response body that holds its call's [`Permit`] (if it took one) until the body ends.
+pub struct Admitted<B> {
+    inner: B,
+    _permit: Option<Permit>,
+}
+
+impl<B> Admitted<B> {
+    fn new(inner: B, permit: Option<Permit>) -> Self {
+        Self {
+            inner,
+            _permit: permit,
+        }
+    }
+}
+
+impl<B: Default> Default for Admitted<B> {
+    fn default() -> Self {
+        Self::new(B::default(), None)
+    }
+}
+
+impl<B> http_body::Body for Admitted<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -100,7 +164,7 @@ where
     B: Send + 'static,
     RB: Default + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response<Admitted<RB>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -111,10 +175,12 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let path = request.uri().path();
         if open(path) {
-            return Box::pin(self.inner.call(request));
+            let call = self.inner.call(request);
+            return Box::pin(async move { Ok(call.await?.map(|body| Admitted::new(body, None))) });
         }
         // The method's name when it changes something (to audit); nothing is copied per call.
         let audited = self.layer.changes.iter().copied().find(|c| *c == path);
+        let stream = self.layer.streams.contains(&path);
         // The service that was polled ready is the one that serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -133,8 +199,24 @@ where
                             .audit
                             .record(None, method, "", &outcome, &peer_text(peer));
                     }
-                    return Ok(status.into_http());
+                    return Ok(status.into_http().map(|body| Admitted::new(body, None)));
                 }
+            };
+            let permit = if stream {
+                match layer.admission.admit(&caller, peer) {
+                    Ok(permit) => Some(permit),
+                    Err(e) => {
+                        let mut status = tonic::Status::resource_exhausted(e.to_string());
+                        // A hint for retry policies (gRPC's retry pushback), in milliseconds.
+                        status.metadata_mut().insert(
+                            "grpc-retry-pushback-ms",
+                            tonic::metadata::MetadataValue::from_static("1000"),
+                        );
+                        return Ok(status.into_http().map(|body| Admitted::new(body, None)));
+                    }
+                }
+            } else {
+                None
             };
             let accessor = caller.accessor;
             request.extensions_mut().insert(caller);
@@ -154,7 +236,7 @@ where
                     &peer_text(peer),
                 );
             }
-            Ok(response)
+            Ok(response.map(|body| Admitted::new(body, permit)))
         })
     }
 }

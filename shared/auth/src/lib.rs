@@ -8,6 +8,7 @@
 //! Depends on (within Pirus): pirus-db. Never on: pirus-proto, pirus-server, pirus-lxd,
 //! pirus-catalogue, pirus-runner.
 
+pub mod admission;
 pub mod audit;
 pub mod client;
 pub mod layer;

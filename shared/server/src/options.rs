@@ -40,6 +40,18 @@ pub struct CommonOptions {
     #[arg(long, env = "PIRUS_DATABASE_MAX_CONNECTIONS", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub database_max_connections: u32,
+
+    /// Streams (watches, log follows, downloads, uploads) a user token may hold at once;
+    /// operators and admins 4 times it, runner tokens 16 times. One more is answered
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PIRUS_MAX_STREAMS_PER_CALLER", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_caller: u32,
+
+    /// Concurrent calls one gRPC connection may carry (HTTP/2 max concurrent streams).
+    #[arg(long, env = "PIRUS_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_connection: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

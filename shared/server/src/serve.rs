@@ -103,6 +103,11 @@ pub struct AuthSetup {
     pub verifier: pirus_auth::Verifier,
     pub audit: pirus_auth::audit::Audit,
     pub changes: &'static [&'static str],
+    /// The long-lived methods each caller holds at most `budget` of at once.
+    pub streams: &'static [&'static str],
+    pub budget: pirus_auth::admission::StreamBudget,
+    /// HTTP/2 streams one connection may carry at once.
+    pub streams_per_connection: u32,
 }
 
 /// What a service hands to [`serve`]: its gRPC routes and any HTTP routes of its own.
@@ -161,12 +166,19 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .max_concurrent_streams(Some(options.auth.streams_per_connection))
         .layer(GrpcMetricsLayer::new(metrics.clone()))
-        .layer(pirus_auth::layer::AuthLayer::new(
-            options.auth.verifier.clone(),
-            options.auth.audit.clone(),
-            options.auth.changes,
-        ))
+        .layer(
+            pirus_auth::layer::AuthLayer::new(
+                options.auth.verifier.clone(),
+                options.auth.audit.clone(),
+                options.auth.changes,
+            )
+            .with_admission(
+                options.auth.streams,
+                pirus_auth::admission::Admission::new(options.auth.budget),
+            ),
+        )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             grpc_panic_response,
         ));

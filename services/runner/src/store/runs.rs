@@ -309,21 +309,6 @@ impl RunStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    /// The seq of a run's latest event (0 before any); `None` when there is no such run.
-    pub async fn last_seq(&self, run: Uuid) -> Result<Option<i64>> {
-        let row = self
-            .db
-            .query_one_raw(stmt(
-                "SELECT last_seq FROM runs WHERE id = $1",
-                [run.into()],
-            ))
-            .await?;
-        Ok(match row {
-            Some(row) => Some(row.try_get::<i64>("", "last_seq")?),
-            None => None,
-        })
-    }
-
     pub async fn events_after(&self, run: Uuid, after_seq: i64) -> Result<Vec<RunEvent>> {
         let rows = EventRow::find_by_statement(stmt(
             "SELECT run_id, seq, attempt, status, progress_value, progress_label, message, at
