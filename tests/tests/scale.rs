@@ -155,6 +155,37 @@ async fn commits(db: &tokio_postgres::Client) -> Result<i64> {
         .get(0))
 }
 
+/// Database commits in a window of 8 s with one subscriber, then with a thousand: `start(i)`
+/// starts subscriber `i`, which counts itself in `joined` once it has received its first
+/// message. Answers both counts and the thousand subscribers.
+async fn one_then_a_thousand<T>(
+    owner: &tokio_postgres::Client,
+    joined: &std::sync::atomic::AtomicUsize,
+    mut start: impl FnMut(usize) -> tokio::task::JoinHandle<T>,
+) -> Result<(i64, i64, Vec<tokio::task::JoinHandle<T>>)> {
+    let window = Duration::from_secs(8);
+    let mut subscribers = vec![start(0)];
+    // Every window starts once the statistics of what came before it have arrived.
+    tokio::time::sleep(STATS_LAG).await;
+    let before = commits(owner).await?;
+    tokio::time::sleep(window).await;
+    let one = commits(owner).await? - before;
+
+    subscribers.extend((1..1000).map(&mut start));
+    // Each joins with one read of what it missed; then the window.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while joined.load(std::sync::atomic::Ordering::Relaxed) < 1000 {
+        anyhow::ensure!(Instant::now() < deadline, "not every subscriber joined");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(STATS_LAG).await;
+    let before = commits(owner).await?;
+    tokio::time::sleep(window).await;
+    let thousand = commits(owner).await? - before;
+    eprintln!("queries in {window:?}: one subscriber {one}, a thousand {thousand}");
+    Ok((one, thousand, subscribers))
+}
+
 /// A thousand WatchRun subscribers of one run cost the database about what one costs: one
 /// shared reader per run and process, instead of a re-read per subscriber. Every one of them
 /// still receives every event, the terminal one (here CANCELED) last.
@@ -198,29 +229,7 @@ async fn a_thousand_watchers_of_a_run_cost_what_one_does_in_queries() -> Result<
             anyhow::Ok((seqs, last))
         })
     };
-    let window = Duration::from_secs(8);
-
-    let mut watchers = vec![watch(0)];
-    // Every window starts once the statistics of what came before it have arrived.
-    tokio::time::sleep(STATS_LAG).await;
-    let before = commits(&owner).await?;
-    tokio::time::sleep(window).await;
-    let one = commits(&owner).await? - before;
-
-    for i in 1..1000 {
-        watchers.push(watch(i));
-    }
-    // Each joins with one read of what it missed (all of them, here); then the window.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while joined.load(std::sync::atomic::Ordering::Relaxed) < 1000 {
-        anyhow::ensure!(Instant::now() < deadline, "not every subscriber joined");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(STATS_LAG).await;
-    let before = commits(&owner).await?;
-    tokio::time::sleep(window).await;
-    let thousand = commits(&owner).await? - before;
-    eprintln!("queries in {window:?}: one watcher {one}, a thousand {thousand}");
+    let (one, thousand, watchers) = one_then_a_thousand(&owner, &joined, watch).await?;
     assert!(
         thousand <= one * 2 + 20,
         "a thousand watchers cost {thousand} queries where one cost {one}"
@@ -278,26 +287,7 @@ async fn a_thousand_log_followers_of_a_run_cost_what_one_does_in_queries() -> Re
             anyhow::Ok(log)
         })
     };
-    let window = Duration::from_secs(8);
-    let mut followers = vec![follow(0)];
-    tokio::time::sleep(STATS_LAG).await;
-    let before = commits(&owner).await?;
-    tokio::time::sleep(window).await;
-    let one = commits(&owner).await? - before;
-
-    for i in 1..1000 {
-        followers.push(follow(i));
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while joined.load(std::sync::atomic::Ordering::Relaxed) < 1000 {
-        anyhow::ensure!(Instant::now() < deadline, "not every subscriber joined");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(STATS_LAG).await;
-    let before = commits(&owner).await?;
-    tokio::time::sleep(window).await;
-    let thousand = commits(&owner).await? - before;
-    eprintln!("queries in {window:?}: one follower {one}, a thousand {thousand}");
+    let (one, thousand, followers) = one_then_a_thousand(&owner, &joined, follow).await?;
     assert!(
         thousand <= one * 2 + 20,
         "a thousand followers cost {thousand} queries where one cost {one}"
