@@ -130,6 +130,15 @@ impl Runs {
         loop {
             let run = self.stores.runs.get(id).await?;
             if run.status.is_terminal() {
+                // A follower that has every byte of the log still in this node's workspace is
+                // done without asking the catalogue (a thousand followers of a run that just
+                // ended would otherwise all read its copy at once).
+                let live = self.executor.live_log(&run, stream.file(), offset, 1);
+                if run.node.as_deref() == Some(self.node.as_str())
+                    && live.await.is_ok_and(|rest| rest.is_empty())
+                {
+                    return Ok(());
+                }
                 let log = self.stores.runs.file(id, RunFileKind::Log, stream.file());
                 if let Some(file) = log.await? {
                     // As the caller: the catalogue checks the log is theirs to read.

@@ -126,21 +126,45 @@ impl Catalogue {
         caller: &Credential,
         tx: &tokio::sync::mpsc::Sender<Result<LogChunk>>,
     ) -> Result<()> {
+        // A broken connection (a burst of readers at a run's end, a restarting catalogue) is
+        // tried again a few times, from the offset reached.
+        let mut offset = offset;
+        let mut tries = 0;
+        loop {
+            match self.read_once(file, &mut offset, caller, tx).await {
+                Err(status)
+                    if tries < 3
+                        && matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::Unknown
+                        ) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << tries)).await;
+                }
+                Err(status) => return Err(unavailable(status)),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    async fn read_once(
+        &self,
+        file: Uuid,
+        offset: &mut u64,
+        caller: &Credential,
+        tx: &tokio::sync::mpsc::Sender<Result<LogChunk>>,
+    ) -> std::result::Result<(), tonic::Status> {
         let own = self.credential.get();
         let request = caller.or(&own).request(pb::ReadFileRequest {
             file_id: file.to_string(),
-            offset: offset as i64,
+            offset: *offset as i64,
             limit: 0,
         });
-        let mut stream = self
-            .client
-            .clone()
-            .read_file(request)
-            .await
-            .map_err(unavailable)?
-            .into_inner();
+        let mut stream = self.client.clone().read_file(request).await?.into_inner();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(unavailable)?;
+            let chunk = chunk?;
+            *offset = chunk.offset as u64 + chunk.data.len() as u64;
             let message = LogChunk {
                 offset: chunk.offset as u64,
                 data: chunk.data,
