@@ -103,13 +103,13 @@ impl Runs {
         offset: u64,
         follow: bool,
     ) -> Result<mpsc::Receiver<Result<LogChunk>>> {
-        access::live_readable(caller, self.stores.runs.get(id)).await?;
+        let run = access::live_readable(caller, self.stores.runs.get(id)).await?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         let credential = caller.credential.clone();
         tokio::spawn(async move {
             let streamed = this
-                .stream_log(id, stream, offset, follow, &credential, &tx)
+                .stream_log(run, stream, offset, follow, &credential, &tx)
                 .await;
             if let Err(e) = streamed {
                 let _ = tx.send(Err(e)).await;
@@ -118,25 +118,36 @@ impl Runs {
         Ok(rx)
     }
 
+    /// Streams one log of `run` (as read when the call was authorized; read again each time
+    /// the run may have moved on).
     async fn stream_log(
         &self,
-        id: Uuid,
+        run: Run,
         stream: LogStream,
         mut offset: u64,
         follow: bool,
         credential: &pirus_auth::Credential,
         tx: &mpsc::Sender<Result<LogChunk>>,
     ) -> Result<()> {
+        let id = run.id;
+        let mut known = Some(run);
         loop {
-            let run = self.stores.runs.get(id).await?;
+            let run = match known.take() {
+                Some(run) => run,
+                None => self.stores.runs.get(id).await?,
+            };
             if run.status.is_terminal() {
-                // A follower that has every byte of the log still in this node's workspace is
-                // done without asking the catalogue (a thousand followers of a run that just
-                // ended would otherwise all read its copy at once).
-                let live = self.executor.live_log(&run, stream.file(), offset, 1);
+                // While the run's workspace is still on this node, the rest of the log comes
+                // from it rather than from the catalogue's copy of the same file (a thousand
+                // followers of a run that just ended would otherwise all read that at once).
                 if run.node.as_deref() == Some(self.node.as_str())
-                    && live.await.is_ok_and(|rest| rest.is_empty())
+                    && self
+                        .executor
+                        .live_log_size(&run, stream.file())
+                        .await
+                        .is_ok()
                 {
+                    self.send_from_file(&run, stream, &mut offset, tx).await?;
                     return Ok(());
                 }
                 let log = self.stores.runs.file(id, RunFileKind::Log, stream.file());

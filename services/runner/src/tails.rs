@@ -76,31 +76,34 @@ impl Tails {
 }
 
 async fn run_tail(inner: Arc<Inner>, id: Uuid, stream: LogStream, tail: broadcast::Sender<Tailed>) {
+    // Followers read the history themselves: the tail starts where the log ends now.
     let mut position = None;
     let mut polls = 0;
     let mut run = inner.runs.get(id).await.ok();
     while let Some(current) = run.as_ref() {
-        if current.status.is_terminal() || current.node.as_deref() != Some(inner.node.as_str()) {
-            break;
-        }
-        // The first read only finds where the log ends: followers read history themselves.
-        let from = position.unwrap_or(0);
-        if let Ok(data) = inner
-            .executor
-            .live_log(current, stream.file(), from, READ)
-            .await
-        {
-            match position {
-                None => position = Some(data.len() as u64),
-                Some(at) if !data.is_empty() => {
+        let here = current.node.as_deref() == Some(inner.node.as_str());
+        match position {
+            None if here && !current.status.is_terminal() => {
+                let size = inner.executor.live_log_size(current, stream.file()).await;
+                position = size.ok().map(|size| size.unwrap_or(0));
+            }
+            None => break,
+            // Read once more after the run ended: what it wrote last goes out too.
+            Some(at) => {
+                let read = inner.executor.live_log(current, stream.file(), at, READ);
+                if let Ok(data) = read.await
+                    && !data.is_empty()
+                {
                     position = Some(at + data.len() as u64);
                     let _ = tail.send(Tailed::Piece {
                         offset: at,
                         data: data.into(),
                     });
                 }
-                Some(_) => {}
             }
+        }
+        if current.status.is_terminal() || !here {
+            break;
         }
         tokio::time::sleep(POLL).await;
         if tail.receiver_count() == 0 {

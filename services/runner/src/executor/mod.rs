@@ -293,6 +293,14 @@ impl Executor {
         .await
     }
 
+    /// The size of a run's log in its workspace while this node holds it (`None`: no log
+    /// yet), through the same link-refusing path as its bytes.
+    pub async fn live_log_size(&self, run: &Run, file: &str) -> Result<Option<u64>> {
+        let workspace = self.open_workspace(&self.attempt(run)).await?;
+        let file = file.to_owned();
+        workspace::blocking(move || Ok(workspace.open_log(&file)?.map(|log| log.size))).await
+    }
+
     /// Records a change of the run. A status change is retried with back-off while the
     /// database is unreachable (for up to 10 minutes): a run must not be stranded by an
     /// outage. Progress is not retried; the next value supersedes it.
