@@ -720,3 +720,28 @@ async fn settings_come_from_flags_then_environment_then_the_file() -> Result<()>
     assert!(one_line(&bad).contains("config.toml is not a valid configuration"));
     Ok(())
 }
+
+/// A catalogue reached over TLS that answers a plaintext upload URL (a misconfigured
+/// `--public-url`) never gets the token sent in clear: the upload is refused, in one line.
+#[tokio::test]
+async fn a_plaintext_upload_url_is_refused_when_the_catalogue_speaks_tls() -> Result<()> {
+    let certs = pirus_tests::tls::Certs::make(&["catalogue"])?;
+    let db = TestDb::create().await?;
+    let catalogue = Launch::new(Kind::Catalogue, &db.url)
+        .tls(&certs, "catalogue", None)
+        .args(["--public-url", "http://127.0.0.1:9"])
+        .start()
+        .await?;
+    let mut cli = Cli::new(
+        &catalogue.grpc_url(),
+        "http://127.0.0.1:1",
+        db.admin_token.as_deref().unwrap_or_default(),
+    )?;
+    cli.set("PIRUS_TLS_CA", text(&certs.ca()));
+    let dir = tempdir()?;
+    let file = write(&dir, "secret.txt", b"x\n")?;
+    let refused = cli.run(&["file", "upload", text(&file)]).await?;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(one_line(&refused).contains("not https"), "{refused:?}");
+    Ok(())
+}

@@ -42,8 +42,19 @@ where
     let remembered = Remembered::new(&settings.cache_dir);
     let tls = || connect::rustls_config(settings);
     let token = settings.token.as_deref();
+    // The upload URL is the catalogue's to say: it must not take the token out of TLS.
+    let plaintext_refused = |url: &str| {
+        if settings.catalogue.starts_with("https://") && !url.starts_with("https://") {
+            bail!(
+                "the catalogue answered the upload URL {url}, which is not https: the token \
+                 would cross the network in clear (set the catalogue's --public-url to https)"
+            );
+        }
+        Ok(())
+    };
     let mut resumed = None;
     if let Some(entry) = remembered.get(&local.key) {
+        plaintext_refused(&entry.url)?;
         let mut tus = Tus::connect(&entry.url, tls, token).await?;
         match tus.head(&entry.url).await? {
             // The same upload, unless the server says another length (then start again).
@@ -57,6 +68,7 @@ where
         Some(resumed) => resumed,
         None => {
             let entry = create().await?;
+            plaintext_refused(&entry.url)?;
             remembered.put(&local.key, entry.clone())?;
             let tus = Tus::connect(&entry.url, tls, token).await?;
             (entry, 0, tus)
