@@ -55,6 +55,36 @@ pub fn print_json_list<M: prost::Message>(items: &[M], full_name: &str) -> Resul
     Ok(())
 }
 
+/// A list for people (`table`) or, with `--json`, as one JSON array.
+pub fn emit_list<M: prost::Message>(
+    json: bool,
+    items: &[M],
+    full_name: &str,
+    table: impl FnOnce(&[M]),
+) -> Result<()> {
+    if json {
+        print_json_list(items, full_name)
+    } else {
+        table(items);
+        Ok(())
+    }
+}
+
+/// One message for people (`table` of it alone) or, with `--json`, as its JSON.
+pub fn emit<M: prost::Message>(
+    json: bool,
+    item: &M,
+    full_name: &str,
+    table: impl FnOnce(&[M]),
+) -> Result<()> {
+    if json {
+        print_json(&to_json(item, full_name)?);
+    } else {
+        table(std::slice::from_ref(item));
+    }
+    Ok(())
+}
+
 /// Sizes as people read them: `512 B`, `1.5 KiB`, `3.2 GiB`.
 pub fn size(bytes: i64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -14,7 +14,7 @@ use super::{Catalogue, all_pages, upload};
 use crate::{
     config::Settings,
     connect, download,
-    output::{Table, ago, print_json, print_json_list, short, size, to_json},
+    output::{Table, ago, emit, emit_list, print_json, short, size, to_json},
     remember::{Entry, Local},
 };
 
@@ -135,11 +135,7 @@ impl File {
                     let id = upload_one(settings, &catalogue, path, checksum).await?;
                     files.push(get(&mut catalogue, &id).await?);
                 }
-                if settings.json {
-                    print_json_list(&files, NAME)?;
-                } else {
-                    table(&files);
-                }
+                emit_list(settings.json, &files, NAME, table)?;
             }
             File::List { run } => {
                 let files = all_pages(|page_token| {
@@ -160,19 +156,11 @@ impl File {
                     }
                 })
                 .await?;
-                if settings.json {
-                    print_json_list(&files, NAME)?;
-                } else {
-                    table(&files);
-                }
+                emit_list(settings.json, &files, NAME, table)?;
             }
             File::Show { id } => {
                 let f = get(&mut catalogue, &id).await?;
-                if settings.json {
-                    print_json(&to_json(&f, NAME)?);
-                } else {
-                    table(&[f]);
-                }
+                emit(settings.json, &f, NAME, table)?;
             }
             File::Download { id, output } => {
                 let f = get(&mut catalogue, &id).await?;
@@ -188,11 +176,7 @@ impl File {
                     .await
                     .with_context(|| format!("deleting file {id}"))?
                     .into_inner();
-                if settings.json {
-                    print_json(&to_json(&f, NAME)?);
-                } else {
-                    table(&[f]);
-                }
+                emit(settings.json, &f, NAME, table)?;
             }
         }
         Ok(())

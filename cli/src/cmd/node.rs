@@ -9,7 +9,7 @@ use pirus_proto::runner::v1::{
 use crate::{
     config::Settings,
     connect,
-    output::{Table, ago, print_json, print_json_list, short, to_json},
+    output::{Table, ago, emit, emit_list, short},
 };
 
 #[derive(Subcommand)]
@@ -65,11 +65,7 @@ impl Node {
                     .context("listing nodes")?
                     .into_inner()
                     .nodes;
-                if settings.json {
-                    print_json_list(&nodes, NAME)?;
-                } else {
-                    table(&nodes);
-                }
+                emit_list(settings.json, &nodes, NAME, table)?;
                 return Ok(());
             }
             Node::Drain { name } => runner
@@ -82,11 +78,7 @@ impl Node {
                 .with_context(|| format!("undraining node {name}"))?,
         }
         .into_inner();
-        if settings.json {
-            print_json(&to_json(&node, NAME)?);
-        } else {
-            table(&[node]);
-        }
+        emit(settings.json, &node, NAME, table)?;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use super::{Catalogue, all_pages, find_pipeline, upload};
 use crate::{
     config::Settings,
     connect,
-    output::{Table, ago, print_json, print_json_list, short, size, to_json},
+    output::{Table, ago, emit, emit_list, short, size},
     remember::{Entry, Local},
 };
 
@@ -75,15 +75,12 @@ fn table(pipelines: &[Proto]) {
 }
 
 fn show(settings: &Settings, p: &Proto) -> Result<()> {
-    if settings.json {
-        print_json(&to_json(p, NAME)?);
-    } else {
-        table(std::slice::from_ref(p));
+    emit(settings.json, p, NAME, |pipelines| {
+        table(pipelines);
         if !p.error_message.is_empty() {
             eprintln!("install failed:\n{}", p.error_message);
         }
-    }
-    Ok(())
+    })
 }
 
 /// Polls a pipeline until its install ends.
@@ -152,11 +149,7 @@ impl Pipeline {
                     }
                 })
                 .await?;
-                if settings.json {
-                    print_json_list(&pipelines, NAME)?;
-                } else {
-                    table(&pipelines);
-                }
+                emit_list(settings.json, &pipelines, NAME, table)?;
             }
             Pipeline::Show { pipeline } => {
                 let p = find_pipeline(&mut catalogue, &pipeline).await?;

@@ -16,7 +16,7 @@ use crate::{
     config::Settings,
     connect, download,
     failure::NotQueued,
-    output::{Table, ago, print_json, print_json_list, short, to_json},
+    output::{Table, ago, emit, emit_list, print_json, short, to_json},
 };
 
 const NAME: &str = "pirus.runner.v1.Run";
@@ -138,15 +138,23 @@ pub fn table(runs: &[Proto]) {
 }
 
 fn show(settings: &Settings, run: &Proto) -> Result<()> {
-    if settings.json {
-        print_json(&to_json(run, NAME)?);
-    } else {
-        table(std::slice::from_ref(run));
+    emit(settings.json, run, NAME, |runs| {
+        table(runs);
         if !run.error_message.is_empty() {
             eprintln!("{}", run.error_message);
         }
-    }
-    Ok(())
+    })
+}
+
+/// Shows the run a control call answered, or says what failed.
+fn controlled(
+    settings: &Settings,
+    doing: &str,
+    id: &str,
+    answer: std::result::Result<tonic::Response<Proto>, tonic::Status>,
+) -> Result<()> {
+    let run = answer.with_context(|| format!("{doing} run {id}"))?;
+    show(settings, &run.into_inner())
 }
 
 fn status_filter(text: &str) -> Result<i32> {
@@ -194,11 +202,7 @@ impl Run {
                     }
                 })
                 .await?;
-                if settings.json {
-                    print_json_list(&runs, NAME)?;
-                } else {
-                    table(&runs);
-                }
+                emit_list(settings.json, &runs, NAME, table)?;
             }
             Run::Show { id } => {
                 let run = runner
@@ -215,36 +219,20 @@ impl Run {
                 follow::logs(settings, runner, &id, stream, follow).await?;
             }
             Run::Pause { id } => {
-                let run = runner.pause_run(PauseRunRequest { id: id.clone() }).await;
-                show(
-                    settings,
-                    &run.with_context(|| format!("pausing run {id}"))?
-                        .into_inner(),
-                )?;
+                let answer = runner.pause_run(PauseRunRequest { id: id.clone() }).await;
+                controlled(settings, "pausing", &id, answer)?;
             }
             Run::Resume { id } => {
-                let run = runner.resume_run(ResumeRunRequest { id: id.clone() }).await;
-                show(
-                    settings,
-                    &run.with_context(|| format!("resuming run {id}"))?
-                        .into_inner(),
-                )?;
+                let answer = runner.resume_run(ResumeRunRequest { id: id.clone() }).await;
+                controlled(settings, "resuming", &id, answer)?;
             }
             Run::Cancel { id } => {
-                let run = runner.cancel_run(CancelRunRequest { id: id.clone() }).await;
-                show(
-                    settings,
-                    &run.with_context(|| format!("canceling run {id}"))?
-                        .into_inner(),
-                )?;
+                let answer = runner.cancel_run(CancelRunRequest { id: id.clone() }).await;
+                controlled(settings, "canceling", &id, answer)?;
             }
             Run::Rm { id } => {
-                let run = runner.delete_run(DeleteRunRequest { id: id.clone() }).await;
-                show(
-                    settings,
-                    &run.with_context(|| format!("deleting run {id}"))?
-                        .into_inner(),
-                )?;
+                let answer = runner.delete_run(DeleteRunRequest { id: id.clone() }).await;
+                controlled(settings, "deleting", &id, answer)?;
             }
             Run::Outputs { id, download } => {
                 let run = runner
@@ -274,11 +262,12 @@ async fn outputs(settings: &Settings, run: &Proto, into: Option<&Path>) -> Resul
             download::download(&mut catalogue, f, &target).await?;
         }
     }
-    if settings.json {
-        print_json_list(&files, "pirus.catalogue.v1.File")?;
-    } else {
-        file::table(&files);
-    }
+    emit_list(
+        settings.json,
+        &files,
+        "pirus.catalogue.v1.File",
+        file::table,
+    )?;
     Ok(())
 }
 

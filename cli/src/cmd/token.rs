@@ -9,7 +9,7 @@ use pirus_proto::catalogue::v1::{
 use crate::{
     config::Settings,
     connect,
-    output::{Table, ago, print_json, print_json_list, short, to_json},
+    output::{Table, ago, emit, emit_list, print_json, short, to_json},
 };
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -134,11 +134,7 @@ impl Token {
                     .context("listing tokens")?
                     .into_inner()
                     .tokens;
-                if settings.json {
-                    print_json_list(&tokens, NAME)?;
-                } else {
-                    table(&tokens);
-                }
+                emit_list(settings.json, &tokens, NAME, table)?;
             }
             Token::Revoke { accessor_id } => {
                 let token = access
@@ -148,11 +144,7 @@ impl Token {
                     .await
                     .with_context(|| format!("revoking token {accessor_id}"))?
                     .into_inner();
-                if settings.json {
-                    print_json(&to_json(&token, NAME)?);
-                } else {
-                    table(&[token]);
-                }
+                emit(settings.json, &token, NAME, table)?;
             }
             Token::Whoami => {
                 let token = access
@@ -160,11 +152,7 @@ impl Token {
                     .await
                     .context("asking who this token is")?
                     .into_inner();
-                if settings.json {
-                    print_json(&to_json(&token, NAME)?);
-                } else {
-                    table(&[token]);
-                }
+                emit(settings.json, &token, NAME, table)?;
             }
         }
         Ok(())
