@@ -69,7 +69,7 @@ if [ "$mode" = --stop ]; then stop_services; exit 0; fi
 
 install_packages() {
   local missing=()
-  for p in postgresql lxd busybox-static btrfs-progs curl ca-certificates xz-utils python3-pip; do
+  for p in postgresql lxd busybox-static btrfs-progs curl ca-certificates xz-utils python3-pip python3-venv; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, as the README gives it: makes sure PostgreSQL and LXD run (deploy/setup.sh
-# --deps-only), installs the stock test clients (grpcurl, tuspy) and buf, builds the binaries
+# --deps-only), installs the stock test clients (grpcurl, tuspy, py-tes, the TES compliance
+# suite) and buf, builds the binaries
 # and runs every test against them. Extra arguments go to the test binaries (a name filter, --nocapture...).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,9 @@ if ! python3 -c 'import tusclient' 2>/dev/null; then
 fi
 # buf, for the contract tests (tests/tests/contract.rs).
 proto/check.sh --install
+# The stock TES clients and the GA4GH TES compliance suite (tests/tests/tes.rs), each in a
+# virtual environment of its own.
+tests/tes-clients.sh
 hash -r
 
 # Tests make their own databases with the service account (it may CREATE DATABASE), over

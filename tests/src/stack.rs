@@ -217,6 +217,23 @@ impl Stack {
         manifest_extra: &str,
     ) -> Result<String> {
         let package = package(name, script, form, manifest_extra)?;
+        self.install_package(name, package).await
+    }
+
+    /// Installs a busybox pipeline `name` of `version` (a TES executor's image), whose own
+    /// command does nothing.
+    pub async fn install_version(&mut self, name: &str, version: &str) -> Result<String> {
+        let package = package_version(
+            name,
+            version,
+            "#!/bin/sh\ntrue\n",
+            r#"{"type": "object"}"#,
+            "",
+        )?;
+        self.install_package(name, package).await
+    }
+
+    async fn install_package(&mut self, name: &str, package: Vec<u8>) -> Result<String> {
         let file = self.upload(&format!("{name}.tar.gz"), &package).await?;
         let p = self
             .cat
@@ -431,13 +448,24 @@ pub fn statuses(events: &[run::RunEvent]) -> Vec<run::RunStatus> {
 /// A busybox pipeline package (tar.gz) named `name`, version 1.0.0, whose command is
 /// `script`, with `form` and extra manifest fields (`"resources": {...}`, or empty).
 pub fn package(name: &str, script: &str, form: &str, manifest_extra: &str) -> Result<Vec<u8>> {
+    package_version(name, "1.0.0", script, form, manifest_extra)
+}
+
+/// [`package`] of another version.
+pub fn package_version(
+    name: &str,
+    version: &str,
+    script: &str,
+    form: &str,
+    manifest_extra: &str,
+) -> Result<Vec<u8>> {
     let extra = if manifest_extra.is_empty() {
         String::new()
     } else {
         format!(", {manifest_extra}")
     };
     let manifest = format!(
-        r#"{{"pirus_api": "2", "name": "{name}", "version": "1.0.0", "image": "image.tar.gz",
+        r#"{{"pirus_api": "2", "name": "{name}", "version": "{version}", "image": "image.tar.gz",
         "run": "/pipeline/run.sh", "form": "form.json"{extra}}}"#
     );
     let entries = packages::image_entries(

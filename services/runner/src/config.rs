@@ -27,7 +27,8 @@ pub struct Config {
     #[arg(long, env = "PIRUS_GRPC_ADDR", default_value = "127.0.0.1:50052")]
     pub grpc_addr: SocketAddr,
 
-    /// HTTP listen address: /metrics, /livez, /readyz.
+    /// HTTP listen address: /metrics, /livez, /readyz, and GA4GH TES under /ga4gh/tes/v1 and
+    /// /v1.
     #[arg(long, env = "PIRUS_HTTP_ADDR", default_value = "127.0.0.1:8081")]
     pub http_addr: SocketAddr,
 
@@ -90,8 +91,21 @@ pub struct Config {
           action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub lxd_isolated_idmap: bool,
 
+    /// Host folders a TES task may read `file://` inputs from and write `file://` outputs
+    /// beneath (comma-separated absolute paths); none by default, so `file://` is refused.
+    #[arg(long, env = "PIRUS_TES_FILE_ROOTS", value_delimiter = ',', value_parser = parse_root)]
+    pub tes_file_roots: Vec<PathBuf>,
+
     #[command(flatten)]
     pub run_limits: RunLimitOptions,
+}
+
+fn parse_root(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s.trim());
+    if !path.is_absolute() {
+        return Err(format!("'{s}' is not an absolute path"));
+    }
+    Ok(path)
 }
 
 /// The largest run this node accepts, and what a run gets when neither its request nor its

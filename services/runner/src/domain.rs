@@ -87,6 +87,9 @@ pub struct Run {
     pub ended_at: Option<DateTime<Utc>>,
     /// The accessor that submitted it; its outputs and logs are that accessor's files.
     pub owner: Option<Uuid>,
+    /// A GA4GH TES task's own fields (executors, inputs, outputs, tags, ...), validated and
+    /// normalised at submission; `None` for a run submitted over gRPC.
+    pub tes: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -195,6 +198,22 @@ pub struct RunFilter {
     pub node: Option<String>,
     /// Only this accessor's runs (a user's list).
     pub owner: Option<Uuid>,
+    /// Only TES tasks, filtered as ListTasks asks.
+    pub tasks: Option<TaskFilter>,
+}
+
+/// What ListTasks filters on (all of it must hold).
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    /// The task's TES name starts with this.
+    pub name_prefix: Option<String>,
+    /// Tags the task has: a key with this value, or with any value (`None`).
+    pub tags: Vec<(String, Option<String>)>,
+    /// The run is in one of these statuses (none: any).
+    pub statuses: Vec<RunStatus>,
+    /// For ERROR runs: only those whose command failed (`Some(true)`, TES EXECUTOR_ERROR) or
+    /// only the others (`Some(false)`, SYSTEM_ERROR).
+    pub command_failed: Option<bool>,
 }
 
 pub use pirus_server::paging::Page;

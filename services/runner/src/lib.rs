@@ -25,6 +25,7 @@ mod scheduler;
 mod store;
 mod submit;
 mod tails;
+mod tes;
 
 use pirus_auth::{Credential, client::OwnCredential};
 use pirus_proto::runner::v1::runner_service_server::RunnerServiceServer;
@@ -116,6 +117,7 @@ pub async fn run(
             storage_pool: config.lxd_storage_pool.clone(),
             isolated_idmap: config.lxd_isolated_idmap,
             limits: node_limits,
+            tes_file_roots: config.tes_file_roots.clone(),
         },
         notices.clone(),
     )?;
@@ -258,9 +260,10 @@ async fn serve(
     metrics: std::sync::Arc<pirus_server::metrics::Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let tes = tes::router(runs.clone(), format!("Pirus runner {}", runs.node));
     let service = Service {
         grpc: tonic::service::Routes::new(RunnerServiceServer::new(grpc::Runner { runs })),
-        http: axum::Router::new(),
+        http: tes,
     };
     let options = ServeOptions {
         services: vec![pirus_proto::RUNNER_SERVICE],

@@ -74,6 +74,15 @@ impl Runs {
         self.stores.runs.list(&filter, page).await
     }
 
+    /// What a TES task's BASIC and FULL views add to its run: its attempts' logs and its
+    /// catalogue outputs.
+    pub async fn task_detail(&self, run: &Run) -> Result<crate::tes::task::Detail> {
+        Ok(crate::tes::task::Detail {
+            attempts: self.stores.runs.attempt_logs(run.id).await?,
+            outputs: pirus_db::views::run_outputs(self.stores.db(), run.id).await?,
+        })
+    }
+
     /// Every event of a run after `after`, then live ones, until the terminal event: through
     /// the run's one shared reader ([`crate::feeds`]), so watchers cost one query each to join
     /// and nothing per change beyond the reader's.

@@ -85,6 +85,7 @@ pub async fn submit(
         max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
         pipeline,
         owner: new.owner,
+        tes: None,
     };
     let run = stores.runs.insert(insert).await?;
     // Another run: a concurrent submission with the same key won the insert.
@@ -126,7 +127,7 @@ fn same_submission(request_id: &str, new: &NewRun, run: Run) -> Result<Run> {
 
 /// The names of a run's input files, in order; every id must name an existing file (of
 /// `owner`, if given) that did not fail its upload.
-async fn input_file_names(
+pub(crate) async fn input_file_names(
     stores: &Stores,
     ids: &[Uuid],
     owner: Option<Uuid>,
@@ -173,7 +174,7 @@ fn run_name(asked: &str, pipeline: &PipelineView) -> Result<String> {
 
 /// What the run asks for: its request, else its pipeline's manifest (`resources` and `timeout`),
 /// else nothing (the claiming node's defaults).
-fn requested(request: &Requested, manifest: &Value) -> Requested {
+pub(crate) fn requested(request: &Requested, manifest: &Value) -> Requested {
     let resources = &manifest["resources"];
     let number = |v: &Value| v.as_u64().filter(|n| *n > 0);
     Requested {
@@ -193,7 +194,11 @@ fn requested(request: &Requested, manifest: &Value) -> Requested {
 
 /// Refuses a run that no registered node could ever take, naming every field over the largest
 /// node's limit (and whether the pipeline or the request asked for it).
-fn fits_a_node(requested: &Requested, asked: &Requested, nodes: &[Limits]) -> Result<()> {
+pub(crate) fn fits_a_node(
+    requested: &Requested,
+    asked: &Requested,
+    nodes: &[Limits],
+) -> Result<()> {
     if nodes.is_empty() || nodes.iter().any(|n| excess(requested, n).is_empty()) {
         return Ok(());
     }

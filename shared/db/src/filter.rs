@@ -17,6 +17,12 @@ impl Where {
         self
     }
 
+    /// Adds a condition without a parameter.
+    pub fn and_only(&mut self, condition: &str) -> &mut Self {
+        self.conditions.push(condition.to_owned());
+        self
+    }
+
     /// `WHERE a AND b`, or nothing; and the parameters.
     pub fn build(self) -> (String, Vec<Value>) {
         let sql = if self.conditions.is_empty() {

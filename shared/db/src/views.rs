@@ -122,16 +122,10 @@ struct FileRow {
     owner: Option<Uuid>,
 }
 
-/// A pipeline, for a run of it.
-pub async fn pipeline(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<PipelineView>, DbErr> {
-    let row = PipelineRow::find_by_statement(stmt(
-        "SELECT id, name, version, status, image_sha256, image_file_id, manifest, form
-         FROM pipeline_for_runs WHERE id = $1",
-        [id.into()],
-    ))
-    .one(db)
-    .await?;
-    row.map(|r| {
+impl TryFrom<PipelineRow> for PipelineView {
+    type Error = DbErr;
+
+    fn try_from(r: PipelineRow) -> Result<Self, DbErr> {
         Ok(PipelineView {
             state: PipelineState::parse(&r.status)?,
             id: r.id,
@@ -142,8 +136,57 @@ pub async fn pipeline(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Pipe
             manifest: r.manifest,
             form: r.form,
         })
-    })
-    .transpose()
+    }
+}
+
+/// A pipeline, for a run of it.
+pub async fn pipeline(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<PipelineView>, DbErr> {
+    let row = PipelineRow::find_by_statement(stmt(
+        "SELECT id, name, version, status, image_sha256, image_file_id, manifest, form
+         FROM pipeline_for_runs WHERE id = $1",
+        [id.into()],
+    ))
+    .one(db)
+    .await?;
+    row.map(PipelineView::try_from).transpose()
+}
+
+/// The READY pipelines named `name` (every version), for a TES executor's `image`.
+pub async fn ready_pipelines_named(
+    db: &impl ConnectionTrait,
+    name: &str,
+) -> Result<Vec<PipelineView>, DbErr> {
+    let rows = PipelineRow::find_by_statement(stmt(
+        "SELECT id, name, version, status, image_sha256, image_file_id, manifest, form
+         FROM pipeline_for_runs WHERE name = $1 AND status = $2",
+        [name.into(), PipelineState::Ready.as_str().into()],
+    ))
+    .all(db)
+    .await?;
+    rows.into_iter().map(PipelineView::try_from).collect()
+}
+
+/// A READY output of a run: its id, name and size.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct RunOutput {
+    pub id: Uuid,
+    pub name: String,
+    pub size: Option<i64>,
+}
+
+/// The READY outputs of a run, by name.
+pub async fn run_outputs(db: &impl ConnectionTrait, run: Uuid) -> Result<Vec<RunOutput>, DbErr> {
+    RunOutput::find_by_statement(stmt(
+        "SELECT id, name, size FROM file_for_runs
+         WHERE source_run_id = $1 AND kind = $2 AND status = $3 ORDER BY name",
+        [
+            run.into(),
+            RunFileKind::Output.as_str().into(),
+            FileState::Ready.as_str().into(),
+        ],
+    ))
+    .all(db)
+    .await
 }
 
 /// The files among `ids` that exist (in no particular order).

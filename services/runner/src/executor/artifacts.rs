@@ -87,7 +87,34 @@ impl Artifacts {
             })
             .collect::<Result<_>>()?;
         let names = input_names(&ordered.iter().map(|f| f.name.clone()).collect::<Vec<_>>());
-        for (file, name) in ordered.into_iter().zip(names) {
+        self.link(ordered.into_iter().zip(names), into).await
+    }
+
+    /// Links catalogue files into `into` under the names given (a TES task's inputs).
+    pub async fn link_named(&self, named: &[(Uuid, String)], into: &SafeDir) -> Result<()> {
+        let ids: Vec<Uuid> = named.iter().map(|(id, _)| *id).collect();
+        let files: HashMap<Uuid, _> = pirus_db::views::files(&self.db, &ids)
+            .await?
+            .into_iter()
+            .map(|f| (f.id, f))
+            .collect();
+        let mut pairs = Vec::with_capacity(named.len());
+        for (id, name) in named {
+            let file = files
+                .get(id)
+                .ok_or_else(|| Error::internal(format!("input {id} is gone")))?;
+            pairs.push((file, name.clone()));
+        }
+        self.link(pairs.into_iter(), into).await
+    }
+
+    /// Fetches each file into the cache if missing, then hard-links it into `into`.
+    async fn link(
+        &self,
+        files: impl Iterator<Item = (&pirus_db::views::FileView, String)>,
+        into: &SafeDir,
+    ) -> Result<()> {
+        for (file, name) in files {
             let sha256 = file
                 .sha256
                 .clone()

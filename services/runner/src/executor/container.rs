@@ -36,21 +36,33 @@ pub struct Layout {
 
 impl Layout {
     pub fn from_manifest(m: &Value) -> Result<Self> {
-        let text = |key: &str, default: &str| m[key].as_str().unwrap_or(default).to_owned();
-        let command = text("run", "");
+        let command = m["run"].as_str().unwrap_or_default().to_owned();
         if command.is_empty() {
             return Err(Error::internal(
                 "the pipeline's manifest has no run command",
             ));
         }
-        Ok(Self {
+        Ok(Self::with_command(m, command))
+    }
+
+    /// A TES task's layout: the pipeline's folders, and the task's script as the command
+    /// (the pipeline's own command is not used).
+    pub fn for_task(m: &Value) -> Self {
+        let mut layout = Self::with_command(m, String::new());
+        layout.command = format!("/bin/sh {}/{}", layout.inputs, crate::tes::script::SCRIPT);
+        layout
+    }
+
+    fn with_command(m: &Value, command: String) -> Self {
+        let text = |key: &str, default: &str| m[key].as_str().unwrap_or(default).to_owned();
+        Self {
             command,
             inputs: text("inputs", "/pipeline/inputs"),
             outputs: text("outputs", "/pipeline/outputs"),
             logs: text("logs", "/pipeline/logs"),
             databases: text("databases", "/pipeline/databases"),
             network: m["network"].as_bool().unwrap_or(false),
-        })
+        }
     }
 }
 

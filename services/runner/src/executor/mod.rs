@@ -23,6 +23,7 @@ mod progress;
 mod results;
 mod safedir;
 mod sweep;
+mod task;
 mod workspace;
 
 use std::{
@@ -60,6 +61,8 @@ pub struct Settings {
     pub storage_pool: String,
     pub isolated_idmap: bool,
     pub limits: NodeLimits,
+    /// Host folders TES tasks read `file://` inputs from and write `file://` outputs beneath.
+    pub tes_file_roots: Vec<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -79,6 +82,7 @@ struct Inner {
     limits: NodeLimits,
     isolated_idmap: bool,
     databases_dir: Option<PathBuf>,
+    tes_file_roots: Vec<PathBuf>,
     /// Notifications, for control requests (pause, resume, cancel) of this node's runs.
     notices: broadcast::Sender<Notice>,
     /// One container creation at a time (see [`container::create_and_start`]).
@@ -139,6 +143,7 @@ impl Executor {
                 limits: settings.limits,
                 isolated_idmap: settings.isolated_idmap,
                 databases_dir: settings.databases_dir,
+                tes_file_roots: settings.tes_file_roots,
                 notices,
                 creating: tokio::sync::Mutex::new(()),
             }),
@@ -329,7 +334,24 @@ impl Executor {
         let pipeline = pirus_db::views::pipeline(inner.stores.db(), run.pipeline_id)
             .await?
             .ok_or_else(|| Error::internal(format!("pipeline {} is gone", run.pipeline_id)))?;
-        let layout = Layout::from_manifest(pipeline.manifest.as_ref().unwrap_or(&Value::Null))?;
+        let manifest = pipeline.manifest.as_ref().unwrap_or(&Value::Null);
+        // A TES task runs its executors (a script of the runner's), not the pipeline's command.
+        let task = match &run.tes {
+            None => None,
+            Some(_) => Some(
+                crate::tes::task::of_run(run)
+                    .ok_or_else(|| Error::internal("the run's TES task cannot be read"))?,
+            ),
+        };
+        let layout = match &task {
+            None => Layout::from_manifest(manifest)?,
+            Some(task) => {
+                if let Some(why) = task::unsupported(task, &inner.tes_file_roots) {
+                    return Err(Error::FailedPrecondition(why));
+                }
+                Layout::for_task(manifest)
+            }
+        };
         inner
             .artifacts
             .ensure_image(&run.image_sha256, pipeline.image_file_id)
@@ -346,19 +368,16 @@ impl Executor {
         )
         .await?;
         let inputs = workspace.inputs()?;
-        inner.artifacts.link_inputs(run, &inputs).await?;
-        let config = json!({
-            "pirus": {
-                "run_id": run.id.to_string(),
-                "run_name": run.name,
-                "pipeline_id": run.pipeline_id.to_string(),
-                "pipeline_name": pipeline.name,
-            },
-            "job": run.config,
-        });
-        let config = serde_json::to_vec_pretty(&config).map_err(Error::internal)?;
-        workspace::blocking(move || inputs.write_new(CONFIG_FILE, &config, 0o644)).await?;
-
+        if let Some(task) = task {
+            inner
+                .artifacts
+                .link_named(&task::catalogue_inputs(&task), &inputs)
+                .await?;
+            let roots = inner.tes_file_roots.clone();
+            task::stage(task, run.id, inputs, layout.inputs.clone(), roots).await?;
+        } else {
+            self.write_inputs(run, &pipeline, inputs).await?;
+        }
         let spec = container::Spec {
             run,
             node: &inner.node,
@@ -396,6 +415,28 @@ impl Executor {
             workspace,
             exec: Some(exec),
         })
+    }
+
+    /// A pipeline run's inputs: its input files linked under their sanitised names, and its
+    /// configuration (CONTRACT §5).
+    async fn write_inputs(
+        &self,
+        run: &Run,
+        pipeline: &pirus_db::views::PipelineView,
+        inputs: safedir::SafeDir,
+    ) -> Result<()> {
+        self.inner.artifacts.link_inputs(run, &inputs).await?;
+        let config = json!({
+            "pirus": {
+                "run_id": run.id.to_string(),
+                "run_name": run.name,
+                "pipeline_id": run.pipeline_id.to_string(),
+                "pipeline_name": pipeline.name,
+            },
+            "job": run.config,
+        });
+        let config = serde_json::to_vec_pretty(&config).map_err(Error::internal)?;
+        workspace::blocking(move || inputs.write_new(CONFIG_FILE, &config, 0o644)).await
     }
 
     /// What a failed start means: a cancel that arrived meanwhile, or a failure.

@@ -51,13 +51,15 @@ impl Collected {
     }
 }
 
-/// Pushes the logs, and the outputs when `outputs`, to the catalogue. `budget` is the run's
-/// disk limit: outputs that add up to more are refused, a longer log is cut.
+/// Pushes the logs, and the outputs when `outputs` (those `keep` takes, by relative path), to
+/// the catalogue. `budget` is the run's disk limit: outputs that add up to more are refused, a
+/// longer log is cut.
 pub async fn collect(
     catalogue: &Catalogue,
     run: Uuid,
     workspace: &Workspace,
     outputs: bool,
+    keep: &(dyn Fn(&str) -> bool + Sync),
     budget: u64,
 ) -> Result<Collected> {
     let mut collected = Collected::default();
@@ -90,7 +92,7 @@ pub async fn collect(
         )));
     }
     collected.skipped.extend(listing.skipped);
-    for (relative, _) in listing.files {
+    for (relative, _) in listing.files.into_iter().filter(|(r, _)| keep(r)) {
         match workspace.open_output(&relative) {
             Ok(Some(file)) => {
                 catalogue

@@ -283,6 +283,12 @@ impl Workspace {
         Ok(self.data.read_range(&format!("logs/{file}"), offset, max)?)
     }
 
+    /// Up to `max` bytes from the start of a file of the control folder (`control/<name>`),
+    /// through the same link-refusing path; nothing if it is not a readable regular file.
+    pub fn read_control(&self, name: &str, max: u64) -> Option<Vec<u8>> {
+        self.data.read_range(name, 0, max).ok()
+    }
+
     /// A log opened for collection (a regular file, or `None`; anything else is refused).
     pub fn open_log(&self, file: &str) -> std::io::Result<Option<Regular>> {
         self.data.open_regular(&format!("logs/{file}"))

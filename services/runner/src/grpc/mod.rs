@@ -116,7 +116,7 @@ impl RunnerService for Runner {
                 id => Some(parse_id("pipeline_id", id)?),
             },
             node: (!r.node.is_empty()).then_some(r.node),
-            owner: None,
+            ..Default::default()
         };
         let runs = self.runs.list(&caller, filter, page).await?;
         let (runs, next_page_token) = convert::paged(page, runs, |r| r.id);

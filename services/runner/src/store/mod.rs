@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 pub use nodes::{NodeRegistration, NodeStore};
 pub use queue::QueueStore;
-pub use runs::{Change, RunInsert, RunStore};
+pub use runs::{AttemptLog, Change, RunInsert, RunStore};
 
 use crate::{
     domain::{Progress, Result, RunStatus},

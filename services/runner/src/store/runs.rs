@@ -20,7 +20,7 @@ fn run_columns() -> String {
          r.input_file_ids, r.progress_value, r.progress_label, r.node, r.attempt, r.exit_code,
          r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
          r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at,
-         r.ended_at, r.owner, {} AS output_file_ids, {} AS log_file_ids",
+         r.ended_at, r.owner, r.tes, {} AS output_file_ids, {} AS log_file_ids",
         views::run_file_ids_sql("r.id", RunFileKind::Output),
         views::run_file_ids_sql("r.id", RunFileKind::Log),
     )
@@ -55,6 +55,7 @@ struct RunRow {
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
     owner: Option<Uuid>,
+    tes: Option<serde_json::Value>,
 }
 
 impl From<RunRow> for Run {
@@ -93,6 +94,7 @@ impl From<RunRow> for Run {
             started_at: r.started_at,
             ended_at: r.ended_at,
             owner: r.owner,
+            tes: r.tes,
         }
     }
 }
@@ -126,6 +128,50 @@ impl From<EventRow> for RunEvent {
     }
 }
 
+/// ListTasks' filters as SQL over `runs r`.
+fn task_conditions(filter_sql: &mut pirus_db::filter::Where, tasks: &crate::domain::TaskFilter) {
+    filter_sql.and_only("r.tes IS NOT NULL");
+    if let Some(prefix) = &tasks.name_prefix {
+        let escaped = prefix
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        filter_sql.and("(r.tes ->> 'name') LIKE ?", format!("{escaped}%"));
+    }
+    for (key, value) in &tasks.tags {
+        match value {
+            // Containment, which the GIN index on the tags answers.
+            Some(value) => {
+                filter_sql.and("(r.tes -> 'tags') @> ?", serde_json::json!({ key: value }))
+            }
+            None => filter_sql.and("jsonb_exists(r.tes -> 'tags', ?)", key.clone()),
+        };
+    }
+    if !tasks.statuses.is_empty() {
+        let statuses: Vec<String> = tasks
+            .statuses
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        filter_sql.and("r.status = ANY(?)", statuses);
+    }
+    match tasks.command_failed {
+        Some(true) => filter_sql.and_only("coalesce(r.exit_code, 0) <> 0"),
+        Some(false) => filter_sql.and_only("coalesce(r.exit_code, 0) = 0"),
+        None => filter_sql,
+    };
+}
+
+/// One attempt of a run, as a TES task log is made from it.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct AttemptLog {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub error_message: String,
+    pub tes_log: Option<serde_json::Value>,
+}
+
 /// A row to insert for a validated submission.
 pub struct RunInsert {
     pub id: Uuid,
@@ -139,6 +185,8 @@ pub struct RunInsert {
     pub max_attempts: i32,
     /// The accessor that submitted it.
     pub owner: Option<Uuid>,
+    /// A TES task's own fields.
+    pub tes: Option<serde_json::Value>,
 }
 
 /// What a runner records of a run it holds: a lifecycle event, and what comes with it.
@@ -224,9 +272,9 @@ impl RunStore {
                 "INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, image_sha256,
                                    name, status, config, input_file_ids, priority, request_id,
                                    cpu_limit, memory_limit, processes_limit, disk_limit,
-                                   timeout_seconds, max_attempts, owner, last_seq)
+                                   timeout_seconds, max_attempts, owner, tes, last_seq)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                         $16, $17, $18, 1)",
+                         $16, $17, $18, $19, 1)",
                 [
                     run.id.into(),
                     run.pipeline.id.into(),
@@ -246,6 +294,7 @@ impl RunStore {
                     run.requested.time.map(|t| t.as_secs() as i64).into(),
                     run.max_attempts.into(),
                     run.owner.into(),
+                    run.tes.into(),
                 ],
             ))
             .await;
@@ -297,6 +346,9 @@ impl RunStore {
         if let Some(owner) = filter.owner {
             filter_sql.and("r.owner = ?", owner);
         }
+        if let Some(tasks) = &filter.tasks {
+            task_conditions(&mut filter_sql, tasks);
+        }
         let (filter_sql, values) = filter_sql.build();
         let sql = format!(
             "SELECT {} FROM runs r {filter_sql} ORDER BY r.id LIMIT {}",
@@ -307,6 +359,38 @@ impl RunStore {
             .all(&self.db)
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// One task log per attempt of a TES task, oldest first: (attempt, started, ended, the
+    /// attempt's error message, the log its runner recorded).
+    pub async fn attempt_logs(&self, run: Uuid) -> Result<Vec<AttemptLog>> {
+        Ok(AttemptLog::find_by_statement(stmt(
+            "SELECT attempt, started_at, ended_at, error_message, tes_log
+             FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
+            [run.into()],
+        ))
+        .all(&self.db)
+        .await?)
+    }
+
+    /// Records the task log of an attempt `node` holds (nothing if it no longer does).
+    pub async fn set_attempt_log(
+        &self,
+        run: Uuid,
+        node: &str,
+        attempt: i32,
+        log: serde_json::Value,
+    ) -> Result<()> {
+        self.db
+            .execute_raw(stmt(
+                "UPDATE run_attempts a SET tes_log = $4
+                 FROM runs r
+                 WHERE a.run_id = $1 AND a.attempt = $3 AND r.id = a.run_id
+                   AND r.node = $2 AND r.attempt = $3",
+                [run.into(), node.into(), attempt.into(), log.into()],
+            ))
+            .await?;
+        Ok(())
     }
 
     pub async fn events_after(&self, run: Uuid, after_seq: i64) -> Result<Vec<RunEvent>> {

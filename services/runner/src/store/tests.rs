@@ -47,6 +47,7 @@ async fn queued(stores: &Stores, requested: Requested, max_attempts: i32) -> Run
             priority: 0,
             request_id: None,
             owner: None,
+            tes: None,
             requested,
             max_attempts,
         })

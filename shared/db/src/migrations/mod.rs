@@ -39,6 +39,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "m20261130_000005_runner_role",
         include_str!("m20261130_000005_runner_role.sql"),
     ),
+    (
+        "m20261130_000006_tes",
+        include_str!("m20261130_000006_tes.sql"),
+    ),
 ];
 
 #[async_trait::async_trait]

@@ -223,6 +223,37 @@ impl SafeDir {
             .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))
     }
 
+    /// Makes the folder `name` and any of its missing parents, each with `mode` (none of them
+    /// may be a link).
+    pub fn create_dirs(&self, name: &str, mode: u32) -> io::Result<()> {
+        check_relative(name)?;
+        let mut made = String::new();
+        for part in name.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            if !made.is_empty() {
+                made.push('/');
+            }
+            made.push_str(part);
+            self.create_dir(&made, mode)?;
+        }
+        Ok(())
+    }
+
+    /// Creates (or empties) the regular file `name` for writing, with `mode` if new; a link
+    /// anywhere on the way is refused.
+    pub fn create_file(&self, name: &str, mode: u32) -> io::Result<File> {
+        let fd = self.open_beneath(
+            name,
+            OFlags::CREATE | OFlags::TRUNC | OFlags::WRONLY,
+            Mode::from_raw_mode(mode),
+        )?;
+        let stat = fstat(&fd).map_err(io_err)?;
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(not_regular(name, kind));
+        }
+        Ok(File::from(fd))
+    }
+
     /// Opens `name` for reading if it is a regular file; `None` if it does not exist. Anything
     /// else (a link anywhere on the way, a FIFO, a device, a folder) is an error naming it.
     pub fn open_regular(&self, name: &str) -> io::Result<Option<Regular>> {
