@@ -9,6 +9,9 @@
 #   pirus latency   SubmitRun -> DONE of the example pipeline (inputs none, outputs and logs
 #                   pushed to the catalogue), sequential runs
 #   pirus batch     20 runs submitted at once with --max-runs 4: runs per minute
+#   TES vs gRPC     alternately, a TES task (one trivial executor, one output) submitted to
+#                   the runner's /ga4gh/tes/v1 and polled to COMPLETE, and the example run
+#                   submitted over gRPC and watched to DONE
 #   baseline build  with BASELINE_BIN=<folder of another release build>: its catalogue and
 #                   runner (own database) through the same client, latency and batch
 #
@@ -27,7 +30,8 @@ runner=$(start runner pirus-runner --work-dir "$work/runner" --max-runs 4 \
   --catalogue-addr "http://$catalogue" --lxd-storage-pool "$pool")
 
 echo "==> pirus: $sequential sequential runs, then $batch at once (--max-runs 4)"
-"$bin/pirus-bench-runs" "$catalogue" "$runner" "$package" "$sequential" "$batch" > "$work/pirus.out"
+PIRUS_BENCH_TES="http://$(http_addr runner)" \
+  "$bin/pirus-bench-runs" "$catalogue" "$runner" "$package" "$sequential" "$batch" > "$work/pirus.out"
 image=$(awk '/^image/ {print $2}' "$work/pirus.out")
 
 if [ -n "${BASELINE_BIN:-}" ]; then
@@ -82,6 +86,11 @@ printf 'bare LXD, bounded like a Pirus run, median of %s:          %.3f s\n' "$s
 printf 'pirus SubmitRun -> DONE, median of %s:                  %.3f s  (%.2fx bare LXD, %.2fx bounded)\n' "$sequential" "$pirus" \
   "$(awk -v p="$pirus" -v b="$bare" 'BEGIN { print p / b }')" "$(awk -v p="$pirus" -v b="$bounded" 'BEGIN { print p / b }')"
 printf 'pirus %s runs at --max-runs 4: %.1f s, %.1f runs/minute\n' "$runs" "$seconds" "$(awk -v n="$runs" -v s="$seconds" 'BEGIN { print n * 60 / s }')"
+tes=$(awk '/^tes/ {print $2}' "$work/pirus.out" | median)
+grpc=$(awk '/^grpc/ {print $2}' "$work/pirus.out" | median)
+printf 'TES task submit -> COMPLETE, median of %s (alternating): %.3f s\n' "$sequential" "$tes"
+printf 'gRPC SubmitRun -> DONE, median of %s (alternating):      %.3f s  (TES %.2fx of it)\n' "$sequential" "$grpc" \
+  "$(awk -v t="$tes" -v g="$grpc" 'BEGIN { print t / g }')"
 if [ -n "${BASELINE_BIN:-}" ]; then
   base=$(awk '/^latency/ {print $2}' "$work/base.out" | median)
   read -r _ base_runs base_seconds < <(grep '^batch' "$work/base.out")

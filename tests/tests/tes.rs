@@ -317,3 +317,141 @@ async fn the_ga4gh_compliance_suite_passes() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// POSTs a task (as the harness's admin); answers its id.
+async fn create(s: &Stack, task: serde_json::Value) -> Result<String> {
+    let r = Http::default()
+        .send(
+            "POST",
+            &s.runner.http_url("/ga4gh/tes/v1/tasks"),
+            &[("content-type", "application/json")],
+            task.to_string(),
+        )
+        .await?;
+    ensure!(r.status == 200, "create: {} {}", r.status, r.body);
+    let created: serde_json::Value = serde_json::from_str(&r.body)?;
+    Ok(created["id"].as_str().context("no id")?.to_owned())
+}
+
+/// Waits for a task to end; answers it in the FULL view.
+async fn ended(s: &Stack, id: &str) -> Result<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = get(s, &format!("/ga4gh/tes/v1/tasks/{id}?view=FULL")).await?;
+        ensure!(status == 200, "get: {status} {body}");
+        let task: serde_json::Value = serde_json::from_str(&body)?;
+        match task["state"].as_str().unwrap_or_default() {
+            "COMPLETE" | "EXECUTOR_ERROR" | "SYSTEM_ERROR" | "CANCELED" => return Ok(task),
+            _ if std::time::Instant::now() > deadline => bail!("task {id} did not end: {task}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn system_logs(task: &serde_json::Value) -> String {
+    task["logs"][0]["system_logs"].to_string()
+}
+
+/// `file://` inputs and outputs only beneath `--tes-file-roots`, never through a link; a
+/// `pirus://` DIRECTORY input is a folder of catalogue files.
+#[tokio::test]
+async fn host_files_move_only_beneath_the_roots_and_never_through_links() -> Result<()> {
+    let root = pirus_tests::tempdir()?;
+    let outside = pirus_tests::tempdir()?;
+    std::fs::create_dir_all(root.join("in"))?;
+    std::fs::write(root.join("in/data.txt"), "x\ny\n")?;
+    std::fs::write(outside.join("secret.txt"), "secret\n")?;
+    std::os::unix::fs::symlink(outside.join("secret.txt"), root.join("in/link.txt"))?;
+    std::os::unix::fs::symlink(&outside, root.join("escape"))?;
+    let roots = root.to_str().unwrap_or_default().to_owned();
+    let mut s = stack::stack_with(2, &[], &["--tes-file-roots", &roots]).await?;
+    s.install_version("alpine", "1.0.0").await?;
+    let a = s.upload("a.txt", b"aaa\n").await?;
+    let b = s.upload("b.txt", b"bb\n").await?;
+    let url = |path: &str| format!("file://{}/{path}", root.display());
+
+    let id = create(
+        &s,
+        serde_json::json!({
+            "executors": [{"image": "alpine", "command": ["sh", "-c",
+                "mkdir -p /data/out/d && wc -l < /data/in.txt > /data/out/n.txt && \
+                 ls /data/dir > /data/out/list.txt && cp /data/dir/* /data/out/d/"]}],
+            "inputs": [
+                {"path": "/data/in.txt", "url": url("in/data.txt")},
+                {"path": "/data/dir", "url": format!("pirus://files/{a},{b}"), "type": "DIRECTORY"},
+            ],
+            "outputs": [
+                {"path": "/data/out/n.txt", "url": url("out/n.txt")},
+                {"path": "/data/out/d", "url": url("out/d"), "type": "DIRECTORY"},
+                {"path": "/data/out/list.txt", "url": "pirus://files/"},
+            ],
+        }),
+    )
+    .await?;
+    let task = ended(&s, &id).await?;
+    assert_eq!(task["state"], "COMPLETE", "{task}");
+    assert_eq!(std::fs::read_to_string(root.join("out/n.txt"))?, "2\n");
+    assert_eq!(std::fs::read_to_string(root.join("out/d/a.txt"))?, "aaa\n");
+    assert_eq!(std::fs::read_to_string(root.join("out/d/b.txt"))?, "bb\n");
+    let outputs = task["logs"][0]["outputs"]
+        .as_array()
+        .context("no outputs")?;
+    let list = outputs
+        .iter()
+        .find(|o| o["path"] == "/data/out/list.txt")
+        .context("list.txt not reported")?;
+    let list_id = list["url"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("pirus://files/");
+    assert_eq!(s.read(list_id).await?, b"a.txt\nb.txt\n");
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o["url"] == url("out/d/a.txt") && o["size_bytes"] == "4"),
+        "{outputs:?}"
+    );
+
+    // A link beneath a root, a path outside every root, an output through a linked folder:
+    // each ends SYSTEM_ERROR naming it, and nothing outside the roots is read or written.
+    let linked = create(
+        &s,
+        serde_json::json!({
+            "executors": [{"image": "alpine", "command": ["cat", "/data/x"]}],
+            "inputs": [{"path": "/data/x", "url": url("in/link.txt")}],
+        }),
+    )
+    .await?;
+    let outside_root = create(
+        &s,
+        serde_json::json!({
+            "executors": [{"image": "alpine", "command": ["true"]}],
+            "inputs": [{"path": "/data/x", "url": "file:///etc/passwd"}],
+        }),
+    )
+    .await?;
+    let through_link = create(
+        &s,
+        serde_json::json!({
+            "executors": [{"image": "alpine", "command": ["sh", "-c", "echo owned > /o.txt"]}],
+            "outputs": [{"path": "/o.txt", "url": url("escape/o.txt")}],
+        }),
+    )
+    .await?;
+    let task = ended(&s, &linked).await?;
+    assert_eq!(task["state"], "SYSTEM_ERROR", "{task}");
+    assert!(system_logs(&task).contains("inputs[0]"), "{task}");
+    assert!(!task.to_string().contains("secret"), "{task}");
+    let task = ended(&s, &outside_root).await?;
+    assert_eq!(task["state"], "SYSTEM_ERROR", "{task}");
+    assert!(system_logs(&task).contains("not beneath"), "{task}");
+    let task = ended(&s, &through_link).await?;
+    assert_eq!(task["state"], "SYSTEM_ERROR", "{task}");
+    assert!(system_logs(&task).contains("outputs[0]"), "{task}");
+    assert!(
+        !outside.join("o.txt").exists(),
+        "a task wrote through a link"
+    );
+    s.assert_clean()?;
+    Ok(())
+}

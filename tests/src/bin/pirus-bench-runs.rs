@@ -1,6 +1,11 @@
 //! Benchmark client for runs: installs a package, then measures submit -> DONE latency of
 //! sequential trivial runs, and the throughput of a batch submitted at once. Prints
 //! `image <sha256>`, `latency <seconds>` per run, and `batch <runs> <seconds>`.
+//!
+//! With `PIRUS_BENCH_TES` (the runner's HTTP URL) it then alternates, SEQUENTIAL times, a TES
+//! task (POST /ga4gh/tes/v1/tasks, polled until COMPLETE) whose one executor greets and writes
+//! an output to the catalogue, and the same work submitted over gRPC (the package's run:
+//! greets, writes outputs); prints `tes <seconds>` and `grpc <seconds>` for each.
 //! Used by bench/runs.sh.
 //!
 //! Usage: pirus-bench-runs CATALOGUE_ADDR RUNNER_ADDR PACKAGE SEQUENTIAL BATCH
@@ -121,5 +126,72 @@ async fn main() -> Result<()> {
         until_done(&mut runner, &id).await?;
     }
     println!("batch {batch} {:.3}", started.elapsed().as_secs_f64());
+
+    if let Ok(tes) = std::env::var("PIRUS_BENCH_TES") {
+        let name = installed.name.clone();
+        for i in 0..sequential {
+            let started = Instant::now();
+            tes_task(&tes, &name).await?;
+            println!("tes {:.3}", started.elapsed().as_secs_f64());
+            let started = Instant::now();
+            let r = runner
+                .submit_run(submit(format!("grpc {i}")))
+                .await?
+                .into_inner();
+            until_done(&mut runner, &r.id).await?;
+            println!("grpc {:.3}", started.elapsed().as_secs_f64());
+        }
+    }
     Ok(())
+}
+
+/// Submits a trivial TES task to the runner at `base` and polls it (every 20 ms) until it ends.
+async fn tes_task(base: &str, image: &str) -> Result<()> {
+    let http = pirus_tests::http::Http::anonymous();
+    let token = std::env::var("PIRUS_BENCH_TOKEN").unwrap_or_default();
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let body = serde_json::json!({
+        "name": "bench",
+        "executors": [{"image": image, "command": ["sh", "-c",
+            "echo hello from tes; mkdir -p /out; echo hello, world > /out/greeting.txt"]}],
+        "outputs": [{"path": "/out/greeting.txt", "url": "pirus://files/"}],
+    });
+    let created = http
+        .send(
+            "POST",
+            &format!("{base}/ga4gh/tes/v1/tasks"),
+            &headers,
+            body.to_string(),
+        )
+        .await?;
+    if created.status != 200 {
+        bail!("create: {} {}", created.status, created.body);
+    }
+    let id = serde_json::from_str::<serde_json::Value>(&created.body)?["id"]
+        .as_str()
+        .context("no id")?
+        .to_owned();
+    loop {
+        let got = http
+            .send(
+                "GET",
+                &format!("{base}/ga4gh/tes/v1/tasks/{id}"),
+                &headers,
+                Vec::new(),
+            )
+            .await?;
+        let state = serde_json::from_str::<serde_json::Value>(&got.body)?["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match state.as_str() {
+            "COMPLETE" => return Ok(()),
+            "EXECUTOR_ERROR" | "SYSTEM_ERROR" | "CANCELED" => bail!("task {id} ended {state}"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }

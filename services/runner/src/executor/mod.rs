@@ -369,10 +369,7 @@ impl Executor {
         .await?;
         let inputs = workspace.inputs()?;
         if let Some(task) = task {
-            inner
-                .artifacts
-                .link_named(&task::catalogue_inputs(&task), &inputs)
-                .await?;
+            task::link_inputs(&inner.artifacts, inner.stores.db(), &task, &inputs).await?;
             let roots = inner.tes_file_roots.clone();
             task::stage(task, run.id, inputs, layout.inputs.clone(), roots).await?;
         } else {

@@ -103,18 +103,49 @@ fn beneath<'a>(
     })
 }
 
-/// The `pirus://` inputs of a task with the names they are staged under, in order.
-pub fn catalogue_inputs(task: &Task) -> Vec<(Uuid, String)> {
-    task.inputs
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter(|(_, input)| input.content.is_none())
-        .filter_map(|(i, input)| {
-            let id = input.url.as_deref()?.strip_prefix("pirus://files/")?;
-            Some((Uuid::try_parse(id).ok()?, script::staged_input(i)))
-        })
-        .collect()
+/// Links a task's `pirus://` inputs into the run's inputs folder: a FILE as its staged name, a
+/// DIRECTORY as a folder of that name holding its files under their catalogue names
+/// (sanitised and made unique as a run's inputs are).
+pub async fn link_inputs(
+    artifacts: &super::artifacts::Artifacts,
+    db: &pirus_db::sea_orm::DatabaseConnection,
+    task: &Task,
+    inputs: &SafeDir,
+) -> Result<()> {
+    let mut named = Vec::new();
+    for (i, input) in task.inputs.iter().flatten().enumerate() {
+        if input.content.is_some() {
+            continue;
+        }
+        let Some(ids) = input
+            .url
+            .as_deref()
+            .and_then(crate::tes::task::catalogue_ids)
+        else {
+            continue;
+        };
+        let staged = script::staged_input(i);
+        match input.ty {
+            IoType::File => named.extend(ids.first().map(|id| (*id, staged))),
+            IoType::Directory => {
+                inputs.create_dir(&staged, 0o755)?;
+                let files: std::collections::HashMap<Uuid, String> =
+                    pirus_db::views::files(db, &ids)
+                        .await?
+                        .into_iter()
+                        .map(|f| (f.id, f.name))
+                        .collect();
+                let names: Vec<String> = ids
+                    .iter()
+                    .map(|id| files.get(id).cloned().unwrap_or_else(|| id.to_string()))
+                    .collect();
+                for (id, name) in ids.iter().zip(crate::inputs::input_names(&names)) {
+                    named.push((*id, format!("{staged}/{name}")));
+                }
+            }
+        }
+    }
+    artifacts.link_named(&named, inputs).await
 }
 
 /// Writes the script, the `content` inputs and the `file://` inputs into the run's inputs

@@ -80,15 +80,25 @@ pirus_stage() {{ mkdir -p "$PIRUS_OUTPUTS/$1$(dirname "$2")" && cp "$2" "$PIRUS_
 cd /"#
     );
     for (i, input) in task.inputs.iter().flatten().enumerate() {
-        let staged = quote(&format!("{inputs_dir}/{}", staged_input(i)));
-        let (path, dir) = (quote(&input.path), quote(parent(&input.path)));
-        let copy = match input.ty {
-            IoType::File => "cp",
-            IoType::Directory => "cp -R",
+        let staged = format!("{inputs_dir}/{}", staged_input(i));
+        let path = quote(&input.path);
+        // A DIRECTORY's files go into the folder at its path (made if missing).
+        let place = match input.ty {
+            IoType::File => format!(
+                "mkdir -p {} && cp {} {path}",
+                quote(parent(&input.path)),
+                quote(&staged)
+            ),
+            IoType::Directory => {
+                format!(
+                    "mkdir -p {path} && cp -R {} {path}/",
+                    quote(&format!("{staged}/."))
+                )
+            }
         };
         let _ = writeln!(
             s,
-            "mkdir -p {dir} && {copy} {staged} {path} || {{ pirus_log {}; exit 0; }}",
+            "{place} || {{ pirus_log {}; exit 0; }}",
             quote(&format!(
                 "system input {i}: cannot place it at {}",
                 input.path

@@ -227,19 +227,31 @@ fn validate(task: &requests::Task) -> Result<Asked> {
             .ok_or_else(|| invalid(&field, "an input needs a url or content"))?;
         match Scheme::of(url) {
             Scheme::Pirus => {
-                let id = url
-                    .strip_prefix("pirus://files/")
-                    .and_then(|id| Uuid::try_parse(id).ok())
-                    .ok_or_else(|| {
-                        invalid(&field, format!("'{url}' is not pirus://files/<file id>"))
-                    })?;
-                if input.ty == IoType::Directory {
+                let ids = catalogue_ids(url).ok_or_else(|| {
+                    invalid(
+                        &field,
+                        format!(
+                            "'{url}' is not pirus://files/<file id> (a DIRECTORY: \
+                             pirus://files/<file id>,<file id>,...)"
+                        ),
+                    )
+                })?;
+                if input.ty == IoType::File && ids.len() != 1 {
                     return Err(invalid(
                         &field,
-                        "a pirus:// input is one catalogue file: give it type FILE",
+                        "a FILE input is one catalogue file; a list of them is a DIRECTORY",
                     ));
                 }
-                asked.files.push(id);
+                asked.files.extend(ids);
+                if asked.files.len() > submit::MAX_INPUTS {
+                    return Err(invalid(
+                        &field,
+                        format!(
+                            "a task reads at most {} catalogue files",
+                            submit::MAX_INPUTS
+                        ),
+                    ));
+                }
             }
             Scheme::File => check_path(&field, &url["file://".len()..])?,
             Scheme::Other => {}
@@ -338,6 +350,15 @@ fn validate(task: &requests::Task) -> Result<Asked> {
         }
     }
     Ok(asked)
+}
+
+/// The catalogue files a `pirus://files/<id>[,<id>...]` URL names (`None`: not such a URL).
+pub fn catalogue_ids(url: &str) -> Option<Vec<Uuid>> {
+    url.strip_prefix("pirus://files/")?
+        .split(',')
+        .map(|id| Uuid::try_parse(id.trim()).ok())
+        .collect::<Option<Vec<_>>>()
+        .filter(|ids| !ids.is_empty())
 }
 
 /// `name` or `name:version`, split.
