@@ -375,3 +375,59 @@ async fn each_caller_holds_at_most_its_budget_of_streams() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// A client may open hundreds of streams at once on one connection (a workflow engine
+/// watching every run it submitted over one channel): each is served, and the connection is
+/// not closed as a flood of small frames. (With HTTP/2's adaptive window the server's h2
+/// allowed about 150 small request frames in flight per connection and answered more with
+/// GOAWAY ENHANCE_YOUR_CALM, cutting every stream of the connection.)
+#[tokio::test]
+async fn hundreds_of_streams_opened_at_once_on_one_connection_are_all_served() -> Result<()> {
+    const STREAMS: usize = 600;
+    let budget = ["--max-streams-per-caller", "1000"];
+    // No run slots: the run stays queued, and every watch stays open.
+    let mut s = stack_with(0, &budget, &budget).await?;
+    let queued = s.submit_ready("{}").await?;
+    let channel = s.runner.channel().await?;
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(STREAMS);
+    let mut watchers = Vec::new();
+    for _ in 0..STREAMS {
+        let mut client = RunnerServiceClient::new(channel.clone());
+        let (id, ready) = (queued.id.clone(), ready_tx.clone());
+        watchers.push(tokio::spawn(async move {
+            let request = run::WatchRunRequest {
+                run_id: id,
+                after_seq: 0,
+            };
+            let first = async {
+                let mut events = client.watch_run(request).await?.into_inner();
+                let first = events.message().await?;
+                anyhow::Ok((events, first))
+            }
+            .await;
+            let _ = ready
+                .send(first.as_ref().map(|_| ()).map_err(|e| e.to_string()))
+                .await;
+            let (mut events, _) = first?;
+            let mut last = None;
+            while let Some(e) = events.message().await? {
+                last = Some(status(e.status));
+            }
+            anyhow::Ok(last)
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..STREAMS {
+        let started = ready.recv().await.expect("a watcher vanished");
+        assert!(started.is_ok(), "a watch failed to start: {started:?}");
+    }
+    s.run
+        .cancel_run(run::CancelRunRequest {
+            id: queued.id.clone(),
+        })
+        .await?;
+    for watcher in watchers {
+        assert_eq!(watcher.await??, Some(run::RunStatus::Canceled));
+    }
+    Ok(())
+}

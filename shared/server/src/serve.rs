@@ -151,11 +151,15 @@ pub async fn serve(
     let stop = CancellationToken::new();
 
     // Large single streams (uploads, downloads, logs) need more than HTTP/2's default 64 KiB
-    // window; the adaptive window grows it to what the connection sustains. Peers may send
+    // window: 4 MiB a stream, 8 MiB a connection, fixed. Not the adaptive window: it starts
+    // the connection at 64 KiB, and h2 sizes its budget for small DATA frames in flight (what
+    // each request message of a new stream is) from that window, so a client opening more
+    // than about 150 streams at once on one connection was cut off with GOAWAY
+    // ENHANCE_YOUR_CALM (tests/tests/scale.rs); with 8 MiB it is some 20,000. Peers may send
     // frames of up to 1 MiB rather than 16 KiB: a WriteUpload of 1 GiB then costs the server
     // (and its client) 64 times fewer frames, about 12% of its time on a 2-core host.
     let mut builder = tonic::transport::Server::builder()
-        .http2_adaptive_window(Some(true))
+        .http2_adaptive_window(Some(false))
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
         .max_frame_size(Some(1 << 20))

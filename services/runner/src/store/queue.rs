@@ -34,26 +34,7 @@ impl QueueStore {
         if !free_slot(&txn, node, max_runs).await? {
             return Ok(None);
         }
-        let sql = format!(
-            "WITH next AS (
-                SELECT r.id FROM runs r
-                WHERE r.status = $7
-                  AND (r.cpu_limit IS NULL OR r.cpu_limit <= $2)
-                  AND (r.memory_limit IS NULL OR r.memory_limit <= $3)
-                  AND (r.processes_limit IS NULL OR r.processes_limit <= $4)
-                  AND (r.disk_limit IS NULL OR r.disk_limit <= $5)
-                  AND (r.timeout_seconds IS NULL OR r.timeout_seconds <= $6)
-                  AND {}
-                ORDER BY r.priority DESC, r.created_at, r.id
-                FOR UPDATE SKIP LOCKED
-                LIMIT 1)
-             UPDATE runs SET status = $8, node = $1, attempt = runs.attempt + 1,
-                             started_at = coalesce(runs.started_at, now()),
-                             last_seq = runs.last_seq + 1, updated_at = now()
-             FROM next WHERE runs.id = next.id
-             RETURNING runs.id, runs.attempt, runs.last_seq",
-            views::inputs_ready_sql("r.input_file_ids")
-        );
+        let sql = claim_sql();
         let row = txn
             .query_one_raw(stmt(
                 &sql,
@@ -181,4 +162,30 @@ async fn free_slot(txn: &DatabaseTransaction, node: &str, max_runs: u32) -> Resu
         .transpose()?
         .unwrap_or(0);
     Ok(active < i64::from(max_runs))
+}
+
+/// The claim: the next waiting run this node can take, by priority then age, skipping runs
+/// being claimed, runs whose inputs are not ready and runs larger than the node ($2..$6),
+/// moved to the claimed status ($8) on node $1.
+pub(super) fn claim_sql() -> String {
+    format!(
+        "WITH next AS (
+            SELECT r.id FROM runs r
+            WHERE r.status = $7
+              AND (r.cpu_limit IS NULL OR r.cpu_limit <= $2)
+              AND (r.memory_limit IS NULL OR r.memory_limit <= $3)
+              AND (r.processes_limit IS NULL OR r.processes_limit <= $4)
+              AND (r.disk_limit IS NULL OR r.disk_limit <= $5)
+              AND (r.timeout_seconds IS NULL OR r.timeout_seconds <= $6)
+              AND {}
+            ORDER BY r.priority DESC, r.created_at, r.id
+            FOR UPDATE SKIP LOCKED
+            LIMIT 1)
+         UPDATE runs SET status = $8, node = $1, attempt = runs.attempt + 1,
+                         started_at = coalesce(runs.started_at, now()),
+                         last_seq = runs.last_seq + 1, updated_at = now()
+         FROM next WHERE runs.id = next.id
+         RETURNING runs.id, runs.attempt, runs.last_seq",
+        views::inputs_ready_sql("r.input_file_ids")
+    )
 }

@@ -14,15 +14,21 @@ use crate::{
     lifecycle::{self, Answer, Event, Request},
 };
 
-fn run_columns() -> String {
+/// The columns of a run, over [`runs_from`].
+pub(super) fn run_columns() -> &'static str {
+    "r.id, r.pipeline_id, r.pipeline_version, r.image_sha256, r.name, r.status, r.config,
+     r.input_file_ids, r.progress_value, r.progress_label, r.node, r.attempt, r.exit_code,
+     r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
+     r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at,
+     r.ended_at, r.owner, r.tes, coalesce(rf.outputs, '{}') AS output_file_ids,
+     coalesce(rf.logs, '{}') AS log_file_ids"
+}
+
+/// `runs r` with each run's output and log file ids (`rf`), for [`run_columns`].
+pub(super) fn runs_from() -> String {
     format!(
-        "r.id, r.pipeline_id, r.pipeline_version, r.image_sha256, r.name, r.status, r.config,
-         r.input_file_ids, r.progress_value, r.progress_label, r.node, r.attempt, r.exit_code,
-         r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
-         r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at,
-         r.ended_at, r.owner, r.tes, {} AS output_file_ids, {} AS log_file_ids",
-        views::run_file_ids_sql("r.id", RunFileKind::Output),
-        views::run_file_ids_sql("r.id", RunFileKind::Log),
+        "runs r LEFT JOIN LATERAL {} rf ON true",
+        views::run_files_lateral_sql("r.id")
     )
 }
 
@@ -128,6 +134,47 @@ impl From<EventRow> for RunEvent {
     }
 }
 
+/// A run's events after a seq, in order (WatchRun's reads).
+pub(super) const EVENTS_AFTER_SQL: &str =
+    "SELECT run_id, seq, attempt, status, progress_value, progress_label, message, at
+     FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq";
+
+/// A run's attempts, for its TES task logs.
+pub(super) const ATTEMPT_LOGS_SQL: &str =
+    "SELECT attempt, started_at, ended_at, error_message, tes_log
+     FROM run_attempts WHERE run_id = $1 ORDER BY attempt";
+
+/// ListRuns' (and ListTasks') query: a keyset page of runs by id, filtered.
+pub(super) fn list_statement(filter: &RunFilter, page: Page) -> sea_orm::Statement {
+    let mut filter_sql = pirus_db::filter::Where::default();
+    if let Some(after) = page.after {
+        filter_sql.and("r.id > ?", after);
+    }
+    if let Some(status) = filter.status {
+        filter_sql.and("r.status = ?", status.as_str());
+    }
+    if let Some(pipeline) = filter.pipeline_id {
+        filter_sql.and("r.pipeline_id = ?", pipeline);
+    }
+    if let Some(node) = &filter.node {
+        filter_sql.and("r.node = ?", node.clone());
+    }
+    if let Some(owner) = filter.owner {
+        filter_sql.and("r.owner = ?", owner);
+    }
+    if let Some(tasks) = &filter.tasks {
+        task_conditions(&mut filter_sql, tasks);
+    }
+    let (filter_sql, values) = filter_sql.build();
+    let sql = format!(
+        "SELECT {} FROM {} {filter_sql} ORDER BY r.id LIMIT {}",
+        run_columns(),
+        runs_from(),
+        page.fetch()
+    );
+    stmt(&sql, values)
+}
+
 /// ListTasks' filters as SQL over `runs r`.
 fn task_conditions(filter_sql: &mut pirus_db::filter::Where, tasks: &crate::domain::TaskFilter) {
     filter_sql.and_only("r.tes IS NOT NULL");
@@ -217,7 +264,11 @@ pub struct RunStore {
 }
 
 async fn read_run(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Run>> {
-    let sql = format!("SELECT {} FROM runs r WHERE r.id = $1", run_columns());
+    let sql = format!(
+        "SELECT {} FROM {} WHERE r.id = $1",
+        run_columns(),
+        runs_from()
+    );
     Ok(RunRow::find_by_statement(stmt(&sql, [id.into()]))
         .one(db)
         .await?
@@ -251,8 +302,9 @@ impl RunStore {
         owner: Option<Uuid>,
     ) -> Result<Option<Run>> {
         let sql = format!(
-            "SELECT {} FROM runs r WHERE r.request_id = $1 AND r.owner IS NOT DISTINCT FROM $2",
-            run_columns()
+            "SELECT {} FROM {} WHERE r.request_id = $1 AND r.owner IS NOT DISTINCT FROM $2",
+            run_columns(),
+            runs_from()
         );
         Ok(
             RunRow::find_by_statement(stmt(&sql, [request_id.into(), owner.into()]))
@@ -330,47 +382,28 @@ impl RunStore {
     }
 
     pub async fn list(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {
-        let mut filter_sql = pirus_db::filter::Where::default();
-        if let Some(after) = page.after {
-            filter_sql.and("r.id > ?", after);
-        }
-        if let Some(status) = filter.status {
-            filter_sql.and("r.status = ?", status.as_str());
-        }
-        if let Some(pipeline) = filter.pipeline_id {
-            filter_sql.and("r.pipeline_id = ?", pipeline);
-        }
-        if let Some(node) = &filter.node {
-            filter_sql.and("r.node = ?", node.clone());
-        }
-        if let Some(owner) = filter.owner {
-            filter_sql.and("r.owner = ?", owner);
-        }
-        if let Some(tasks) = &filter.tasks {
-            task_conditions(&mut filter_sql, tasks);
-        }
-        let (filter_sql, values) = filter_sql.build();
-        let sql = format!(
-            "SELECT {} FROM runs r {filter_sql} ORDER BY r.id LIMIT {}",
-            run_columns(),
-            page.fetch()
-        );
-        let rows = RunRow::find_by_statement(stmt(&sql, values))
+        let rows = RunRow::find_by_statement(list_statement(filter, page))
             .all(&self.db)
             .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn events_after(&self, run: Uuid, after_seq: i64) -> Result<Vec<RunEvent>> {
+        let rows =
+            EventRow::find_by_statement(stmt(EVENTS_AFTER_SQL, [run.into(), after_seq.into()]))
+                .all(&self.db)
+                .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// One task log per attempt of a TES task, oldest first: (attempt, started, ended, the
     /// attempt's error message, the log its runner recorded).
     pub async fn attempt_logs(&self, run: Uuid) -> Result<Vec<AttemptLog>> {
-        Ok(AttemptLog::find_by_statement(stmt(
-            "SELECT attempt, started_at, ended_at, error_message, tes_log
-             FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
-            [run.into()],
-        ))
-        .all(&self.db)
-        .await?)
+        Ok(
+            AttemptLog::find_by_statement(stmt(ATTEMPT_LOGS_SQL, [run.into()]))
+                .all(&self.db)
+                .await?,
+        )
     }
 
     /// Records the task log of an attempt `node` holds (nothing if it no longer does).
@@ -391,17 +424,6 @@ impl RunStore {
             ))
             .await?;
         Ok(())
-    }
-
-    pub async fn events_after(&self, run: Uuid, after_seq: i64) -> Result<Vec<RunEvent>> {
-        let rows = EventRow::find_by_statement(stmt(
-            "SELECT run_id, seq, attempt, status, progress_value, progress_label, message, at
-             FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq",
-            [run.into(), after_seq.into()],
-        ))
-        .all(&self.db)
-        .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// Records `change` of a run that `node` holds at `attempt`, as the lifecycle decides it.

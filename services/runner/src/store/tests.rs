@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::{
-    domain::{Error, Requested, Run, RunStatus},
+    domain::{Error, Requested, Run, RunFilter, RunStatus},
     lifecycle::{Desired, Event, Request},
     limits::Limits,
 };
@@ -273,4 +273,169 @@ async fn lapsed_nodes_are_settled_once_with_retries_or_errors() {
     assert_eq!(s.runs.get(retried.id).await.unwrap().attempt, 2);
     let largest = s.nodes.largest_runs().await.unwrap();
     assert_eq!(largest, vec![LARGE, LARGE]);
+}
+
+/// The plan of `sql` with `values`, as JSON (EXPLAIN without running it).
+async fn plan(
+    db: &sea_orm::DatabaseConnection,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> serde_json::Value {
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            format!("EXPLAIN (FORMAT JSON) {sql}"),
+            values,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "QUERY PLAN").unwrap()
+}
+
+/// The relations a plan reads by sequential scan.
+fn seq_scans(plan: &serde_json::Value, found: &mut Vec<String>) {
+    match plan {
+        serde_json::Value::Object(node) => {
+            if node.get("Node Type").and_then(|t| t.as_str()) == Some("Seq Scan") {
+                let relation = node.get("Relation Name").and_then(|r| r.as_str());
+                found.push(relation.unwrap_or("?").to_owned());
+            }
+            node.values().for_each(|v| seq_scans(v, found));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| seq_scans(v, found)),
+        _ => {}
+    }
+}
+
+/// Every hot query of the runner, EXPLAINed on a database seeded as `bench/seed.sql` seeds it
+/// for the load benchmark (100,000 runs, about 1,000,000 events, outputs and logs of runs),
+/// reads its tables through an index: no sequential scan of runs, events, attempts or files.
+/// These are the statements the stores run (the same builders), with the parameters a
+/// caller sends.
+#[tokio::test]
+async fn hot_queries_read_through_indexes_on_a_seeded_database() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let (_db, stores) = stores().await;
+    let db = stores.db().clone();
+    let user = Uuid::new_v4();
+    // The seeding functions are temporary: one transaction keeps one session.
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared(include_str!("../../../../bench/seed.sql"))
+        .await
+        .unwrap();
+    txn.execute_unprepared(&format!(
+        "SELECT pg_temp.pirus_seed(100000, 10, 20000, '{user}')"
+    ))
+    .await
+    .unwrap();
+    txn.commit().await.unwrap();
+    let id: Uuid = db
+        .query_one_raw(stmt(
+            "SELECT id FROM runs ORDER BY id OFFSET 50000 LIMIT 1",
+            [],
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "id")
+        .unwrap();
+    let page = |after| crate::domain::Page { size: 50, after };
+    let lists = [
+        (
+            "ListRuns status=done",
+            RunFilter {
+                status: Some(RunStatus::Done),
+                ..Default::default()
+            },
+            page(Some(id)),
+        ),
+        (
+            "ListRuns status=error",
+            RunFilter {
+                status: Some(RunStatus::Error),
+                ..Default::default()
+            },
+            page(None),
+        ),
+        (
+            "ListRuns of a user, status=done",
+            RunFilter {
+                owner: Some(user),
+                status: Some(RunStatus::Done),
+                ..Default::default()
+            },
+            page(Some(id)),
+        ),
+        (
+            "ListRuns of a user",
+            RunFilter {
+                owner: Some(user),
+                ..Default::default()
+            },
+            page(None),
+        ),
+        (
+            "ListRuns of a pipeline's runs on a node",
+            RunFilter {
+                node: Some("n".into()),
+                ..Default::default()
+            },
+            page(None),
+        ),
+        (
+            "ListTasks of a user, tagged",
+            RunFilter {
+                owner: Some(user),
+                tasks: Some(crate::domain::TaskFilter {
+                    tags: vec![("k".into(), Some("v".into()))],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            page(None),
+        ),
+    ];
+    let mut checked = Vec::new();
+    for (what, filter, page) in lists {
+        let statement = runs::list_statement(&filter, page);
+        let values = statement.values.map(|v| v.0).unwrap_or_default();
+        checked.push((what.to_owned(), plan(&db, &statement.sql, values).await));
+    }
+    let get = format!(
+        "SELECT {} FROM {} WHERE r.id = $1",
+        runs::run_columns(),
+        runs::runs_from()
+    );
+    checked.push(("GetRun".into(), plan(&db, &get, vec![id.into()]).await));
+    checked.push((
+        "WatchRun's reads".into(),
+        plan(&db, runs::EVENTS_AFTER_SQL, vec![id.into(), 3i64.into()]).await,
+    ));
+    checked.push((
+        "task logs".into(),
+        plan(&db, runs::ATTEMPT_LOGS_SQL, vec![id.into()]).await,
+    ));
+    let claim = queue::claim_sql();
+    let claim_values: Vec<sea_orm::Value> = vec![
+        "n".into(),
+        4i32.into(),
+        (8i64 << 30).into(),
+        2048i32.into(),
+        (64i64 << 30).into(),
+        86_400i64.into(),
+        "waiting".into(),
+        "initializing".into(),
+    ];
+    checked.push(("the claim".into(), plan(&db, &claim, claim_values).await));
+    for (what, plan) in &checked {
+        let mut scans = Vec::new();
+        seq_scans(plan, &mut scans);
+        scans.retain(|r| ["runs", "run_events", "run_attempts", "files"].contains(&r.as_str()));
+        assert!(
+            scans.is_empty(),
+            "{what} scans {scans:?} sequentially: {plan:#}"
+        );
+    }
 }

@@ -43,6 +43,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "m20261130_000006_tes",
         include_str!("m20261130_000006_tes.sql"),
     ),
+    (
+        "m20261130_000007_hot_indexes",
+        include_str!("m20261130_000007_hot_indexes.sql"),
+    ),
 ];
 
 #[async_trait::async_trait]
