@@ -1,6 +1,6 @@
 //! A plain HTTP/1.1 client for tus requests: any method, any headers, a body in memory.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::{
@@ -129,4 +129,31 @@ impl Http {
 pub fn b64(data: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// A tus PATCH of `length` bytes to `location` (an absolute URL) as `token`, over a plain
+/// connection of its own to `addr`: its headers and first `first` bytes are sent and the rest
+/// held back, so the transfer stays in progress until the caller writes the rest.
+pub async fn held_patch(
+    addr: std::net::SocketAddr,
+    location: &str,
+    token: &str,
+    length: usize,
+    first: usize,
+) -> Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let path = location
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| format!("/{path}"))
+        .context("not an absolute URL")?;
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: localhost\r\nTus-Resumable: 1.0.0\r\n\
+         Authorization: Bearer {token}\r\nUpload-Offset: 0\r\n\
+         Content-Type: application/offset+octet-stream\r\nContent-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&vec![b'x'; first]).await?;
+    Ok(stream)
 }

@@ -801,3 +801,68 @@ async fn a_restart_keeps_pipelines_and_resumes_unfinished_installs() -> Result<(
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
+
+/// Installs have slots of their own: with every transfer slot held by an upload in progress
+/// (`--max-transfers 1`, a PATCH whose body is held back), a package still installs, at once.
+#[tokio::test]
+async fn an_install_runs_while_uploads_hold_every_transfer_slot() -> Result<()> {
+    let db = TestDb::create().await?;
+    let p = Launch::new(Kind::Catalogue, &db.url)
+        .args(["--max-transfers", "1"])
+        .start()
+        .await?;
+    let mut c = CatalogueServiceClient::new(p.channel().await?);
+    let package = packages::package(Format::TarGz, "slots", "1", &packages::image()?)?;
+    let file = c
+        .create_file(pb::CreateFileRequest {
+            filename: "p.tar.gz".into(),
+            size: package.len() as i64,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    c.write_upload(tokio_stream::iter([pb::WriteUploadRequest {
+        upload_id: file.id.clone(),
+        offset: 0,
+        data: package.into(),
+        ..Default::default()
+    }]))
+    .await?;
+    // An upload in progress takes the one transfer slot, and keeps it.
+    let metadata = format!("filename {}", b64(b"big.bin"));
+    let created = Http::default()
+        .tus(
+            "POST",
+            &p.http_url("/uploads/files/"),
+            &[("upload-length", "1000"), ("upload-metadata", &metadata)],
+        )
+        .await?;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let token = pirus_tests::identity::recall(&db.url).unwrap_or_default();
+    let location = created.header("location").unwrap_or_default().to_owned();
+    let _held = pirus_tests::http::held_patch(p.addrs().http, &location, &token, 1000, 10).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let another = Http::default()
+        .patch(&location, 0, vec![b'y'; 10], &[])
+        .await?;
+    assert_eq!(
+        another.status, 503,
+        "the transfer slot is not taken: {}",
+        another.body
+    );
+
+    let started = std::time::Instant::now();
+    let installing = c
+        .install_pipeline(pb::InstallPipelineRequest { file_id: file.id })
+        .await?
+        .into_inner();
+    let p = installed(&mut c, &installing.id).await?;
+    assert_eq!(status(&p), pb::PipelineStatus::Ready, "{}", p.error_message);
+    // Not after the held upload gave up its slot (an idle transfer is cut after 30 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the install waited {:?} for a transfer slot",
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -9,7 +9,7 @@ use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::Catalogue
 use pirus_tests::Channel;
 use pirus_tests::{
     Kind, Launch, Process, TestDb, eventually,
-    http::{Http, b64},
+    http::{Http, b64, held_patch},
     tempdir,
 };
 use sha2::{Digest, Sha256};
@@ -1714,5 +1714,82 @@ async fn grpcurl_creates_and_gets_a_file() -> Result<()> {
     ])?;
     assert_eq!(got["status"], "FILE_STATUS_READY");
     assert_eq!(got["sha256"], sha256(b"abc"));
+    Ok(())
+}
+
+/// Transfers count against their caller's budget of streams (`--max-streams-per-caller`,
+/// shared with gRPC streams): one past it is 429 with `Retry-After`, before any byte is read;
+/// once a transfer ends, the next is taken. Another caller is not held up.
+#[tokio::test]
+async fn a_caller_past_its_budget_of_transfers_is_answered_429_and_another_is_not() -> Result<()> {
+    let db = TestDb::create().await?;
+    let p = catalogue(&db.url)
+        .args(["--max-streams-per-caller", "2"])
+        .start()
+        .await?;
+    let ann =
+        pirus_tests::identity::mint(&db.url, "ann", pirus_auth::Role::User, None, None).await?;
+    let bob =
+        pirus_tests::identity::mint(&db.url, "bob", pirus_auth::Role::User, None, None).await?;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let as_user = |token: &str| {
+        let auth = bearer(token);
+        let p = &p;
+        async move {
+            let metadata = format!("filename {}", b64(b"x.bin"));
+            let r = Http::anonymous()
+                .tus(
+                    "POST",
+                    &files_url(p),
+                    &[
+                        ("upload-length", "1000"),
+                        ("upload-metadata", &metadata),
+                        ("authorization", &auth),
+                    ],
+                )
+                .await?;
+            anyhow::ensure!(r.status == 201, "{} {}", r.status, r.body);
+            Ok::<_, anyhow::Error>(r.header("location").expect("Location").to_owned())
+        }
+    };
+    let uploads = [
+        as_user(&ann).await?,
+        as_user(&ann).await?,
+        as_user(&ann).await?,
+    ];
+    let mut first = held_patch(p.addrs().http, &uploads[0], &ann, 1000, 10).await?;
+    let _second = held_patch(p.addrs().http, &uploads[1], &ann, 1000, 10).await?;
+    // Both held transfers are admitted before the third is tried.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let patch = |location: String, token: String| async move {
+        Http::anonymous()
+            .patch(
+                &location,
+                0,
+                vec![b'y'; 1000],
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .await
+    };
+    let refused = patch(uploads[2].clone(), ann.clone()).await?;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // Another caller's transfer goes through meanwhile.
+    let bobs = as_user(&bob).await?;
+    assert_eq!(patch(bobs, bob.clone()).await?.status, 204);
+    // The first held transfer ends: the third is taken.
+    first.write_all(&vec![b'x'; 990]).await?;
+    let mut answer = vec![0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut first, &mut answer).await?;
+    assert_eq!(&answer, b"HTTP/1.1 204");
+    pirus_tests::eventually(
+        Duration::from_secs(5),
+        "the third transfer is taken",
+        || {
+            let (location, token) = (uploads[2].clone(), ann.clone());
+            async move { patch(location, token).await.is_ok_and(|r| r.status == 204) }
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Admission control of long-lived calls: each caller may hold at most so many streams at
-//! once (WatchRun, StreamRunLogs, ReadFile, WriteUpload), by role, so no single caller can
-//! take a service's capacity; one past its budget is answered RESOURCE_EXHAUSTED with a retry
-//! hint. Callers are counted by token (by peer address under `--auth none`). A runner moves
+//! once (WatchRun, StreamRunLogs, ReadFile, WriteUpload, and tus transfers on the HTTP port),
+//! by role, so no single caller can take a service's capacity; one past its budget is
+//! answered RESOURCE_EXHAUSTED (tus: 429 with Retry-After) with a retry hint. Callers are counted by token (by peer address under `--auth none`). A runner moves
 //! every input and output of its node, so runner tokens get the largest budget.
 
 use std::{

@@ -90,6 +90,21 @@ const MAX_AUDITED_PATH: usize = 256;
 pub struct HttpAuth {
     pub verifier: pirus_auth::Verifier,
     pub audit: pirus_auth::audit::Audit,
+    /// The same per-caller budget as the gRPC streams: a tus transfer (a PATCH, or a POST
+    /// carrying bytes) holds one of the caller's streams while its body flows.
+    pub admission: pirus_auth::admission::Admission,
+}
+
+/// Whether a request moves upload bytes (and so holds one of its caller's streams).
+fn is_transfer(request: &axum::extract::Request) -> bool {
+    match *request.method() {
+        http::Method::PATCH => true,
+        http::Method::POST => request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes() == b"application/offset+octet-stream"),
+        _ => false,
+    }
 }
 
 /// The authorization layer for a service's own HTTP routes (tus): every request but OPTIONS
@@ -132,6 +147,23 @@ pub async fn authenticate(
             }
             return unauthorized(status, &e.to_string());
         }
+    };
+    // One past the caller's budget of streams and transfers: 429 with a retry hint, before
+    // any byte is read.
+    let _permit = if is_transfer(&request) {
+        match auth.admission.admit(&caller, Some(peer.ip())) {
+            Ok(permit) => Some(permit),
+            Err(e) => {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(http::header::RETRY_AFTER, "1")],
+                    format!("{e}\n"),
+                )
+                    .into_response();
+            }
+        }
+    } else {
+        None
     };
     let accessor = caller.accessor;
     request.extensions_mut().insert(caller);

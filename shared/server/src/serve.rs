@@ -158,6 +158,8 @@ pub async fn serve(
     // ENHANCE_YOUR_CALM (tests/tests/scale.rs); with 8 MiB it is some 20,000. Peers may send
     // frames of up to 1 MiB rather than 16 KiB: a WriteUpload of 1 GiB then costs the server
     // (and its client) 64 times fewer frames, about 12% of its time on a 2-core host.
+    // One budget per caller across gRPC streams and tus transfers.
+    let admission = pirus_auth::admission::Admission::new(options.auth.budget);
     let mut builder = tonic::transport::Server::builder()
         .http2_adaptive_window(Some(false))
         .initial_stream_window_size(Some(4 << 20))
@@ -178,10 +180,7 @@ pub async fn serve(
                 options.auth.audit.clone(),
                 options.auth.changes,
             )
-            .with_admission(
-                options.auth.streams,
-                pirus_auth::admission::Admission::new(options.auth.budget),
-            ),
+            .with_admission(options.auth.streams, admission.clone()),
         )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             grpc_panic_response,
@@ -213,6 +212,7 @@ pub async fn serve(
         ops::HttpAuth {
             verifier: options.auth.verifier.clone(),
             audit: options.auth.audit.clone(),
+            admission,
         },
         ops::authenticate,
     )));

@@ -5,8 +5,8 @@
 //! session's, so a crashed or killed process releases it the moment PostgreSQL sees the socket
 //! close; and transfers also do their offset commits on that connection, so thousands of slow
 //! uploads never starve the pool that serves other RPCs. The lock connections form a pool of
-//! their own, bounded by `--max-transfers` (a semaphore makes one more transfer fail at once
-//! rather than wait): a connection goes back to it only after its lock was released, and is
+//! their own, bounded by `--max-transfers` plus `--max-installs` (semaphores make one more
+//! transfer fail at once rather than wait): a connection goes back to it only after its lock was released, and is
 //! closed instead whenever that is not certain (a failed unlock, a lock dropped without
 //! release). Reusing connections spares every PATCH a connection set-up and authentication,
 //! which was most of the cost of a small chunk.
@@ -26,10 +26,16 @@ use crate::{
     store::session,
 };
 
+/// Why an install did not start: every install slot is taken (it is tried again).
+pub const NO_INSTALL_SLOT: &str = "every install slot is taken";
+
 #[derive(Clone)]
 pub struct LockConnector {
     pool: PgPool,
     permits: Arc<Semaphore>,
+    /// Installs have slots of their own: a crowd of uploads (slow ones included) never holds
+    /// up an install, nor installs the uploads.
+    installs: Arc<Semaphore>,
 }
 
 /// One of the `--max-transfers` slots, taken before a transfer's work starts and freed when
@@ -54,12 +60,12 @@ fn key(id: Uuid) -> i64 {
 }
 
 impl LockConnector {
-    pub fn new(database_url: &str, max_transfers: usize) -> Result<Self> {
+    pub fn new(database_url: &str, max_transfers: usize, max_installs: usize) -> Result<Self> {
         let options: PgConnectOptions = database_url
             .parse()
             .map_err(|e: sqlx::Error| Error::internal(format!("database URL: {e}")))?;
         let pool = PgPoolOptions::new()
-            .max_connections(max_transfers.max(1) as u32)
+            .max_connections((max_transfers + max_installs).max(1) as u32)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(10))
             // Idle lock connections are closed after a while; a burst of uploads reopens them.
@@ -68,6 +74,7 @@ impl LockConnector {
         Ok(Self {
             pool,
             permits: Arc::new(Semaphore::new(max_transfers)),
+            installs: Arc::new(Semaphore::new(max_installs)),
         })
     }
 
@@ -93,10 +100,18 @@ impl LockConnector {
         self.lock_key(slot, key(upload)).await
     }
 
-    /// Takes the install lock of a pipeline (a key apart from its package upload's).
+    /// Takes the install lock of a pipeline (a key apart from its package upload's), in one
+    /// of the install slots; [`Error::Unavailable`] when every one is taken (the install is
+    /// tried again on the next pass).
     pub async fn lock_install(&self, pipeline: Uuid) -> Result<UploadLock> {
         const INSTALL: i64 = 0x5049_5255_535f_494e; // "PIRUS_IN"
-        self.lock_key(self.slot()?, key(pipeline) ^ INSTALL).await
+        let slot = self
+            .installs
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| TransferSlot { _permit: permit })
+            .map_err(|_| Error::Unavailable(NO_INSTALL_SLOT.to_owned()))?;
+        self.lock_key(slot, key(pipeline) ^ INSTALL).await
     }
 
     async fn lock_key(&self, slot: TransferSlot, key: i64) -> Result<UploadLock> {
