@@ -582,3 +582,74 @@ async fn database_refusals_are_unavailable_and_failing_queries_are_not() -> Resu
     assert!(pirus_db::sqlx_is_unavailable(&refused), "{refused}");
     Ok(())
 }
+
+/// A raw HTTP/1.1 GET of `path` on a connection of its own: the status line, or what ended it.
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await??;
+    Ok(String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("closed without an answer")
+        .to_owned())
+}
+
+/// Reads until the peer closes (or 10 s pass); answers how long that took and what came.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> (Duration, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
+    (started.elapsed(), got)
+}
+
+/// The HTTP port does not let a client hold it: a request header not finished within
+/// `--http-header-read-timeout` closes the connection, and past `--max-http-connections`
+/// a new connection is closed at once; others are answered throughout.
+#[tokio::test]
+async fn the_http_port_drops_trickled_headers_and_connections_past_its_cap() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::create().await?;
+    let slow = catalogue(&db.url)
+        .args(["--http-header-read-timeout", "1s"])
+        .start()
+        .await?;
+    let mut trickling = tokio::net::TcpStream::connect(slow.addrs().http).await?;
+    trickling
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\n")
+        .await?;
+    let (took, _) = until_closed(&mut trickling).await;
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(4),
+        "a trickled header was cut after {took:?}"
+    );
+    assert_eq!(raw_get(slow.addrs().http, "/livez").await?, "HTTP/1.1 200 OK");
+
+    let capped = catalogue(&db.url)
+        .args(["--max-http-connections", "3"])
+        .start()
+        .await?;
+    let addr = capped.addrs().http;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(addr).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = tokio::net::TcpStream::connect(addr).await?;
+    let (took, got) = until_closed(&mut fourth).await;
+    assert!(
+        took < Duration::from_secs(2) && got.is_empty(),
+        "a connection past the cap stayed {took:?} and got {got:?}"
+    );
+    // One of the three goes: the next connection is served.
+    drop(idle.pop());
+    eventually(Duration::from_secs(5), "a freed slot serves", || async {
+        raw_get(addr, "/livez").await.is_ok_and(|s| s == "HTTP/1.1 200 OK")
+    })
+    .await?;
+    Ok(())
+}

@@ -141,6 +141,7 @@ pub async fn run(
         shutdown_timeout: config.common.shutdown_timeout,
         reflection: vec![pirus_proto::CATALOGUE_DESCRIPTOR_SET],
         auth,
+        http: config.common.http_limits(),
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
     let _ = tokio::join!(sweeper, installer);

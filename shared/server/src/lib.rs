@@ -18,4 +18,6 @@ pub mod serve;
 pub mod telemetry;
 pub mod tls;
 
-pub use serve::{AuthSetup, Listeners, ServeError, ServeOptions, Service, serve, shutdown_signal};
+pub use serve::{
+    AuthSetup, HttpLimits, Listeners, ServeError, ServeOptions, Service, serve, shutdown_signal,
+};

@@ -52,6 +52,27 @@ pub struct CommonOptions {
     #[arg(long, env = "PIRUS_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_streams_per_connection: u32,
+
+    /// On the HTTP port, a client must send each request's header within this; the
+    /// connection is closed otherwise (also an idle kept-alive connection).
+    #[arg(long, env = "PIRUS_HTTP_HEADER_READ_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration)]
+    pub http_header_read_timeout: Duration,
+
+    /// Connections the HTTP port keeps open at once; one more is closed when accepted.
+    #[arg(long, env = "PIRUS_MAX_HTTP_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_http_connections: u32,
+}
+
+impl CommonOptions {
+    /// The HTTP port's bounds, from these options.
+    pub fn http_limits(&self) -> crate::serve::HttpLimits {
+        crate::serve::HttpLimits {
+            header_read_timeout: self.http_header_read_timeout,
+            max_connections: self.max_http_connections as usize,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -94,6 +94,8 @@ pub struct ServeOptions {
     pub reflection: Vec<&'static [u8]>,
     /// The authorization layer every call (but health and reflection) passes.
     pub auth: AuthSetup,
+    /// Bounds of the HTTP port's connections.
+    pub http: HttpLimits,
 }
 
 /// What the authorization layer needs: the verifier, the audit trail, and which methods change
@@ -217,11 +219,11 @@ pub async fn serve(
         ops::authenticate,
     )));
     let http_task = match &listeners.tls {
-        None => spawn_http(listeners.http, http_router, stop.clone()),
+        None => spawn_http(listeners.http, http_router, stop.clone(), options.http),
         Some(tls) => {
             let listener =
                 TlsListener::new(listeners.http, tls.http.clone()).map_err(ServeError::Http)?;
-            spawn_http(listener, http_router, stop.clone())
+            spawn_http(listener, http_router, stop.clone(), options.http)
         }
     };
 
@@ -241,24 +243,71 @@ pub async fn serve(
     run_until_stopped(tasks, &health, &stop, &shutdown, options.shutdown_timeout).await
 }
 
-/// Serves the HTTP port on `listener` (plain or TLS) until `stop`; handlers see the peer's
-/// address as `ConnectInfo<SocketAddr>` either way.
+/// Bounds of the HTTP port's connections.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// A client must send a request's whole header within this (and the next request's, on
+    /// a kept-alive connection); the connection is closed otherwise.
+    pub header_read_timeout: Duration,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+}
+
+/// Serves the HTTP port on `listener` (plain or TLS) until `stop`, HTTP/1.1 with
+/// [`HttpLimits`] (a client that trickles its headers, or opens connections by the thousand,
+/// holds nothing for long); handlers see the peer's address as `ConnectInfo<SocketAddr>`
+/// either way. On `stop` it stops accepting and waits for the connections in flight to end
+/// their current requests (the caller bounds that wait).
 fn spawn_http<L>(
-    listener: L,
+    mut listener: L,
     router: axum::Router,
     stop: CancellationToken,
+    limits: HttpLimits,
 ) -> tokio::task::JoinHandle<std::io::Result<()>>
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
-    L::Io: Unpin,
+    L::Io: Unpin + Send + 'static,
 {
-    use axum::serve::ListenerExt;
-    let server = axum::serve(
-        listener.tap_io(|_| {}),
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned());
-    tokio::spawn(async move { server.await })
+    tokio::spawn(async move {
+        let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(true);
+        loop {
+            let (io, peer) = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = limits.max_connections,
+                    "HTTP connection closed at once: every connection slot is taken");
+                drop(io);
+                continue;
+            };
+            let router = router.clone();
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(router.clone(), request)
+                },
+            );
+            let connection =
+                graceful.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(io), service));
+            tokio::spawn(async move {
+                let _slot = permit;
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                }
+            });
+        }
+        graceful.shutdown().await;
+        Ok(())
+    })
 }
 
 /// What a running server is made of.
