@@ -627,7 +627,10 @@ async fn the_http_port_drops_trickled_headers_and_connections_past_its_cap() -> 
         took >= Duration::from_millis(700) && took < Duration::from_secs(4),
         "a trickled header was cut after {took:?}"
     );
-    assert_eq!(raw_get(slow.addrs().http, "/livez").await?, "HTTP/1.1 200 OK");
+    assert_eq!(
+        raw_get(slow.addrs().http, "/livez").await?,
+        "HTTP/1.1 200 OK"
+    );
 
     let capped = catalogue(&db.url)
         .args(["--max-http-connections", "3"])
@@ -648,7 +651,9 @@ async fn the_http_port_drops_trickled_headers_and_connections_past_its_cap() -> 
     // One of the three goes: the next connection is served.
     drop(idle.pop());
     eventually(Duration::from_secs(5), "a freed slot serves", || async {
-        raw_get(addr, "/livez").await.is_ok_and(|s| s == "HTTP/1.1 200 OK")
+        raw_get(addr, "/livez")
+            .await
+            .is_ok_and(|s| s == "HTTP/1.1 200 OK")
     })
     .await?;
     Ok(())
