@@ -744,3 +744,28 @@ pub async fn read_file(
     }
     Ok(out)
 }
+
+/// Runs as ListRuns pages them (1,000 a page), until `limit` are read or the list ends.
+pub async fn list_runs(
+    runner: &mut pirus_proto::runner::v1::runner_service_client::RunnerServiceClient<Channel>,
+    limit: usize,
+) -> Result<Vec<pirus_proto::runner::v1::Run>> {
+    let mut runs = Vec::new();
+    let mut token = String::new();
+    while runs.len() < limit {
+        let page = runner
+            .list_runs(pirus_proto::runner::v1::ListRunsRequest {
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        runs.extend(page.runs);
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    Ok(runs)
+}

@@ -113,26 +113,11 @@ async fn connect(addr: &str, token: Option<&str>) -> Result<Vec<Channel>> {
     Ok(channels)
 }
 
-/// Up to `n` run ids (newest first pages of ListRuns), to read at random.
+/// Up to `n` run ids (the first pages of ListRuns), to read at random.
 async fn sample_runs(channel: Channel, n: usize) -> Result<Vec<String>> {
     let mut client = RunnerServiceClient::new(channel);
-    let (mut ids, mut token) = (Vec::new(), String::new());
-    while ids.len() < n {
-        let page = client
-            .list_runs(run::ListRunsRequest {
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        ids.extend(page.runs.into_iter().map(|r| r.id));
-        token = page.next_page_token;
-        if token.is_empty() {
-            break;
-        }
-    }
-    Ok(ids)
+    let runs = pirus_tests::list_runs(&mut client, n).await?;
+    Ok(runs.into_iter().map(|r| r.id).collect())
 }
 
 /// The fan-out: `watchers` WatchRun streams on a fresh queued run, then CancelRun; answers the

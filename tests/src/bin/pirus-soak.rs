@@ -143,27 +143,11 @@ async fn main() -> Result<()> {
         }
     }
     // The runs the soak made, as the runner lists them (by name).
-    let mut named = 0;
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_runs(run::ListRunsRequest {
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        named += page
-            .runs
-            .iter()
-            .filter(|r| r.name.starts_with("soak "))
-            .count();
-        token = page.next_page_token;
-        if token.is_empty() {
-            break;
-        }
-    }
+    let named = pirus_tests::list_runs(&mut client, usize::MAX)
+        .await?
+        .iter()
+        .filter(|r| r.name.starts_with("soak "))
+        .count();
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
