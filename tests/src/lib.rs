@@ -27,6 +27,7 @@ pub use identity::Channel;
 
 pub mod http;
 pub mod identity;
+pub mod load;
 pub mod packages;
 pub mod pg;
 pub mod proxy;

@@ -51,19 +51,14 @@ pub struct Config {
     #[arg(long, env = "PIRUS_UPLOAD_SWEEP_INTERVAL", value_parser = parse_duration)]
     pub upload_sweep_interval: Option<Duration>,
 
-    /// Transfers (tus PATCH bodies, WriteUpload streams) running at once. Each
+    /// Transfers (tus PATCH bodies, WriteUpload streams) running at once (installs run apart,
+    /// one at a time). Each
     /// holds a PostgreSQL connection of its own for its lock, on top of the pool
     /// (--database-max-connections): keep the sum within the server's max_connections. One
     /// more is answered 503 / UNAVAILABLE, to be retried.
     #[arg(long, env = "PIRUS_MAX_TRANSFERS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_transfers: u32,
-
-    /// Package installs running at once, on slots of their own (uploads never hold them up);
-    /// each holds a PostgreSQL connection of its own like a transfer. More wait for a slot.
-    #[arg(long, env = "PIRUS_MAX_INSTALLS", default_value_t = 2,
-          value_parser = clap::value_parser!(u32).range(1..=1_000))]
-    pub max_installs: u32,
 
     /// Origins (like `https://app.example.org`, comma-separated) whose web pages may call the
     /// tus endpoints from a browser. Empty (the default): no CORS headers at all, and no

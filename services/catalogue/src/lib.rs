@@ -67,11 +67,8 @@ pub async fn run(
         .unwrap_or_else(|| format!("{}://{}", listeners.scheme(), listeners.http_addr()));
     tracing::info!(data_dir = %config.data_dir.display(), %public_url, "catalogue starting");
 
-    let locks = uploads::LockConnector::new(
-        &config.common.database_url,
-        config.max_transfers as usize,
-        config.max_installs as usize,
-    )?;
+    let locks =
+        uploads::LockConnector::new(&config.common.database_url, config.max_transfers as usize)?;
     let store = store::Store::new(db.clone());
     let (installs, install_queue) = tokio::sync::mpsc::unbounded_channel();
     let installer = install::Installer::new(

@@ -74,13 +74,28 @@ impl Runs {
         self.stores.runs.list(&filter, page).await
     }
 
-    /// What a TES task's BASIC and FULL views add to its run: its attempts' logs and its
-    /// catalogue outputs.
-    pub async fn task_detail(&self, run: &Run) -> Result<crate::tes::task::Detail> {
-        Ok(crate::tes::task::Detail {
-            attempts: self.stores.runs.attempt_logs(run.id).await?,
-            outputs: pirus_db::views::run_outputs(self.stores.db(), run.id).await?,
-        })
+    /// What the BASIC and FULL views of TES tasks add to their runs (their attempts' logs and
+    /// their catalogue outputs), for a page of them in two queries; in the order of `runs`.
+    pub async fn task_details(&self, runs: &[Run]) -> Result<Vec<crate::tes::task::Detail>> {
+        let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+        let mut details: std::collections::HashMap<Uuid, crate::tes::task::Detail> = ids
+            .iter()
+            .map(|id| (*id, crate::tes::task::Detail::default()))
+            .collect();
+        for attempt in self.stores.runs.attempt_logs(&ids).await? {
+            if let Some(d) = details.get_mut(&attempt.run_id) {
+                d.attempts.push(attempt);
+            }
+        }
+        for output in pirus_db::views::run_outputs(self.stores.db(), &ids).await? {
+            if let Some(d) = details.get_mut(&output.source_run_id) {
+                d.outputs.push(output);
+            }
+        }
+        Ok(ids
+            .iter()
+            .map(|id| details.remove(id).unwrap_or_default())
+            .collect())
     }
 
     /// Every event of a run after `after`, then live ones, until the terminal event: through

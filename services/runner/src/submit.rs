@@ -63,7 +63,17 @@ pub async fn submit(
         &stores.nodes.largest_runs().await?,
     )?;
 
-    let names = input_names(&input_file_names(stores, &new.input_file_ids, inputs_of).await?);
+    let names = input_names(
+        &input_file_names(
+            stores,
+            &new.input_file_ids,
+            inputs_of,
+            |i| format!("input_file_ids[{i}]"),
+            // NOT_FOUND, as for any other missing resource.
+            |field, id| Error::NotFound(format!("{field}: file {id}")),
+        )
+        .await?,
+    );
 
     let databases = databases_dir.map(list_databases).unwrap_or_default();
     let form = pipeline
@@ -126,11 +136,15 @@ fn same_submission(request_id: &str, new: &NewRun, run: Run) -> Result<Run> {
 }
 
 /// The names of a run's input files, in order; every id must name an existing file (of
-/// `owner`, if given) that did not fail its upload.
+/// `owner`, if given: another user's file is missing to this caller) that did not fail its
+/// upload. `field` names the request field of the i-th id; `missing` is the error for one
+/// that is missing.
 pub(crate) async fn input_file_names(
     stores: &Stores,
     ids: &[Uuid],
     owner: Option<Uuid>,
+    field: impl Fn(usize) -> String,
+    missing: impl Fn(String, Uuid) -> Error,
 ) -> Result<Vec<String>> {
     let files: HashMap<Uuid, FileView> = views::files(stores.db(), ids)
         .await?
@@ -141,14 +155,11 @@ pub(crate) async fn input_file_names(
     for (i, id) in ids.iter().enumerate() {
         let file = files
             .get(id)
-            .filter(|f| owner.is_none() || f.owner == owner);
-        // NOT_FOUND, as for any other missing resource (and another user's file is missing
-        // to this caller).
-        let file = file
-            .ok_or_else(|| Error::NotFound(format!("input_file_ids[{i}]: file {id} not found")))?;
+            .filter(|f| owner.is_none() || f.owner == owner)
+            .ok_or_else(|| missing(field(i), *id))?;
         if file.state == FileState::Error {
             return Err(Error::invalid(
-                &format!("input_file_ids[{i}]"),
+                &field(i),
                 format!("file {id} failed its upload"),
             ));
         }

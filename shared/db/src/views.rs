@@ -166,21 +166,26 @@ pub async fn ready_pipelines_named(
     rows.into_iter().map(PipelineView::try_from).collect()
 }
 
-/// A READY output of a run: its id, name and size.
+/// A READY output of a run: its run, id, name and size.
 #[derive(Clone, Debug, FromQueryResult)]
 pub struct RunOutput {
+    pub source_run_id: Uuid,
     pub id: Uuid,
     pub name: String,
     pub size: Option<i64>,
 }
 
-/// The READY outputs of a run, by name.
-pub async fn run_outputs(db: &impl ConnectionTrait, run: Uuid) -> Result<Vec<RunOutput>, DbErr> {
+/// The READY outputs of the runs among `runs`, by run and name (one query for a page).
+pub async fn run_outputs(
+    db: &impl ConnectionTrait,
+    runs: &[Uuid],
+) -> Result<Vec<RunOutput>, DbErr> {
     RunOutput::find_by_statement(stmt(
-        "SELECT id, name, size FROM file_for_runs
-         WHERE source_run_id = $1 AND kind = $2 AND status = $3 ORDER BY name",
+        "SELECT source_run_id, id, name, size FROM file_for_runs
+         WHERE source_run_id = ANY($1) AND kind = $2 AND status = $3
+         ORDER BY source_run_id, name",
         [
-            run.into(),
+            runs.to_vec().into(),
             RunFileKind::Output.as_str().into(),
             FileState::Ready.as_str().into(),
         ],

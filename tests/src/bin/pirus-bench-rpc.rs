@@ -16,33 +16,26 @@
 #![allow(clippy::print_stdout)]
 
 use std::{
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
-use pirus_tests::{Channel, identity::with_token};
+use pirus_tests::{
+    Channel,
+    identity::with_token,
+    load::{Outcome, drive},
+};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const CONNECTIONS: usize = 4;
 const FILES: usize = 1000;
 /// Rounds of GetFile with and without tokens, alternately.
 const ROUNDS: usize = 3;
-
-struct Outcome {
-    calls: usize,
-    errors: usize,
-    elapsed: Duration,
-    /// Sorted latencies of the successful calls.
-    latencies: Vec<Duration>,
-    /// CPU time the server process spent meanwhile (with `PIRUS_BENCH_SERVER_PIDS`).
-    server_cpu: Option<Duration>,
-}
 
 /// The server measured now: an index into `PIRUS_BENCH_SERVER_PIDS` (the catalogue at
 /// GRPC_ADDR, then the one without tokens, then the one with TLS).
@@ -62,73 +55,6 @@ fn server_cpu() -> Option<Duration> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10))
-}
-
-impl Outcome {
-    fn rate(&self) -> f64 {
-        self.calls as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.latencies.len() - 1) as f64 * p).round() as usize;
-        self.latencies[i]
-    }
-}
-
-/// Runs `call` from `concurrency` tasks for `seconds`; task i uses connection i % CONNECTIONS.
-async fn drive<F, Fut>(
-    channels: &[Channel],
-    concurrency: usize,
-    seconds: u64,
-    call: F,
-) -> Result<Outcome>
-where
-    F: Fn(Channel, usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = bool> + Send,
-{
-    let call = Arc::new(call);
-    let cpu_before = server_cpu();
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for task in 0..concurrency {
-        let (call, channel) = (call.clone(), channels[task % channels.len()].clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors, mut n) = (Vec::new(), 0usize, task);
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                if call(channel.clone(), n).await {
-                    latencies.push(t.elapsed());
-                } else {
-                    errors += 1;
-                }
-                n += concurrency;
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut outcome = Outcome {
-        calls: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-        server_cpu: None,
-    };
-    for task in tasks {
-        let (latencies, errors) = task.await?;
-        outcome.calls += latencies.len();
-        outcome.errors += errors;
-        outcome.latencies.extend(latencies);
-    }
-    outcome.elapsed = started.elapsed();
-    outcome.server_cpu = cpu_before
-        .zip(server_cpu())
-        .map(|(before, after)| after.saturating_sub(before));
-    outcome.latencies.sort_unstable();
-    Ok(outcome)
 }
 
 /// CONNECTIONS connections to `addr` (an `https://` URL: TLS, trusting `PIRUS_BENCH_TLS_CA`),
@@ -158,15 +84,21 @@ async fn get_files(
     seconds: u64,
 ) -> Result<Outcome> {
     let ids = ids.clone();
-    drive(channels, concurrency, seconds, move |channel, n| {
-        let id = ids[n % ids.len()].clone();
-        async move {
-            CatalogueServiceClient::new(channel)
-                .get_file(pb::GetFileRequest { id })
-                .await
-                .is_ok()
-        }
-    })
+    drive(
+        channels,
+        concurrency,
+        seconds,
+        server_cpu,
+        move |channel, n| {
+            let id = ids[n % ids.len()].clone();
+            async move {
+                CatalogueServiceClient::new(channel)
+                    .get_file(pb::GetFileRequest { id })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
     .await
 }
 
@@ -241,14 +173,20 @@ async fn main() -> Result<()> {
     let ids = Arc::new(ids);
 
     let mut rows: Vec<(&str, Outcome)> = Vec::new();
-    let health = drive(&channels, concurrency, seconds, |channel, _| async move {
-        HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .is_ok()
-    })
+    let health = drive(
+        &channels,
+        concurrency,
+        seconds,
+        server_cpu,
+        |channel, _| async move {
+            HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok()
+        },
+    )
     .await?;
     rows.push(("grpc.health.v1.Health/Check (baseline)", health));
     match &no_auth {
@@ -270,27 +208,39 @@ async fn main() -> Result<()> {
             get_files(&channels, &ids, concurrency, seconds).await?,
         )),
     }
-    let list = drive(&channels, concurrency, seconds, |channel, _| async move {
-        CatalogueServiceClient::new(channel)
-            .list_files(pb::ListFilesRequest {
-                page_size: 50,
-                ..Default::default()
-            })
-            .await
-            .is_ok_and(|r| r.into_inner().files.len() == 50)
-    })
+    let list = drive(
+        &channels,
+        concurrency,
+        seconds,
+        server_cpu,
+        |channel, _| async move {
+            CatalogueServiceClient::new(channel)
+                .list_files(pb::ListFilesRequest {
+                    page_size: 50,
+                    ..Default::default()
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().files.len() == 50)
+        },
+    )
     .await?;
     rows.push(("ListFiles (a page of 50)", list));
-    let create = drive(&channels, concurrency, seconds, |channel, n| async move {
-        CatalogueServiceClient::new(channel)
-            .create_file(pb::CreateFileRequest {
-                filename: format!("created-{n}.bin"),
-                size: 1,
-                ..Default::default()
-            })
-            .await
-            .is_ok()
-    })
+    let create = drive(
+        &channels,
+        concurrency,
+        seconds,
+        server_cpu,
+        |channel, n| async move {
+            CatalogueServiceClient::new(channel)
+                .create_file(pb::CreateFileRequest {
+                    filename: format!("created-{n}.bin"),
+                    size: 1,
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+        },
+    )
     .await?;
     rows.push(("CreateFile (a committed insert)", create));
 

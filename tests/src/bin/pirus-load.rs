@@ -24,83 +24,14 @@ use pirus_proto::{
     catalogue::v1::{self as cat, catalogue_service_client::CatalogueServiceClient},
     runner::v1::{self as run, runner_service_client::RunnerServiceClient},
 };
-use pirus_tests::{Channel, identity::with_token};
+use pirus_tests::{
+    Channel,
+    identity::with_token,
+    load::{Outcome, drive, percentile},
+};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const CONNECTIONS: usize = 4;
-
-struct Outcome {
-    calls: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Outcome {
-    fn rate(&self) -> f64 {
-        self.calls as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        percentile(&self.latencies, p)
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Runs `call` from `concurrency` tasks for `seconds`; task i uses connection i % CONNECTIONS
-/// and passes its call number (i, i + concurrency, ...).
-async fn drive<F, Fut>(
-    channels: &[Channel],
-    concurrency: usize,
-    seconds: u64,
-    call: F,
-) -> Result<Outcome>
-where
-    F: Fn(Channel, usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = bool> + Send,
-{
-    let call = Arc::new(call);
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for task in 0..concurrency {
-        let (call, channel) = (call.clone(), channels[task % channels.len()].clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors, mut n) = (Vec::new(), 0usize, task);
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                if call(channel.clone(), n).await {
-                    latencies.push(t.elapsed());
-                } else {
-                    errors += 1;
-                }
-                n += concurrency;
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut outcome = Outcome {
-        calls: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-    };
-    for task in tasks {
-        let (latencies, errors) = task.await?;
-        outcome.calls += latencies.len();
-        outcome.errors += errors;
-        outcome.latencies.extend(latencies);
-    }
-    outcome.elapsed = started.elapsed();
-    outcome.latencies.sort_unstable();
-    Ok(outcome)
-}
 
 async fn connect(addr: &str, token: Option<&str>) -> Result<Vec<Channel>> {
     let mut channels = Vec::new();
@@ -213,25 +144,37 @@ async fn main() -> Result<()> {
     }
     let mut rows: Vec<(String, Outcome, &str)> = Vec::new();
 
-    let health = drive(&runners, concurrency, seconds, |channel, _| async move {
-        HealthClient::new(channel)
-            .check(HealthCheckRequest::default())
-            .await
-            .is_ok()
-    })
+    let health = drive(
+        &runners,
+        concurrency,
+        seconds,
+        || None,
+        |channel, _| async move {
+            HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .is_ok()
+        },
+    )
     .await?;
     rows.push(("health check (the floor)".into(), health, ""));
 
     let sample = ids.clone();
-    let get = drive(&runners, concurrency, seconds, move |channel, n| {
-        let id = sample[n * 7919 % sample.len()].clone();
-        async move {
-            RunnerServiceClient::new(channel)
-                .get_run(run::GetRunRequest { id })
-                .await
-                .is_ok()
-        }
-    })
+    let get = drive(
+        &runners,
+        concurrency,
+        seconds,
+        || None,
+        move |channel, n| {
+            let id = sample[n * 7919 % sample.len()].clone();
+            async move {
+                RunnerServiceClient::new(channel)
+                    .get_run(run::GetRunRequest { id })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
     .await?;
     rows.push(("GetRun".into(), get, ">= 10,000 calls/s"));
 
@@ -251,7 +194,7 @@ async fn main() -> Result<()> {
                 .is_ok()
         }
     };
-    let list = drive(&runners, concurrency, seconds, list_call.clone()).await?;
+    let list = drive(&runners, concurrency, seconds, || None, list_call.clone()).await?;
     rows.push((
         "ListRuns status=DONE, page of 50 (admin)".into(),
         list,
@@ -259,7 +202,7 @@ async fn main() -> Result<()> {
     ));
     // The same with 4 callers: latency where the host is not saturated (with 32 callers on
     // two cores, p99 is mostly the wait for a core).
-    let list = drive(&runners, 4, seconds, list_call.clone()).await?;
+    let list = drive(&runners, 4, seconds, || None, list_call.clone()).await?;
     rows.push((
         "ListRuns status=DONE, page of 50, 4 callers".into(),
         list,
@@ -267,16 +210,22 @@ async fn main() -> Result<()> {
     ));
     if let Some(user) = &user {
         let mine = connect(runner, Some(user)).await?;
-        let list = drive(&mine, concurrency, seconds, |channel, _| async move {
-            RunnerServiceClient::new(channel)
-                .list_runs(run::ListRunsRequest {
-                    status: run::RunStatus::Done as i32,
-                    page_size: 50,
-                    ..Default::default()
-                })
-                .await
-                .is_ok()
-        })
+        let list = drive(
+            &mine,
+            concurrency,
+            seconds,
+            || None,
+            |channel, _| async move {
+                RunnerServiceClient::new(channel)
+                    .list_runs(run::ListRunsRequest {
+                        status: run::RunStatus::Done as i32,
+                        page_size: 50,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
+            },
+        )
         .await?;
         rows.push((
             "ListRuns status=DONE, page of 50 (a user)".into(),
@@ -285,32 +234,44 @@ async fn main() -> Result<()> {
         ));
     }
 
-    let files = drive(&catalogues, concurrency, seconds, |channel, _| async move {
-        CatalogueServiceClient::new(channel)
-            .list_files(cat::ListFilesRequest {
-                page_size: 50,
-                ..Default::default()
-            })
-            .await
-            .is_ok_and(|r| r.into_inner().files.len() == 50)
-    })
+    let files = drive(
+        &catalogues,
+        concurrency,
+        seconds,
+        || None,
+        |channel, _| async move {
+            CatalogueServiceClient::new(channel)
+                .list_files(cat::ListFilesRequest {
+                    page_size: 50,
+                    ..Default::default()
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().files.len() == 50)
+        },
+    )
     .await?;
     rows.push(("ListFiles, page of 50".into(), files, ""));
 
     let pipeline_id = pipeline.clone();
-    let submit = drive(&runners, concurrency, seconds, move |channel, n| {
-        let pipeline_id = pipeline_id.clone();
-        async move {
-            RunnerServiceClient::new(channel)
-                .submit_run(run::SubmitRunRequest {
-                    pipeline_id,
-                    name: format!("load {n}"),
-                    ..Default::default()
-                })
-                .await
-                .is_ok()
-        }
-    })
+    let submit = drive(
+        &runners,
+        concurrency,
+        seconds,
+        || None,
+        move |channel, n| {
+            let pipeline_id = pipeline_id.clone();
+            async move {
+                RunnerServiceClient::new(channel)
+                    .submit_run(run::SubmitRunRequest {
+                        pipeline_id,
+                        name: format!("load {n}"),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
     .await?;
     rows.push((
         "SubmitRun (a committed insert)".into(),

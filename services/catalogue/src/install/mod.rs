@@ -23,7 +23,7 @@ use crate::{
     datadir::DataDir,
     domain::{Error, PipelineStatus, Result},
     store::{InstallRecord, Store},
-    uploads::{LockConnector, NO_INSTALL_SLOT},
+    uploads::LockConnector,
 };
 
 /// How often INSTALLING pipelines are looked for besides those queued.
@@ -67,15 +67,8 @@ impl Installer {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                match self.install(id).await {
-                    Ok(()) => {}
-                    // Every install slot taken: the next pass takes it.
-                    Err(Error::Unavailable(why)) if why == NO_INSTALL_SLOT => {
-                        tracing::debug!(pipeline = %id, %why, "install waits for a slot");
-                    }
-                    Err(e) => {
-                        tracing::warn!(pipeline = %id, error = %e, "install attempt failed; retried later");
-                    }
+                if let Err(e) = self.install(id).await {
+                    tracing::warn!(pipeline = %id, error = %e, "install attempt failed; retried later");
                 }
             }
         }

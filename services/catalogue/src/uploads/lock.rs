@@ -5,8 +5,8 @@
 //! session's, so a crashed or killed process releases it the moment PostgreSQL sees the socket
 //! close; and transfers also do their offset commits on that connection, so thousands of slow
 //! uploads never starve the pool that serves other RPCs. The lock connections form a pool of
-//! their own, bounded by `--max-transfers` plus `--max-installs` (semaphores make one more
-//! transfer fail at once rather than wait): a connection goes back to it only after its lock was released, and is
+//! their own, bounded by `--max-transfers` (a semaphore makes one more transfer fail at once
+//! rather than wait), plus one for the installer: a connection goes back to it only after its lock was released, and is
 //! closed instead whenever that is not certain (a failed unlock, a lock dropped without
 //! release). Reusing connections spares every PATCH a connection set-up and authentication,
 //! which was most of the cost of a small chunk.
@@ -26,16 +26,10 @@ use crate::{
     store::session,
 };
 
-/// Why an install did not start: every install slot is taken (it is tried again).
-pub const NO_INSTALL_SLOT: &str = "every install slot is taken";
-
 #[derive(Clone)]
 pub struct LockConnector {
     pool: PgPool,
     permits: Arc<Semaphore>,
-    /// Installs have slots of their own: a crowd of uploads (slow ones included) never holds
-    /// up an install, nor installs the uploads.
-    installs: Arc<Semaphore>,
 }
 
 /// One of the `--max-transfers` slots, taken before a transfer's work starts and freed when
@@ -49,7 +43,8 @@ pub struct UploadLock {
     /// None once released.
     connection: Option<PoolConnection<Postgres>>,
     key: i64,
-    _slot: TransferSlot,
+    /// A transfer's slot (an install takes none).
+    _slot: Option<TransferSlot>,
 }
 
 /// The advisory lock key of an upload: its UUID folded to 64 bits. Two uploads colliding would
@@ -60,12 +55,14 @@ fn key(id: Uuid) -> i64 {
 }
 
 impl LockConnector {
-    pub fn new(database_url: &str, max_transfers: usize, max_installs: usize) -> Result<Self> {
+    pub fn new(database_url: &str, max_transfers: usize) -> Result<Self> {
         let options: PgConnectOptions = database_url
             .parse()
             .map_err(|e: sqlx::Error| Error::internal(format!("database URL: {e}")))?;
         let pool = PgPoolOptions::new()
-            .max_connections((max_transfers + max_installs).max(1) as u32)
+            // One more than the transfers: the installer's (it installs one package at a
+            // time, outside the transfer slots, so uploads never hold an install up).
+            .max_connections(max_transfers as u32 + 1)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(10))
             // Idle lock connections are closed after a while; a burst of uploads reopens them.
@@ -74,7 +71,6 @@ impl LockConnector {
         Ok(Self {
             pool,
             permits: Arc::new(Semaphore::new(max_transfers)),
-            installs: Arc::new(Semaphore::new(max_installs)),
         })
     }
 
@@ -97,24 +93,18 @@ impl LockConnector {
 
     /// Takes the lock of `upload` in a slot taken earlier.
     pub async fn lock_in(&self, slot: TransferSlot, upload: Uuid) -> Result<UploadLock> {
-        self.lock_key(slot, key(upload)).await
+        self.lock_key(Some(slot), key(upload)).await
     }
 
-    /// Takes the install lock of a pipeline (a key apart from its package upload's), in one
-    /// of the install slots; [`Error::Unavailable`] when every one is taken (the install is
-    /// tried again on the next pass).
+    /// Takes the install lock of a pipeline (a key apart from its package upload's). It takes
+    /// no transfer slot: the installer runs one install at a time, on a connection the pool
+    /// keeps for it, so uploads holding every slot never hold an install up.
     pub async fn lock_install(&self, pipeline: Uuid) -> Result<UploadLock> {
         const INSTALL: i64 = 0x5049_5255_535f_494e; // "PIRUS_IN"
-        let slot = self
-            .installs
-            .clone()
-            .try_acquire_owned()
-            .map(|permit| TransferSlot { _permit: permit })
-            .map_err(|_| Error::Unavailable(NO_INSTALL_SLOT.to_owned()))?;
-        self.lock_key(slot, key(pipeline) ^ INSTALL).await
+        self.lock_key(None, key(pipeline) ^ INSTALL).await
     }
 
-    async fn lock_key(&self, slot: TransferSlot, key: i64) -> Result<UploadLock> {
+    async fn lock_key(&self, slot: Option<TransferSlot>, key: i64) -> Result<UploadLock> {
         let mut connection = self.pool.acquire().await?;
         if !session::try_lock(&mut connection, key).await? {
             // Nothing held: the connection can serve the next transfer.

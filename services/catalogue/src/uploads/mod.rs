@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 pub use checksum::{ChecksumAlgorithm, ChunkChecksum};
-pub use lock::{LockConnector, NO_INSTALL_SLOT};
+pub use lock::LockConnector;
 pub use sweeper::run_sweeper;
 pub use transfer::Transfer;
 

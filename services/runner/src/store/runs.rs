@@ -14,14 +14,22 @@ use crate::{
     lifecycle::{self, Answer, Event, Request},
 };
 
-/// The columns of a run, over [`runs_from`].
-pub(super) fn run_columns() -> &'static str {
-    "r.id, r.pipeline_id, r.pipeline_version, r.image_sha256, r.name, r.status, r.config,
-     r.input_file_ids, r.progress_value, r.progress_label, r.node, r.attempt, r.exit_code,
-     r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
-     r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at,
-     r.ended_at, r.owner, r.tes, coalesce(rf.outputs, '{}') AS output_file_ids,
-     coalesce(rf.logs, '{}') AS log_file_ids"
+/// The columns of a run, over [`runs_from`]; its TES task fields only `with_tes` (ListRuns
+/// answers none of them, and a task's can weigh up to 2 MiB).
+pub(super) fn run_columns(with_tes: bool) -> String {
+    format!(
+        "r.id, r.pipeline_id, r.pipeline_version, r.image_sha256, r.name, r.status, r.config,
+         r.input_file_ids, r.progress_value, r.progress_label, r.node, r.attempt, r.exit_code,
+         r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
+         r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at,
+         r.ended_at, r.owner, {}, coalesce(rf.outputs, '{{}}') AS output_file_ids,
+         coalesce(rf.logs, '{{}}') AS log_file_ids",
+        if with_tes {
+            "r.tes"
+        } else {
+            "NULL::jsonb AS tes"
+        }
+    )
 }
 
 /// `runs r` with each run's output and log file ids (`rf`), for [`run_columns`].
@@ -139,10 +147,10 @@ pub(super) const EVENTS_AFTER_SQL: &str =
     "SELECT run_id, seq, attempt, status, progress_value, progress_label, message, at
      FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq";
 
-/// A run's attempts, for its TES task logs.
+/// The attempts of the runs among $1, for their TES task logs.
 pub(super) const ATTEMPT_LOGS_SQL: &str =
-    "SELECT attempt, started_at, ended_at, error_message, tes_log
-     FROM run_attempts WHERE run_id = $1 ORDER BY attempt";
+    "SELECT run_id, attempt, started_at, ended_at, error_message, tes_log
+     FROM run_attempts WHERE run_id = ANY($1) ORDER BY run_id, attempt";
 
 /// ListRuns' (and ListTasks') query: a keyset page of runs by id, filtered.
 pub(super) fn list_statement(filter: &RunFilter, page: Page) -> sea_orm::Statement {
@@ -168,7 +176,7 @@ pub(super) fn list_statement(filter: &RunFilter, page: Page) -> sea_orm::Stateme
     let (filter_sql, values) = filter_sql.build();
     let sql = format!(
         "SELECT {} FROM {} {filter_sql} ORDER BY r.id LIMIT {}",
-        run_columns(),
+        run_columns(filter.tasks.is_some()),
         runs_from(),
         page.fetch()
     );
@@ -212,6 +220,7 @@ fn task_conditions(filter_sql: &mut pirus_db::filter::Where, tasks: &crate::doma
 /// One attempt of a run, as a TES task log is made from it.
 #[derive(Clone, Debug, FromQueryResult)]
 pub struct AttemptLog {
+    pub run_id: Uuid,
     pub attempt: i32,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -266,7 +275,7 @@ pub struct RunStore {
 async fn read_run(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Run>> {
     let sql = format!(
         "SELECT {} FROM {} WHERE r.id = $1",
-        run_columns(),
+        run_columns(true),
         runs_from()
     );
     Ok(RunRow::find_by_statement(stmt(&sql, [id.into()]))
@@ -303,7 +312,7 @@ impl RunStore {
     ) -> Result<Option<Run>> {
         let sql = format!(
             "SELECT {} FROM {} WHERE r.request_id = $1 AND r.owner IS NOT DISTINCT FROM $2",
-            run_columns(),
+            run_columns(true),
             runs_from()
         );
         Ok(
@@ -396,11 +405,11 @@ impl RunStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    /// One task log per attempt of a TES task, oldest first: (attempt, started, ended, the
-    /// attempt's error message, the log its runner recorded).
-    pub async fn attempt_logs(&self, run: Uuid) -> Result<Vec<AttemptLog>> {
+    /// The attempts of the runs among `runs` (a page of TES tasks: one query), by run and
+    /// attempt, each with what its runner recorded of it.
+    pub async fn attempt_logs(&self, runs: &[Uuid]) -> Result<Vec<AttemptLog>> {
         Ok(
-            AttemptLog::find_by_statement(stmt(ATTEMPT_LOGS_SQL, [run.into()]))
+            AttemptLog::find_by_statement(stmt(ATTEMPT_LOGS_SQL, [runs.to_vec().into()]))
                 .all(&self.db)
                 .await?,
         )

@@ -405,7 +405,7 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
     }
     let get = format!(
         "SELECT {} FROM {} WHERE r.id = $1",
-        runs::run_columns(),
+        runs::run_columns(true),
         runs::runs_from()
     );
     checked.push(("GetRun".into(), plan(&db, &get, vec![id.into()]).await));
@@ -415,7 +415,7 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
     ));
     checked.push((
         "task logs".into(),
-        plan(&db, runs::ATTEMPT_LOGS_SQL, vec![id.into()]).await,
+        plan(&db, runs::ATTEMPT_LOGS_SQL, vec![vec![id].into()]).await,
     ));
     let claim = queue::claim_sql();
     let claim_values: Vec<sea_orm::Value> = vec![
