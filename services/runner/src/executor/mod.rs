@@ -371,7 +371,8 @@ impl Executor {
         if let Some(task) = task {
             task::link_inputs(&inner.artifacts, inner.stores.db(), &task, &inputs).await?;
             let roots = inner.tes_file_roots.clone();
-            task::stage(task, run.id, inputs, layout.inputs.clone(), roots).await?;
+            let budget = attempt.limits.disk_bytes;
+            task::stage(task, run.id, inputs, layout.inputs.clone(), roots, budget).await?;
         } else {
             self.write_inputs(run, &pipeline, inputs).await?;
         }

@@ -7,7 +7,10 @@
 //! `..`, no other mount on the way); paths inside the container are only ever used by the
 //! script, inside the container.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+};
 
 use tes::v1::types::{
     requests::Task,
@@ -29,8 +32,11 @@ use crate::{
     },
 };
 
-/// Bytes of each executor's share of the run's logs kept in its task log (its tail).
+/// Bytes of each executor's share of the run's stdout (and of its stderr) kept in its task
+/// log (the tail), and of all executors' shares of an attempt together: a task of many
+/// executors keeps less of each, so an attempt's log stays within 2 x 256 KiB.
 const LOG_TAIL: u64 = 64 << 10;
+const ATTEMPT_LOG_TAIL: u64 = 256 << 10;
 
 /// The first input or output this node cannot move: the task ends SYSTEM_ERROR naming it.
 pub fn unsupported(task: &Task, roots: &[PathBuf]) -> Option<String> {
@@ -149,15 +155,19 @@ pub async fn link_inputs(
 }
 
 /// Writes the script, the `content` inputs and the `file://` inputs into the run's inputs
-/// folder (the catalogue's are linked by the artifacts cache).
+/// folder (the catalogue's are linked by the artifacts cache). The `file://` inputs together
+/// are copied only up to `budget` bytes (the run's disk limit): they land on the runner's own
+/// disk, so a task naming a huge host file is refused, naming it, instead of filling it.
 pub async fn stage(
     task: Task,
     run: Uuid,
     inputs: SafeDir,
     inputs_dir: String,
     roots: Vec<PathBuf>,
+    budget: u64,
 ) -> Result<()> {
     workspace::blocking(move || {
+        let mut copied = 0u64;
         let script = script::script(&task, &run.to_string(), &inputs_dir);
         inputs.write_new(script::SCRIPT, script.as_bytes(), 0o644)?;
         for (i, input) in task.inputs.iter().flatten().enumerate() {
@@ -181,9 +191,16 @@ pub async fn stage(
                         format!("inputs[{i}] ({url}): no such file"),
                     )
                 })?;
+            copied = copied.saturating_add(source.size);
+            if copied > budget {
+                return Err(std::io::Error::other(format!(
+                    "inputs[{i}] ({url}): the file:// inputs add up to more than the run's \
+                     disk limit of {budget} bytes"
+                )));
+            }
             let mut into = inputs.create_file(&staged, 0o644)?;
-            let mut from = source.file;
-            std::io::copy(&mut from, &mut into)?;
+            // What was measured, even if the file grows meanwhile.
+            std::io::copy(&mut source.file.take(source.size), &mut into)?;
         }
         Ok(())
     })
@@ -195,10 +212,16 @@ pub fn report(workspace: &Workspace, task: &Task) -> (Report, Vec<ExecutorLog>) 
     let text = workspace
         .read_control(script::LOG, script::MAX_LOG)
         .unwrap_or_default();
-    let report = script::parse(&String::from_utf8_lossy(&text), task.executors.len());
+    let outputs = task.outputs.as_ref().map_or(0, Vec::len);
+    let report = script::parse(
+        &String::from_utf8_lossy(&text),
+        task.executors.len(),
+        outputs,
+    );
+    let tail = LOG_TAIL.min(ATTEMPT_LOG_TAIL / report.executors.len().max(1) as u64);
     let share = |file: &str, from: u64, to: Option<u64>| -> Option<String> {
         let to = to?;
-        let start = from.max(to.saturating_sub(LOG_TAIL));
+        let start = from.max(to.saturating_sub(tail));
         let bytes = workspace
             .read_log(file, start, to.saturating_sub(start))
             .ok()?;

@@ -37,11 +37,16 @@ use crate::{
     runs::Runs,
 };
 
-/// A task's JSON at most (inputs' `content` included).
-const MAX_BODY: usize = 8 << 20;
+/// A task's JSON at most (inputs' `content` included). Every task is kept whole with its run
+/// and read back with it (a page of BASIC tasks reads a page of them), so this stays small.
+const MAX_BODY: usize = 2 << 20;
 /// ListTasks' page size when none is asked, and the largest (the TES schema's).
 const DEFAULT_PAGE_SIZE: u64 = 256;
 const MAX_PAGE_SIZE: u64 = 2048;
+/// Tasks in a FULL page at most, and in a BASIC one (TES lets a server answer fewer than
+/// asked, with a token for the rest).
+const FULL_PAGE_SIZE: u64 = 32;
+const BASIC_PAGE_SIZE: u64 = 256;
 
 /// What a URL of a task's input or output is to this runner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,8 +239,8 @@ async fn get_task(
     if view == View::Minimal {
         return json(&task::minimal(&run));
     }
-    let detail = tes.runs.task_detail(&run).await?;
-    json(&task::task(&run, &detail, view))
+    let detail = tes.runs.task_details(std::slice::from_ref(&run)).await?;
+    json(&task::task(&run, &detail[0], view))
 }
 
 async fn cancel(
@@ -333,6 +338,15 @@ async fn list(
             (k.to_string(), value.map(|v| v.to_string()))
         })
         .collect();
+    // A FULL task carries its executors' output (up to 2 x 256 KiB an attempt) and a BASIC
+    // one its whole request: their pages hold at most FULL_PAGE_SIZE and BASIC_PAGE_SIZE
+    // tasks, with a token for the rest, so that one request cannot make the runner build a
+    // response of gigabytes.
+    let size = match view {
+        View::Full => size.min(FULL_PAGE_SIZE),
+        View::Basic => size.min(BASIC_PAGE_SIZE),
+        View::Minimal => size,
+    };
     let page = Page { size, after };
     let runs = tes
         .runs
@@ -354,11 +368,12 @@ async fn list(
             next_page_token,
         });
     }
-    let mut tasks = Vec::with_capacity(runs.len());
-    for run in &runs {
-        let detail = tes.runs.task_detail(run).await?;
-        tasks.push(task::task(run, &detail, view));
-    }
+    let details = tes.runs.task_details(&runs).await?;
+    let tasks = runs
+        .iter()
+        .zip(&details)
+        .map(|(run, detail)| task::task(run, detail, view))
+        .collect();
     json(&ListTasks {
         tasks,
         next_page_token,

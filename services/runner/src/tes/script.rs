@@ -217,8 +217,10 @@ pub struct ExecutorRecord {
 }
 
 /// Reads the script's log. Lines it does not understand are ignored (the container may write
-/// anything there), and at most `executors` executors are believed.
-pub fn parse(log: &str, executors: usize) -> Report {
+/// anything there); only the task's `executors` executors and `outputs` outputs are believed,
+/// each once, and at most 16 system lines of 1,024 characters: what the container writes
+/// cannot grow the task's log beyond that.
+pub fn parse(log: &str, executors: usize, outputs: usize) -> Report {
     let mut report = Report::default();
     let time = |s: &str| {
         DateTime::parse_from_rfc3339(s)
@@ -252,14 +254,18 @@ pub fn parse(log: &str, executors: usize) -> Report {
                 }
             }
             ["missing", i] => {
-                if let Ok(i) = i.parse() {
+                if let Ok(i) = i.parse::<usize>()
+                    && i < outputs
+                    && !report.missing.contains(&i)
+                {
                     report.missing.push(i);
                 }
             }
             ["system", ..] => {
-                let text = line["system ".len()..].chars().take(1024).collect();
+                // (A line of just "system" has no text.)
+                let text = line.strip_prefix("system ").unwrap_or_default();
                 if report.system.len() < 16 {
-                    report.system.push(text);
+                    report.system.push(text.chars().take(1024).collect());
                 }
             }
             _ => {}
@@ -321,7 +327,7 @@ mod tests {
         let log = "start 0 2026-11-30T10:00:00Z 0 0\nend 0 2026-11-30T10:00:01Z 3 6 0\n\
                    start 0 bogus 1 1\nstart 9 2026-11-30T10:00:00Z 0 0\nrubbish\n\
                    system input 1: cannot place it at /x\nmissing 2\n";
-        let r = parse(log, 2);
+        let r = parse(log, 2, 3);
         assert_eq!(r.executors.len(), 1);
         let e = &r.executors[0];
         assert_eq!(e.exit_code, Some(3));
@@ -329,5 +335,17 @@ mod tests {
         assert!(e.start.is_some() && e.end.is_some());
         assert_eq!(r.system, vec!["input 1: cannot place it at /x".to_owned()]);
         assert_eq!(r.missing, vec![2]);
+    }
+
+    #[test]
+    fn nothing_the_container_writes_breaks_or_swells_the_report() {
+        let mut log = String::from("system\nmissing 9\n");
+        for _ in 0..10_000 {
+            log.push_str("missing 0\nsystem x\n");
+        }
+        let r = parse(&log, 1, 1);
+        assert_eq!(r.missing, vec![0]);
+        assert_eq!(r.system.len(), 16);
+        assert_eq!(r.system[0], "");
     }
 }

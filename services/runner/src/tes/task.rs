@@ -27,8 +27,9 @@ const MAX_EXECUTORS: usize = 64;
 /// Words of one executor's command at most.
 const MAX_ARGS: usize = 4096;
 /// Bytes of one input's `content` at most, and of all of them.
-const MAX_CONTENT: usize = 1 << 20;
-const MAX_CONTENTS: usize = 4 << 20;
+/// (TES asks servers to take at least 128 KiB.)
+const MAX_CONTENT: usize = 256 << 10;
+const MAX_CONTENTS: usize = 1 << 20;
 /// Inputs, outputs and volumes of a task at most, each.
 const MAX_FILES: usize = submit::MAX_INPUTS;
 const MAX_TAGS: usize = 128;
@@ -110,8 +111,9 @@ struct Asked {
     requested: Requested,
     priority: i32,
     max_attempts: i32,
-    /// `pirus://files/<id>` inputs, in order.
+    /// `pirus://files/<id>` inputs, in order, and the field that names each.
     files: Vec<Uuid>,
+    file_fields: Vec<String>,
 }
 
 /// Checks everything about a task that does not need the database.
@@ -242,6 +244,7 @@ fn validate(task: &requests::Task) -> Result<Asked> {
                         "a FILE input is one catalogue file; a list of them is a DIRECTORY",
                     ));
                 }
+                asked.file_fields.extend(ids.iter().map(|_| field.clone()));
                 asked.files.extend(ids);
                 if asked.files.len() > submit::MAX_INPUTS {
                     return Err(invalid(
@@ -404,7 +407,10 @@ pub async fn create(runs: &Runs, caller: &Caller, task: requests::Task) -> Resul
     let pipeline = pipeline_of(runs, "executors[0].image", &task.executors[0].image).await?;
     for (i, e) in task.executors.iter().enumerate().skip(1) {
         let field = format!("executors[{i}].image");
-        if pipeline_of(runs, &field, &e.image).await?.id != pipeline.id {
+        // Most tasks name one image in every executor: resolved once, not once each.
+        if e.image != task.executors[0].image
+            && pipeline_of(runs, &field, &e.image).await?.id != pipeline.id
+        {
             return Err(invalid(
                 field,
                 format!(
@@ -423,14 +429,14 @@ pub async fn create(runs: &Runs, caller: &Caller, task: requests::Task) -> Resul
         &stores.nodes.largest_runs().await?,
     )?;
     // Every catalogue input must be the caller's (another's is not found).
-    submit::input_file_names(stores, &asked.files, policy::scope(caller).owner_filter())
-        .await
-        .map_err(|e| match e {
-            Error::NotFound(m) | Error::InvalidArgument { message: m, .. } => {
-                Error::invalid("inputs", m.replace("input_file_ids", "pirus:// input"))
-            }
-            e => e,
-        })?;
+    submit::input_file_names(
+        stores,
+        &asked.files,
+        policy::scope(caller).owner_filter(),
+        |i| asked.file_fields[i].clone(),
+        |field, id| Error::invalid(&field, format!("file {id} not found")),
+    )
+    .await?;
     let name = match task.name.as_deref().map(str::trim) {
         Some(name) if !name.is_empty() => name.to_owned(),
         _ => format!("{} {}", pipeline.name, pipeline.version),
@@ -494,6 +500,7 @@ pub fn minimal(run: &Run) -> MinimalTask {
 }
 
 /// What a task's BASIC and FULL views are made from.
+#[derive(Default)]
 pub struct Detail {
     pub attempts: Vec<AttemptLog>,
     pub outputs: Vec<RunOutput>,
