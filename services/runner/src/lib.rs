@@ -79,7 +79,10 @@ pub async fn run(
     // the node's own liveness and its runs (lease, expiry, claims, every run's events and
     // results), so no amount of request traffic can make the node miss its lease or stall
     // its runs. The work pool holds a connection per run slot and a few for the node.
-    let stores = store::Stores::new(db.clone());
+    // Request traffic reads single runs (GetRun, access checks) in batches on a small pool of
+    // its own (see pirus_db::batch).
+    let stores = store::Stores::new(db.clone())
+        .with_batched_reads(pirus_server::process::batch_pool(&config.common).await?);
     let work = store::Stores::new(
         pirus_server::process::work_pool(&config.common, work_connections(max_runs)).await?,
     );

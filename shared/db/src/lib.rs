@@ -6,9 +6,11 @@
 //! Depends on (within Pirus): nothing. Never on: pirus-proto, pirus-server, pirus-lxd,
 //! pirus-catalogue, pirus-runner.
 
+pub mod batch;
 pub mod filter;
 pub mod listen;
 mod migrations;
+pub mod row;
 pub mod views;
 
 /// How many migrations the schema has (each recorded once in `seaql_migrations`).
@@ -53,6 +55,9 @@ pub enum DbError {
     Timeout(Duration),
 }
 
+/// A pooled connection idle at least this long is checked (a round trip) before it is used.
+const CHECKOUT_PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// How to reach the database.
 #[derive(Clone, Debug)]
 pub struct DbConfig {
@@ -64,6 +69,12 @@ pub struct DbConfig {
     pub connect_timeout: Duration,
     /// How long a query may wait for a free pooled connection.
     pub acquire_timeout: Duration,
+    /// Sessions plan each prepared statement once, for any parameters
+    /// (`plan_cache_mode = force_generic_plan`), for a pool that runs a few statements whose
+    /// best plan does not depend on their parameters: PostgreSQL otherwise re-plans a
+    /// statement whose cost estimate varies with them (`id = ANY($1)` with a short array) on
+    /// every execution, which costs more than executing it.
+    pub generic_plans: bool,
 }
 
 impl DbConfig {
@@ -73,6 +84,7 @@ impl DbConfig {
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(5),
+            generic_plans: false,
         }
     }
 }
@@ -88,15 +100,29 @@ pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection, DbError> {
         .connect_timeout(config.connect_timeout)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
+        // sqlx pings a connection on every checkout by default: a round trip per query on
+        // top of the query, a third of a GetRun's database work (bench/load.sh). Only a
+        // connection idle this long is pinged now; one that went bad sooner (the database
+        // restarted within the last second) fails its query like any query during the
+        // restart would, and sqlx's ping on release then drops it.
+        .test_before_acquire_if_idle_for(CHECKOUT_PING_AFTER_IDLE)
         .sqlx_logging(false)
         // A process frozen or cut off inside a transaction (SIGSTOP, a partition) must not
         // hold its locks forever: a runner mid-claim would keep its node row locked and so
         // unexpirable. Our transactions are short; PostgreSQL ends one idle this long.
-        .map_sqlx_postgres_opts(|o| {
-            o.options([(
-                "idle_in_transaction_session_timeout",
-                IDLE_IN_TRANSACTION_TIMEOUT,
-            )])
+        .map_sqlx_postgres_opts({
+            let generic_plans = config.generic_plans;
+            move |o| {
+                let o = o.options([(
+                    "idle_in_transaction_session_timeout",
+                    IDLE_IN_TRANSACTION_TIMEOUT,
+                )]);
+                if generic_plans {
+                    o.options([("plan_cache_mode", "force_generic_plan")])
+                } else {
+                    o
+                }
+            }
         });
     let deadline = config.connect_timeout + Duration::from_secs(1);
     let db = tokio::time::timeout(deadline, Database::connect(options))

@@ -96,6 +96,15 @@ pub async fn work_pool(
     Ok(pirus_db::connect(&db_config).await?)
 }
 
+/// A small pool for coalesced reads by id ([`pirus_db::batch`]): one connection per batch in
+/// flight, its sessions planning each statement once.
+pub async fn batch_pool(common: &CommonOptions) -> anyhow::Result<DatabaseConnection> {
+    let mut db_config = pirus_db::DbConfig::new(&common.database_url);
+    db_config.max_connections = pirus_db::batch::IN_FLIGHT as u32;
+    db_config.generic_plans = true;
+    Ok(pirus_db::connect(&db_config).await?)
+}
+
 /// Connects to the database the options name and applies the migrations.
 pub async fn database(common: &CommonOptions) -> anyhow::Result<DatabaseConnection> {
     let mut db_config = pirus_db::DbConfig::new(&common.database_url);

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
+use pirus_db::row::Columns;
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult, TransactionTrait};
 use uuid::Uuid;
 
 use super::{Store, expiry_deadline, stmt};
@@ -17,7 +18,8 @@ const FILE_COLUMNS: &str = r#"
     f.source_run_id, f.error_message, f.created_at, f.owner,
     u.id AS upload_id, u.endpoint AS upload_endpoint, u."offset" AS upload_offset"#;
 
-#[derive(FromQueryResult)]
+/// A row of [`FILE_COLUMNS`], read by position (see [`pirus_db::row`]): the fields in the
+/// order the columns are selected.
 struct FileRow {
     id: Uuid,
     name: String,
@@ -30,10 +32,38 @@ struct FileRow {
     source_run_id: Option<Uuid>,
     error_message: String,
     created_at: DateTime<Utc>,
+    owner: Option<Uuid>,
     upload_id: Option<Uuid>,
     upload_endpoint: Option<String>,
     upload_offset: Option<i64>,
-    owner: Option<Uuid>,
+}
+
+impl FromQueryResult for FileRow {
+    fn from_query_result(
+        result: &sea_orm::QueryResult,
+        _prefix: &str,
+    ) -> std::result::Result<Self, DbErr> {
+        let mut c = Columns::of(result)?;
+        let row = FileRow {
+            id: c.next()?,
+            name: c.next()?,
+            kind: c.next()?,
+            status: c.next()?,
+            size: c.next()?,
+            expected_sha256: c.next()?,
+            sha256: c.next()?,
+            tags: c.next()?,
+            source_run_id: c.next()?,
+            error_message: c.next()?,
+            created_at: c.next()?,
+            owner: c.next()?,
+            upload_id: c.next()?,
+            upload_endpoint: c.next()?,
+            upload_offset: c.next()?,
+        };
+        c.finish()?;
+        Ok(row)
+    }
 }
 
 impl FileRow {

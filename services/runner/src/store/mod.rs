@@ -54,6 +54,13 @@ impl Stores {
         }
     }
 
+    /// The same stores, reading single runs in batches on `reads`
+    /// ([`RunStore::with_batched_reads`]).
+    pub fn with_batched_reads(mut self, reads: DatabaseConnection) -> Self {
+        self.runs = self.runs.with_batched_reads(reads);
+        self
+    }
+
     /// The pool, for the read model of the catalogue's data ([`pirus_db::views`]).
     pub fn db(&self) -> &DatabaseConnection {
         &self.db

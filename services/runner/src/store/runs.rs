@@ -2,9 +2,14 @@
 //! holds, client requests (pause, resume, cancel) and deletion.
 
 use chrono::{DateTime, Utc};
-use pirus_db::views::{self, PipelineView, RunFileKind};
+use pirus_db::{
+    batch::Coalesced,
+    row::Columns,
+    views::{self, PipelineView, RunFileKind},
+};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, FromQueryResult, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, FromQueryResult,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -40,7 +45,8 @@ pub(super) fn runs_from() -> String {
     )
 }
 
-#[derive(FromQueryResult)]
+/// A row of [`run_columns`], read by position (see [`pirus_db::row`]): the fields in the
+/// order the columns are selected.
 struct RunRow {
     id: Uuid,
     pipeline_id: Uuid,
@@ -50,8 +56,6 @@ struct RunRow {
     status: String,
     config: serde_json::Value,
     input_file_ids: Vec<Uuid>,
-    output_file_ids: Vec<Uuid>,
-    log_file_ids: Vec<Uuid>,
     progress_value: f64,
     progress_label: String,
     node: Option<String>,
@@ -70,6 +74,49 @@ struct RunRow {
     ended_at: Option<DateTime<Utc>>,
     owner: Option<Uuid>,
     tes: Option<serde_json::Value>,
+    output_file_ids: Vec<Uuid>,
+    log_file_ids: Vec<Uuid>,
+}
+
+impl FromQueryResult for RunRow {
+    fn from_query_result(
+        result: &sea_orm::QueryResult,
+        _prefix: &str,
+    ) -> std::result::Result<Self, DbErr> {
+        let mut c = Columns::of(result)?;
+        let row = RunRow {
+            id: c.next()?,
+            pipeline_id: c.next()?,
+            pipeline_version: c.next()?,
+            image_sha256: c.next()?,
+            name: c.next()?,
+            status: c.next()?,
+            config: c.next()?,
+            input_file_ids: c.next()?,
+            progress_value: c.next()?,
+            progress_label: c.next()?,
+            node: c.next()?,
+            attempt: c.next()?,
+            exit_code: c.next()?,
+            error_message: c.next()?,
+            priority: c.next()?,
+            max_attempts: c.next()?,
+            cpu_limit: c.next()?,
+            memory_limit: c.next()?,
+            processes_limit: c.next()?,
+            disk_limit: c.next()?,
+            timeout_seconds: c.next()?,
+            created_at: c.next()?,
+            started_at: c.next()?,
+            ended_at: c.next()?,
+            owner: c.next()?,
+            tes: c.next()?,
+            output_file_ids: c.next()?,
+            log_file_ids: c.next()?,
+        };
+        c.finish()?;
+        Ok(row)
+    }
 }
 
 impl From<RunRow> for Run {
@@ -270,6 +317,18 @@ impl Change {
 #[derive(Clone)]
 pub struct RunStore {
     db: DatabaseConnection,
+    /// When set, GetRun and every other read of one run by id: concurrent reads go to the
+    /// database together (see [`pirus_db::batch`]).
+    by_id: Option<Coalesced<Uuid, Run>>,
+}
+
+/// The runs of some ids (`$1`, an array), each with its files.
+pub(super) fn runs_by_ids_sql() -> String {
+    format!(
+        "SELECT {} FROM {} WHERE r.id = ANY($1)",
+        run_columns(true),
+        runs_from()
+    )
 }
 
 async fn read_run(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Run>> {
@@ -301,7 +360,24 @@ async fn lock(txn: &DatabaseTransaction, id: Uuid) -> Result<(RunStatus, i32)> {
 
 impl RunStore {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, by_id: None }
+    }
+
+    /// Reads of one run by id ([`Self::get`]) coalesced on `reads` (a pool of
+    /// [`pirus_db::batch::IN_FLIGHT`] connections planning generically): for the stores that
+    /// serve requests. On a tokio runtime (starts the batching task).
+    pub fn with_batched_reads(mut self, reads: DatabaseConnection) -> Self {
+        self.by_id = Some(Coalesced::new(move |ids: Vec<Uuid>| {
+            let db = reads.clone();
+            async move {
+                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(runs_by_ids_sql);
+                let rows = RunRow::find_by_statement(stmt(&SQL, [ids.into()]))
+                    .all(&db)
+                    .await?;
+                Ok(rows.into_iter().map(|r| (r.id, r.into())).collect())
+            }
+        }));
+        self
     }
 
     /// The run an owner submitted with this idempotency key (keys are per owner).
@@ -385,9 +461,11 @@ impl RunStore {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Run> {
-        read_run(&self.db, id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("run {id}")))
+        let run = match &self.by_id {
+            Some(batched) => batched.get(id).await?,
+            None => read_run(&self.db, id).await?,
+        };
+        run.ok_or_else(|| Error::NotFound(format!("run {id}")))
     }
 
     pub async fn list(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {

@@ -71,9 +71,14 @@ async fn node(stores: &Stores, name: &str, lease: u64) {
         .unwrap();
 }
 
+/// Stores as the runner's request side has them: single runs read in batches, on a pool of
+/// their own that plans generically.
 async fn stores() -> (pirus_tests::TestDb, Stores) {
     let (db, pool) = pirus_tests::migrated_db().await.unwrap();
-    (db, Stores::new(pool))
+    let mut reads = pirus_db::DbConfig::new(db.url.clone());
+    reads.generic_plans = true;
+    let reads = pirus_db::connect(&reads).await.unwrap();
+    (db, Stores::new(pool).with_batched_reads(reads))
 }
 
 #[tokio::test]
@@ -331,16 +336,23 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
     .await
     .unwrap();
     txn.commit().await.unwrap();
-    let id: Uuid = db
-        .query_one_raw(stmt(
-            "SELECT id FROM runs ORDER BY id OFFSET 50000 LIMIT 1",
-            [],
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get("", "id")
-        .unwrap();
+    let id_at = |offset: u32| {
+        let db = db.clone();
+        async move {
+            let id: Uuid = db
+                .query_one_raw(stmt(
+                    &format!("SELECT id FROM runs ORDER BY id OFFSET {offset} LIMIT 1"),
+                    [],
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get("", "id")
+                .unwrap();
+            id
+        }
+    };
+    let (id, other) = (id_at(50_000).await, id_at(70_000).await);
     let page = |after| crate::domain::Page { size: 50, after };
     let lists = [
         (
@@ -403,12 +415,10 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
         let values = statement.values.map(|v| v.0).unwrap_or_default();
         checked.push((what.to_owned(), plan(&db, &statement.sql, values).await));
     }
-    let get = format!(
-        "SELECT {} FROM {} WHERE r.id = $1",
-        runs::run_columns(true),
-        runs::runs_from()
-    );
-    checked.push(("GetRun".into(), plan(&db, &get, vec![id.into()]).await));
+    checked.push((
+        "GetRun (a batch of reads by id)".into(),
+        plan(&db, &runs::runs_by_ids_sql(), vec![vec![id, other].into()]).await,
+    ));
     checked.push((
         "WatchRun's reads".into(),
         plan(&db, runs::EVENTS_AFTER_SQL, vec![id.into(), 3i64.into()]).await,
