@@ -25,7 +25,7 @@ impl<'r> Columns<'r> {
     }
 
     /// The next column, decoded as `T` (an `Option` for a nullable column).
-    pub fn next<T>(&mut self) -> Result<T, DbErr>
+    pub fn take<T>(&mut self) -> Result<T, DbErr>
     where
         T: Decode<'r, Postgres> + Type<Postgres>,
     {

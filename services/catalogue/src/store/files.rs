@@ -45,21 +45,21 @@ impl FromQueryResult for FileRow {
     ) -> std::result::Result<Self, DbErr> {
         let mut c = Columns::of(result)?;
         let row = FileRow {
-            id: c.next()?,
-            name: c.next()?,
-            kind: c.next()?,
-            status: c.next()?,
-            size: c.next()?,
-            expected_sha256: c.next()?,
-            sha256: c.next()?,
-            tags: c.next()?,
-            source_run_id: c.next()?,
-            error_message: c.next()?,
-            created_at: c.next()?,
-            owner: c.next()?,
-            upload_id: c.next()?,
-            upload_endpoint: c.next()?,
-            upload_offset: c.next()?,
+            id: c.take()?,
+            name: c.take()?,
+            kind: c.take()?,
+            status: c.take()?,
+            size: c.take()?,
+            expected_sha256: c.take()?,
+            sha256: c.take()?,
+            tags: c.take()?,
+            source_run_id: c.take()?,
+            error_message: c.take()?,
+            created_at: c.take()?,
+            owner: c.take()?,
+            upload_id: c.take()?,
+            upload_endpoint: c.take()?,
+            upload_offset: c.take()?,
         };
         c.finish()?;
         Ok(row)
