@@ -60,7 +60,10 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = pirus_server::process::database(&config.common).await?;
+    // The batched reads' pool (below) comes out of --database-max-connections.
+    let db =
+        pirus_server::process::database_leaving(&config.common, pirus_db::batch::IN_FLIGHT as u32)
+            .await?;
     let work_dir = work_dir(&config)?;
     let node_name = config.node_name();
     let max_runs = config.max_runs();

@@ -107,8 +107,17 @@ pub async fn batch_pool(common: &CommonOptions) -> anyhow::Result<DatabaseConnec
 
 /// Connects to the database the options name and applies the migrations.
 pub async fn database(common: &CommonOptions) -> anyhow::Result<DatabaseConnection> {
+    database_leaving(common, 0).await
+}
+
+/// [`database`], its pool `leave` connections short of `--database-max-connections` (at least
+/// 2), for a process that opens another pool out of the same budget ([`batch_pool`]).
+pub async fn database_leaving(
+    common: &CommonOptions,
+    leave: u32,
+) -> anyhow::Result<DatabaseConnection> {
     let mut db_config = pirus_db::DbConfig::new(&common.database_url);
-    db_config.max_connections = common.database_max_connections;
+    db_config.max_connections = common.database_max_connections.saturating_sub(leave).max(2);
     let db = pirus_db::connect(&db_config).await?;
     pirus_db::migrate(&db).await?;
     Ok(db)
