@@ -431,3 +431,95 @@ async fn hundreds_of_streams_opened_at_once_on_one_connection_are_all_served() -
     }
     Ok(())
 }
+
+/// File contents are read by at most `--max-file-readers` threads at once across callers:
+/// with 2, two downloads held open by a client that stopped reading take both, a third is
+/// RESOURCE_EXHAUSTED with a retry hint naming the bound, and a download that goes away gives
+/// its reader back, after which the whole file reads as written.
+#[tokio::test]
+async fn a_catalogue_reads_at_most_its_bound_of_files_at_once() -> Result<()> {
+    use pirus_proto::catalogue::v1 as cat;
+    use sha2::Digest;
+    let mut s = stack_with(1, &["--max-file-readers", "2"], &[]).await?;
+    // Larger than the read-ahead and both HTTP/2 windows: a reader whose client stops reading
+    // stays blocked, holding its slot.
+    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    let file = s
+        .cat
+        .create_file(cat::CreateFileRequest {
+            filename: "big.bin".into(),
+            size: data.len() as i64,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let pieces: Vec<cat::WriteUploadRequest> = data
+        .chunks(1 << 20)
+        .enumerate()
+        .map(|(i, piece)| cat::WriteUploadRequest {
+            upload_id: file.id.clone(),
+            offset: (i << 20) as i64,
+            data: piece.to_vec().into(),
+            ..Default::default()
+        })
+        .collect();
+    s.cat.write_upload(tokio_stream::iter(pieces)).await?;
+    let read = |client: &mut pirus_proto::catalogue::v1::catalogue_service_client::CatalogueServiceClient<pirus_tests::Channel>| {
+        let mut client = client.clone();
+        let file_id = file.id.clone();
+        async move {
+            client
+                .read_file(cat::ReadFileRequest {
+                    file_id,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = read(&mut s.cat).await?;
+        stream.message().await?.expect("a first chunk");
+        held.push(stream);
+    }
+    let refused = read(&mut s.cat).await.expect_err("a third reader");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("--max-file-readers"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        refused
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok()),
+        Some("1000")
+    );
+    // A download that goes away gives its reader back.
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match read(&mut s.cat).await {
+            Ok(stream) => break stream,
+            Err(e) if e.code() == tonic::Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => anyhow::bail!("the freed reader was not given back: {e:?}"),
+        }
+    };
+    let mut hash = sha2::Sha256::new();
+    let mut size = 0;
+    while let Some(chunk) = stream.message().await? {
+        size += chunk.data.len();
+        hash.update(&chunk.data);
+    }
+    assert_eq!(size, data.len());
+    assert_eq!(hash.finalize(), sha2::Sha256::digest(&data));
+    Ok(())
+}

@@ -60,6 +60,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_transfers: u32,
 
+    /// File contents read at once (ReadFile streams, across callers), each by a thread of its
+    /// own holding up to 5 MiB of read-ahead; one more is answered RESOURCE_EXHAUSTED with a
+    /// retry hint. Each caller is also bounded by its stream budget (--max-streams-per-caller).
+    #[arg(long, env = "PIRUS_MAX_FILE_READERS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_file_readers: u32,
+
     /// Origins (like `https://app.example.org`, comma-separated) whose web pages may call the
     /// tus endpoints from a browser. Empty (the default): no CORS headers at all, and no
     /// X-HTTP-Method-Override, so no other web page can drive uploads through a user's browser.

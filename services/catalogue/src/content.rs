@@ -3,8 +3,10 @@
 //! content), reading a file's content, and removing what nothing needs any more all go through
 //! [`Content`], which the upload engine, the file use cases and the sweeper share.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::Stream;
 use uuid::Uuid;
 
@@ -27,11 +29,22 @@ pub enum Completed {
 pub struct Content {
     store: Store,
     data: DataDir,
+    /// Reader threads of file contents ([`stream_file`]) running at once, across callers: each
+    /// holds up to [`READ_AHEAD`] + 1 chunks of [`READ_CHUNK`] (5 MiB).
+    readers: Arc<Semaphore>,
+    max_readers: usize,
 }
 
 impl Content {
-    pub fn new(store: Store, data: DataDir) -> Self {
-        Self { store, data }
+    /// `max_readers`: file contents read at once (`--max-file-readers`); one more read is
+    /// answered RESOURCE_EXHAUSTED with a retry hint.
+    pub fn new(store: Store, data: DataDir, max_readers: usize) -> Self {
+        Self {
+            store,
+            data,
+            readers: Arc::new(Semaphore::new(max_readers)),
+            max_readers,
+        }
     }
 
     pub fn data(&self) -> &DataDir {
@@ -133,11 +146,17 @@ impl Content {
         } else {
             limit.min(size - offset)
         };
+        let reader = self.readers.clone().try_acquire_owned().map_err(|_| {
+            Error::Busy(format!(
+                "this catalogue is reading {} files already, its bound (--max-file-readers); retry in a moment",
+                self.max_readers
+            ))
+        })?;
         let path = self.data.blob_path(&sha256);
         let blob = tokio::task::spawn_blocking(move || std::fs::File::open(path))
             .await
             .map_err(Error::internal)??;
-        Ok(stream_file(blob, offset, length)?)
+        Ok(stream_file(blob, offset, length, reader)?)
     }
 }
 
@@ -147,19 +166,22 @@ const READ_CHUNK: usize = 1 << 20;
 const READ_AHEAD: usize = 4;
 
 /// `length` bytes of `file` from `offset`, in chunks of at most [`READ_CHUNK`], read by a
-/// thread of its own that stays [`READ_AHEAD`] chunks ahead, so the disk and the network are
+/// thread of its own (holding `slot` of [`Content`]'s readers) that stays [`READ_AHEAD`] chunks ahead, so the disk and the network are
 /// both busy. The thread stops when the reader goes away. A file shorter than `length` ends
 /// the stream with an error rather than short.
 fn stream_file(
     file: std::fs::File,
     offset: u64,
     length: u64,
+    slot: OwnedSemaphorePermit,
 ) -> std::io::Result<impl Stream<Item = Result<(u64, Bytes)>> + Send + 'static> {
     use std::os::unix::fs::FileExt;
     let (chunks, rx) = mpsc::channel::<Result<(u64, Bytes)>>(READ_AHEAD);
     std::thread::Builder::new()
         .name("file-reader".to_owned())
         .spawn(move || {
+            // The reader's slot, given back when the thread ends.
+            let _slot = slot;
             let end = offset + length;
             let mut position = offset;
             while position < end {

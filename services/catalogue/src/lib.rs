@@ -78,7 +78,7 @@ pub async fn run(
         config.max_image_size,
     );
     let installer = tokio::spawn(installer.run(install_queue, shutdown.clone()));
-    let content = content::Content::new(store.clone(), storage);
+    let content = content::Content::new(store.clone(), storage, config.max_file_readers as usize);
     let access = access::Access::new(store.clone());
     let uploads = uploads::Uploads::new(
         store.clone(),

@@ -79,6 +79,13 @@ fn error_response(e: Error) -> Response {
         Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Busy(_) => {
+            let mut response = reply(StatusCode::TOO_MANY_REQUESTS, format!("{e}\n"));
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return response.into_response();
+        }
         Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
         Error::Internal(detail) => {
             tracing::error!(error = %detail, "internal error");
