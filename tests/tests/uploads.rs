@@ -1793,3 +1793,78 @@ async fn a_caller_past_its_budget_of_transfers_is_answered_429_and_another_is_no
     .await?;
     Ok(())
 }
+
+/// A client trickling a PATCH body (here 200 bytes a second, under a bound of 64 KiB a second
+/// over 2 s) is cut off with a 400 naming the bound instead of holding the one transfer slot;
+/// what arrived is kept, so the upload resumes, and the slot serves the next transfer.
+#[tokio::test]
+async fn a_trickling_transfer_is_cut_off_and_keeps_what_arrived() -> Result<()> {
+    let db = TestDb::create().await?;
+    let dir = tempdir()?;
+    let p = catalogue_on(
+        &db.url,
+        &dir.join("data"),
+        &[
+            "--max-transfers",
+            "1",
+            "--min-transfer-rate",
+            "64KiB",
+            "--transfer-rate-window",
+            "2s",
+        ],
+    )
+    .start()
+    .await?;
+    let http = Http::default();
+    let content = data(MIB as usize, 41);
+    let slow = create(&http, &p, content.len() as u64, "slow.bin").await?;
+    let mut stream = raw_patch(&p, &path_of(&slow), 0, content.len() as u64).await?;
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    let answer = loop {
+        // A trickle, each piece well within the 30 s idle limit.
+        if stream.write_all(&content[sent..sent + 100]).await.is_ok() {
+            let _ = stream.flush().await;
+            sent += 100;
+        }
+        let mut response = vec![0u8; 1024];
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut response),
+        )
+        .await
+        {
+            Ok(Ok(n)) => break String::from_utf8_lossy(&response[..n]).into_owned(),
+            Ok(Err(e)) => anyhow::bail!("the connection failed without an answer: {e}"),
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {}
+            Err(_) => anyhow::bail!("a trickle of {sent} bytes still held its transfer after 20 s"),
+        }
+    };
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("--min-transfer-rate"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    // The slot serves the next transfer.
+    let next = create(&http, &p, 5, "next.txt").await?;
+    let r = http.patch(&next, 0, "hello", &[]).await?;
+    assert_eq!(r.status, 204, "the slot is free again: {}", r.body);
+    // What arrived of the trickle is kept: the upload resumes from its offset and completes.
+    let head = http.tus("HEAD", &slow, &[]).await?;
+    let offset = head.offset();
+    assert!(
+        offset > 0 && offset <= sent as u64,
+        "offset {offset} of {sent} sent"
+    );
+    let r = http
+        .patch(&slow, offset, content[offset as usize..].to_vec(), &[])
+        .await?;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let mut c = client(&p).await?;
+    let file = get_file(&mut c, &id_of(&slow)).await?;
+    assert_eq!(status_of(&file), pb::FileStatus::Ready);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}

@@ -60,6 +60,18 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_transfers: u32,
 
+    /// The slowest a transfer (a tus PATCH body, a WriteUpload stream) may go, in bytes a
+    /// second on average over every --transfer-rate-window: a client trickling bytes is cut
+    /// off (keeping what arrived, so the upload resumes) instead of holding a transfer slot
+    /// and its caller's stream budget. 0: no bound (a transfer still ends after 30 s with
+    /// nothing).
+    #[arg(long, env = "PIRUS_MIN_TRANSFER_RATE", default_value = "16KiB", value_parser = parse_size)]
+    pub min_transfer_rate: u64,
+
+    /// The window --min-transfer-rate is averaged over.
+    #[arg(long, env = "PIRUS_TRANSFER_RATE_WINDOW", default_value = "30s", value_parser = parse_duration)]
+    pub transfer_rate_window: Duration,
+
     /// File contents read at once (ReadFile streams, across callers), each by a thread of its
     /// own holding up to 5 MiB of read-ahead; one more is answered RESOURCE_EXHAUSTED with a
     /// retry hint. Each caller is also bounded by its stream budget (--max-streams-per-caller).

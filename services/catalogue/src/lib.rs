@@ -87,6 +87,10 @@ pub async fn run(
         access.clone(),
         config.max_upload_size,
         config.upload_expiry,
+        uploads::driver::Pace {
+            min_rate: config.min_transfer_rate,
+            window: config.transfer_rate_window,
+        },
         installs.clone(),
     );
     let files = files::Files::new(

@@ -282,6 +282,7 @@ impl CatalogueService for Catalogue {
             .await
             .map_err(|stop| match stop {
                 Stop::Idle => Status::deadline_exceeded("nothing arrived for 30 s"),
+                Stop::Slow(why) => Status::deadline_exceeded(why),
                 Stop::Cut(status) => status,
                 Stop::Refused(e) => e.into(),
             })?;

@@ -554,6 +554,7 @@ async fn run_transfer(transfer: Transfer, body: Body) -> Result<UploadState> {
         .await
         .map_err(|stop| match stop {
             Stop::Idle => Error::invalid("body", "nothing arrived for 30 s"),
+            Stop::Slow(why) => Error::invalid("body", why),
             Stop::Cut(e) => Error::invalid("body", format!("the request body was cut off: {e}")),
             Stop::Refused(e) => e,
         })

@@ -48,6 +48,7 @@ struct Inner {
     access: Access,
     max_size: u64,
     expiry: Duration,
+    pace: driver::Pace,
     completion: Completion,
     /// Memory for the blocks of every transfer.
     blocks: blocks::BlockBudget,
@@ -97,6 +98,7 @@ impl Uploads {
         access: Access,
         max_size: u64,
         expiry: Duration,
+        pace: driver::Pace,
         installs: mpsc::UnboundedSender<Uuid>,
     ) -> Self {
         Self {
@@ -111,6 +113,7 @@ impl Uploads {
                 access,
                 max_size,
                 expiry,
+                pace,
                 blocks: blocks::BlockBudget::new(),
             }),
         }
@@ -345,6 +348,7 @@ impl Uploads {
             blocks: self.inner.blocks.clone(),
             max_size: self.inner.max_size,
             expiry: self.inner.expiry,
+            pace: self.inner.pace,
         };
         match Transfer::new(context, lock, state, file, checksum) {
             Ok(transfer) => Ok(transfer),

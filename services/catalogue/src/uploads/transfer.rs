@@ -59,6 +59,7 @@ pub struct Context {
     pub blocks: BlockBudget,
     pub max_size: u64,
     pub expiry: Duration,
+    pub pace: super::driver::Pace,
 }
 
 /// The digests a transfer keeps.
@@ -216,6 +217,11 @@ impl Transfer {
             limit,
             upload,
         })
+    }
+
+    /// The slowest this transfer may go.
+    pub fn pace(&self) -> super::driver::Pace {
+        self.context.pace
     }
 
     /// The offset the next byte lands at.
