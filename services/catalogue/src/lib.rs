@@ -85,11 +85,13 @@ pub async fn run(
         content.clone(),
         locks.clone(),
         access.clone(),
-        config.max_upload_size,
-        config.upload_expiry,
-        uploads::driver::Pace {
-            min_rate: config.min_transfer_rate,
-            window: config.transfer_rate_window,
+        uploads::Limits {
+            max_size: config.max_upload_size,
+            expiry: config.upload_expiry,
+            pace: uploads::driver::Pace {
+                min_rate: config.min_transfer_rate,
+                window: config.transfer_rate_window,
+            },
         },
         installs.clone(),
     );

@@ -90,17 +90,29 @@ pub enum Terminated {
     Complete(Uuid),
 }
 
+/// What an upload may be: its largest size, how long it may sit unfinished, and the slowest
+/// a transfer of it may go.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_size: u64,
+    pub expiry: Duration,
+    pub pace: driver::Pace,
+}
+
 impl Uploads {
     pub fn new(
         store: Store,
         content: Content,
         locks: LockConnector,
         access: Access,
-        max_size: u64,
-        expiry: Duration,
-        pace: driver::Pace,
+        limits: Limits,
         installs: mpsc::UnboundedSender<Uuid>,
     ) -> Self {
+        let Limits {
+            max_size,
+            expiry,
+            pace,
+        } = limits;
         Self {
             inner: Arc::new(Inner {
                 completion: Completion {
