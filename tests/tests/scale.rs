@@ -325,6 +325,41 @@ async fn a_thousand_log_followers_of_a_run_cost_what_one_does_in_queries() -> Re
     Ok(())
 }
 
+/// `refused` is RESOURCE_EXHAUSTED saying `says`, with the 1 s retry hint.
+fn assert_exhausted(refused: &tonic::Status, says: &str) {
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains(says), "{}", refused.message());
+    assert_eq!(
+        refused
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok()),
+        Some("1000")
+    );
+}
+
+/// `call` answered once what it was refused for (RESOURCE_EXHAUSTED) is given back, within
+/// 10 s.
+async fn admitted_again<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
+    mut call: impl FnMut() -> F,
+    what: &str,
+) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if e.code() == tonic::Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => anyhow::bail!("{what} was not given back: {e:?}"),
+        }
+    }
+}
+
 /// Each caller holds at most its budget of streams at once (here 4 for a user, so 16 for an
 /// admin): one more is RESOURCE_EXHAUSTED with a retry hint, another caller keeps a budget of
 /// its own, and a stream that ends gives its place back.
@@ -347,23 +382,7 @@ async fn each_caller_holds_at_most_its_budget_of_streams() -> Result<()> {
         held.push(watch(&mut admin).await?);
     }
     let refused = watch(&mut admin).await.expect_err("a 17th stream");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert!(
-        refused.message().contains("admin token holds 16 streams"),
-        "{}",
-        refused.message()
-    );
-    assert_eq!(
-        refused
-            .metadata()
-            .get("grpc-retry-pushback-ms")
-            .and_then(|v| v.to_str().ok()),
-        Some("1000")
-    );
+    assert_exhausted(&refused, "admin token holds 16 streams");
     // Another admin token has a budget of its own.
     let other =
         pirus_tests::identity::mint(&s.db.url, "other", pirus_auth::Role::Admin, None, None)
@@ -372,19 +391,7 @@ async fn each_caller_holds_at_most_its_budget_of_streams() -> Result<()> {
     let theirs = watch(&mut second).await?;
     // A stream that ends gives its place back.
     held.pop();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match watch(&mut admin).await {
-            Ok(stream) => {
-                held.push(stream);
-                break;
-            }
-            Err(e) if e.code() == tonic::Code::ResourceExhausted && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => anyhow::bail!("the freed place was not given back: {e:?}"),
-        }
-    }
+    held.push(admitted_again(|| watch(&mut admin), "the freed place").await?);
     drop(theirs);
     s.run
         .cancel_run(run::CancelRunRequest { id: run.id.clone() })
@@ -500,35 +507,10 @@ async fn a_catalogue_reads_at_most_its_bound_of_files_at_once() -> Result<()> {
         held.push(stream);
     }
     let refused = read(&mut s.cat).await.expect_err("a third reader");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert!(
-        refused.message().contains("--max-file-readers"),
-        "{}",
-        refused.message()
-    );
-    assert_eq!(
-        refused
-            .metadata()
-            .get("grpc-retry-pushback-ms")
-            .and_then(|v| v.to_str().ok()),
-        Some("1000")
-    );
+    assert_exhausted(&refused, "--max-file-readers");
     // A download that goes away gives its reader back.
     held.pop();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        match read(&mut s.cat).await {
-            Ok(stream) => break stream,
-            Err(e) if e.code() == tonic::Code::ResourceExhausted && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => anyhow::bail!("the freed reader was not given back: {e:?}"),
-        }
-    };
+    let mut stream = admitted_again(|| read(&mut s.cat), "the freed reader").await?;
     let mut hash = sha2::Sha256::new();
     let mut size = 0;
     while let Some(chunk) = stream.message().await? {

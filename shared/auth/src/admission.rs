@@ -60,6 +60,17 @@ enum Key {
     Peer(Option<IpAddr>),
 }
 
+/// RESOURCE_EXHAUSTED with the retry hint every bound of the services gives (gRPC's retry
+/// pushback, 1 s): a caller past its budget, or a process-wide bound that is full.
+pub fn exhausted(message: impl Into<String>) -> tonic::Status {
+    let mut status = tonic::Status::resource_exhausted(message);
+    status.metadata_mut().insert(
+        "grpc-retry-pushback-ms",
+        tonic::metadata::MetadataValue::from_static("1000"),
+    );
+    status
+}
+
 /// The streams each caller holds now.
 #[derive(Clone, Default)]
 pub struct Admission {

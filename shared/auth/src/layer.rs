@@ -206,12 +206,7 @@ where
                 match layer.admission.admit(&caller, peer) {
                     Ok(permit) => Some(permit),
                     Err(e) => {
-                        let mut status = tonic::Status::resource_exhausted(e.to_string());
-                        // A hint for retry policies (gRPC's retry pushback), in milliseconds.
-                        status.metadata_mut().insert(
-                            "grpc-retry-pushback-ms",
-                            tonic::metadata::MetadataValue::from_static("1000"),
-                        );
+                        let status = crate::admission::exhausted(e.to_string());
                         return Ok(status.into_http().map(|body| Admitted::new(body, None)));
                     }
                 }

@@ -122,15 +122,7 @@ impl From<Error> for tonic::Status {
             Error::ChecksumMismatch => Status::data_loss(e.to_string()),
             Error::TooLarge(_) | Error::StorageFull => Status::resource_exhausted(e.to_string()),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
-            Error::Busy(_) => {
-                let mut status = Status::resource_exhausted(e.to_string());
-                // The same retry hint as the per-caller budget's (gRPC's retry pushback).
-                status.metadata_mut().insert(
-                    "grpc-retry-pushback-ms",
-                    tonic::metadata::MetadataValue::from_static("1000"),
-                );
-                status
-            }
+            Error::Busy(_) => pirus_auth::admission::exhausted(e.to_string()),
             Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");

@@ -21,11 +21,19 @@ use crate::domain::{Error, UploadState};
 pub const IDLE: Duration = Duration::from_secs(30);
 
 /// The slowest a transfer may go: at least `min_rate` bytes a second on average over every
-/// `window` (`--min-transfer-rate`, `--transfer-rate-window`); `min_rate` 0 for no bound.
+/// `window` (`--min-transfer-rate`, `--transfer-rate-window`); either 0 for no bound.
 #[derive(Clone, Copy, Debug)]
 pub struct Pace {
     pub min_rate: u64,
     pub window: Duration,
+}
+
+impl Pace {
+    /// Whether there is a bound at all (a zero rate or a zero window is none: a zero window
+    /// would have the driver wake without pause).
+    fn bounds(self) -> bool {
+        self.min_rate > 0 && !self.window.is_zero()
+    }
 }
 
 /// The bytes of the current window of a transfer, against its [`Pace`].
@@ -46,7 +54,7 @@ impl Window {
 
     /// At the window's end: fine (the next window starts) or too slow (what arrived).
     fn check(&mut self, now: Instant) -> Result<(), u64> {
-        if self.pace.min_rate == 0 || now < self.ends {
+        if !self.pace.bounds() || now < self.ends {
             return Ok(());
         }
         let needed = (self.pace.min_rate as f64 * self.pace.window.as_secs_f64()) as u64;
@@ -107,7 +115,7 @@ where
     let mut last = Instant::now();
     loop {
         let idle_at = last + IDLE;
-        let wake = if window.pace.min_rate == 0 {
+        let wake = if !window.pace.bounds() {
             idle_at
         } else {
             idle_at.min(window.ends)
