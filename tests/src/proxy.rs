@@ -36,13 +36,16 @@ impl Proxy {
         )
     }
 
-    /// [`Proxy::start`] on a given port of 127.0.0.1 (one a service was told about first).
-    pub async fn start_at(port: u16, target: SocketAddr, bytes_per_second: u64) -> Result<Self> {
-        Self::on(
-            TcpListener::bind(("127.0.0.1", port)).await?,
-            target,
-            bytes_per_second,
-        )
+    /// [`Proxy::start`] on a listener bound beforehand (its port was given to a service
+    /// first). Holding the listener from the start leaves no moment in which another
+    /// process could take the port.
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        target: SocketAddr,
+        bytes_per_second: u64,
+    ) -> Result<Self> {
+        listener.set_nonblocking(true)?;
+        Self::on(TcpListener::from_std(listener)?, target, bytes_per_second)
     }
 
     fn on(listener: TcpListener, target: SocketAddr, bytes_per_second: u64) -> Result<Self> {

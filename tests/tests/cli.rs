@@ -370,14 +370,13 @@ async fn slow_cli() -> Result<(TestDb, Process, Proxy, Proxy, Cli)> {
 /// transfer lasts long enough to be killed mid-way.
 async fn slow_catalogue(db: &TestDb) -> Result<(Process, Proxy, Proxy)> {
     // The HTTP proxy must exist before the catalogue, whose public URL names it.
-    let placeholder = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let http_port = placeholder.local_addr()?.port();
-    drop(placeholder);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let http_port = listener.local_addr()?.port();
     let catalogue = Launch::new(Kind::Catalogue, &db.url)
         .args(["--public-url", &format!("http://127.0.0.1:{http_port}")])
         .start()
         .await?;
-    let http = Proxy::start_at(http_port, catalogue.addrs().http, 16 << 20).await?;
+    let http = Proxy::start_on(listener, catalogue.addrs().http, 16 << 20)?;
     let grpc = Proxy::start(catalogue.addrs().grpc, 16 << 20).await?;
     Ok((catalogue, http, grpc))
 }
