@@ -585,8 +585,20 @@ async fn database_refusals_are_unavailable_and_failing_queries_are_not() -> Resu
 
 /// A raw HTTP/1.1 GET of `path` on a connection of its own: the status line, or what ended it.
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    raw_get_on(tokio::net::TcpStream::connect(addr).await?, path).await
+}
+
+/// A connection to `addr` from the loopback address `source` (any of 127.0.0.0/8 is this
+/// host's): a second client, as far as the server can tell.
+async fn connect_from(source: &str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse()?)?;
+    Ok(socket.connect(addr).await?)
+}
+
+/// [`raw_get`] on a connection already open.
+async fn raw_get_on(mut stream: tokio::net::TcpStream, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut answer = Vec::new();
@@ -654,6 +666,45 @@ async fn the_http_port_drops_trickled_headers_and_connections_past_its_cap() -> 
         raw_get(addr, "/livez")
             .await
             .is_ok_and(|s| s == "HTTP/1.1 200 OK")
+    })
+    .await?;
+    Ok(())
+}
+
+/// Past `--max-http-connections-per-peer`, one more connection from the same client is closed
+/// at once, while another client is served and the first is again once one of its own goes.
+#[tokio::test]
+async fn one_client_cannot_hold_every_http_connection() -> Result<()> {
+    let db = TestDb::create().await?;
+    let catalogue = catalogue(&db.url)
+        .args(["--max-http-connections-per-peer", "2"])
+        .start()
+        .await?;
+    let addr = catalogue.addrs().http;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(connect_from("127.0.0.1", addr).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = connect_from("127.0.0.1", addr).await?;
+    let (took, got) = until_closed(&mut third).await;
+    assert!(
+        took < Duration::from_secs(2) && got.is_empty(),
+        "a third connection of one client stayed {took:?} and got {got:?}"
+    );
+    assert_eq!(
+        raw_get_on(connect_from("127.0.0.2", addr).await?, "/livez").await?,
+        "HTTP/1.1 200 OK",
+        "another client is served"
+    );
+    drop(held.pop());
+    eventually(Duration::from_secs(5), "the client's freed slot serves", || async {
+        match connect_from("127.0.0.1", addr).await {
+            Ok(stream) => raw_get_on(stream, "/livez")
+                .await
+                .is_ok_and(|s| s == "HTTP/1.1 200 OK"),
+            Err(_) => false,
+        }
     })
     .await?;
     Ok(())

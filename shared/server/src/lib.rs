@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod ops;
 pub mod options;
 pub mod paging;
+mod peer_slots;
 pub mod process;
 pub mod serve;
 pub mod telemetry;

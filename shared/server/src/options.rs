@@ -64,6 +64,13 @@ pub struct CommonOptions {
     #[arg(long, env = "PIRUS_MAX_HTTP_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_http_connections: u32,
+
+    /// Connections one client (an IPv4 address, or an IPv6 /64) keeps open on the HTTP port
+    /// at once; one more is closed when accepted. Raise it when clients reach the port through
+    /// a proxy that connects from one address.
+    #[arg(long, env = "PIRUS_MAX_HTTP_CONNECTIONS_PER_PEER", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_http_connections_per_peer: u32,
 }
 
 impl CommonOptions {
@@ -72,6 +79,7 @@ impl CommonOptions {
         crate::serve::HttpLimits {
             header_read_timeout: self.http_header_read_timeout,
             max_connections: self.max_http_connections as usize,
+            max_connections_per_peer: self.max_http_connections_per_peer as usize,
         }
     }
 }

@@ -251,11 +251,14 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Connections open at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Connections one client (an IPv4 address, an IPv6 /64) keeps open at once; one more
+    /// is closed as soon as it is accepted.
+    pub max_connections_per_peer: usize,
 }
 
 /// Serves the HTTP port on `listener` (plain or TLS) until `stop`, HTTP/1.1 with
 /// [`HttpLimits`] (a client that trickles its headers, or opens connections by the thousand,
-/// holds nothing for long); handlers see the peer's address as `ConnectInfo<SocketAddr>`
+/// holds nothing for long, and no one client can hold every connection slot); handlers see the peer's address as `ConnectInfo<SocketAddr>`
 /// either way. On `stop` it stops accepting and waits for the connections in flight to end
 /// their current requests (the caller bounds that wait).
 fn spawn_http<L>(
@@ -270,6 +273,7 @@ where
 {
     tokio::spawn(async move {
         let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let peers = crate::peer_slots::PeerSlots::default();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -287,6 +291,12 @@ where
                 drop(io);
                 continue;
             };
+            let Some(peer_slot) = peers.take(peer.ip(), limits.max_connections_per_peer) else {
+                tracing::warn!(%peer, max = limits.max_connections_per_peer,
+                    "HTTP connection closed at once: this client holds its share of connections");
+                drop(io);
+                continue;
+            };
             let router = router.clone();
             let service = hyper::service::service_fn(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -299,7 +309,7 @@ where
             let connection =
                 graceful.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(io), service));
             tokio::spawn(async move {
-                let _slot = permit;
+                let _slots = (permit, peer_slot);
                 if let Err(e) = connection.await {
                     tracing::debug!(%peer, error = %e, "HTTP connection ended");
                 }
