@@ -9,6 +9,14 @@
 //! the user in `PIRUS_LOAD_USER_TOKEN`, whose runs are one in ten. Prints one row per
 //! measurement with calls/s, p50 and p99, and the target beside it.
 //!
+//! ListRuns is measured three ways: CONCURRENCY callers and 4 callers each calling again as
+//! soon as answered (closed loops: throughput, and latency where the host is not saturated),
+//! and at a fixed offered rate (`PIRUS_LOAD_LIST_RATE`, default 1,000 pages a second: an open
+//! loop, latency counted from when each call was due, queueing included).
+//!
+//! `PIRUS_LOAD_ONLY` (a comma-separated list of GetRun, ListRuns, ListFiles, SubmitRun and
+//! fan-out) measures only those, beside the floor: for profiling one of them.
+//!
 //! Usage: pirus-load RUNNER_ADDR CATALOGUE_ADDR PIPELINE_ID [CONCURRENCY] [SECONDS] [WATCHERS]
 
 // A command-line tool: its answers go to stdout.
@@ -27,7 +35,7 @@ use pirus_proto::{
 use pirus_tests::{
     Channel,
     identity::with_token,
-    load::{Outcome, drive, percentile},
+    load::{Outcome, drive, drive_at_rate, percentile},
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -143,6 +151,15 @@ async fn main() -> Result<()> {
         bail!("no runs: seed the database first (bench/seed.sql)");
     }
     let mut rows: Vec<(String, Outcome, &str)> = Vec::new();
+    // PIRUS_LOAD_ONLY=GetRun,ListRuns,... measures only those (the floor always), to profile one.
+    let only = std::env::var("PIRUS_LOAD_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
+    let list_rate: u32 = match std::env::var("PIRUS_LOAD_LIST_RATE") {
+        Ok(rate) => rate
+            .parse()
+            .context("PIRUS_LOAD_LIST_RATE: calls a second")?,
+        Err(_) => 1000,
+    };
 
     let health = drive(
         &runners,
@@ -159,56 +176,70 @@ async fn main() -> Result<()> {
     .await?;
     rows.push(("health check (the floor)".into(), health, ""));
 
-    let sample = ids.clone();
-    let get = drive(
-        &runners,
-        concurrency,
-        seconds,
-        || None,
-        move |channel, n| {
-            let id = sample[n * 7919 % sample.len()].clone();
+    if wanted("GetRun") {
+        let sample = ids.clone();
+        let get = drive(
+            &runners,
+            concurrency,
+            seconds,
+            || None,
+            move |channel, n| {
+                let id = sample[n * 7919 % sample.len()].clone();
+                async move {
+                    RunnerServiceClient::new(channel)
+                        .get_run(run::GetRunRequest { id })
+                        .await
+                        .is_ok()
+                }
+            },
+        )
+        .await?;
+        rows.push(("GetRun".into(), get, ">= 10,000 calls/s"));
+    }
+
+    // A page of 50 with a filter, from a random place in the table.
+    if wanted("ListRuns") {
+        let sample = ids.clone();
+        let list_call = move |channel: Channel, n: usize| {
+            let after = sample[n * 104_729 % sample.len()].replace('-', "");
             async move {
                 RunnerServiceClient::new(channel)
-                    .get_run(run::GetRunRequest { id })
+                    .list_runs(run::ListRunsRequest {
+                        status: run::RunStatus::Done as i32,
+                        page_size: 50,
+                        page_token: after,
+                        ..Default::default()
+                    })
                     .await
                     .is_ok()
             }
-        },
-    )
-    .await?;
-    rows.push(("GetRun".into(), get, ">= 10,000 calls/s"));
-
-    // A page of 50 with a filter, from a random place in the table.
-    let sample = ids.clone();
-    let list_call = move |channel: Channel, n: usize| {
-        let after = sample[n * 104_729 % sample.len()].replace('-', "");
-        async move {
-            RunnerServiceClient::new(channel)
-                .list_runs(run::ListRunsRequest {
-                    status: run::RunStatus::Done as i32,
-                    page_size: 50,
-                    page_token: after,
-                    ..Default::default()
-                })
-                .await
-                .is_ok()
-        }
-    };
-    let list = drive(&runners, concurrency, seconds, || None, list_call.clone()).await?;
-    rows.push((
-        "ListRuns status=DONE, page of 50 (admin)".into(),
-        list,
-        "p99 < 20 ms",
-    ));
-    // The same with 4 callers: latency where the host is not saturated (with 32 callers on
-    // two cores, p99 is mostly the wait for a core).
-    let list = drive(&runners, 4, seconds, || None, list_call.clone()).await?;
-    rows.push((
-        "ListRuns status=DONE, page of 50, 4 callers".into(),
-        list,
-        "p99 < 20 ms",
-    ));
-    if let Some(user) = &user {
+        };
+        let list = drive(&runners, concurrency, seconds, || None, list_call.clone()).await?;
+        rows.push((
+            "ListRuns status=DONE, page of 50 (admin)".into(),
+            list,
+            "p99 < 20 ms",
+        ));
+        // The same with 4 callers: latency where the host is not saturated (with 32 callers on
+        // two cores, p99 is mostly the wait for a core).
+        let list = drive(&runners, 4, seconds, || None, list_call.clone()).await?;
+        rows.push((
+            "ListRuns status=DONE, page of 50, 4 callers".into(),
+            list,
+            "p99 < 20 ms",
+        ));
+        // And as independent clients would call it: a fixed rate whatever the answers' pace,
+        // each call's latency counted from when it was due (queueing included).
+        let list = drive_at_rate(&runners, list_rate, seconds, 4096, list_call.clone()).await?;
+        rows.push((
+            format!("ListRuns status=DONE, page of 50, {list_rate}/s offered"),
+            list,
+            "p99 < 20 ms",
+        ));
+    }
+    if wanted("ListRuns")
+        && let Some(user) = &user
+    {
         let mine = connect(runner, Some(user)).await?;
         let list = drive(
             &mine,
@@ -234,60 +265,64 @@ async fn main() -> Result<()> {
         ));
     }
 
-    let files = drive(
-        &catalogues,
-        concurrency,
-        seconds,
-        || None,
-        |channel, _| async move {
-            CatalogueServiceClient::new(channel)
-                .list_files(cat::ListFilesRequest {
-                    page_size: 50,
-                    ..Default::default()
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().files.len() == 50)
-        },
-    )
-    .await?;
-    rows.push(("ListFiles, page of 50".into(), files, ""));
-
-    let pipeline_id = pipeline.clone();
-    let submit = drive(
-        &runners,
-        concurrency,
-        seconds,
-        || None,
-        move |channel, n| {
-            let pipeline_id = pipeline_id.clone();
-            async move {
-                RunnerServiceClient::new(channel)
-                    .submit_run(run::SubmitRunRequest {
-                        pipeline_id,
-                        name: format!("load {n}"),
+    if wanted("ListFiles") {
+        let files = drive(
+            &catalogues,
+            concurrency,
+            seconds,
+            || None,
+            |channel, _| async move {
+                CatalogueServiceClient::new(channel)
+                    .list_files(cat::ListFilesRequest {
+                        page_size: 50,
                         ..Default::default()
                     })
                     .await
-                    .is_ok()
-            }
-        },
-    )
-    .await?;
-    rows.push((
-        "SubmitRun (a committed insert)".into(),
-        submit,
-        ">= 1,000 calls/s",
-    ));
+                    .is_ok_and(|r| r.into_inner().files.len() == 50)
+            },
+        )
+        .await?;
+        rows.push(("ListFiles, page of 50".into(), files, ""));
+    }
+
+    if wanted("SubmitRun") {
+        let pipeline_id = pipeline.clone();
+        let submit = drive(
+            &runners,
+            concurrency,
+            seconds,
+            || None,
+            move |channel, n| {
+                let pipeline_id = pipeline_id.clone();
+                async move {
+                    RunnerServiceClient::new(channel)
+                        .submit_run(run::SubmitRunRequest {
+                            pipeline_id,
+                            name: format!("load {n}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok()
+                }
+            },
+        )
+        .await?;
+        rows.push((
+            "SubmitRun (a committed insert)".into(),
+            submit,
+            ">= 1,000 calls/s",
+        ));
+    }
 
     let floor = rows[0].1.rate();
     println!("{concurrency} concurrent callers over {CONNECTIONS} connections, {seconds} s each");
     println!(
-        "{:<44} {:>10} {:>9} {:>9} {:>9} {:>7}  target",
+        "{:<50} {:>10} {:>9} {:>9} {:>9} {:>7}  target",
         "", "calls/s", "p50 ms", "p99 ms", "vs floor", "errors"
     );
     for (name, outcome, target) in &rows {
         println!(
-            "{:<44} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x {:>7}  {target}",
+            "{:<50} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x {:>7}  {target}",
             name,
             outcome.rate(),
             outcome.percentile(0.5).as_secs_f64() * 1e3,
@@ -297,16 +332,18 @@ async fn main() -> Result<()> {
         );
     }
 
-    let mut delays = Vec::new();
-    for _ in 0..5 {
-        delays.extend(fan_out(&runners, pipeline, watchers).await?);
+    if wanted("fan-out") {
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            delays.extend(fan_out(&runners, pipeline, watchers).await?);
+        }
+        delays.sort_unstable();
+        println!(
+            "WatchRun fan-out: a status change to {watchers} watchers, 5 changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms  target p99 < 100 ms",
+            percentile(&delays, 0.5).as_secs_f64() * 1e3,
+            percentile(&delays, 0.99).as_secs_f64() * 1e3,
+            percentile(&delays, 1.0).as_secs_f64() * 1e3,
+        );
     }
-    delays.sort_unstable();
-    println!(
-        "WatchRun fan-out: a status change to {watchers} watchers, 5 changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms  target p99 < 100 ms",
-        percentile(&delays, 0.5).as_secs_f64() * 1e3,
-        percentile(&delays, 0.99).as_secs_f64() * 1e3,
-        percentile(&delays, 1.0).as_secs_f64() * 1e3,
-    );
     Ok(())
 }
