@@ -698,14 +698,18 @@ async fn one_client_cannot_hold_every_http_connection() -> Result<()> {
         "another client is served"
     );
     drop(held.pop());
-    eventually(Duration::from_secs(5), "the client's freed slot serves", || async {
-        match connect_from("127.0.0.1", addr).await {
-            Ok(stream) => raw_get_on(stream, "/livez")
-                .await
-                .is_ok_and(|s| s == "HTTP/1.1 200 OK"),
-            Err(_) => false,
-        }
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the client's freed slot serves",
+        || async {
+            match connect_from("127.0.0.1", addr).await {
+                Ok(stream) => raw_get_on(stream, "/livez")
+                    .await
+                    .is_ok_and(|s| s == "HTTP/1.1 200 OK"),
+                Err(_) => false,
+            }
+        },
+    )
     .await?;
     Ok(())
 }
