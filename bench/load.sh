@@ -2,7 +2,8 @@
 # Control-plane load benchmark (a benchmark, not a test): a catalogue and a runner on a
 # database seeded with RUNS runs (default 100,000) of EVENTS events each (default 10) and FILES
 # files (default 100,000) by bench/seed.sql, then bench's load generator (pirus-load) drives
-# GetRun, ListRuns with a filter (as an admin and as a user owning one run in ten),
+# GetRun, ListRuns with a filter (as an admin and as a user owning one run in ten; and at a
+# fixed offered rate, PIRUS_LOAD_LIST_RATE pages a second, default 1,000),
 # ListFiles, SubmitRun, and the WatchRun fan-out (a status change to WATCHERS watchers), each
 # beside the runner's gRPC health check through the same client, and prints the issue's
 # targets beside the figures. The runner takes no runs (--max-runs 0): submitted runs stay
