@@ -671,13 +671,13 @@ async fn the_http_port_drops_trickled_headers_and_connections_past_its_cap() -> 
     Ok(())
 }
 
-/// Past `--max-http-connections-per-peer`, one more connection from the same client is closed
+/// Past `--max-connections-per-peer`, one more connection from the same client is closed
 /// at once, while another client is served and the first is again once one of its own goes.
 #[tokio::test]
 async fn one_client_cannot_hold_every_http_connection() -> Result<()> {
     let db = TestDb::create().await?;
     let catalogue = catalogue(&db.url)
-        .args(["--max-http-connections-per-peer", "2"])
+        .args(["--max-connections-per-peer", "2"])
         .start()
         .await?;
     let addr = catalogue.addrs().http;
@@ -706,6 +706,71 @@ async fn one_client_cannot_hold_every_http_connection() -> Result<()> {
                 Ok(stream) => raw_get_on(stream, "/livez")
                     .await
                     .is_ok_and(|s| s == "HTTP/1.1 200 OK"),
+                Err(_) => false,
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The gRPC port does not let a client hold it either: a connection that sends no HTTP/2
+/// preface within `--grpc-preface-timeout` is closed (one that did is kept however long it
+/// then idles), and past `--max-connections-per-peer` one more connection from the same
+/// client is closed at once while another client is served.
+#[tokio::test]
+async fn the_grpc_port_drops_silent_connections_and_bounds_each_client() -> Result<()> {
+    let db = TestDb::create().await?;
+    let quick = catalogue(&db.url)
+        .args(["--grpc-preface-timeout", "1s"])
+        .start()
+        .await?;
+    let addr = quick.addrs().grpc;
+    let speaking = quick.channel().await?;
+    assert_eq!(health_status(speaking.clone(), "").await?, SERVING);
+    let mut silent = connect_from("127.0.0.1", addr).await?;
+    let (took, _) = until_closed(&mut silent).await;
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(4),
+        "a silent gRPC connection was closed after {took:?}"
+    );
+    assert_eq!(
+        health_status(speaking, "").await?,
+        SERVING,
+        "a connection that sent its preface is kept past the timeout"
+    );
+
+    let capped = catalogue(&db.url)
+        .args(["--max-connections-per-peer", "2"])
+        .start()
+        .await?;
+    let local = |ip: &str| ip.parse::<std::net::IpAddr>();
+    let mut held = vec![
+        capped.channel_from(local("127.0.0.1")?, None).await?,
+        capped.channel_from(local("127.0.0.1")?, None).await?,
+    ];
+    for channel in &held {
+        assert_eq!(health_status(channel.clone(), "").await?, SERVING);
+    }
+    let mut third = connect_from("127.0.0.1", capped.addrs().grpc).await?;
+    let (took, got) = until_closed(&mut third).await;
+    assert!(
+        took < Duration::from_secs(2) && got.is_empty(),
+        "a third gRPC connection of one client stayed {took:?} and got {got:?}"
+    );
+    let other = capped.channel_from(local("127.0.0.2")?, None).await?;
+    assert_eq!(
+        health_status(other, "").await?,
+        SERVING,
+        "another client is served"
+    );
+    drop(held.pop());
+    eventually(
+        Duration::from_secs(5),
+        "the client's freed slot serves",
+        || async {
+            match capped.channel_from(local("127.0.0.1").unwrap(), None).await {
+                Ok(channel) => health_status(channel, "").await.is_ok_and(|s| s == SERVING),
                 Err(_) => false,
             }
         },

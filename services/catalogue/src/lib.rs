@@ -145,6 +145,7 @@ pub async fn run(
         reflection: vec![pirus_proto::CATALOGUE_DESCRIPTOR_SET],
         auth,
         http: config.common.http_limits(),
+        grpc: config.common.grpc_limits(),
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
     let _ = tokio::join!(sweeper, installer);

@@ -287,6 +287,7 @@ async fn serve(
             streams_per_connection: config.common.max_streams_per_connection,
         },
         http: config.common.http_limits(),
+        grpc: config.common.grpc_limits(),
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
     Ok(())

@@ -8,6 +8,7 @@
 //! pirus-runner.
 
 pub mod digest;
+pub mod grpc_port;
 pub mod health;
 pub mod metrics;
 pub mod ops;

@@ -65,12 +65,23 @@ pub struct CommonOptions {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_http_connections: u32,
 
-    /// Connections one client (an IPv4 address, or an IPv6 /64) keeps open on the HTTP port
-    /// at once; one more is closed when accepted. Raise it when clients reach the port through
-    /// a proxy that connects from one address.
-    #[arg(long, env = "PIRUS_MAX_HTTP_CONNECTIONS_PER_PEER", default_value_t = 64,
+    /// Connections one client (an IPv4 address, or an IPv6 /64) keeps open on each port (gRPC
+    /// and HTTP) at once; one more is closed when accepted. Raise it when clients reach the
+    /// service through a proxy that connects from one address.
+    #[arg(long, env = "PIRUS_MAX_CONNECTIONS_PER_PEER", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_http_connections_per_peer: u32,
+    pub max_connections_per_peer: u32,
+
+    /// Connections the gRPC port keeps open at once; one more is closed when accepted.
+    #[arg(long, env = "PIRUS_MAX_GRPC_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_grpc_connections: u32,
+
+    /// A new gRPC connection must send the HTTP/2 preface (its first 24 bytes; with TLS, the
+    /// start of its hello) within this, or it is closed.
+    #[arg(long, env = "PIRUS_GRPC_PREFACE_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration)]
+    pub grpc_preface_timeout: Duration,
 }
 
 impl CommonOptions {
@@ -79,7 +90,16 @@ impl CommonOptions {
         crate::serve::HttpLimits {
             header_read_timeout: self.http_header_read_timeout,
             max_connections: self.max_http_connections as usize,
-            max_connections_per_peer: self.max_http_connections_per_peer as usize,
+            max_connections_per_peer: self.max_connections_per_peer as usize,
+        }
+    }
+
+    /// The gRPC port's bounds, from these options.
+    pub fn grpc_limits(&self) -> crate::grpc_port::GrpcLimits {
+        crate::grpc_port::GrpcLimits {
+            max_connections: self.max_grpc_connections as usize,
+            max_connections_per_peer: self.max_connections_per_peer as usize,
+            preface_timeout: self.grpc_preface_timeout,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The HTTP port's connections counted by where they come from, so that one client cannot
-//! take every connection slot of the port (`--max-http-connections-per-peer`). A client is
+//! A port's connections counted by where they come from, so that one client cannot take every
+//! connection slot of the gRPC or the HTTP port (`--max-connections-per-peer`). A client is
 //! its IPv4 address, or the /64 prefix of its IPv6 address (one host is commonly given a
 //! whole /64, so counting single IPv6 addresses would bound nothing). An entry lives while
 //! its client has a connection open: there are never more entries than open connections.

@@ -96,6 +96,8 @@ pub struct ServeOptions {
     pub auth: AuthSetup,
     /// Bounds of the HTTP port's connections.
     pub http: HttpLimits,
+    /// Bounds of the gRPC port's connections.
+    pub grpc: crate::grpc_port::GrpcLimits,
 }
 
 /// What the authorization layer needs: the verifier, the audit trail, and which methods change
@@ -200,7 +202,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            crate::grpc_port::Incoming::new(listeners.grpc, options.grpc),
             stop.clone().cancelled_owned(),
         );
     let grpc_task = tokio::spawn(grpc_server);
