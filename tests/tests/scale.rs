@@ -521,3 +521,59 @@ async fn a_catalogue_reads_at_most_its_bound_of_files_at_once() -> Result<()> {
     assert_eq!(hash.finalize(), sha2::Sha256::digest(&data));
     Ok(())
 }
+
+/// An LXD that stops answering (here a socket that accepts and never replies, so each probe
+/// takes its whole 5 s) does not hold up the node's lease: with a 2 s lease the node stays
+/// ONLINE with a heartbeat under 2 s old, reported without LXD.
+#[tokio::test]
+async fn a_hung_lxd_does_not_hold_up_the_node_lease() -> Result<()> {
+    let db = pirus_tests::TestDb::create().await?;
+    let socket = std::env::temp_dir().join(format!("pirus-hung-lxd-{}.socket", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)?;
+    let hung = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let _runner = pirus_tests::Launch::new(pirus_tests::Kind::Runner, &db.url)
+        .args([
+            "--node-lease",
+            "2s",
+            "--node-name",
+            "hung-lxd",
+            "--lxd-socket",
+        ])
+        .args([socket.to_str().expect("a UTF-8 path")])
+        .start()
+        .await?;
+    let owner = db.client().await?;
+    let (started, mut worst, mut seen) = (Instant::now(), Duration::ZERO, Vec::new());
+    while started.elapsed() < Duration::from_secs(14) {
+        let row = owner
+            .query_one(
+                "SELECT status, lxd_available,
+                        extract(epoch FROM now() - heartbeat_at)::float8
+                 FROM nodes WHERE name = 'hung-lxd'",
+                &[],
+            )
+            .await?;
+        let (status, lxd, age): (String, bool, f64) = (row.get(0), row.get(1), row.get(2));
+        worst = worst.max(Duration::from_secs_f64(age.max(0.0)));
+        seen.push((status, lxd));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    hung.abort();
+    let _ = std::fs::remove_file(&socket);
+    eprintln!("worst heartbeat age with LXD hung: {worst:?}");
+    assert!(
+        seen.iter().all(|(status, lxd)| status == "online" && !lxd),
+        "the node was not ONLINE without LXD throughout: {seen:?}"
+    );
+    assert!(
+        worst < Duration::from_secs(2),
+        "a heartbeat was {worst:?} old (lease 2 s) while LXD hung"
+    );
+    Ok(())
+}
