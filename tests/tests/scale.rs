@@ -11,11 +11,18 @@ use tokio_stream::StreamExt;
 /// Concurrent followers and readers in the flood.
 const FLOOD: usize = 4000;
 
+/// The tests here that time a node's lease or count a service's queries take the host one at
+/// a time: on two cores, one flood beside another starves the whole machine (PostgreSQL and
+/// every process's timers included), which is not what they measure: that a service's own
+/// request traffic does not hold up its liveness or multiply its queries.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A runner whose request pool is small is flooded with log followers and watchers of a
 /// running run (each follower reads the run every 200 ms): its node stays ONLINE with a
 /// fresh heartbeat throughout, and its runs still finish DONE at their first attempt.
 #[tokio::test]
 async fn a_runner_flooded_with_followers_keeps_its_lease_and_finishes_its_runs() -> Result<()> {
+    let _alone = ALONE.lock().await;
     let mut s = stack_with(
         2,
         &[],
@@ -207,6 +214,7 @@ async fn one_then_a_thousand<T>(
 /// still receives every event, the terminal one (here CANCELED) last.
 #[tokio::test]
 async fn a_thousand_watchers_of_a_run_cost_what_one_does_in_queries() -> Result<()> {
+    let _alone = ALONE.lock().await;
     // (The admin's stream budget, 4 times the per-caller setting, above a thousand.)
     let budget = ["--max-streams-per-caller", "1000"];
     let mut s = stack_with(1, &budget, &budget).await?;
@@ -268,6 +276,7 @@ async fn a_thousand_watchers_of_a_run_cost_what_one_does_in_queries() -> Result<
 /// follower still receives the whole log, once, ending when the run does.
 #[tokio::test]
 async fn a_thousand_log_followers_of_a_run_cost_what_one_does_in_queries() -> Result<()> {
+    let _alone = ALONE.lock().await;
     // (The admin's stream budget, 4 times the per-caller setting, above a thousand.)
     let budget = ["--max-streams-per-caller", "1000"];
     let mut s = stack_with(1, &budget, &budget).await?;
@@ -527,6 +536,7 @@ async fn a_catalogue_reads_at_most_its_bound_of_files_at_once() -> Result<()> {
 /// ONLINE with a heartbeat under 2 s old, reported without LXD.
 #[tokio::test]
 async fn a_hung_lxd_does_not_hold_up_the_node_lease() -> Result<()> {
+    let _alone = ALONE.lock().await;
     let db = pirus_tests::TestDb::create().await?;
     let socket = std::env::temp_dir().join(format!("pirus-hung-lxd-{}.socket", std::process::id()));
     let _ = std::fs::remove_file(&socket);
