@@ -3,7 +3,7 @@
 //! that is not about a single connection (out of file descriptors, say). This one:
 //!
 //! - keeps at most [`GrpcLimits::max_connections`] open, of which one client (an IPv4
-//!   address, an IPv6 /64: [`crate::peer_slots`]) at most
+//!   address, an IPv6 /64: [`crate::connection_slots`]) at most
 //!   [`GrpcLimits::max_connections_per_peer`]; one more is closed as soon as it is accepted;
 //! - closes a connection whose first 24 bytes (the HTTP/2 client preface; with TLS, the
 //!   start of its hello) do not arrive within [`GrpcLimits::preface_timeout`];
@@ -12,7 +12,6 @@
 use std::{
     io,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -20,12 +19,11 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
     time::Sleep,
 };
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::peer_slots::{PeerSlot, PeerSlots};
+use crate::connection_slots::{ConnectionSlot, ConnectionSlots};
 
 /// Bounds of the gRPC port's connections.
 #[derive(Clone, Copy, Debug)]
@@ -49,9 +47,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// (`serve_with_incoming_shutdown`).
 pub(crate) struct Incoming {
     listener: TcpListener,
-    limits: GrpcLimits,
-    open: Arc<Semaphore>,
-    peers: PeerSlots,
+    preface_timeout: Duration,
+    slots: ConnectionSlots,
     backoff: Option<Pin<Box<Sleep>>>,
 }
 
@@ -59,9 +56,12 @@ impl Incoming {
     pub(crate) fn new(listener: TcpListener, limits: GrpcLimits) -> Self {
         Self {
             listener,
-            open: Arc::new(Semaphore::new(limits.max_connections)),
-            limits,
-            peers: PeerSlots::default(),
+            preface_timeout: limits.preface_timeout,
+            slots: ConnectionSlots::new(
+                "gRPC",
+                limits.max_connections,
+                limits.max_connections_per_peer,
+            ),
             backoff: None,
         }
     }
@@ -97,17 +97,7 @@ impl tokio_stream::Stream for Incoming {
                     continue;
                 }
             };
-            let Ok(permit) = this.open.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max = this.limits.max_connections,
-                    "gRPC connection closed at once: every connection slot is taken");
-                continue;
-            };
-            let Some(slot) = this
-                .peers
-                .take(peer.ip(), this.limits.max_connections_per_peer)
-            else {
-                tracing::warn!(%peer, max = this.limits.max_connections_per_peer,
-                    "gRPC connection closed at once: this client holds its share of connections");
+            let Some(slot) = this.slots.admit(peer) else {
                 continue;
             };
             if let Err(e) = stream.set_nodelay(true) {
@@ -115,11 +105,8 @@ impl tokio_stream::Stream for Incoming {
             }
             return Poll::Ready(Some(Ok(Connection {
                 stream,
-                _slots: (permit, slot),
-                preface: Some((
-                    Box::pin(tokio::time::sleep(this.limits.preface_timeout)),
-                    PREFACE,
-                )),
+                _slot: slot,
+                preface: Some((Box::pin(tokio::time::sleep(this.preface_timeout)), PREFACE)),
             })));
         }
     }
@@ -128,7 +115,7 @@ impl tokio_stream::Stream for Incoming {
 /// An accepted connection: its slots are given back when it is dropped.
 pub(crate) struct Connection {
     stream: TcpStream,
-    _slots: (OwnedSemaphorePermit, PeerSlot),
+    _slot: ConnectionSlot,
     /// Until the preface has come: its deadline and the bytes still to come.
     preface: Option<(Pin<Box<Sleep>>, usize)>,
 }

@@ -7,6 +7,7 @@
 //! Depends on (within Pirus): pirus-db, pirus-auth. Never on: pirus-lxd, pirus-catalogue,
 //! pirus-runner.
 
+mod connection_slots;
 pub mod digest;
 pub mod grpc_port;
 pub mod health;
@@ -14,7 +15,6 @@ pub mod metrics;
 pub mod ops;
 pub mod options;
 pub mod paging;
-mod peer_slots;
 pub mod process;
 pub mod serve;
 pub mod telemetry;

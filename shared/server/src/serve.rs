@@ -274,8 +274,11 @@ where
     L::Io: Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-        let peers = crate::peer_slots::PeerSlots::default();
+        let slots = crate::connection_slots::ConnectionSlots::new(
+            "HTTP",
+            limits.max_connections,
+            limits.max_connections_per_peer,
+        );
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -287,15 +290,7 @@ where
                 () = stop.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
-            let Ok(permit) = open.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max = limits.max_connections,
-                    "HTTP connection closed at once: every connection slot is taken");
-                drop(io);
-                continue;
-            };
-            let Some(peer_slot) = peers.take(peer.ip(), limits.max_connections_per_peer) else {
-                tracing::warn!(%peer, max = limits.max_connections_per_peer,
-                    "HTTP connection closed at once: this client holds its share of connections");
+            let Some(slot) = slots.admit(peer) else {
                 drop(io);
                 continue;
             };
@@ -311,7 +306,7 @@ where
             let connection =
                 graceful.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(io), service));
             tokio::spawn(async move {
-                let _slots = (permit, peer_slot);
+                let _slot = slot;
                 if let Err(e) = connection.await {
                     tracing::debug!(%peer, error = %e, "HTTP connection ended");
                 }

@@ -1,21 +1,72 @@
-//! A port's connections counted by where they come from, so that one client cannot take every
-//! connection slot of the gRPC or the HTTP port (`--max-connections-per-peer`). A client is
+//! A port's connection slots ([`ConnectionSlots`]): at most so many connections open, and
+//! counted by where they come from, so that one client cannot take every connection slot of
+//! the gRPC or the HTTP port (`--max-connections-per-peer`). A client is
 //! its IPv4 address, or the /64 prefix of its IPv6 address (one host is commonly given a
 //! whole /64, so counting single IPv6 addresses would bound nothing). An entry lives while
 //! its client has a connection open: there are never more entries than open connections.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The connection slots of one port: `max` open at once, `max_per_peer` of them per client.
+#[derive(Clone)]
+pub(crate) struct ConnectionSlots {
+    port: &'static str,
+    open: Arc<Semaphore>,
+    max: usize,
+    peers: PeerSlots,
+    max_per_peer: usize,
+}
+
+/// The slots one open connection holds; dropping it gives them back.
+pub(crate) struct ConnectionSlot {
+    _open: OwnedSemaphorePermit,
+    _peer: PeerSlot,
+}
+
+impl ConnectionSlots {
+    /// `port` names the port in the log ("HTTP", "gRPC").
+    pub(crate) fn new(port: &'static str, max: usize, max_per_peer: usize) -> Self {
+        Self {
+            port,
+            open: Arc::new(Semaphore::new(max)),
+            max,
+            peers: PeerSlots::default(),
+            max_per_peer,
+        }
+    }
+
+    /// The slots for a connection just accepted from `peer`, or none (it is to be closed at
+    /// once, which is logged) when the port or its client holds all it may.
+    pub(crate) fn admit(&self, peer: SocketAddr) -> Option<ConnectionSlot> {
+        let Ok(open) = self.open.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = self.max, port = self.port,
+                "connection closed at once: every connection slot of the port is taken");
+            return None;
+        };
+        let Some(peer_slot) = self.peers.take(peer.ip(), self.max_per_peer) else {
+            tracing::warn!(%peer, max = self.max_per_peer, port = self.port,
+                "connection closed at once: this client holds its share of the port's connections");
+            return None;
+        };
+        Some(ConnectionSlot {
+            _open: open,
+            _peer: peer_slot,
+        })
+    }
+}
+
 /// Open connections by client.
 #[derive(Clone, Default)]
-pub(crate) struct PeerSlots(Arc<Mutex<HashMap<IpAddr, usize>>>);
+struct PeerSlots(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
 /// One open connection of a client; dropping it gives the slot back.
-pub(crate) struct PeerSlot {
+struct PeerSlot {
     slots: PeerSlots,
     client: IpAddr,
 }
@@ -34,7 +85,7 @@ fn client(peer: IpAddr) -> IpAddr {
 
 impl PeerSlots {
     /// A slot for one more connection from `peer`, unless its client already holds `max`.
-    pub(crate) fn take(&self, peer: IpAddr, max: usize) -> Option<PeerSlot> {
+    fn take(&self, peer: IpAddr, max: usize) -> Option<PeerSlot> {
         let client = client(peer);
         let mut open = self.0.lock().expect("peer slots");
         let held = open.entry(client).or_insert(0);
