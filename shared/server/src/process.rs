@@ -36,6 +36,7 @@ where
         }
     };
     crate::telemetry::init(config.common().log_format);
+    raise_open_file_limit(config.common());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -121,4 +122,37 @@ pub async fn database_leaving(
     let db = pirus_db::connect(&db_config).await?;
     pirus_db::migrate(&db).await?;
     Ok(db)
+}
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime does): the default
+/// soft limit of 1024 (systemd's too) is below what the connection caps allow
+/// (`--max-grpc-connections` + `--max-http-connections`, 1024 each), so a flood of connections
+/// would run the process out of descriptors, for its database connections and files too,
+/// before either cap refused one. Warns when even the hard limit is below the caps.
+fn raise_open_file_limit(common: &CommonOptions) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        limit.current = Some(hard);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the limit on open files");
+        }
+    }
+    let wanted = u64::from(common.max_grpc_connections)
+        + u64::from(common.max_http_connections)
+        + u64::from(common.database_max_connections)
+        + 256;
+    if let Some(soft) = getrlimit(Resource::Nofile).current
+        && soft < wanted
+    {
+        tracing::warn!(
+            limit = soft,
+            wanted,
+            "the limit on open files is below what the connection caps allow \
+             (--max-grpc-connections + --max-http-connections + the database pool + 256); \
+             raise it (LimitNOFILE=) or lower the caps"
+        );
+    }
 }
