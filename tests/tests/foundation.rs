@@ -320,7 +320,7 @@ async fn health_follows_the_database_going_away_and_coming_back() -> Result<()> 
     let db = TestDb::create_on(&pg.admin_url()).await?;
     let mut processes = vec![
         catalogue(&db.url).start().await?,
-        runner(&db.url).start().await?,
+        runner(&db.url).args(["--node-lease", "3s"]).start().await?,
     ];
     for process in &processes {
         assert_eq!(health_status(process.channel().await?, "").await?, SERVING);
@@ -375,6 +375,26 @@ async fn health_follows_the_database_going_away_and_coming_back() -> Result<()> 
             "process exited"
         );
     }
+    // The runner's lease, renewed over a connection of its own, is renewed again: a heartbeat
+    // newer than the database's restart, and the node ONLINE.
+    let client = db.client().await?;
+    let back: std::time::SystemTime = client.query_one("SELECT now()", &[]).await?.get(0);
+    eventually(
+        Duration::from_secs(10),
+        "a heartbeat after the database came back",
+        || {
+            let client = &client;
+            async move {
+                let row = client
+                    .query_one("SELECT heartbeat_at, status FROM nodes", &[])
+                    .await;
+                row.is_ok_and(|r| {
+                    r.get::<_, std::time::SystemTime>(0) > back && r.get::<_, String>(1) == "online"
+                })
+            }
+        },
+    )
+    .await?;
     Ok(())
 }
 

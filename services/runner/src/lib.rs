@@ -79,9 +79,10 @@ pub async fn run(
 
     let (metrics, lxd_up) = metrics();
     // Two pools: `stores` serves requests (gRPC handlers, followers, forwarded reads), `work`
-    // the node's own liveness and its runs (lease, expiry, claims, every run's events and
-    // results), so no amount of request traffic can make the node miss its lease or stall
-    // its runs. The work pool holds a connection per run slot and a few for the node.
+    // the node's own work and its runs (expiry, claims, every run's events and results), so
+    // no amount of request traffic can stall its runs. The lease is renewed over a connection
+    // of its own, from a thread of its own (node.rs). The work pool holds a connection per
+    // run slot and a few for the node.
     // Request traffic reads single runs (GetRun, access checks) in batches on a small pool of
     // its own (see pirus_db::batch).
     let stores = store::Stores::new(db.clone())
@@ -105,6 +106,7 @@ pub async fn run(
         largest: node_limits.largest,
         lease: config.node_lease,
         lxd_gauge: lxd_up,
+        database_url: config.common.database_url.clone(),
     };
     let node_state = register(node, &shutdown).await?;
 
@@ -156,10 +158,10 @@ pub async fn run(
     serve(&config, listeners, runs, db, metrics, shutdown).await
 }
 
-/// Connections of the work pool: one per run slot (each run's events and results), and four
-/// for the node (lease, expiry, claims, sweeps); at most 64.
+/// Connections of the work pool: one per run slot (each run's events and results), and three
+/// for the node (expiry, claims, sweeps); at most 64. The lease has a connection of its own.
 fn work_connections(max_runs: u32) -> u32 {
-    (max_runs + 4).min(64)
+    (max_runs + 3).min(64)
 }
 
 /// The runner's own token (`--token-file`), checked at start-up: it must be a valid runner
