@@ -639,6 +639,52 @@ async fn until_closed(stream: &mut tokio::net::TcpStream) -> (Duration, Vec<u8>)
     (started.elapsed(), got)
 }
 
+/// A gRPC connection with no call open for `--grpc-idle-timeout` is closed, however it
+/// answers the server's keepalive; a connection with a stream open is kept however quiet the
+/// stream is; and a client whose idle connection was closed is served on its next call.
+#[tokio::test]
+async fn a_grpc_connection_without_calls_is_closed_and_one_with_a_stream_is_kept() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let db = TestDb::create().await?;
+    let process = catalogue(&db.url)
+        .args(["--grpc-idle-timeout", "2s"])
+        .start()
+        .await?;
+    let addr = process.addrs().grpc;
+
+    // The HTTP/2 preface and an empty SETTINGS frame, then nothing.
+    let mut quiet = connect_from("127.0.0.1", addr).await?;
+    quiet
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await?;
+    let (took, got) = until_closed(&mut quiet).await;
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "a gRPC connection without calls was closed after {took:?}"
+    );
+    assert!(!got.is_empty(), "the server's SETTINGS came first");
+
+    // A health Watch answers once, then nothing while the status stays: a quiet stream.
+    let watching = process.channel().await?;
+    let mut watch = HealthClient::new(watching.clone())
+        .watch(HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(watch.message().await?.map(|m| m.status), Some(SERVING));
+    match tokio::time::timeout(Duration::from_secs(5), watch.message()).await {
+        Err(_) => {}
+        Ok(ended) => panic!("a quiet stream ended on an idle-timed-out connection: {ended:?}"),
+    }
+
+    // A client that stays away longer than the timeout is served when it comes back.
+    let idle = process.channel().await?;
+    assert_eq!(health_status(idle.clone(), "").await?, SERVING);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(health_status(idle, "").await?, SERVING);
+    Ok(())
+}
+
 /// The HTTP port does not let a client hold it: a request header not finished within
 /// `--http-header-read-timeout` closes the connection, and past `--max-http-connections`
 /// a new connection is closed at once; others are answered throughout.
@@ -735,8 +781,7 @@ async fn one_client_cannot_hold_every_http_connection() -> Result<()> {
 }
 
 /// The gRPC port does not let a client hold it either: a connection that sends no HTTP/2
-/// preface within `--grpc-preface-timeout` is closed (one that did is kept however long it
-/// then idles), and past `--max-connections-per-peer` one more connection from the same
+/// preface within `--grpc-preface-timeout` is closed (one that did is kept past it), and past `--max-connections-per-peer` one more connection from the same
 /// client is closed at once while another client is served.
 #[tokio::test]
 async fn the_grpc_port_drops_silent_connections_and_bounds_each_client() -> Result<()> {

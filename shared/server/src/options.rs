@@ -82,6 +82,13 @@ pub struct CommonOptions {
     #[arg(long, env = "PIRUS_GRPC_PREFACE_TIMEOUT", default_value = "10s",
           value_parser = parse_duration)]
     pub grpc_preface_timeout: Duration,
+
+    /// A gRPC connection with no call open for this long is closed (a client reconnects on
+    /// its next call). Streams (WatchRun, StreamRunLogs, uploads) count as open calls for as
+    /// long as they last; the keepalive PINGs that keep a quiet stream alive do not.
+    #[arg(long, env = "PIRUS_GRPC_IDLE_TIMEOUT", default_value = "5m",
+          value_parser = parse_duration)]
+    pub grpc_idle_timeout: Duration,
 }
 
 impl CommonOptions {
@@ -100,6 +107,7 @@ impl CommonOptions {
             max_connections: self.max_grpc_connections as usize,
             max_connections_per_peer: self.max_connections_per_peer as usize,
             preface_timeout: self.grpc_preface_timeout,
+            idle_timeout: self.grpc_idle_timeout,
         }
     }
 }

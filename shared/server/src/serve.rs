@@ -177,6 +177,9 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .max_concurrent_streams(Some(options.auth.streams_per_connection))
+        // Outermost: counts each call open on its connection (for --grpc-idle-timeout) and
+        // gives the layers below the peer's address.
+        .layer(crate::grpc_port::OpenCallsLayer)
         .layer(GrpcMetricsLayer::new(metrics.clone()))
         .layer(
             pirus_auth::layer::AuthLayer::new(
