@@ -270,11 +270,11 @@ pub struct OpenCallsService<S> {
 impl<S, B, RB> tower::Service<http::Request<B>> for OpenCallsService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
+    S::Future: Unpin,
 {
     type Response = http::Response<Counted<RB>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = CountedCall<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -294,11 +294,30 @@ where
             request.extensions_mut().insert(peer.tcp);
             peer.calls.begin()
         });
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            Ok(response.map(|inner| Counted { inner, _open: open }))
-        })
+        CountedCall {
+            inner: self.inner.call(request),
+            open,
+        }
+    }
+}
+
+/// A call's response on its way: hands the call's count to the response body (no allocation
+/// of its own per call).
+pub struct CountedCall<F> {
+    inner: F,
+    open: Option<CallOpen>,
+}
+
+impl<F, RB, E> Future for CountedCall<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>> + Unpin,
+{
+    type Output = Result<http::Response<Counted<RB>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = ready!(Pin::new(&mut self.inner).poll(cx))?;
+        let open = self.open.take();
+        Poll::Ready(Ok(response.map(|inner| Counted { inner, _open: open })))
     }
 }
 
