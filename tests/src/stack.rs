@@ -390,10 +390,21 @@ impl Stack {
         let output = node_containers(&self.node)?;
         let left = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         assert!(left.is_empty(), "containers left behind: {left}");
+        // A run's folders go just after its end is recorded (its container just before).
         let runs = self.work_dir.join("runs");
-        let folders = std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0);
-        assert_eq!(folders, 0, "run folders left in {}", runs.display());
-        Ok(())
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let folders = std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0);
+            if folders == 0 {
+                return Ok(());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{folders} run folders left in {}",
+                runs.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -75,13 +75,6 @@ impl Executor {
                 Some((Event::Canceled, "canceled on request".to_owned()))
             }
         };
-        let removed = match workspace {
-            Some(workspace) => workspace.remove(&inner.storage).await,
-            None => self.discard(attempt).await,
-        };
-        if let Err(e) = removed {
-            tracing::warn!(run = %run.id, error = %e, "could not remove the run's folders");
-        }
         // The task log goes in before the end is recorded: a client that sees the task end
         // sees its log.
         if let (Some(t), Some((report, logs))) = (&tes, report) {
@@ -109,6 +102,16 @@ impl Executor {
             if let Err(e) = self.change(attempt, end).await {
                 tracing::error!(run = %run.id, error = %e, "could not record the end of the run");
             }
+        }
+        // The folders go once the end is recorded: a runner stopped in between leaves folders
+        // of an ended run, which the next start's sweep removes; the other way round it would
+        // find a FINISHING run without its folders and end it ERROR, its outputs delivered.
+        let removed = match workspace {
+            Some(workspace) => workspace.remove(&inner.storage).await,
+            None => self.discard(attempt).await,
+        };
+        if let Err(e) = removed {
+            tracing::warn!(run = %run.id, error = %e, "could not remove the run's folders");
         }
     }
 

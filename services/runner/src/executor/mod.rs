@@ -210,7 +210,7 @@ impl Executor {
 
     /// Takes a run this node held before a restart back: a RUNNING or PAUSE run is watched
     /// again (its command is not started again: the exit status file says when it ended, even
-    /// if that was while the runner was away); an INITIALIZING one is prepared again (its
+    /// if that was while the runner was away, or the container is already gone); an INITIALIZING one is prepared again (its
     /// half-made container, and anything it started, removed first); a FINISHING one finishes
     /// again (pushing outputs is idempotent).
     pub async fn resume(&self, run: Run) {
@@ -250,12 +250,18 @@ impl Executor {
                         None,
                         Outcome::Failed(format!("the run's folders are gone: {e}")),
                     ),
-                    (Ok(workspace), Ok(None)) => (
-                        Some(workspace),
-                        Outcome::Failed(
-                            "the container disappeared while its runner was away".into(),
+                    // The command ended and the container was removed (finishing removes it
+                    // before it records the end), but the runner stopped in between: the
+                    // exit status file, which outlives the container, says how it ended.
+                    (Ok(workspace), Ok(None)) => match workspace.exit_status() {
+                        Some(code) => (Some(workspace), Outcome::Exited(code)),
+                        None => (
+                            Some(workspace),
+                            Outcome::Failed(
+                                "the container disappeared while its runner was away".into(),
+                            ),
                         ),
-                    ),
+                    },
                     (Ok(workspace), Err(e)) => {
                         tracing::warn!(run = %run.id, error = %e, "LXD failed while re-adopting");
                         (
