@@ -68,30 +68,33 @@ impl AuthLayer {
     }
 }
 
-/// A response body that holds its call's [`Permit`] (if it took one) until the body ends.
-pub struct Admitted<B> {
+/// A response body that holds `T` until the body ends or is dropped: for a stream, as long
+/// as the stream lasts. The auth layer holds a call's [`Permit`] in it ([`Admitted`]); the
+/// gRPC port's call counting holds its open call in it too.
+pub struct Holding<B, T> {
     inner: B,
-    _permit: Option<Permit>,
+    _held: T,
 }
 
-impl<B> Admitted<B> {
-    fn new(inner: B, permit: Option<Permit>) -> Self {
-        Self {
-            inner,
-            _permit: permit,
-        }
+impl<B, T> Holding<B, T> {
+    pub fn new(inner: B, held: T) -> Self {
+        Self { inner, _held: held }
     }
 }
 
-impl<B: Default> Default for Admitted<B> {
+/// A response body that holds its call's [`Permit`] (if it took one) until the body ends.
+pub type Admitted<B> = Holding<B, Option<Permit>>;
+
+impl<B: Default, T: Default> Default for Holding<B, T> {
     fn default() -> Self {
-        Self::new(B::default(), None)
+        Self::new(B::default(), T::default())
     }
 }
 
-impl<B> http_body::Body for Admitted<B>
+impl<B, T> http_body::Body for Holding<B, T>
 where
     B: http_body::Body + Unpin,
+    T: Unpin,
 {
     type Data = B::Data;
     type Error = B::Error;

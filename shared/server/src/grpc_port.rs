@@ -33,6 +33,8 @@ use tokio::{
 };
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
+use pirus_auth::layer::Holding;
+
 use crate::connection_slots::{ConnectionSlot, ConnectionSlots};
 
 /// Bounds of the gRPC port's connections.
@@ -179,7 +181,7 @@ impl Connection {
 /// What tonic puts in every request of a connection: its addresses, and its count of open
 /// calls (for [`OpenCallsLayer`]).
 #[derive(Clone, Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     tcp: TcpConnectInfo,
     calls: OpenCalls,
 }
@@ -236,7 +238,7 @@ impl OpenCalls {
 }
 
 /// One open call; ending it (dropping) records when the connection became idle.
-struct CallOpen(OpenCalls);
+pub(crate) struct CallOpen(OpenCalls);
 
 impl Drop for CallOpen {
     fn drop(&mut self) {
@@ -248,11 +250,11 @@ impl Drop for CallOpen {
 }
 
 /// Counts each call as open on its connection from its request until its response body ends
-/// or is dropped (a stream's last message, or the client cancelling it), and puts the
+/// or is dropped ([`Holding`]) (a stream's last message, or the client cancelling it), and puts the
 /// connection's [`TcpConnectInfo`] in the request for the layers after it. Outermost layer of
 /// the gRPC server, for [`Incoming`]'s connections.
 #[derive(Clone, Copy, Default)]
-pub struct OpenCallsLayer;
+pub(crate) struct OpenCallsLayer;
 
 impl<S> tower::Layer<S> for OpenCallsLayer {
     type Service = OpenCallsService<S>;
@@ -263,7 +265,7 @@ impl<S> tower::Layer<S> for OpenCallsLayer {
 }
 
 #[derive(Clone)]
-pub struct OpenCallsService<S> {
+pub(crate) struct OpenCallsService<S> {
     inner: S,
 }
 
@@ -272,7 +274,7 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Unpin,
 {
-    type Response = http::Response<Counted<RB>>;
+    type Response = http::Response<Holding<RB, Option<CallOpen>>>;
     type Error = S::Error;
     type Future = CountedCall<S::Future>;
 
@@ -303,7 +305,7 @@ where
 
 /// A call's response on its way: hands the call's count to the response body (no allocation
 /// of its own per call).
-pub struct CountedCall<F> {
+pub(crate) struct CountedCall<F> {
     inner: F,
     open: Option<CallOpen>,
 }
@@ -312,41 +314,12 @@ impl<F, RB, E> Future for CountedCall<F>
 where
     F: Future<Output = Result<http::Response<RB>, E>> + Unpin,
 {
-    type Output = Result<http::Response<Counted<RB>>, E>;
+    type Output = Result<http::Response<Holding<RB, Option<CallOpen>>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let response = ready!(Pin::new(&mut self.inner).poll(cx))?;
         let open = self.open.take();
-        Poll::Ready(Ok(response.map(|inner| Counted { inner, _open: open })))
-    }
-}
-
-/// A response body that keeps its call counted as open until it ends or is dropped.
-pub struct Counted<B> {
-    inner: B,
-    _open: Option<CallOpen>,
-}
-
-impl<B> http_body::Body for Counted<B>
-where
-    B: http_body::Body + Unpin,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        Poll::Ready(Ok(response.map(|body| Holding::new(body, open))))
     }
 }
 
