@@ -132,17 +132,13 @@ pub struct AuthService<S> {
     layer: AuthLayer,
 }
 
-/// The peer's address, as tonic records it.
+/// The peer's address: the gRPC port's outermost layer puts its connection's
+/// `TcpConnectInfo` in every request, with TLS or without (`pirus_server::grpc_port`).
 fn peer<B>(request: &Request<B>) -> Option<IpAddr> {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let extensions = request.extensions();
-    extensions
+    use tonic::transport::server::TcpConnectInfo;
+    request
+        .extensions()
         .get::<TcpConnectInfo>()
-        .or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .map(TlsConnectInfo::get_ref)
-        })
         .and_then(TcpConnectInfo::remote_addr)
         .map(|addr| addr.ip())
 }

@@ -210,9 +210,9 @@ impl Executor {
 
     /// Takes a run this node held before a restart back: a RUNNING or PAUSE run is watched
     /// again (its command is not started again: the exit status file says when it ended, even
-    /// if that was while the runner was away, or the container is already gone); an INITIALIZING one is prepared again (its
-    /// half-made container, and anything it started, removed first); a FINISHING one finishes
-    /// again (pushing outputs is idempotent).
+    /// if that was while the runner was away, or the container is already gone); an
+    /// INITIALIZING one is prepared again (its half-made container, and anything it started,
+    /// removed first); a FINISHING one finishes again (pushing outputs is idempotent).
     pub async fn resume(&self, run: Run) {
         let attempt = self.attempt(&run);
         tracing::info!(run = %run.id, attempt = run.attempt, status = run.status.as_str(), "re-adopting a run");
