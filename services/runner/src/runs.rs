@@ -171,8 +171,19 @@ impl Runs {
                         .await
                         .is_ok()
                 {
-                    self.send_from_file(&run, stream, &mut offset, tx).await?;
-                    return Ok(());
+                    if !self.send_from_file(&run, stream, &mut offset, tx).await? {
+                        return Ok(());
+                    }
+                    // The folders go just after the end is recorded: when they went during
+                    // this read, the rest comes from the catalogue's copy, whole by then.
+                    if self
+                        .executor
+                        .live_log_size(&run, stream.file())
+                        .await
+                        .is_ok()
+                    {
+                        return Ok(());
+                    }
                 }
                 let log = self.stores.runs.file(id, RunFileKind::Log, stream.file());
                 if let Some(file) = log.await? {
