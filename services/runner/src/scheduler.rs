@@ -1,11 +1,25 @@
 //! Claims runs for this node: woken by a NOTIFY of a new run, by a finished run freeing a slot,
 //! by a reconnection of the listener (notifications may have been lost), and every few seconds
 //! regardless. It claims nothing while LXD is unreachable or the node drains.
+//!
+//! The node's row lock and its count of active runs in the database decide a claim; this
+//! process's own count of the runs it executes only spares the database the attempt when the
+//! node is full (a full node does not query on every new run's hint), and hints that queue up
+//! while a claim is under way are taken as one.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use pirus_db::listen::Notice;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{
+    Notify,
+    broadcast::{self, error::TryRecvError},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -27,7 +41,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub async fn run(self, mut notices: broadcast::Receiver<Notice>, shutdown: CancellationToken) {
-        let freed = Arc::new(Notify::new());
+        let slots = Slots::default();
         // Take back what an earlier process of this node left, and clean up the rest, before
         // claiming anything new (retried until LXD and the database answer).
         let adopted = loop {
@@ -42,34 +56,50 @@ impl Scheduler {
         };
         for run in adopted {
             let executor = self.executor.clone();
-            let freed = freed.clone();
+            let held = slots.hold();
             tokio::spawn(async move {
                 executor.resume(run).await;
-                freed.notify_one();
+                drop(held);
             });
         }
         loop {
-            self.claim_all(&freed).await;
+            self.claim_all(&slots).await;
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = freed.notified() => {}
+                () = slots.freed.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                notice = notices.recv() => match notice {
-                    Ok(Notice::Notification { channel, .. }) if channel != RUNS_CHANNEL => continue,
-                    // After a reconnection to the database, orphans are looked for again.
-                    Ok(Notice::Reconnected) => {
-                        if let Err(e) = self.executor.sweep_orphans().await {
-                            tracing::warn!(error = %e, "orphan sweep after a reconnection failed");
+                notice = notices.recv() => {
+                    let mut notice = notice.map_err(drop);
+                    let mut wake = false;
+                    loop {
+                        match notice {
+                            Ok(Notice::Notification { channel, .. }) if channel != RUNS_CHANNEL => {}
+                            // After a reconnection to the database, orphans are looked for again.
+                            Ok(Notice::Reconnected) => {
+                                wake = true;
+                                if let Err(e) = self.executor.sweep_orphans().await {
+                                    tracing::warn!(error = %e, "orphan sweep after a reconnection failed");
+                                }
+                            }
+                            // A new run, or hints lost (lagged): look.
+                            _ => wake = true,
                         }
+                        // Every hint queued by now is answered by the one claim below.
+                        notice = match notices.try_recv() {
+                            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                            next => next.map_err(drop),
+                        };
                     }
-                    _ => {}
-                },
+                    if !wake {
+                        continue;
+                    }
+                }
             }
         }
     }
 
-    async fn claim_all(&self, freed: &Arc<Notify>) {
-        if !self.state.lxd_up() {
+    async fn claim_all(&self, slots: &Slots) {
+        if !self.state.lxd_up() || slots.held() >= self.max_runs {
             return;
         }
         match self.stores.nodes.is_draining(&self.node).await {
@@ -94,11 +124,14 @@ impl Scheduler {
             match claimed {
                 Ok(Some(run)) => {
                     let executor = self.executor.clone();
-                    let freed = freed.clone();
+                    let held = slots.hold();
                     tokio::spawn(async move {
                         executor.execute(run).await;
-                        freed.notify_one();
+                        drop(held);
                     });
+                    if slots.held() >= self.max_runs {
+                        return;
+                    }
                 }
                 Ok(None) => return,
                 Err(e) => {
@@ -107,5 +140,39 @@ impl Scheduler {
                 }
             }
         }
+    }
+}
+
+/// The runs this process executes, and a wake-up when one of them ends.
+#[derive(Default)]
+struct Slots {
+    held: Arc<AtomicU32>,
+    freed: Arc<Notify>,
+}
+
+impl Slots {
+    fn held(&self) -> u32 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// One more run executing until the returned guard drops.
+    fn hold(&self) -> Held {
+        self.held.fetch_add(1, Ordering::AcqRel);
+        Held {
+            held: self.held.clone(),
+            freed: self.freed.clone(),
+        }
+    }
+}
+
+struct Held {
+    held: Arc<AtomicU32>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
     }
 }

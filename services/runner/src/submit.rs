@@ -146,6 +146,9 @@ pub(crate) async fn input_file_names(
     field: impl Fn(usize) -> String,
     missing: impl Fn(String, Uuid) -> Error,
 ) -> Result<Vec<String>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let files: HashMap<Uuid, FileView> = views::files(stores.db(), ids)
         .await?
         .into_iter()
