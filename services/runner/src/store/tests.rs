@@ -449,3 +449,89 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
         );
     }
 }
+
+/// A file of `run` as the catalogue registers an output or a log (`kind`), on `db`.
+async fn run_file(db: &impl sea_orm::ConnectionTrait, run: Uuid, kind: &str, name: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "INSERT INTO files (id, name, kind, status, size, source_run_id)
+         VALUES ($1, $2, $3, 'ready', 1, $4)",
+        [id.into(), name.into(), kind.into(), run.into()],
+    ))
+    .await
+    .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_runs_output_and_log_ids_follow_its_files_in_name_order() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let (_db, s) = stores().await;
+    let run = queued(&s, Requested::default(), 1).await;
+    let other = queued(&s, Requested::default(), 1).await;
+    let db = s.db().clone();
+    let b = run_file(&db, run.id, "output", "b.txt").await;
+    let a = run_file(&db, run.id, "output", "a.txt").await;
+    let log = run_file(&db, run.id, "log", "stdout").await;
+    run_file(&db, run.id, "data", "not-an-output").await;
+    let others = run_file(&db, other.id, "output", "a.txt").await;
+    let read = s.runs.get(run.id).await.unwrap();
+    assert_eq!(
+        (read.output_file_ids, read.log_file_ids),
+        (vec![a, b], vec![log])
+    );
+    let read = s.runs.get(other.id).await.unwrap();
+    assert_eq!(
+        (read.output_file_ids, read.log_file_ids),
+        (vec![others], vec![])
+    );
+
+    // A deleted output leaves the list; a renamed one moves in it.
+    db.execute_unprepared(&format!("DELETE FROM files WHERE id = '{a}'"))
+        .await
+        .unwrap();
+    let c = run_file(&db, run.id, "output", "c.txt").await;
+    db.execute_unprepared(&format!("UPDATE files SET name = 'd.txt' WHERE id = '{b}'"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.runs.get(run.id).await.unwrap().output_file_ids,
+        vec![c, b]
+    );
+
+    // Two outputs stored at once by two transactions: the second waits for the first's lock
+    // on the run and then lists both.
+    let first = db.begin().await.unwrap();
+    let e = run_file(&first, run.id, "output", "e.txt").await;
+    let second = db.clone();
+    let racing = tokio::spawn(async move {
+        let txn = second.begin().await.unwrap();
+        let f = run_file(&txn, run.id, "output", "f.txt").await;
+        txn.commit().await.unwrap();
+        f
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!racing.is_finished(), "the second waits for the first");
+    first.commit().await.unwrap();
+    let f = racing.await.unwrap();
+    assert_eq!(
+        s.runs.get(run.id).await.unwrap().output_file_ids,
+        vec![c, b, e, f]
+    );
+    // ListRuns reads the same.
+    let listed = s
+        .runs
+        .list(
+            &RunFilter::default(),
+            crate::domain::Page {
+                size: 10,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    let listed = listed.iter().find(|r| r.id == run.id).unwrap();
+    assert_eq!(listed.output_file_ids, vec![c, b, e, f]);
+    assert_eq!(listed.log_file_ids, vec![log]);
+}
