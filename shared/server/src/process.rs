@@ -106,7 +106,13 @@ pub async fn batch_pool(common: &CommonOptions) -> anyhow::Result<DatabaseConnec
     Ok(pirus_db::connect(&db_config).await?)
 }
 
-/// Connects to the database the options name and applies the migrations.
+/// Connects to the database the options name and applies the migrations: the pool requests
+/// are served from. Its sessions plan each statement once, for any parameters
+/// ([`pirus_db::DbConfig::generic_plans`]): every request-side query is a lookup by key or a
+/// page along an index chosen by the shape of its filter, not by the values in it, and
+/// PostgreSQL re-planned ListRuns' page query on every call (a custom plan each time: planning
+/// was a fifth of PostgreSQL's time under load). The hot ones are EXPLAINed, as generic plans,
+/// on a seeded database by the runner's store tests.
 pub async fn database(common: &CommonOptions) -> anyhow::Result<DatabaseConnection> {
     database_leaving(common, 0).await
 }
@@ -119,6 +125,7 @@ pub async fn database_leaving(
 ) -> anyhow::Result<DatabaseConnection> {
     let mut db_config = pirus_db::DbConfig::new(&common.database_url);
     db_config.max_connections = common.database_max_connections.saturating_sub(leave).max(2);
+    db_config.generic_plans = true;
     let db = pirus_db::connect(&db_config).await?;
     pirus_db::migrate(&db).await?;
     Ok(db)
