@@ -143,7 +143,9 @@ impl Scheduler {
     }
 }
 
-/// The runs this process executes, and a wake-up when one of them ends.
+/// The runs this process executes, and a wake-up when one of them ends. A run holds its slot
+/// until its execution returns: after its end is recorded and its folders are removed, so the
+/// next run does not land beside a previous one's files.
 #[derive(Default)]
 struct Slots {
     held: Arc<AtomicU32>,
