@@ -22,12 +22,7 @@ use tokio::sync::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    executor::Executor,
-    limits::Limits,
-    node::NodeState,
-    store::{RUNS_CHANNEL, Stores},
-};
+use crate::{executor::Executor, limits::Limits, node::NodeState, store::Stores};
 
 pub struct Scheduler {
     pub stores: Stores,
@@ -68,33 +63,30 @@ impl Scheduler {
                 () = shutdown.cancelled() => return,
                 () = slots.freed.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                notice = notices.recv() => {
-                    let mut notice = notice.map_err(drop);
-                    let mut wake = false;
-                    loop {
-                        match notice {
-                            Ok(Notice::Notification { channel, .. }) if channel != RUNS_CHANNEL => {}
-                            // After a reconnection to the database, orphans are looked for again.
-                            Ok(Notice::Reconnected) => {
-                                wake = true;
-                                if let Err(e) = self.executor.sweep_orphans().await {
-                                    tracing::warn!(error = %e, "orphan sweep after a reconnection failed");
-                                }
-                            }
-                            // A new run, or hints lost (lagged): look.
-                            _ => wake = true,
-                        }
-                        // Every hint queued by now is answered by the one claim below.
-                        notice = match notices.try_recv() {
-                            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                            next => next.map_err(drop),
-                        };
-                    }
-                    if !wake {
-                        continue;
-                    }
-                }
+                notice = notices.recv() => self.take_hints(notice, &mut notices).await,
             }
+        }
+    }
+
+    /// Takes `first` and every hint queued behind it: the one claim that follows answers them
+    /// all (every hint, on any channel, leads to the next claim).
+    /// After a reconnection to the database, orphans are looked for again.
+    async fn take_hints(
+        &self,
+        first: Result<Notice, broadcast::error::RecvError>,
+        notices: &mut broadcast::Receiver<Notice>,
+    ) {
+        let mut notice = first.map_err(drop);
+        loop {
+            if let Ok(Notice::Reconnected) = notice
+                && let Err(e) = self.executor.sweep_orphans().await
+            {
+                tracing::warn!(error = %e, "orphan sweep after a reconnection failed");
+            }
+            notice = match notices.try_recv() {
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+                next => next.map_err(drop),
+            };
         }
     }
 
@@ -146,7 +138,7 @@ impl Scheduler {
 /// The runs this process executes, and a wake-up when one of them ends. A run holds its slot
 /// until its execution returns: after its end is recorded and its folders are removed, so the
 /// next run does not land beside a previous one's files.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Slots {
     held: Arc<AtomicU32>,
     freed: Arc<Notify>,
@@ -160,21 +152,15 @@ impl Slots {
     /// One more run executing until the returned guard drops.
     fn hold(&self) -> Held {
         self.held.fetch_add(1, Ordering::AcqRel);
-        Held {
-            held: self.held.clone(),
-            freed: self.freed.clone(),
-        }
+        Held(self.clone())
     }
 }
 
-struct Held {
-    held: Arc<AtomicU32>,
-    freed: Arc<Notify>,
-}
+struct Held(Slots);
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.held.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_one();
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
     }
 }
