@@ -9,18 +9,6 @@ ALTER TABLE runs
     ADD COLUMN output_file_ids uuid[] NOT NULL DEFAULT '{}',
     ADD COLUMN log_file_ids uuid[] NOT NULL DEFAULT '{}';
 
--- A run's output and log ids, each in name order.
-CREATE FUNCTION pirus_run_file_ids_of(run uuid, OUT outputs uuid[], OUT logs uuid[])
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(array_agg(f.id ORDER BY f.name) FILTER (WHERE f.kind = 'output'), '{}'),
-           coalesce(array_agg(f.id ORDER BY f.name) FILTER (WHERE f.kind = 'log'), '{}')
-    FROM public.files f
-    WHERE f.source_run_id = run AND f.kind IN ('output', 'log')
-$$;
-REVOKE ALL ON FUNCTION pirus_run_file_ids_of(uuid) FROM PUBLIC;
-
 CREATE FUNCTION pirus_run_file_ids() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -42,7 +30,12 @@ BEGIN
         PERFORM FROM public.runs WHERE id = run FOR UPDATE;
         UPDATE public.runs r
         SET output_file_ids = f.outputs, log_file_ids = f.logs
-        FROM public.pirus_run_file_ids_of(run) AS f
+        FROM (SELECT coalesce(array_agg(x.id ORDER BY x.name) FILTER (WHERE x.kind = 'output'),
+                              '{}') AS outputs,
+                     coalesce(array_agg(x.id ORDER BY x.name) FILTER (WHERE x.kind = 'log'),
+                              '{}') AS logs
+              FROM public.files x
+              WHERE x.source_run_id = run AND x.kind IN ('output', 'log')) AS f
         WHERE r.id = run;
     END LOOP;
     RETURN NULL;
@@ -57,7 +50,10 @@ CREATE TRIGGER files_run_file_ids
 -- The runs that already have outputs or logs.
 UPDATE runs r
 SET output_file_ids = f.outputs, log_file_ids = f.logs
-FROM (SELECT DISTINCT source_run_id FROM files
-      WHERE source_run_id IS NOT NULL AND kind IN ('output', 'log')) AS s,
-     pirus_run_file_ids_of(s.source_run_id) AS f
-WHERE r.id = s.source_run_id;
+FROM (SELECT source_run_id,
+             coalesce(array_agg(id ORDER BY name) FILTER (WHERE kind = 'output'), '{}') AS outputs,
+             coalesce(array_agg(id ORDER BY name) FILTER (WHERE kind = 'log'), '{}') AS logs
+      FROM files
+      WHERE source_run_id IS NOT NULL AND kind IN ('output', 'log')
+      GROUP BY source_run_id) AS f
+WHERE r.id = f.source_run_id;
