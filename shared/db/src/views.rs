@@ -237,6 +237,21 @@ pub async fn run_file(
     row.map(|r| r.try_get("", "id")).transpose()
 }
 
+/// SQL of a LATERAL subquery giving a run's output and log file ids, each sorted by name, as
+/// `outputs` and `logs` (NULL when it has none), to join where `run` is the expression of the
+/// run's id. One probe of `files_by_run_kind` answers both: two correlated subqueries, one
+/// per kind, made ListRuns' query 1.85x as slow (pgbench on a seeded database).
+pub fn run_files_lateral_sql(run: &str) -> String {
+    format!(
+        "(SELECT array_agg(f.id ORDER BY f.name) FILTER (WHERE f.kind = '{output}') AS outputs,
+                 array_agg(f.id ORDER BY f.name) FILTER (WHERE f.kind = '{log}') AS logs
+          FROM file_for_runs f
+          WHERE f.source_run_id = {run} AND f.kind IN ('{output}', '{log}'))",
+        output = RunFileKind::Output.as_str(),
+        log = RunFileKind::Log.as_str(),
+    )
+}
+
 /// SQL that is true when every input of the run whose input ids are `inputs` is READY, to
 /// embed in a query.
 pub fn inputs_ready_sql(inputs: &str) -> String {

@@ -47,10 +47,6 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "m20261130_000007_hot_indexes",
         include_str!("m20261130_000007_hot_indexes.sql"),
     ),
-    (
-        "m20261130_000008_run_file_ids",
-        include_str!("m20261130_000008_run_file_ids.sql"),
-    ),
 ];
 
 #[async_trait::async_trait]
