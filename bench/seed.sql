@@ -42,6 +42,24 @@ BEGIN
         FROM generate_series(1, n_runs) AS i) AS t
   ORDER BY at;
 
+  -- Half the files are users' data, half the outputs and logs of ended runs (a log and an
+  -- output each, for the first runs), as a run read finds them. They go in before the runs,
+  -- as a runner registers a run's outputs before it records the end (which seals their ids on
+  -- the run's row).
+  INSERT INTO files (id, name, kind, status, size, created_at, ready_at, updated_at, owner)
+  SELECT pg_temp.uuid7(at), 'seed-' || i || '.fastq.gz', 'data', 'ready', 1000 + i, at, at, at,
+         CASE WHEN i % 10 = 0 THEN seed_owner ELSE owners[1 + (i % 99)] END
+  FROM (SELECT i, now() - interval '30 days' + (i * interval '30 days' / n_files) AS at
+        FROM generate_series(1, n_files - n_files / 2) AS i) AS t
+  ORDER BY at;
+  INSERT INTO files (id, name, kind, status, size, source_run_id, created_at, ready_at,
+                     updated_at, owner)
+  SELECT pg_temp.uuid7(r.at + interval '1 minute'), k.name, k.kind, 'ready', 100, r.id,
+         r.at + interval '1 minute', r.at + interval '1 minute', r.at + interval '1 minute',
+         r.owner
+  FROM (SELECT * FROM seed_runs WHERE status <> 'waiting' ORDER BY i LIMIT n_files / 4) AS r,
+       (VALUES ('out.log', 'log'), ('result.txt', 'output')) AS k (name, kind);
+
   INSERT INTO runs (id, pipeline_id, pipeline_name, pipeline_version, image_sha256, name,
                     status, config, priority, attempt, exit_code, error_message, last_seq,
                     created_at, started_at, ended_at, updated_at, owner)
@@ -74,22 +92,6 @@ BEGIN
   INSERT INTO run_attempts (run_id, attempt, node, status, started_at, ended_at)
   SELECT id, 1, 'seed-node', status, at + interval '1 second', at + interval '1 minute'
   FROM seed_runs WHERE status <> 'waiting';
-
-  -- Half the files are users' data, half the outputs and logs of ended runs (a log and an
-  -- output each, for the first runs), as a run read finds them.
-  INSERT INTO files (id, name, kind, status, size, created_at, ready_at, updated_at, owner)
-  SELECT pg_temp.uuid7(at), 'seed-' || i || '.fastq.gz', 'data', 'ready', 1000 + i, at, at, at,
-         CASE WHEN i % 10 = 0 THEN seed_owner ELSE owners[1 + (i % 99)] END
-  FROM (SELECT i, now() - interval '30 days' + (i * interval '30 days' / n_files) AS at
-        FROM generate_series(1, n_files - n_files / 2) AS i) AS t
-  ORDER BY at;
-  INSERT INTO files (id, name, kind, status, size, source_run_id, created_at, ready_at,
-                     updated_at, owner)
-  SELECT pg_temp.uuid7(r.at + interval '1 minute'), k.name, k.kind, 'ready', 100, r.id,
-         r.at + interval '1 minute', r.at + interval '1 minute', r.at + interval '1 minute',
-         r.owner
-  FROM (SELECT * FROM seed_runs WHERE status <> 'waiting' ORDER BY i LIMIT n_files / 4) AS r,
-       (VALUES ('out.log', 'log'), ('result.txt', 'output')) AS k (name, kind);
 
   ANALYZE pipelines; ANALYZE runs; ANALYZE run_events; ANALYZE run_attempts; ANALYZE files;
   RETURN pipeline::text;

@@ -237,18 +237,18 @@ pub async fn run_file(
     row.map(|r| r.try_get("", "id")).transpose()
 }
 
-/// SQL of a LATERAL subquery giving a run's output and log file ids, each sorted by name, as
-/// `outputs` and `logs` (NULL when it has none), to join where `run` is the expression of the
-/// run's id. One probe of `files_by_run_kind` answers both: two correlated subqueries, one
-/// per kind, made ListRuns' query 1.85x as slow (pgbench on a seeded database).
-pub fn run_files_lateral_sql(run: &str) -> String {
+/// SQL of a run's output or log file ids (`kind`), in name order, where `run` is the `runs`
+/// row's alias: the list sealed on the row when the run ended, else (a run that has not ended,
+/// or whose list changed since) computed from `files` by the same function that seals it
+/// (migration 8, which says why).
+pub fn run_files_sql(run: &str, kind: RunFileKind) -> String {
+    let column = match kind {
+        RunFileKind::Output => "output_file_ids",
+        RunFileKind::Log => "log_file_ids",
+    };
     format!(
-        "(SELECT array_agg(f.id ORDER BY f.name) FILTER (WHERE f.kind = '{output}') AS outputs,
-                 array_agg(f.id ORDER BY f.name) FILTER (WHERE f.kind = '{log}') AS logs
-          FROM file_for_runs f
-          WHERE f.source_run_id = {run} AND f.kind IN ('{output}', '{log}'))",
-        output = RunFileKind::Output.as_str(),
-        log = RunFileKind::Log.as_str(),
+        "coalesce({run}.{column}, pirus_run_files({run}.id, '{}'))",
+        kind.as_str()
     )
 }
 

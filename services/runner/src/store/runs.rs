@@ -19,29 +19,29 @@ use crate::{
     lifecycle::{self, Answer, Event, Request},
 };
 
-/// The columns of a run, over [`runs_from`]; its TES task fields only `with_tes` (ListRuns
+/// The columns of a run, over `runs r`; its TES task fields only `with_tes` (ListRuns
 /// answers none of them, and a task's can weigh up to 2 MiB).
 pub(super) fn run_columns(with_tes: bool) -> String {
+    columns(
+        with_tes,
+        &views::run_files_sql("r", RunFileKind::Output),
+        &views::run_files_sql("r", RunFileKind::Log),
+    )
+}
+
+/// [`run_columns`] with the output and log ids given as SQL.
+fn columns(with_tes: bool, outputs: &str, logs: &str) -> String {
     format!(
         "r.id, r.pipeline_id, r.pipeline_version, r.image_sha256, r.name, r.status, r.config,
          r.input_file_ids, r.progress_value, r.progress_label, r.node, r.attempt, r.exit_code,
          r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
          r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at,
-         r.ended_at, r.owner, {}, coalesce(rf.outputs, '{{}}') AS output_file_ids,
-         coalesce(rf.logs, '{{}}') AS log_file_ids",
+         r.ended_at, r.owner, {}, {outputs} AS output_file_ids, {logs} AS log_file_ids",
         if with_tes {
             "r.tes"
         } else {
             "NULL::jsonb AS tes"
-        }
-    )
-}
-
-/// `runs r` with each run's output and log file ids (`rf`), for [`run_columns`].
-pub(super) fn runs_from() -> String {
-    format!(
-        "runs r LEFT JOIN LATERAL {} rf ON true",
-        views::run_files_lateral_sql("r.id")
+        },
     )
 }
 
@@ -222,9 +222,8 @@ pub(super) fn list_statement(filter: &RunFilter, page: Page) -> sea_orm::Stateme
     }
     let (filter_sql, values) = filter_sql.build();
     let sql = format!(
-        "SELECT {} FROM {} {filter_sql} ORDER BY r.id LIMIT {}",
+        "SELECT {} FROM runs r {filter_sql} ORDER BY r.id LIMIT {}",
         run_columns(filter.tasks.is_some()),
-        runs_from(),
         page.fetch()
     );
     stmt(&sql, values)
@@ -325,18 +324,13 @@ pub struct RunStore {
 /// The runs of some ids (`$1`, an array), each with its files.
 pub(super) fn runs_by_ids_sql() -> String {
     format!(
-        "SELECT {} FROM {} WHERE r.id = ANY($1)",
-        run_columns(true),
-        runs_from()
+        "SELECT {} FROM runs r WHERE r.id = ANY($1)",
+        run_columns(true)
     )
 }
 
 async fn read_run(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Run>> {
-    let sql = format!(
-        "SELECT {} FROM {} WHERE r.id = $1",
-        run_columns(true),
-        runs_from()
-    );
+    let sql = format!("SELECT {} FROM runs r WHERE r.id = $1", run_columns(true));
     Ok(RunRow::find_by_statement(stmt(&sql, [id.into()]))
         .one(db)
         .await?
@@ -387,9 +381,8 @@ impl RunStore {
         owner: Option<Uuid>,
     ) -> Result<Option<Run>> {
         let sql = format!(
-            "SELECT {} FROM {} WHERE r.request_id = $1 AND r.owner IS NOT DISTINCT FROM $2",
-            run_columns(true),
-            runs_from()
+            "SELECT {} FROM runs r WHERE r.request_id = $1 AND r.owner IS NOT DISTINCT FROM $2",
+            run_columns(true)
         );
         Ok(
             RunRow::find_by_statement(stmt(&sql, [request_id.into(), owner.into()]))
@@ -423,11 +416,9 @@ impl RunStore {
                           pg_notify('{RUNS_CHANNEL}', id::text)
                    FROM r
                  )
-                 SELECT {} FROM r
-                   LEFT JOIN LATERAL (SELECT NULL::uuid[] AS outputs, NULL::uuid[] AS logs) rf
-                     ON true
-                 WHERE EXISTS (SELECT FROM woken)",
-                run_columns(true)
+                 SELECT {} FROM r WHERE EXISTS (SELECT FROM woken)",
+                // A run just queued has no outputs or logs yet.
+                columns(true, "'{}'::uuid[]", "'{}'::uuid[]")
             )
         });
         let first = lifecycle::submitted();

@@ -465,6 +465,21 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
         "task logs".into(),
         generic_plan(&db, runs::ATTEMPT_LOGS_SQL, 1).await,
     ));
+    // The output or log ids of a run not sealed yet: the function's body, as it stands.
+    let body: String = db
+        .query_one_raw(stmt(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'pirus_run_files'",
+            [],
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "prosrc")
+        .unwrap();
+    checked.push((
+        "an unsealed run's files".into(),
+        generic_plan(&db, &body, 2).await,
+    ));
     let claim = queue::claim_sql();
     let claim_values: Vec<sea_orm::Value> = vec![
         "n".into(),
@@ -486,4 +501,143 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
             "{what} scans {scans:?} sequentially: {plan:#}"
         );
     }
+}
+
+/// A file of `run` as the catalogue registers an output or a log (`kind`), on `db`.
+async fn run_file(db: &impl sea_orm::ConnectionTrait, run: Uuid, kind: &str, name: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    db.execute_raw(stmt(
+        "INSERT INTO files (id, name, kind, status, size, source_run_id)
+         VALUES ($1, $2, $3, 'ready', 1, $4)",
+        [id.into(), name.into(), kind.into(), run.into()],
+    ))
+    .await
+    .unwrap();
+    id
+}
+
+/// The output and log ids sealed on a run's row (None while not sealed).
+async fn sealed(db: &impl sea_orm::ConnectionTrait, run: Uuid) -> Option<(Vec<Uuid>, Vec<Uuid>)> {
+    let row = db
+        .query_one_raw(stmt(
+            "SELECT output_file_ids, log_file_ids FROM runs WHERE id = $1",
+            [run.into()],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let outputs: Option<Vec<Uuid>> = row.try_get("", "output_file_ids").unwrap();
+    let logs: Option<Vec<Uuid>> = row.try_get("", "log_file_ids").unwrap();
+    outputs.zip(logs)
+}
+
+/// A run claimed by node `a` whose command exited: FINISHING, registering its outputs.
+async fn finishing(s: &Stores) -> Uuid {
+    let run = queued(s, Requested::default(), 1).await;
+    assert_eq!(s.queue.claim("a", 8, &LARGE).await.unwrap(), Some(run.id));
+    for event in [Event::Started, Event::Exited] {
+        assert!(
+            s.runs
+                .change(run.id, "a", 1, Change::new(event, ""))
+                .await
+                .unwrap()
+        );
+    }
+    run.id
+}
+
+async fn ends(s: &Stores, run: Uuid) {
+    let done = Change::new(Event::Collected { ok: true }, "");
+    assert!(s.runs.change(run, "a", 1, done).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_runs_output_and_log_ids_are_sealed_when_it_ends_and_unsealed_by_a_change() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let (_db, s) = stores().await;
+    let db = s.db().clone();
+    node(&s, "a", 30).await;
+    let run = finishing(&s).await;
+    let other = finishing(&s).await;
+    let b = run_file(&db, run, "output", "b.txt").await;
+    let a = run_file(&db, run, "output", "a.txt").await;
+    let log = run_file(&db, run, "log", "stdout").await;
+    run_file(&db, run, "data", "not-an-output").await;
+    let others = run_file(&db, other, "output", "a.txt").await;
+    // Not ended: read from its files, in name order.
+    assert_eq!(sealed(&db, run).await, None);
+    let read = s.runs.get(run).await.unwrap();
+    assert_eq!(
+        (read.output_file_ids, read.log_file_ids),
+        (vec![a, b], vec![log])
+    );
+
+    // Ended: sealed on the row, and every read answers the same.
+    ends(&s, run).await;
+    assert_eq!(sealed(&db, run).await, Some((vec![a, b], vec![log])));
+    let read = s.runs.get(run).await.unwrap();
+    assert_eq!(
+        (read.output_file_ids, read.log_file_ids),
+        (vec![a, b], vec![log])
+    );
+    let page = crate::domain::Page {
+        size: 10,
+        after: None,
+    };
+    let listed = s.runs.list(&RunFilter::default(), page).await.unwrap();
+    let listed = listed.iter().find(|r| r.id == run).unwrap();
+    assert_eq!(
+        (&listed.output_file_ids, &listed.log_file_ids),
+        (&vec![a, b], &vec![log])
+    );
+    assert_eq!(
+        s.runs.get(other).await.unwrap().output_file_ids,
+        vec![others]
+    );
+
+    // An output deleted (DeleteFile) clears the seal; reads follow the files.
+    db.execute_raw(stmt("DELETE FROM files WHERE id = $1", [a.into()]))
+        .await
+        .unwrap();
+    assert_eq!(sealed(&db, run).await, None);
+    assert_eq!(s.runs.get(run).await.unwrap().output_file_ids, vec![b]);
+
+    // A registration under way when the run ends: the end waits for it, and seals it in.
+    let late = finishing(&s).await;
+    let registering = db.begin().await.unwrap();
+    let e = run_file(&registering, late, "output", "e.txt").await;
+    let ending = {
+        let s = s.clone();
+        tokio::spawn(async move { ends(&s, late).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!ending.is_finished(), "the end waits for the registration");
+    registering.commit().await.unwrap();
+    ending.await.unwrap();
+    assert_eq!(sealed(&db, late).await, Some((vec![e], vec![])));
+
+    // An end under way when a file is registered: the registration waits for it, then clears
+    // the seal it would otherwise miss.
+    let racing = finishing(&s).await;
+    let ending = db.begin().await.unwrap();
+    ending
+        .execute_raw(stmt(
+            "UPDATE runs SET status = 'done' WHERE id = $1",
+            [racing.into()],
+        ))
+        .await
+        .unwrap();
+    let registering = {
+        let db = db.clone();
+        tokio::spawn(async move { run_file(&db, racing, "log", "stderr").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !registering.is_finished(),
+        "the registration waits for the end"
+    );
+    ending.commit().await.unwrap();
+    let f = registering.await.unwrap();
+    assert_eq!(sealed(&db, racing).await, None);
+    assert_eq!(s.runs.get(racing).await.unwrap().log_file_ids, vec![f]);
 }

@@ -47,6 +47,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "m20261130_000007_hot_indexes",
         include_str!("m20261130_000007_hot_indexes.sql"),
     ),
+    (
+        "m20261201_000008_sealed_run_files",
+        include_str!("m20261201_000008_sealed_run_files.sql"),
+    ),
 ];
 
 #[async_trait::async_trait]
