@@ -31,6 +31,8 @@ async fn a_runner_flooded_with_followers_keeps_its_lease_and_finishes_its_runs()
             "2s",
             "--database-max-connections",
             "2",
+            "--database-read-connections",
+            "2",
             "--max-streams-per-caller",
             "1000",
         ],

@@ -75,6 +75,13 @@ pub struct Config {
     #[arg(long, env = "PIRUS_MAX_RUNS", value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub max_runs: Option<u32>,
 
+    /// Of `--database-max-connections`, the connections of the pool that reads runs for
+    /// requests (ListRuns pages, GetRun batches): reads that only spend the database's CPU,
+    /// so about twice the database host's cores serve them best; the rest serve writes.
+    #[arg(long, env = "PIRUS_DATABASE_READ_CONNECTIONS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub database_read_connections: u32,
+
     /// Reference databases, mounted read-only into runs.
     #[arg(long, env = "PIRUS_DATABASES_DIR")]
     pub databases_dir: Option<PathBuf>,

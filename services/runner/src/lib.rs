@@ -60,10 +60,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // The batched reads' pool (below) comes out of --database-max-connections.
-    let db =
-        pirus_server::process::database_leaving(&config.common, pirus_db::batch::IN_FLIGHT as u32)
-            .await?;
+    // The read pool (below) comes out of --database-max-connections.
+    let reads = config.database_read_connections;
+    let db = pirus_server::process::database_leaving(&config.common, reads).await?;
     let work_dir = work_dir(&config)?;
     let node_name = config.node_name();
     let max_runs = config.max_runs();
@@ -83,10 +82,10 @@ pub async fn run(
     // no amount of request traffic can stall its runs. The lease is renewed over a connection
     // of its own, from a thread of its own (node.rs). The work pool holds a connection per
     // run slot and a few for the node.
-    // Request traffic reads single runs (GetRun, access checks) in batches on a small pool of
-    // its own (see pirus_db::batch).
+    // Request traffic reads runs (pages, and single runs in batches: GetRun, access checks)
+    // on a small pool of its own (see RunStore::with_read_pool).
     let stores = store::Stores::new(db.clone())
-        .with_batched_reads(pirus_server::process::batch_pool(&config.common).await?);
+        .with_read_pool(pirus_server::process::read_pool(&config.common, reads).await?);
     let work = store::Stores::new(
         pirus_server::process::work_pool(&config.common, work_connections(max_runs)).await?,
     );

@@ -36,8 +36,8 @@ pub struct CommonOptions {
     #[command(flatten)]
     pub tls: crate::tls::ServerTlsOptions,
 
-    /// Connections in the database pool serving requests (a runner's batched reads of single
-    /// runs take 4 of them, in a pool of their own).
+    /// Connections in the database pools serving requests (a runner's reads of runs take
+    /// `--database-read-connections` of them, in a pool of their own).
     #[arg(long, env = "PIRUS_DATABASE_MAX_CONNECTIONS", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub database_max_connections: u32,

@@ -97,11 +97,14 @@ pub async fn work_pool(
     Ok(pirus_db::connect(&db_config).await?)
 }
 
-/// A small pool for coalesced reads by id ([`pirus_db::batch`]): one connection per batch in
-/// flight, its sessions planning each statement once.
-pub async fn batch_pool(common: &CommonOptions) -> anyhow::Result<DatabaseConnection> {
+/// A small pool of `connections` for reads that only spend the database's CPU (pages, and
+/// coalesced reads by id, [`pirus_db::batch`]), its sessions planning each statement once.
+pub async fn read_pool(
+    common: &CommonOptions,
+    connections: u32,
+) -> anyhow::Result<DatabaseConnection> {
     let mut db_config = pirus_db::DbConfig::new(&common.database_url);
-    db_config.max_connections = pirus_db::batch::IN_FLIGHT as u32;
+    db_config.max_connections = connections.max(pirus_db::batch::IN_FLIGHT as u32);
     db_config.generic_plans = true;
     Ok(pirus_db::connect(&db_config).await?)
 }
@@ -118,7 +121,7 @@ pub async fn database(common: &CommonOptions) -> anyhow::Result<DatabaseConnecti
 }
 
 /// [`database`], its pool `leave` connections short of `--database-max-connections` (at least
-/// 2), for a process that opens another pool out of the same budget ([`batch_pool`]).
+/// 2), for a process that opens another pool out of the same budget ([`read_pool`]).
 pub async fn database_leaving(
     common: &CommonOptions,
     leave: u32,

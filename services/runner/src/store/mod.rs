@@ -54,10 +54,10 @@ impl Stores {
         }
     }
 
-    /// The same stores, reading single runs in batches on `reads`
-    /// ([`RunStore::with_batched_reads`]).
-    pub fn with_batched_reads(mut self, reads: DatabaseConnection) -> Self {
-        self.runs = self.runs.with_batched_reads(reads);
+    /// The same stores, reading pages of runs and single runs (in batches) on `reads`
+    /// ([`RunStore::with_read_pool`]).
+    pub fn with_read_pool(mut self, reads: DatabaseConnection) -> Self {
+        self.runs = self.runs.with_read_pool(reads);
         self
     }
 

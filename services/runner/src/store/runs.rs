@@ -316,6 +316,9 @@ impl Change {
 #[derive(Clone)]
 pub struct RunStore {
     db: DatabaseConnection,
+    /// Where pages of runs are read: the request pool, or the small read pool
+    /// ([`Self::with_read_pool`]).
+    reads: DatabaseConnection,
     /// When set, GetRun and every other read of one run by id: concurrent reads go to the
     /// database together (see [`pirus_db::batch`]).
     by_id: Option<Coalesced<Uuid, Run>>,
@@ -354,13 +357,25 @@ async fn lock(txn: &DatabaseTransaction, id: Uuid) -> Result<(RunStatus, i32)> {
 
 impl RunStore {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db, by_id: None }
+        Self {
+            reads: db.clone(),
+            db,
+            by_id: None,
+        }
     }
 
-    /// Reads of one run by id ([`Self::get`]) coalesced on `reads` (a pool of
-    /// [`pirus_db::batch::IN_FLIGHT`] connections planning generically): for the stores that
-    /// serve requests. On a tokio runtime (starts the batching task).
-    pub fn with_batched_reads(mut self, reads: DatabaseConnection) -> Self {
+    /// Reads on `reads`, a small pool planning generically, for the stores that serve
+    /// requests: pages of runs ([`Self::list`]), and reads of one run by id ([`Self::get`]),
+    /// coalesced (at most [`pirus_db::batch::IN_FLIGHT`] batches at once). On a tokio runtime
+    /// (starts the batching task).
+    ///
+    /// These reads only spend the database's CPU, so more of them at once than it has cores
+    /// only makes each slower: with 32 callers listing pages on the 2-core benchmark host,
+    /// the request pool's 14 sessions at once answered fewer pages, and less evenly, than
+    /// 4 (docs/benchmarks.md, "a pool for reads"). Writes stay on the request pool, where
+    /// sessions wait on commits rather than on a core.
+    pub fn with_read_pool(mut self, reads: DatabaseConnection) -> Self {
+        self.reads = reads.clone();
         self.by_id = Some(Coalesced::new(move |ids: Vec<Uuid>| {
             let db = reads.clone();
             async move {
@@ -472,7 +487,7 @@ impl RunStore {
 
     pub async fn list(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {
         let rows = RunRow::find_by_statement(list_statement(filter, page))
-            .all(&self.db)
+            .all(&self.reads)
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }

@@ -71,14 +71,14 @@ async fn node(stores: &Stores, name: &str, lease: u64) {
         .unwrap();
 }
 
-/// Stores as the runner's request side has them: single runs read in batches, on a pool of
-/// their own that plans generically.
+/// Stores as the runner's request side has them: pages of runs and single runs (in batches)
+/// read on a pool of their own that plans generically.
 async fn stores() -> (pirus_tests::TestDb, Stores) {
     let (db, pool) = pirus_tests::migrated_db().await.unwrap();
     let mut reads = pirus_db::DbConfig::new(db.url.clone());
     reads.generic_plans = true;
     let reads = pirus_db::connect(&reads).await.unwrap();
-    (db, Stores::new(pool).with_batched_reads(reads))
+    (db, Stores::new(pool).with_read_pool(reads))
 }
 
 #[tokio::test]
