@@ -1,7 +1,7 @@
 //! Output for people (aligned tables, human sizes, relative times) and for scripts (the
 //! protos' own JSON mapping, with the proto field names: what `--json` prints).
 
-use std::sync::OnceLock;
+use std::{io::Write, sync::OnceLock};
 
 use anyhow::{Context, Result};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
@@ -40,9 +40,29 @@ pub fn to_json<M: prost::Message>(message: &M, full_name: &str) -> Result<Value>
     Ok(dynamic.serialize_with_options(serde_json::value::Serializer, &options)?)
 }
 
+/// Writes `data` to stdout, flushed. Where the reader has gone (`pirus run list | head`,
+/// `pirus run logs -f | grep -m1 done`), the process ends at once and successfully, as Unix
+/// filters do: `println!` would panic there, and a follow would go on reading a log nobody
+/// reads. Any other failure to write (a full disk) ends it with a message and code 1.
+pub fn write_stdout(data: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("pirus: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Prints one line to stdout ([`write_stdout`]).
+pub fn print_line(line: &str) {
+    write_stdout(format!("{line}\n").as_bytes());
+}
+
 /// Prints one JSON document.
 pub fn print_json(value: &Value) {
-    println!("{value}");
+    print_line(&value.to_string());
 }
 
 /// A list of messages as one JSON array.
@@ -167,7 +187,7 @@ impl Table {
                     ));
                 }
             }
-            println!("{}", line.trim_end());
+            print_line(line.trim_end());
         }
     }
 }

@@ -720,6 +720,39 @@ async fn settings_come_from_flags_then_environment_then_the_file() -> Result<()>
     Ok(())
 }
 
+/// A reader that goes away before reading (`pirus token list | head -c0`) ends the command
+/// at once, quietly and successfully, as with any Unix filter: a table and a JSON document
+/// alike (`println!` panicked there, code 101).
+#[tokio::test]
+async fn output_into_a_closed_pipe_ends_the_command_quietly() -> Result<()> {
+    let db = TestDb::create().await?;
+    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
+    let cli = Cli::new(
+        &catalogue.grpc_url(),
+        "http://127.0.0.1:1",
+        db.admin_token.as_deref().unwrap_or_default(),
+    )?;
+    for args in [&["token", "list"][..], &["--json", "token", "list"]] {
+        let mut child = cli
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        // The read end closes before the answer comes back: the first write finds no reader.
+        drop(child.stdout.take());
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .with_context(|| format!("pirus {args:?} did not end"))??;
+        ensure!(
+            out.status.code() == Some(0) && out.stderr.is_empty(),
+            "pirus {args:?} into a closed pipe: {}, stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// A catalogue reached over TLS that answers a plaintext upload URL (a misconfigured
 /// `--public-url`) never gets the token sent in clear: the upload is refused, in one line.
 #[tokio::test]

@@ -135,13 +135,12 @@ impl Display {
     /// Writes log bytes without tearing the bar.
     fn out(&self, data: &[u8], to_stderr: bool) {
         let write = || {
-            let _ = if to_stderr {
+            if to_stderr {
                 let mut e = std::io::stderr().lock();
-                e.write_all(data).and_then(|()| e.flush())
+                let _ = e.write_all(data).and_then(|()| e.flush());
             } else {
-                let mut o = std::io::stdout().lock();
-                o.write_all(data).and_then(|()| o.flush())
-            };
+                crate::output::write_stdout(data);
+            }
         };
         match &self.bar {
             Some(bar) => bar.suspend(write),

@@ -13,7 +13,7 @@ use super::{Catalogue, all_pages, find_pipeline, upload};
 use crate::{
     config::Settings,
     connect,
-    output::{Table, ago, emit, emit_list, short, size},
+    output::{Table, ago, emit, emit_list, print_line, short, size},
     remember::{Entry, Local},
 };
 
@@ -159,7 +159,7 @@ impl Pipeline {
                 let p = find_pipeline(&mut catalogue, &pipeline).await?;
                 let form: serde_json::Value = serde_json::from_str(&p.form_json)
                     .with_context(|| format!("pipeline {} has no form yet", p.id))?;
-                println!("{}", serde_json::to_string_pretty(&form)?);
+                print_line(&serde_json::to_string_pretty(&form)?);
             }
             Pipeline::Rm { pipeline } => {
                 let p = find_pipeline(&mut catalogue, &pipeline).await?;

@@ -9,7 +9,7 @@ use pirus_proto::catalogue::v1::{
 use crate::{
     config::Settings,
     connect,
-    output::{Table, ago, emit, emit_list, print_json, short, to_json},
+    output::{Table, ago, emit, emit_list, print_json, print_line, short, to_json},
 };
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -124,7 +124,7 @@ impl Token {
                         table(std::slice::from_ref(token));
                     }
                     eprintln!("the secret, shown this once:");
-                    println!("{}", made.secret);
+                    print_line(&made.secret);
                 }
             }
             Token::List => {
