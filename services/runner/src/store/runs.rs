@@ -371,9 +371,9 @@ impl RunStore {
     ///
     /// These reads only spend the database's CPU, so more of them at once than it has cores
     /// only makes each slower: with 32 callers listing pages on the 2-core benchmark host,
-    /// the request pool's 14 sessions at once answered fewer pages, and less evenly, than
-    /// 4 (docs/benchmarks.md, "a pool for reads"). Writes stay on the request pool, where
-    /// sessions wait on commits rather than on a core.
+    /// the request pool's 14 sessions at once answered about as many pages as 4, at a higher
+    /// p99 and more of PostgreSQL's CPU per page (docs/benchmarks.md, "a pool for reads").
+    /// Writes stay on the request pool, where sessions wait on commits rather than on a core.
     pub fn with_read_pool(mut self, reads: DatabaseConnection) -> Self {
         self.reads = reads.clone();
         self.by_id = Some(Coalesced::new(move |ids: Vec<Uuid>| {
