@@ -75,9 +75,10 @@ pub struct Config {
     #[arg(long, env = "PIRUS_MAX_RUNS", value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub max_runs: Option<u32>,
 
-    /// Of `--database-max-connections`, the connections of the pool that reads runs for
-    /// requests (ListRuns pages, GetRun batches): reads that only spend the database's CPU,
-    /// so about twice the database host's cores serve them best; the rest serve writes.
+    /// Of `--database-max-connections`, the connections of the pool that reads pages of runs
+    /// for requests (ListRuns, TES task lists): reads that only spend the database's CPU, so
+    /// about twice the database host's cores serve them best. Two more read single runs in
+    /// batches (GetRun, access checks); the rest serve writes.
     #[arg(long, env = "PIRUS_DATABASE_READ_CONNECTIONS", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub database_read_connections: u32,

@@ -60,9 +60,10 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // The read pool (below) comes out of --database-max-connections.
-    let reads = config.database_read_connections;
-    let db = pirus_server::process::database_leaving(&config.common, reads).await?;
+    // The read pools (below) come out of --database-max-connections.
+    let batches = pirus_db::batch::IN_FLIGHT as u32;
+    let pages = config.database_read_connections;
+    let db = pirus_server::process::database_leaving(&config.common, batches + pages).await?;
     let work_dir = work_dir(&config)?;
     let node_name = config.node_name();
     let max_runs = config.max_runs();
@@ -82,10 +83,12 @@ pub async fn run(
     // no amount of request traffic can stall its runs. The lease is renewed over a connection
     // of its own, from a thread of its own (node.rs). The work pool holds a connection per
     // run slot and a few for the node.
-    // Request traffic reads runs (pages, and single runs in batches: GetRun, access checks)
-    // on a small pool of its own (see RunStore::with_read_pool).
-    let stores = store::Stores::new(db.clone())
-        .with_read_pool(pirus_server::process::read_pool(&config.common, reads).await?);
+    // Request traffic reads single runs in batches (GetRun, access checks) and pages of runs
+    // on small pools of their own (see RunStore::with_read_pools).
+    let stores = store::Stores::new(db.clone()).with_read_pools(
+        pirus_server::process::read_pool(&config.common, batches).await?,
+        pirus_server::process::read_pool(&config.common, pages).await?,
+    );
     let work = store::Stores::new(
         pirus_server::process::work_pool(&config.common, work_connections(max_runs)).await?,
     );

@@ -37,7 +37,7 @@ pub struct CommonOptions {
     pub tls: crate::tls::ServerTlsOptions,
 
     /// Connections in the database pools serving requests (a runner's reads of runs take
-    /// `--database-read-connections` of them, in a pool of their own).
+    /// `--database-read-connections` and 2 more of them, in pools of their own).
     #[arg(long, env = "PIRUS_DATABASE_MAX_CONNECTIONS", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub database_max_connections: u32,

@@ -97,14 +97,14 @@ pub async fn work_pool(
     Ok(pirus_db::connect(&db_config).await?)
 }
 
-/// A small pool of `connections` for reads that only spend the database's CPU (pages, and
+/// A small pool of `connections` for reads that only spend the database's CPU (pages, or
 /// coalesced reads by id, [`pirus_db::batch`]), its sessions planning each statement once.
 pub async fn read_pool(
     common: &CommonOptions,
     connections: u32,
 ) -> anyhow::Result<DatabaseConnection> {
     let mut db_config = pirus_db::DbConfig::new(&common.database_url);
-    db_config.max_connections = connections.max(pirus_db::batch::IN_FLIGHT as u32);
+    db_config.max_connections = connections;
     db_config.generic_plans = true;
     Ok(pirus_db::connect(&db_config).await?)
 }

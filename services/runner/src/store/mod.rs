@@ -54,10 +54,14 @@ impl Stores {
         }
     }
 
-    /// The same stores, reading pages of runs and single runs (in batches) on `reads`
-    /// ([`RunStore::with_read_pool`]).
-    pub fn with_read_pool(mut self, reads: DatabaseConnection) -> Self {
-        self.runs = self.runs.with_read_pool(reads);
+    /// The same stores, reading single runs in batches on `batches` and pages of runs on
+    /// `pages` ([`RunStore::with_read_pools`]).
+    pub fn with_read_pools(
+        mut self,
+        batches: DatabaseConnection,
+        pages: DatabaseConnection,
+    ) -> Self {
+        self.runs = self.runs.with_read_pools(batches, pages);
         self
     }
 

@@ -316,9 +316,9 @@ impl Change {
 #[derive(Clone)]
 pub struct RunStore {
     db: DatabaseConnection,
-    /// Where pages of runs are read: the request pool, or the small read pool
-    /// ([`Self::with_read_pool`]).
-    reads: DatabaseConnection,
+    /// Where pages of runs are read: the request pool, or a small pool of their own
+    /// ([`Self::with_read_pools`]).
+    pages: DatabaseConnection,
     /// When set, GetRun and every other read of one run by id: concurrent reads go to the
     /// database together (see [`pirus_db::batch`]).
     by_id: Option<Coalesced<Uuid, Run>>,
@@ -358,24 +358,32 @@ async fn lock(txn: &DatabaseTransaction, id: Uuid) -> Result<(RunStatus, i32)> {
 impl RunStore {
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
-            reads: db.clone(),
+            pages: db.clone(),
             db,
             by_id: None,
         }
     }
 
-    /// Reads on `reads`, a small pool planning generically, for the stores that serve
-    /// requests: pages of runs ([`Self::list`]), and reads of one run by id ([`Self::get`]),
-    /// coalesced (at most [`pirus_db::batch::IN_FLIGHT`] batches at once). On a tokio runtime
+    /// Reads for the stores that serve requests, on two small pools planning generically:
+    /// reads of one run by id ([`Self::get`]: GetRun, and every access check of a run)
+    /// coalesced on `batches` (at most [`pirus_db::batch::IN_FLIGHT`] batches at once), and
+    /// pages of runs ([`Self::list`]: ListRuns, TES task lists) on `pages`. On a tokio runtime
     /// (starts the batching task).
     ///
-    /// These reads only spend the database's CPU, so more of them at once than it has cores
-    /// only makes each slower: with 32 callers listing pages on the 2-core benchmark host,
-    /// the request pool's 14 sessions at once answered about as many pages as 4, at a higher
-    /// p99 and more of PostgreSQL's CPU per page (docs/benchmarks.md, "a pool for reads").
-    /// Writes stay on the request pool, where sessions wait on commits rather than on a core.
-    pub fn with_read_pool(mut self, reads: DatabaseConnection) -> Self {
-        self.reads = reads.clone();
+    /// Pages only spend the database's CPU, so more of them at once than it has cores only
+    /// makes each slower: with 32 callers listing pages on the 2-core benchmark host, the
+    /// request pool's 14 sessions at once answered about as many pages as 4, at a higher p99
+    /// and more of PostgreSQL's CPU per page (docs/benchmarks.md, "a pool for reads"). Writes
+    /// stay on the request pool, where sessions wait on commits rather than on a core; and
+    /// the pools are apart so that a caller listing without pause delays neither the writes
+    /// nor anyone's access checks, only other pages.
+    pub fn with_read_pools(
+        mut self,
+        batches: DatabaseConnection,
+        pages: DatabaseConnection,
+    ) -> Self {
+        self.pages = pages;
+        let reads = batches;
         self.by_id = Some(Coalesced::new(move |ids: Vec<Uuid>| {
             let db = reads.clone();
             async move {
@@ -487,7 +495,7 @@ impl RunStore {
 
     pub async fn list(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {
         let rows = RunRow::find_by_statement(list_statement(filter, page))
-            .all(&self.reads)
+            .all(&self.pages)
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }

@@ -72,13 +72,13 @@ async fn node(stores: &Stores, name: &str, lease: u64) {
 }
 
 /// Stores as the runner's request side has them: pages of runs and single runs (in batches)
-/// read on a pool of their own that plans generically.
+/// read on pools of their own that plan generically (here one for both).
 async fn stores() -> (pirus_tests::TestDb, Stores) {
     let (db, pool) = pirus_tests::migrated_db().await.unwrap();
     let mut reads = pirus_db::DbConfig::new(db.url.clone());
     reads.generic_plans = true;
     let reads = pirus_db::connect(&reads).await.unwrap();
-    (db, Stores::new(pool).with_read_pool(reads))
+    (db, Stores::new(pool).with_read_pools(reads.clone(), reads))
 }
 
 #[tokio::test]
