@@ -20,8 +20,25 @@ pub struct Artifacts {
     catalogue: Catalogue,
     db: pirus_db::sea_orm::DatabaseConnection,
     cache: PathBuf,
-    /// One import at a time per image fingerprint.
-    image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// One import at a time per image fingerprint, one download at a time per input SHA-256:
+    /// runs starting together on one input fetch it once.
+    locks: KeyedLocks,
+}
+
+/// A lock per key, held only while someone holds or awaits it.
+#[derive(Default)]
+struct KeyedLocks(std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>);
+
+impl KeyedLocks {
+    async fn lock(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A lock only the map holds is free and awaited by nobody: forget it.
+            map.retain(|_, lock| Arc::strong_count(lock) > 1);
+            map.entry(key).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }
 
 impl Artifacts {
@@ -36,7 +53,7 @@ impl Artifacts {
             catalogue,
             db,
             cache,
-            image_locks: Mutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
         }
     }
 
@@ -45,14 +62,7 @@ impl Artifacts {
         if self.lxd.has_image(sha256).await.map_err(Error::internal)? {
             return Ok(());
         }
-        let lock = self
-            .image_locks
-            .lock()
-            .await
-            .entry(sha256.to_owned())
-            .or_default()
-            .clone();
-        let _guard = lock.lock().await;
+        let _guard = self.locks.lock(format!("image {sha256}")).await;
         if self.lxd.has_image(sha256).await.map_err(Error::internal)? {
             return Ok(());
         }
@@ -121,7 +131,10 @@ impl Artifacts {
                 .ok_or_else(|| Error::internal(format!("input {} is not ready", file.id)))?;
             let cached = self.cache.join("inputs").join(&sha256);
             if !tokio::fs::try_exists(&cached).await? {
-                self.catalogue.fetch(file.id, &sha256, &cached).await?;
+                let _guard = self.locks.lock(format!("input {sha256}")).await;
+                if !tokio::fs::try_exists(&cached).await? {
+                    self.catalogue.fetch(file.id, &sha256, &cached).await?;
+                }
             }
             let link = into.path().join(&name);
             tokio::fs::hard_link(&cached, &link).await.map_err(|e| {
@@ -133,5 +146,53 @@ impl Artifacts {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::Duration,
+    };
+
+    use super::KeyedLocks;
+
+    /// Holders of one key take turns, other keys pass, and a key nobody holds is forgotten.
+    #[tokio::test]
+    async fn keyed_locks_serialise_one_key_and_forget_free_ones() {
+        let locks = Arc::new(KeyedLocks::default());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (locks, inside, most) = (locks.clone(), inside.clone(), most.clone());
+                tokio::spawn(async move {
+                    let _guard = locks.lock("input a".to_owned()).await;
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        let held = locks.lock("input a".to_owned()).await;
+        // Another key is not held up by the first.
+        drop(
+            tokio::time::timeout(Duration::from_secs(5), locks.lock("input b".to_owned()))
+                .await
+                .unwrap(),
+        );
+        drop(held);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+        drop(locks.lock("image c".to_owned()).await);
+        let map = locks.0.lock().unwrap();
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["image c"]);
     }
 }

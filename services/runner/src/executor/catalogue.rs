@@ -40,6 +40,24 @@ fn unavailable(e: tonic::Status) -> Error {
     ))
 }
 
+/// Gives the verified file `temp` the name `dest` unless `dest` exists, and never replaces it:
+/// the cache's files are hard-linked into runs' folders while others may be fetched, and
+/// renaming over a file being linked makes that link fail (Linux's link() answers ENOENT for
+/// an inode whose last name went meanwhile). Whatever is at `dest` was verified against the
+/// same SHA-256 before it got the name, so it is as good as `temp`. `temp` is left to the
+/// caller to remove.
+async fn publish(temp: &Path, dest: &Path) -> Result<()> {
+    match tokio::fs::hard_link(temp, dest).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::internal(format!(
+            "link {} -> {}: {e}",
+            temp.display(),
+            dest.display()
+        ))),
+    }
+}
+
 impl Catalogue {
     /// A client that connects on first use (the catalogue may start after the runner).
     pub fn connect_lazy(tls: &ClientTls, addr: &str, credential: OwnCredential) -> Result<Self> {
@@ -55,8 +73,8 @@ impl Catalogue {
         })
     }
 
-    /// Downloads a file into `dest` (through a temporary file, renamed once its SHA-256 is
-    /// verified).
+    /// Downloads a file into `dest` (through a temporary file, published once its SHA-256 is
+    /// verified). A `dest` already there is kept: see [`publish`].
     pub async fn fetch(&self, file: Uuid, sha256: &str, dest: &Path) -> Result<()> {
         let folder = dest
             .parent()
@@ -75,15 +93,12 @@ impl Catalogue {
             }
             e => e,
         };
-        match result {
-            Ok(()) => tokio::fs::rename(&temp, dest)
-                .await
-                .map_err(|e| Error::internal(format!("rename to {}: {e}", dest.display()))),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                Err(e)
-            }
-        }
+        let result = match result {
+            Ok(()) => publish(&temp, dest).await,
+            e => e,
+        };
+        let _ = tokio::fs::remove_file(&temp).await;
+        result
     }
 
     async fn fetch_into(&self, file: Uuid, sha256: &str, temp: &Path) -> Result<()> {
@@ -303,4 +318,29 @@ async fn hash(file: Arc<std::fs::File>, size: u64) -> Result<String> {
     .await
     .map_err(Error::internal)?
     .map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::publish;
+
+    /// A file already in the cache keeps its inode (a link being made to it cannot fail), and
+    /// an absent one gets the new file.
+    #[tokio::test]
+    async fn publishing_never_replaces_a_cached_file() {
+        let dir = std::env::temp_dir().join(format!("pirus-publish-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).unwrap();
+        let (dest, first, second) = (dir.join("sha"), dir.join("a.part"), dir.join("b.part"));
+        std::fs::write(&first, b"verified").unwrap();
+        std::fs::write(&second, b"verified").unwrap();
+        publish(&first, &dest).await.unwrap();
+        let inode = std::fs::metadata(&dest).unwrap().ino();
+        assert_eq!(inode, std::fs::metadata(&first).unwrap().ino());
+        publish(&second, &dest).await.unwrap();
+        assert_eq!(std::fs::metadata(&dest).unwrap().ino(), inode);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"verified");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
