@@ -1470,3 +1470,92 @@ async fn orphans_are_swept_after_a_database_reconnection() -> Result<()> {
     s.assert_clean()?;
     Ok(())
 }
+
+/// The SHA-256 names of the cached inputs in a runner's work folder.
+fn cached_inputs(work_dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(work_dir.join("cache/inputs"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Waits (at most 30 s) until a runner's input cache holds exactly `expected`.
+async fn cache_holds(s: &Stack, expected: &[&str], what: &str) -> Result<()> {
+    let expected: std::collections::BTreeSet<String> =
+        expected.iter().map(|s| (*s).to_owned()).collect();
+    let work_dir = s.work_dir.clone();
+    pirus_tests::eventually(Duration::from_secs(30), what, || {
+        let (work_dir, expected) = (work_dir.clone(), expected.clone());
+        async move { cached_inputs(&work_dir) == expected }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; the cache holds {:?}", cached_inputs(&s.work_dir)))
+}
+
+/// With `--input-cache-size` below one input, an input leaves the cache once no run uses it,
+/// never while one does; a removed input is fetched again by the next run that needs it;
+/// what a fetch cut short by a crash left goes at the runner's next start; within the size,
+/// unused inputs stay.
+#[tokio::test]
+async fn unused_inputs_leave_the_cache_beyond_its_size() -> Result<()> {
+    let mut s = pirus_tests::stack::stack_with(2, &[], &["--input-cache-size", "500B"]).await?;
+    let pipeline = s.pipeline().await?;
+    let (a_data, b_data) = (b"a\n".repeat(300), b"b\n".repeat(300));
+    let (a_sha, b_sha) = (sha256_hex(&a_data), sha256_hex(&b_data));
+    let a = s.upload("reads.txt", &a_data).await?;
+    let b = s.upload("reads.txt", &b_data).await?;
+    let submit = |input: &str, config: &str| run::SubmitRunRequest {
+        pipeline_id: pipeline.clone(),
+        config_json: config.to_owned(),
+        input_file_ids: vec![input.to_owned()],
+        ..Default::default()
+    };
+
+    // A run sleeping on A holds it while a run of B starts and ends.
+    let sleeping = s.submit(submit(&a, r#"{"sleep": 600}"#)).await?;
+    s.wait_running(&sleeping.id).await?;
+    let quick = s.submit(submit(&b, "{}")).await?;
+    s.watch(&quick.id, 0).await?;
+    assert_eq!(status(s.get(&quick.id).await?.status), run::RunStatus::Done);
+    cache_holds(&s, &[&a_sha], "B leaves the cache, A in use stays").await?;
+
+    // Once its run ends, A is unused too, and over the size.
+    s.run
+        .cancel_run(run::CancelRunRequest {
+            id: sleeping.id.clone(),
+        })
+        .await?;
+    s.watch(&sleeping.id, 0).await?;
+    cache_holds(&s, &[], "A leaves the cache once its run ended").await?;
+
+    // A run of A fetches it again.
+    let again = s.submit(submit(&a, "{}")).await?;
+    s.watch(&again.id, 0).await?;
+    let done = s.get(&again.id).await?;
+    assert_eq!(status(done.status), run::RunStatus::Done, "{done:?}");
+    cache_holds(&s, &[], "A leaves again after the run that fetched it").await?;
+
+    // A fetch cut short by a crash leaves a temporary file, which the next start removes.
+    s.runner.signal("KILL")?;
+    let _ = s.runner.wait_exit(Duration::from_secs(10)).await?;
+    let leftover = s.work_dir.join(format!("cache/inputs/{a_sha}.part-0123"));
+    std::fs::write(&leftover, b"half")?;
+    restart_runner(&mut s).await?;
+    cache_holds(&s, &[], "the leftover goes at the runner's start").await?;
+
+    // Restarted with the default size (10 GiB), it keeps what its runs fetched.
+    for input in [&a, &b] {
+        let r = s.submit(submit(input, "{}")).await?;
+        s.watch(&r.id, 0).await?;
+    }
+    cache_holds(&s, &[&a_sha, &b_sha], "unused inputs within the size stay").await?;
+    Ok(())
+}

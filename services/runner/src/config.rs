@@ -83,6 +83,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub database_read_connections: u32,
 
+    /// Inputs fetched from the catalogue stay cached (hard-linked into each run that uses
+    /// them); of those no run uses any more, this many bytes are kept for later runs, the
+    /// least recently used removed first. Inputs in use are never removed.
+    #[arg(long, env = "PIRUS_INPUT_CACHE_SIZE", default_value = "10GiB", value_parser = parse_size)]
+    pub input_cache_size: u64,
+
     /// Reference databases, mounted read-only into runs.
     #[arg(long, env = "PIRUS_DATABASES_DIR")]
     pub databases_dir: Option<PathBuf>,

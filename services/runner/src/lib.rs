@@ -128,6 +128,7 @@ pub async fn run(
             isolated_idmap: config.lxd_isolated_idmap,
             limits: node_limits,
             tes_file_roots: config.tes_file_roots.clone(),
+            input_cache_size: config.input_cache_size,
         },
         notices.clone(),
     )?;

@@ -113,6 +113,10 @@ impl Executor {
         if let Err(e) = removed {
             tracing::warn!(run = %run.id, error = %e, "could not remove the run's folders");
         }
+        // Its inputs may be used by no run now.
+        if let Err(e) = inner.artifacts.trim_inputs().await {
+            tracing::warn!(error = %e, "could not trim the input cache");
+        }
     }
 
     /// A command that exited: FINISHING, then its outputs and logs collected; answers the end.

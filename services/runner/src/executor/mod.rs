@@ -63,6 +63,8 @@ pub struct Settings {
     pub limits: NodeLimits,
     /// Host folders TES tasks read `file://` inputs from and write `file://` outputs beneath.
     pub tes_file_roots: Vec<PathBuf>,
+    /// Bytes of cached inputs that no run uses kept for later runs.
+    pub input_cache_size: u64,
 }
 
 #[derive(Clone)]
@@ -130,6 +132,7 @@ impl Executor {
             catalogue.clone(),
             stores.db().clone(),
             settings.work_dir.join("cache"),
+            settings.input_cache_size,
         );
         Ok(Self {
             inner: Arc::new(Inner {
@@ -201,6 +204,10 @@ impl Executor {
     /// are answered, to be resumed with [`Executor::resume`].
     pub async fn adopt_at_start(&self) -> Result<Vec<Run>> {
         let held = self.sweep_orphans().await?;
+        // A cache that cannot be tidied is no reason to hold up the node's runs.
+        if let Err(e) = self.inner.artifacts.tidy_at_start().await {
+            tracing::warn!(error = %e, "could not tidy the cache");
+        }
         let mut runs = Vec::new();
         for (id, _) in held {
             runs.push(self.inner.stores.runs.get(id).await?);

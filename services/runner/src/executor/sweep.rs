@@ -49,6 +49,10 @@ impl Executor {
                 }
             }
         }
+        // The inputs those folders linked may be used by no run now.
+        if let Err(e) = inner.artifacts.trim_inputs().await {
+            tracing::warn!(error = %e, "could not trim the input cache");
+        }
         Ok(held)
     }
 }
