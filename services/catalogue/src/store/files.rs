@@ -43,8 +43,14 @@ impl FromQueryResult for FileRow {
         result: &sea_orm::QueryResult,
         _prefix: &str,
     ) -> std::result::Result<Self, DbErr> {
-        let mut c = Columns::of(result)?;
-        let row = FileRow {
+        pirus_db::row::read_one(result, Self::read)
+    }
+}
+
+impl FileRow {
+    /// The fields in the order the columns are selected.
+    fn read(c: &mut Columns<'_>) -> std::result::Result<Self, DbErr> {
+        Ok(FileRow {
             id: c.take()?,
             name: c.take()?,
             kind: c.take()?,
@@ -60,9 +66,7 @@ impl FromQueryResult for FileRow {
             upload_id: c.take()?,
             upload_endpoint: c.take()?,
             upload_offset: c.take()?,
-        };
-        c.finish()?;
-        Ok(row)
+        })
     }
 }
 
@@ -277,9 +281,8 @@ impl Store {
              {filter_sql} ORDER BY f.id LIMIT {}",
             page.fetch()
         );
-        let rows = FileRow::find_by_statement(stmt(&sql, values))
-            .all(&self.db)
-            .await?;
+        let rows = self.db.query_all_raw(stmt(&sql, values)).await?;
+        let rows = pirus_db::row::read_all(&rows, FileRow::read)?;
         Ok(rows.into_iter().map(FileRow::into_file).collect())
     }
 

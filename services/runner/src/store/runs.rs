@@ -83,8 +83,14 @@ impl FromQueryResult for RunRow {
         result: &sea_orm::QueryResult,
         _prefix: &str,
     ) -> std::result::Result<Self, DbErr> {
-        let mut c = Columns::of(result)?;
-        let row = RunRow {
+        pirus_db::row::read_one(result, Self::read)
+    }
+}
+
+impl RunRow {
+    /// The fields in the order the columns are selected.
+    fn read(c: &mut Columns<'_>) -> std::result::Result<Self, DbErr> {
+        Ok(RunRow {
             id: c.take()?,
             pipeline_id: c.take()?,
             pipeline_version: c.take()?,
@@ -113,9 +119,7 @@ impl FromQueryResult for RunRow {
             tes: c.take()?,
             output_file_ids: c.take()?,
             log_file_ids: c.take()?,
-        };
-        c.finish()?;
-        Ok(row)
+        })
     }
 }
 
@@ -388,9 +392,8 @@ impl RunStore {
             let db = reads.clone();
             async move {
                 static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(runs_by_ids_sql);
-                let rows = RunRow::find_by_statement(stmt(&SQL, [ids.into()]))
-                    .all(&db)
-                    .await?;
+                let rows = db.query_all_raw(stmt(&SQL, [ids.into()])).await?;
+                let rows = pirus_db::row::read_all(&rows, RunRow::read)?;
                 Ok(rows.into_iter().map(|r| (r.id, r.into())).collect())
             }
         }));
@@ -494,9 +497,11 @@ impl RunStore {
     }
 
     pub async fn list(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {
-        let rows = RunRow::find_by_statement(list_statement(filter, page))
-            .all(&self.pages)
+        let rows = self
+            .pages
+            .query_all_raw(list_statement(filter, page))
             .await?;
+        let rows = pirus_db::row::read_all(&rows, RunRow::read)?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 

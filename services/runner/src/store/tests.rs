@@ -641,3 +641,53 @@ async fn a_runs_output_and_log_ids_are_sealed_when_it_ends_and_unsealed_by_a_cha
     assert_eq!(sealed(&db, racing).await, None);
     assert_eq!(s.runs.get(racing).await.unwrap().log_file_ids, vec![f]);
 }
+
+/// Rows read by position: every column's type is checked on a result's first row, NULL or
+/// not, so a reader out of step with its query is an error, never a wrong value; the other
+/// rows are decoded as checked.
+#[tokio::test]
+async fn rows_read_by_position_check_each_columns_type_once() {
+    use pirus_db::row::{Columns, read_all};
+    use sea_orm::{ConnectionTrait, DbErr};
+    let (db, _) = stores().await;
+    let pool = pirus_db::connect(&pirus_db::DbConfig::new(db.url.clone()))
+        .await
+        .unwrap();
+    let rows = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { pool.query_all_raw(stmt(sql, [])).await.unwrap() }
+    };
+    let nullable =
+        rows("SELECT v, t FROM (VALUES (NULL::bigint, 'a'), (5, 'b')) AS x (v, t)").await;
+    let read = |c: &mut Columns<'_>| -> Result<(Option<i64>, String), DbErr> {
+        Ok((c.take()?, c.take()?))
+    };
+    assert_eq!(
+        read_all(&nullable, read).unwrap(),
+        [(None, "a".to_owned()), (Some(5), "b".to_owned())]
+    );
+
+    // A NULL of the wrong type on the first row is still caught.
+    let wrong = |c: &mut Columns<'_>| -> Result<(Option<i32>, String), DbErr> {
+        Ok((c.take()?, c.take()?))
+    };
+    let e = read_all(&nullable, wrong).unwrap_err().to_string();
+    assert!(e.contains("column 0 (v)") && e.contains("INT8"), "{e}");
+
+    // Columns left unread, or read beyond the row, are errors.
+    let short = |c: &mut Columns<'_>| -> Result<Option<i64>, DbErr> { c.take() };
+    let e = read_all(&nullable, short).unwrap_err().to_string();
+    assert!(e.contains("read 1 columns of a row of 2"), "{e}");
+    let long = |c: &mut Columns<'_>| -> Result<(Option<i64>, String, String), DbErr> {
+        Ok((c.take()?, c.take()?, c.take()?))
+    };
+    let e = read_all(&nullable, long).unwrap_err().to_string();
+    assert!(e.contains("column 2 read of a row of 2"), "{e}");
+
+    // A value NULL where the reader wants none is an error, whichever row it is on.
+    let later_null = rows("SELECT v FROM (VALUES (1::bigint), (NULL)) AS x (v)").await;
+    let strict = |c: &mut Columns<'_>| -> Result<i64, DbErr> { c.take() };
+    let e = read_all(&later_null, strict).unwrap_err().to_string();
+    assert!(e.contains("column 0 (v)"), "{e}");
+    assert!(read_all(&[], strict).unwrap().is_empty());
+}
