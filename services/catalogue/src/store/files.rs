@@ -23,8 +23,8 @@ const FILE_COLUMNS: &str = r#"
 struct FileRow {
     id: Uuid,
     name: String,
-    kind: String,
-    status: String,
+    kind: FileKind,
+    status: FileStatus,
     size: Option<i64>,
     expected_sha256: Option<String>,
     sha256: Option<String>,
@@ -53,8 +53,9 @@ impl FileRow {
         Ok(FileRow {
             id: c.take()?,
             name: c.take()?,
-            kind: c.take()?,
-            status: c.take()?,
+            // Parsed in place: no strings of their own.
+            kind: FileKind::parse(c.take::<&str>()?).unwrap_or(FileKind::Data),
+            status: FileStatus::parse(c.take::<&str>()?).unwrap_or(FileStatus::Error),
             size: c.take()?,
             expected_sha256: c.take()?,
             sha256: c.take()?,
@@ -72,7 +73,7 @@ impl FileRow {
 
 impl FileRow {
     fn into_file(self) -> File {
-        let status = FileStatus::parse(&self.status).unwrap_or(FileStatus::Error);
+        let status = self.status;
         let size = self.size.map(|s| s as u64);
         let upload_offset = match (status, self.upload_offset) {
             (FileStatus::Ready, _) => size.unwrap_or(0),
@@ -82,7 +83,7 @@ impl FileRow {
         File {
             id: self.id,
             name: self.name,
-            kind: FileKind::parse(&self.kind).unwrap_or(FileKind::Data),
+            kind: self.kind,
             status,
             size,
             upload_offset,
