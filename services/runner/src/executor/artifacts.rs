@@ -46,26 +46,22 @@ struct KeyedLocks(std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>);
 
 impl KeyedLocks {
     async fn lock(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut map = self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // A lock only the map holds is free and awaited by nobody: forget it.
-            map.retain(|_, lock| Arc::strong_count(lock) > 1);
-            map.entry(key).or_default().clone()
-        };
-        lock.lock_owned().await
+        self.of(key).lock_owned().await
     }
 
     /// The lock of `key` if nobody holds it.
     fn try_lock(&self, key: String) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.of(key).try_lock_owned().ok()
+    }
+
+    fn of(&self, key: String) -> Arc<Mutex<()>> {
         let mut map = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A lock only the map holds is free and awaited by nobody: forget it.
         map.retain(|_, lock| Arc::strong_count(lock) > 1);
-        map.entry(key).or_default().clone().try_lock_owned().ok()
+        map.entry(key).or_default().clone()
     }
 }
 
