@@ -186,7 +186,12 @@ impl Runs {
                     }
                 }
                 let log = self.stores.runs.file(id, RunFileKind::Log, stream.file());
-                if let Some(file) = log.await? {
+                // A follower that has the whole log already (the usual case for one that
+                // followed the run to its end) is done without a read: a thousand of them
+                // would otherwise all call the catalogue at once, beyond its reader bound.
+                if let Some((file, size)) = log.await?
+                    && offset != size
+                {
                     // As the caller: the catalogue checks the log is theirs to read.
                     self.catalogue.read(file, offset, credential, tx).await?;
                 }

@@ -215,16 +215,16 @@ pub async fn files(db: &impl ConnectionTrait, ids: &[Uuid]) -> Result<Vec<FileVi
         .collect()
 }
 
-/// The READY output or log of a run with this name.
+/// The READY output or log of a run with this name: its id and size.
 pub async fn run_file(
     db: &impl ConnectionTrait,
     run: Uuid,
     kind: RunFileKind,
     name: &str,
-) -> Result<Option<Uuid>, DbErr> {
+) -> Result<Option<(Uuid, u64)>, DbErr> {
     let row = db
         .query_one_raw(stmt(
-            "SELECT id FROM file_for_runs
+            "SELECT id, coalesce(size, 0) AS size FROM file_for_runs
              WHERE source_run_id = $1 AND kind = $2 AND name = $3 AND status = $4",
             [
                 run.into(),
@@ -234,7 +234,11 @@ pub async fn run_file(
             ],
         ))
         .await?;
-    row.map(|r| r.try_get("", "id")).transpose()
+    row.map(|r| {
+        let size: i64 = r.try_get("", "size")?;
+        Ok((r.try_get("", "id")?, size.max(0) as u64))
+    })
+    .transpose()
 }
 
 /// SQL of a run's output or log file ids (`kind`), in name order, where `run` is the `runs`

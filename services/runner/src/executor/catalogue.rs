@@ -4,7 +4,7 @@
 //! upload cut short is resumed from its durable offset. Every call carries the runner's own
 //! token, or (for reads and deletions made for a client) the client's.
 
-use std::{os::unix::fs::FileExt, path::Path, sync::Arc};
+use std::{os::unix::fs::FileExt, path::Path, sync::Arc, time::Duration};
 
 use pirus_auth::{Credential, client::OwnCredential};
 use pirus_proto::catalogue::v1::{self as pb, catalogue_service_client::CatalogueServiceClient};
@@ -18,6 +18,25 @@ use uuid::Uuid;
 use crate::domain::{Error, LogChunk, Result};
 
 const MESSAGE: usize = 1 << 20;
+/// How long a read waits for a catalogue at its reader bound.
+const READER_BOUND_WAIT: Duration = Duration::from_secs(60);
+
+/// The pause a refusal asks for (gRPC's retry pushback), else 1 s; at most 10 s.
+fn retry_pushback(status: &tonic::Status) -> Duration {
+    let ms = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1000);
+    Duration::from_millis(ms.min(10_000))
+}
+
+/// A random pause below `up_to`.
+fn jitter(up_to: Duration) -> Duration {
+    let nanos = up_to.as_nanos().max(1);
+    Duration::from_nanos((Uuid::new_v4().as_u128() % nanos) as u64)
+}
 
 #[derive(Clone, Copy, Debug)]
 pub enum PushKind {
@@ -142,23 +161,30 @@ impl Catalogue {
         tx: &tokio::sync::mpsc::Sender<Result<LogChunk>>,
     ) -> Result<()> {
         // A broken connection (a burst of readers at a run's end, a restarting catalogue) is
-        // tried again a few times, from the offset reached.
+        // tried again a few times, from the offset reached; a catalogue at its reader bound
+        // (RESOURCE_EXHAUSTED) is asked again after the pause it names, spread so that the
+        // readers it turned away do not all come back at once, for up to a minute.
         let mut offset = offset;
         let mut tries = 0;
+        let give_up = tokio::time::Instant::now() + READER_BOUND_WAIT;
         loop {
-            match self.read_once(file, &mut offset, caller, tx).await {
-                Err(status)
-                    if tries < 3
-                        && matches!(
-                            status.code(),
-                            tonic::Code::Unavailable | tonic::Code::Unknown
-                        ) =>
-                {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << tries)).await;
-                }
-                Err(status) => return Err(unavailable(status)),
+            let status = match self.read_once(file, &mut offset, caller, tx).await {
                 Ok(()) => return Ok(()),
+                Err(status) => status,
+            };
+            let pause = match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown if tries < 3 => {
+                    tries += 1;
+                    Duration::from_millis(200 << tries)
+                }
+                tonic::Code::ResourceExhausted if tokio::time::Instant::now() < give_up => {
+                    retry_pushback(&status) + jitter(Duration::from_secs(1))
+                }
+                _ => return Err(unavailable(status)),
+            };
+            tokio::select! {
+                () = tx.closed() => return Ok(()),
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -324,7 +350,27 @@ async fn hash(file: Arc<std::fs::File>, size: u64) -> Result<String> {
 mod tests {
     use std::os::unix::fs::MetadataExt;
 
-    use super::publish;
+    use std::time::Duration;
+
+    use super::{jitter, publish, retry_pushback};
+
+    /// The pause a refusal names is taken (bounded), 1 s when it names none; jitter stays
+    /// below its bound and varies.
+    #[test]
+    fn refusals_are_retried_after_the_pause_they_name() {
+        let exhausted = pirus_auth::admission::exhausted("full");
+        assert_eq!(retry_pushback(&exhausted), Duration::from_secs(1));
+        let mut long = tonic::Status::resource_exhausted("full");
+        long.metadata_mut()
+            .insert("grpc-retry-pushback-ms", "600000".parse().unwrap());
+        assert_eq!(retry_pushback(&long), Duration::from_secs(10));
+        let bare = tonic::Status::resource_exhausted("full");
+        assert_eq!(retry_pushback(&bare), Duration::from_secs(1));
+        let pauses: std::collections::BTreeSet<Duration> =
+            (0..50).map(|_| jitter(Duration::from_secs(1))).collect();
+        assert!(pauses.iter().all(|p| *p < Duration::from_secs(1)));
+        assert!(pauses.len() > 40, "{pauses:?}");
+    }
 
     /// A file already in the cache keeps its inode (a link being made to it cannot fail), and
     /// an absent one gets the new file.

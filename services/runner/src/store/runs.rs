@@ -633,7 +633,13 @@ impl RunStore {
     }
 
     /// The READY output or log of a run with this name.
-    pub async fn file(&self, run: Uuid, kind: RunFileKind, name: &str) -> Result<Option<Uuid>> {
+    /// A run's READY output or log named `name`: its id and size.
+    pub async fn file(
+        &self,
+        run: Uuid,
+        kind: RunFileKind,
+        name: &str,
+    ) -> Result<Option<(Uuid, u64)>> {
         Ok(views::run_file(&self.db, run, kind, name).await?)
     }
 }
