@@ -31,11 +31,6 @@ pub struct Columns<'r> {
 }
 
 impl<'r> Columns<'r> {
-    /// The columns of a row read on its own: each checked.
-    pub fn of(result: &'r QueryResult) -> Result<Self, DbErr> {
-        Self::new(result, true)
-    }
-
     fn new(result: &'r QueryResult, check: bool) -> Result<Self, DbErr> {
         let row = result
             .try_as_pg_row()
@@ -106,7 +101,7 @@ pub fn read_one<T>(
     result: &QueryResult,
     read: impl FnOnce(&mut Columns<'_>) -> Result<T, DbErr>,
 ) -> Result<T, DbErr> {
-    let mut columns = Columns::of(result)?;
+    let mut columns = Columns::new(result, true)?;
     let value = read(&mut columns)?;
     columns.finish()?;
     Ok(value)

@@ -34,6 +34,8 @@ pub struct Artifacts {
     cache: PathBuf,
     /// Bytes of unused inputs kept.
     keep_unused: u64,
+    /// One trim at a time.
+    trimming: Mutex<()>,
     /// One import at a time per image fingerprint; per input SHA-256, one holder at a time of
     /// its fetch and link or its removal: runs starting together on one input fetch it once,
     /// and an input is never removed between a run finding it and linking it.
@@ -78,15 +80,18 @@ fn is_entry(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The entries of a cache folder; none before its first fetch made it.
+fn entries(folder: &Path) -> std::io::Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(folder) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        entries => entries?.collect(),
+    }
+}
+
 /// The unused inputs of the cache folder `inputs`, least recently used first.
 fn unused_inputs(inputs: &Path) -> std::io::Result<Vec<Unused>> {
     let mut unused = Vec::new();
-    let entries = match std::fs::read_dir(inputs) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(unused),
-        entries => entries?,
-    };
-    for entry in entries {
-        let entry = entry?;
+    for entry in entries(inputs)? {
         let Some(name) = entry
             .file_name()
             .to_str()
@@ -139,22 +144,19 @@ impl Artifacts {
             db,
             cache,
             keep_unused,
+            trimming: Mutex::new(()),
             locks: KeyedLocks::default(),
         }
     }
 
     /// At start-up, before any fetch: removes what fetches cut short left (temporary files)
-    /// and image tarballs an import did not get to remove, then trims the inputs.
-    pub async fn tidy_at_start(&self) -> Result<()> {
+    /// and image tarballs an import did not get to remove. (The orphan sweep before it has
+    /// trimmed the inputs.)
+    pub async fn remove_leftovers(&self) -> Result<()> {
         let cache = self.cache.clone();
         super::workspace::blocking(move || {
             for (folder, all) in [("images", true), ("inputs", false)] {
-                let entries = match std::fs::read_dir(cache.join(folder)) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    entries => entries?,
-                };
-                for entry in entries {
-                    let entry = entry?;
+                for entry in entries(&cache.join(folder))? {
                     let leftover = all || !entry.file_name().to_str().is_some_and(is_entry);
                     if leftover && entry.file_type()?.is_file() {
                         tracing::info!(file = %entry.path().display(), "removing a leftover of the cache");
@@ -164,15 +166,14 @@ impl Artifacts {
             }
             Ok(())
         })
-        .await?;
-        self.trim_inputs().await
+        .await
     }
 
     /// Removes unused inputs, least recently used first, until at most `--input-cache-size`
     /// bytes of them stay. One trim at a time; an input being fetched or linked is passed
     /// over (it is in use).
     pub async fn trim_inputs(&self) -> Result<()> {
-        let _trim = self.locks.lock("trim".to_owned()).await;
+        let _trim = self.trimming.lock().await;
         let inputs = self.cache.join("inputs");
         let folder = inputs.clone();
         let unused = super::workspace::blocking(move || unused_inputs(&folder)).await?;

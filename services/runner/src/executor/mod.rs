@@ -205,7 +205,7 @@ impl Executor {
     pub async fn adopt_at_start(&self) -> Result<Vec<Run>> {
         let held = self.sweep_orphans().await?;
         // A cache that cannot be tidied is no reason to hold up the node's runs.
-        if let Err(e) = self.inner.artifacts.tidy_at_start().await {
+        if let Err(e) = self.inner.artifacts.remove_leftovers().await {
             tracing::warn!(error = %e, "could not tidy the cache");
         }
         let mut runs = Vec::new();
