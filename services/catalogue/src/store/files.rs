@@ -69,9 +69,7 @@ impl FileRow {
             upload_offset: c.take()?,
         })
     }
-}
 
-impl FileRow {
     fn into_file(self) -> File {
         let status = self.status;
         let size = self.size.map(|s| s as u64);
