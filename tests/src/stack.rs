@@ -386,6 +386,25 @@ impl Stack {
         .await
     }
 
+    /// Starts the runner again after it was stopped: the same node, work folder and catalogue,
+    /// `max_runs` at once.
+    pub async fn restart_runner(&mut self, max_runs: u32) -> Result<()> {
+        let runner = Launch::new(Kind::Runner, &self.db.url)
+            .args([
+                "--node-name",
+                &self.node,
+                "--max-runs",
+                &max_runs.to_string(),
+            ])
+            .args(["--work-dir", self.work_dir.to_str().unwrap_or_default()])
+            .args(["--catalogue-addr", &self.catalogue.grpc_url()])
+            .start()
+            .await?;
+        self.run = RunnerServiceClient::new(runner.channel().await?);
+        self.runner = runner;
+        Ok(())
+    }
+
     pub fn assert_clean(&self) -> Result<()> {
         let output = node_containers(&self.node)?;
         let left = String::from_utf8_lossy(&output.stdout).trim().to_owned();

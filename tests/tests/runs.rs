@@ -149,6 +149,32 @@ async fn a_run_executes_in_lxd_with_inputs_outputs_logs_and_progress() -> Result
     Ok(())
 }
 
+/// Development mode, as the README offers it: both services with `--auth none` (every caller
+/// is the unrestricted anonymous one) run a pipeline end to end, its outputs and logs
+/// registered with the catalogue by a runner that presents no runner token of its node.
+#[tokio::test]
+async fn a_run_completes_with_auth_off_on_both_services() -> Result<()> {
+    let none = ["--auth", "none"];
+    let mut s = pirus_tests::stack::stack_with(1, &none, &none).await?;
+    let submitted = s.submit_ready("{}").await?;
+    let events = s.watch(&submitted.id, 0).await?;
+    let done = s.get(&submitted.id).await?;
+    use run::RunStatus::*;
+    assert_eq!(
+        statuses(&events),
+        vec![Waiting, Initializing, Running, Finishing, Done],
+        "{}",
+        done.error_message
+    );
+    let mut files = s.files_of(&done).await?;
+    files.sort();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["count.txt", "err.log", "out.log", "sub/lines.txt"]);
+    assert_eq!(files[0].1, b"1\n");
+    s.assert_clean()?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn failing_and_timed_out_runs_end_in_error() -> Result<()> {
     let mut s = stack(2).await?;
@@ -595,18 +621,7 @@ async fn survives_runner_restart(signal: &str, container_removed: bool) -> Resul
 
 /// Starts the stack's runner again (after it was stopped): same node, work folder, catalogue.
 async fn restart_runner(s: &mut pirus_tests::stack::Stack) -> Result<()> {
-    let runner = Launch::new(Kind::Runner, &s.db.url)
-        .args(["--node-name", &s.node, "--max-runs", "1"])
-        .args(["--work-dir", s.work_dir.to_str().unwrap()])
-        .args([
-            "--catalogue-addr",
-            &format!("http://{}", s.catalogue.addrs().grpc),
-        ])
-        .start()
-        .await?;
-    s.run = RunnerServiceClient::new(runner.channel().await?);
-    s.runner = runner;
-    Ok(())
+    s.restart_runner(1).await
 }
 
 /// A runner stopped after recording a run's end but before removing its folders (they go

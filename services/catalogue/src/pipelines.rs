@@ -73,7 +73,7 @@ impl Pipelines {
         page: crate::domain::Page,
     ) -> Result<Vec<Pipeline>> {
         access::require(caller, Action::ReadReadyPipelines)?;
-        if !policy::allows(caller.role, Action::ReadAllPipelines) {
+        if !policy::permits(caller, Action::ReadAllPipelines) {
             match filter.status {
                 None => filter.status = Some(PipelineStatus::Ready),
                 Some(PipelineStatus::Ready) => {}

@@ -150,6 +150,7 @@ mod tests {
             role,
             node: None,
             credential: Default::default(),
+            unrestricted: false,
         }
     }
 

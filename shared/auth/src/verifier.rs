@@ -108,6 +108,7 @@ impl Verifier {
             role: info.role,
             node: info.node.clone(),
             credential: crate::Credential::header(header)?,
+            unrestricted: false,
         })
     }
 
