@@ -120,6 +120,41 @@ fn names_table(text: &str, table: &str) -> bool {
         .any(|w| matches!(w[0].as_str(), "from" | "join" | "into" | "update") && w[1] == table)
 }
 
+/// Whether Rust source names the TES protocol: the `tes` crate or the runner's TES edge.
+fn names_tes(text: &str) -> bool {
+    text.lines()
+        .map(|l| l.split("//").next().unwrap_or_default())
+        .any(|code| {
+            code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .any(|word| word.starts_with("tes::") || word.starts_with("crate::tes::"))
+        })
+}
+
+/// TES is an edge over the runner's domain: the executor runs plans and never names TES, and
+/// outside `tes/` only `lib.rs` (which wires the edge in) does.
+#[test]
+fn tes_stays_in_its_edge() -> Result<()> {
+    let runner = repo().join("services/runner/src");
+    for (path, text) in sources(&runner)? {
+        let relative = path.strip_prefix(&runner)?.to_string_lossy().into_owned();
+        if relative.starts_with("tes/") || relative == "lib.rs" {
+            continue;
+        }
+        assert!(
+            !names_tes(&text),
+            "services/runner/src/{relative} names TES: only the TES edge (tes/) may"
+        );
+    }
+    // The rule itself works.
+    assert!(names_tes("use tes::v1::types::requests::Task;"));
+    assert!(names_tes("    let t = crate::tes::task::of_run(run);"));
+    assert!(!names_tes(
+        "    let tes = run.tes.as_ref(); // tes::x in a comment"
+    ));
+    assert!(!names_tes("    tes_file_roots: Vec<PathBuf>,"));
+    Ok(())
+}
+
 #[test]
 fn no_service_reads_the_other_s_tables() -> Result<()> {
     let rules = [

@@ -318,6 +318,74 @@ async fn the_ga4gh_compliance_suite_passes() -> Result<()> {
     Ok(())
 }
 
+/// What a run executes is stored with it as a plan since migration 9. Runs queued before
+/// have none: a TES task queued then runs from its stored task, a pipeline run from its
+/// pipeline's command, and a task that was running when its runner was upgraded (killed, then
+/// started on the new code) is re-adopted and completes the same way.
+#[tokio::test]
+async fn runs_queued_or_running_before_plans_were_stored_complete() -> Result<()> {
+    let mut s = stack::stack(2).await?;
+    s.install_version("alpine", "3.19").await?;
+    let db = s.db.client().await?;
+    let forget_plan = async |id: &str| -> Result<()> {
+        let changed = db
+            .execute("UPDATE runs SET plan = NULL WHERE id::text = $1", &[&id])
+            .await?;
+        ensure!(changed == 1, "run {id} has no row");
+        Ok(())
+    };
+    let task = |script: &str| {
+        serde_json::json!({
+            "executors": [{"image": "alpine", "command": ["sh", "-c", script]}],
+            "outputs": [{"path": "/out/x.txt", "url": "pirus://files/"}]
+        })
+    };
+    // Queued: the node takes nothing while the plans are removed.
+    let drain = run::DrainNodeRequest {
+        name: s.node.clone(),
+    };
+    s.run.drain_node(drain).await?;
+    let queued = create(&s, task("mkdir -p /out && echo queued > /out/x.txt")).await?;
+    let pipeline_run = s.submit_ready("{}").await?;
+    forget_plan(&queued).await?;
+    forget_plan(&pipeline_run.id).await?;
+    let undrain = run::UndrainNodeRequest {
+        name: s.node.clone(),
+    };
+    s.run.undrain_node(undrain).await?;
+    let done = ended(&s, &queued).await?;
+    assert_eq!(done["state"], "COMPLETE", "{done}");
+    assert_eq!(done["logs"][0]["logs"][0]["exit_code"], 0, "{done}");
+    let output = done["logs"][0]["outputs"][0]["url"]
+        .as_str()
+        .unwrap_or_default();
+    let id = output.trim_start_matches("pirus://files/");
+    assert_eq!(s.read(id).await?, b"queued\n", "{done}");
+    let events = s.watch(&pipeline_run.id, 0).await?;
+    assert_eq!(stack::statuses(&events).last(), Some(&run::RunStatus::Done));
+    let pipeline_run = s.get(&pipeline_run.id).await?;
+    let mut files = s.files_of(&pipeline_run).await?;
+    files.sort();
+    assert_eq!(files[0], ("count.txt".to_owned(), b"1\n".to_vec()));
+
+    // Running: the runner goes while the task sleeps, and its plan with it.
+    let running = create(&s, task("sleep 3; mkdir -p /out && echo ran > /out/x.txt")).await?;
+    s.wait_running(&running).await?;
+    s.runner.signal("KILL")?;
+    let _ = s.runner.wait_exit(Duration::from_secs(10)).await?;
+    forget_plan(&running).await?;
+    s.restart_runner(2).await?;
+    let done = ended(&s, &running).await?;
+    assert_eq!(done["state"], "COMPLETE", "{done}");
+    let output = done["logs"][0]["outputs"][0]["url"]
+        .as_str()
+        .unwrap_or_default();
+    let id = output.trim_start_matches("pirus://files/");
+    assert_eq!(s.read(id).await?, b"ran\n", "{done}");
+    s.assert_clean()?;
+    Ok(())
+}
+
 /// POSTs a task (as the harness's admin); answers its id.
 async fn create(s: &Stack, task: serde_json::Value) -> Result<String> {
     let r = Http::default()

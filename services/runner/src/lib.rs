@@ -10,21 +10,21 @@
 //! cancellation token so that tests can run the service in-process.
 
 mod access;
+mod catalogue;
 mod config;
 mod domain;
 mod executor;
-mod feeds;
+mod follow;
 mod grpc;
 mod inputs;
+mod lease;
 mod lifecycle;
 mod limits;
-mod node;
 mod peers;
 mod runs;
 mod scheduler;
 mod store;
 mod submit;
-mod tails;
 mod tes;
 
 use pirus_auth::{Credential, client::OwnCredential};
@@ -93,7 +93,7 @@ pub async fn run(
         pirus_server::process::work_pool(&config.common, work_connections(max_runs)).await?,
     );
     let notices = listen(&config, &shutdown);
-    let node = node::Node {
+    let node = lease::Node {
         nodes: work.nodes.clone(),
         lxd: lxd.clone(),
         name: node_name.clone(),
@@ -114,8 +114,11 @@ pub async fn run(
 
     let credential = own_credential(&config, &db, &node_name).await?;
     let client_tls = config.client_tls.load()?;
-    let catalogue =
-        executor::Catalogue::connect_lazy(&client_tls, &config.catalogue_addr, credential.clone())?;
+    let catalogue = catalogue::Catalogue::connect_lazy(
+        &client_tls,
+        &config.catalogue_addr,
+        credential.clone(),
+    )?;
     let executor = executor::Executor::new(
         work.clone(),
         lxd.clone(),
@@ -129,6 +132,8 @@ pub async fn run(
             limits: node_limits,
             tes_file_roots: config.tes_file_roots.clone(),
             input_cache_size: config.input_cache_size,
+            // Tasks queued before plans were stored: the TES edge reads its own stored form.
+            legacy_plan: tes::plan::of_stored,
         },
         notices.clone(),
     )?;
@@ -149,8 +154,8 @@ pub async fn run(
             credential,
             client_tls,
         ),
-        feeds: feeds::Feeds::new(stores.runs.clone(), notices),
-        tails: tails::Tails::new(stores.runs.clone(), executor.clone(), node_name.clone()),
+        feeds: follow::events::Feeds::new(stores.runs.clone(), notices),
+        tails: follow::logs::Tails::new(stores.runs.clone(), executor.clone(), node_name.clone()),
         stores,
         node: node_name,
         executor,
@@ -248,10 +253,10 @@ fn work_dir(config: &Config) -> anyhow::Result<std::path::PathBuf> {
 
 /// Registers the node and keeps its lease renewed; answers once it is registered.
 async fn register(
-    node: node::Node,
+    node: lease::Node,
     shutdown: &CancellationToken,
-) -> anyhow::Result<node::NodeState> {
-    let state = node::NodeState::default();
+) -> anyhow::Result<lease::NodeState> {
+    let state = lease::NodeState::default();
     let (registered_tx, registered) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(node.run(state.clone(), registered_tx, shutdown.clone()));
     if registered.await.is_err() {

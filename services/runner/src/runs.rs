@@ -15,16 +15,17 @@ use uuid::Uuid;
 
 use crate::{
     access,
+    catalogue::Catalogue,
     domain::{
         Error, LogChunk, LogStream, Monitoring, NewRun, Node, Page, Result, Run, RunEvent,
         RunFilter, RunStatus,
     },
-    executor::{Catalogue, Executor, container_name},
+    executor::{Executor, container_name},
+    follow::logs::Tailed,
     lifecycle::Request,
     peers::Peers,
     store::Stores,
     submit,
-    tails::Tailed,
 };
 
 /// A log chunk streamed to a client at most.
@@ -39,9 +40,9 @@ const LOG_POLL: Duration = Duration::from_millis(200);
 pub struct Runs {
     pub stores: Stores,
     /// The shared readers of runs' events, for WatchRun.
-    pub feeds: crate::feeds::Feeds,
+    pub feeds: crate::follow::events::Feeds,
     /// The shared tails of running runs' logs, for StreamRunLogs.
-    pub tails: crate::tails::Tails,
+    pub tails: crate::follow::logs::Tails,
     pub node: String,
     pub executor: Executor,
     pub catalogue: Catalogue,
@@ -74,32 +75,8 @@ impl Runs {
         self.stores.runs.list(&filter, page).await
     }
 
-    /// What the BASIC and FULL views of TES tasks add to their runs (their attempts' logs and
-    /// their catalogue outputs), for a page of them in two queries; in the order of `runs`.
-    pub async fn task_details(&self, runs: &[Run]) -> Result<Vec<crate::tes::task::Detail>> {
-        let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
-        let mut details: std::collections::HashMap<Uuid, crate::tes::task::Detail> = ids
-            .iter()
-            .map(|id| (*id, crate::tes::task::Detail::default()))
-            .collect();
-        for attempt in self.stores.runs.attempt_logs(&ids).await? {
-            if let Some(d) = details.get_mut(&attempt.run_id) {
-                d.attempts.push(attempt);
-            }
-        }
-        for output in pirus_db::views::run_outputs(self.stores.db(), &ids).await? {
-            if let Some(d) = details.get_mut(&output.source_run_id) {
-                d.outputs.push(output);
-            }
-        }
-        Ok(ids
-            .iter()
-            .map(|id| details.remove(id).unwrap_or_default())
-            .collect())
-    }
-
     /// Every event of a run after `after`, then live ones, until the terminal event: through
-    /// the run's one shared reader ([`crate::feeds`]), so watchers cost one query each to join
+    /// the run's one shared reader ([`crate::follow::events`]), so watchers cost one query each to join
     /// and nothing per change beyond the reader's.
     pub async fn watch(
         &self,
@@ -161,41 +138,7 @@ impl Runs {
                 None => self.stores.runs.get(id).await?,
             };
             if run.status.is_terminal() {
-                // While the run's workspace is still on this node, the rest of the log comes
-                // from it rather than from the catalogue's copy of the same file (a thousand
-                // followers of a run that just ended would otherwise all read that at once).
-                if run.node.as_deref() == Some(self.node.as_str())
-                    && self
-                        .executor
-                        .live_log_size(&run, stream.file())
-                        .await
-                        .is_ok()
-                {
-                    if !self.send_from_file(&run, stream, &mut offset, tx).await? {
-                        return Ok(());
-                    }
-                    // The folders go just after the end is recorded: when they went during
-                    // this read, the rest comes from the catalogue's copy, whole by then.
-                    if self
-                        .executor
-                        .live_log_size(&run, stream.file())
-                        .await
-                        .is_ok()
-                    {
-                        return Ok(());
-                    }
-                }
-                let log = self.stores.runs.file(id, RunFileKind::Log, stream.file());
-                // A follower that has the whole log already (the usual case for one that
-                // followed the run to its end) is done without a read: a thousand of them
-                // would otherwise all call the catalogue at once, beyond its reader bound.
-                if let Some((file, size)) = log.await?
-                    && offset != size
-                {
-                    // As the caller: the catalogue checks the log is theirs to read.
-                    self.catalogue.read(file, offset, credential, tx).await?;
-                }
-                return Ok(());
+                return self.send_ended(&run, stream, offset, credential, tx).await;
             }
             match run.node.as_deref() {
                 Some(owner) if owner != self.node => {
@@ -203,7 +146,7 @@ impl Runs {
                 }
                 Some(_) => {
                     // Live, here: what this follower missed from the file, then the run's
-                    // shared tail ([`crate::tails`]) until the run ends or leaves this node.
+                    // shared tail ([`crate::follow::logs`]) until the run ends or leaves this node.
                     let mut tail = follow.then(|| self.tails.subscribe(id, stream));
                     if !self.send_from_file(&run, stream, &mut offset, tx).await? {
                         return Ok(());
@@ -230,6 +173,56 @@ impl Runs {
                 }
             }
         }
+    }
+
+    /// The rest of an ended run's log from `offset`: from its workspace while that is still on
+    /// this node, else from the catalogue's copy.
+    async fn send_ended(
+        &self,
+        run: &Run,
+        stream: LogStream,
+        mut offset: u64,
+        credential: &pirus_auth::Credential,
+        tx: &mpsc::Sender<Result<LogChunk>>,
+    ) -> Result<()> {
+        // While the run's workspace is still on this node, the rest of the log comes
+        // from it rather than from the catalogue's copy of the same file (a thousand
+        // followers of a run that just ended would otherwise all read that at once).
+        if run.node.as_deref() == Some(self.node.as_str())
+            && self
+                .executor
+                .live_log_size(run, stream.file())
+                .await
+                .is_ok()
+        {
+            if !self.send_from_file(run, stream, &mut offset, tx).await? {
+                return Ok(());
+            }
+            // The folders go just after the end is recorded: when they went during
+            // this read, the rest comes from the catalogue's copy, whole by then.
+            if self
+                .executor
+                .live_log_size(run, stream.file())
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        let log = self
+            .stores
+            .runs
+            .file(run.id, RunFileKind::Log, stream.file());
+        // A follower that has the whole log already (the usual case for one that
+        // followed the run to its end) is done without a read: a thousand of them
+        // would otherwise all call the catalogue at once, beyond its reader bound.
+        if let Some((file, size)) = log.await?
+            && offset != size
+        {
+            // As the caller: the catalogue checks the log is theirs to read.
+            self.catalogue.read(file, offset, credential, tx).await?;
+        }
+        Ok(())
     }
 
     /// Sends a live log's bytes from `offset` to its current end, through the run's

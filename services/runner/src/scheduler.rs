@@ -22,7 +22,7 @@ use tokio::sync::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{executor::Executor, limits::Limits, node::NodeState, store::Stores};
+use crate::{executor::Executor, lease::NodeState, limits::Limits, store::Stores};
 
 pub struct Scheduler {
     pub stores: Stores,

@@ -12,7 +12,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    domain::{Error, NewRun, Requested, Result, Run},
+    domain::{Error, NewRun, Plan, Requested, Result, Run},
     inputs::input_names,
     limits::{Limits, excess},
     store::{RunInsert, Stores},
@@ -55,13 +55,11 @@ pub async fn submit(
         )));
     }
 
-    let manifest = pipeline.manifest.clone().unwrap_or_default();
-    let requested = requested(&new.requested, &manifest);
-    fits_a_node(
-        &requested,
-        &new.requested,
-        &stores.nodes.largest_runs().await?,
-    )?;
+    let requested = checked_request(stores, &new.requested, &pipeline).await?;
+    let manifest = pipeline.manifest.as_ref().unwrap_or(&Value::Null);
+    let plan = Plan::pipeline(manifest).ok_or_else(|| {
+        Error::FailedPrecondition(format!("pipeline {} has no run command", pipeline.id))
+    })?;
 
     let names = input_names(
         &input_file_names(
@@ -82,11 +80,8 @@ pub async fn submit(
         .unwrap_or_else(|| serde_json::json!({"type": "object"}));
     let config = validate_config(&new.config_json, &form, &names, &databases)?;
 
-    let name = run_name(&new.name, &pipeline)?;
-    let id = Uuid::now_v7();
-    let insert = RunInsert {
-        id,
-        name,
+    let queued = Queued {
+        name: run_name(&new.name, &pipeline)?,
         config,
         input_file_ids: new.input_file_ids.clone(),
         priority: new.priority,
@@ -95,14 +90,71 @@ pub async fn submit(
         max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
         pipeline,
         owner: new.owner,
+        plan,
         tes: None,
     };
-    let run = stores.runs.insert(insert).await?;
+    let (run, inserted) = enqueue_as(stores, queued).await?;
     // Another run: a concurrent submission with the same key won the insert.
     match &new.request_id {
-        Some(request_id) if run.id != id => same_submission(request_id, &new, run),
+        Some(request_id) if run.id != inserted => same_submission(request_id, &new, run),
         _ => Ok(run),
     }
+}
+
+/// A run an edge has validated, ready to queue: what it executes (its plan) and what it asks.
+pub(crate) struct Queued {
+    pub pipeline: PipelineView,
+    pub name: String,
+    pub config: Value,
+    pub input_file_ids: Vec<Uuid>,
+    pub priority: i32,
+    pub request_id: Option<String>,
+    /// As [`checked_request`] answered it.
+    pub requested: Requested,
+    pub max_attempts: i32,
+    pub owner: Option<Uuid>,
+    pub plan: Plan,
+    /// The edge's own record of the request (a TES task), which that edge's reads answer.
+    pub tes: Option<Value>,
+}
+
+/// What a run asks of a node, its own request completed from its pipeline's manifest; refused
+/// when no registered node could ever take it. Every edge checks this before it queues.
+pub(crate) async fn checked_request(
+    stores: &Stores,
+    asked: &Requested,
+    pipeline: &PipelineView,
+) -> Result<Requested> {
+    let manifest = pipeline.manifest.as_ref().unwrap_or(&Value::Null);
+    let requested = requested(asked, manifest);
+    fits_a_node(&requested, asked, &stores.nodes.largest_runs().await?)?;
+    Ok(requested)
+}
+
+/// Queues a run, whichever edge took it: the one way runs enter the queue.
+pub(crate) async fn enqueue(stores: &Stores, queued: Queued) -> Result<Run> {
+    Ok(enqueue_as(stores, queued).await?.0)
+}
+
+/// [`enqueue`], answering also the id the new run was given (the run answered is another when
+/// a concurrent submission with the same `request_id` won).
+async fn enqueue_as(stores: &Stores, q: Queued) -> Result<(Run, Uuid)> {
+    let id = Uuid::now_v7();
+    let insert = RunInsert {
+        id,
+        name: q.name,
+        config: q.config,
+        input_file_ids: q.input_file_ids,
+        priority: q.priority,
+        request_id: q.request_id,
+        requested: q.requested,
+        max_attempts: q.max_attempts,
+        pipeline: q.pipeline,
+        owner: q.owner,
+        plan: serde_json::to_value(&q.plan).map_err(Error::internal)?,
+        tes: q.tes,
+    };
+    Ok((stores.runs.insert(insert).await?, id))
 }
 
 /// The run an earlier (or concurrent) submission with this `request_id` queued, when this one
@@ -173,7 +225,7 @@ pub(crate) async fn input_file_names(
 
 /// The run's name: as asked (trimmed, bounded, no control characters), else the pipeline's
 /// name and version.
-fn run_name(asked: &str, pipeline: &PipelineView) -> Result<String> {
+pub(crate) fn run_name(asked: &str, pipeline: &PipelineView) -> Result<String> {
     if asked.trim().is_empty() {
         Ok(format!("{} {}", pipeline.name, pipeline.version))
     } else if asked.len() > 256 || asked.chars().any(char::is_control) {
@@ -188,7 +240,7 @@ fn run_name(asked: &str, pipeline: &PipelineView) -> Result<String> {
 
 /// What the run asks for: its request, else its pipeline's manifest (`resources` and `timeout`),
 /// else nothing (the claiming node's defaults).
-pub(crate) fn requested(request: &Requested, manifest: &Value) -> Requested {
+fn requested(request: &Requested, manifest: &Value) -> Requested {
     let resources = &manifest["resources"];
     let number = |v: &Value| v.as_u64().filter(|n| *n > 0);
     Requested {
@@ -208,11 +260,7 @@ pub(crate) fn requested(request: &Requested, manifest: &Value) -> Requested {
 
 /// Refuses a run that no registered node could ever take, naming every field over the largest
 /// node's limit (and whether the pipeline or the request asked for it).
-pub(crate) fn fits_a_node(
-    requested: &Requested,
-    asked: &Requested,
-    nodes: &[Limits],
-) -> Result<()> {
+fn fits_a_node(requested: &Requested, asked: &Requested, nodes: &[Limits]) -> Result<()> {
     if nodes.is_empty() || nodes.iter().any(|n| excess(requested, n).is_empty()) {
         return Ok(());
     }

@@ -23,6 +23,12 @@ use sea_orm_migration::MigratorTrait;
 
 pub use sea_orm;
 
+/// A PostgreSQL statement with positional values (`$1`, `$2`...): the one way every Pirus
+/// store writes SQL.
+pub fn stmt(sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> sea_orm::Statement {
+    sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values)
+}
+
 /// Whether a statement failed on a unique constraint (an idempotency key or a natural key
 /// taken by a concurrent insert).
 pub fn is_unique_violation(e: &sea_orm::DbErr) -> bool {

@@ -4,12 +4,9 @@
 //! turn their text statuses into types. A status the schema does not know is an error here,
 //! not a silent string mismatch in a service.
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Value};
+use crate::stmt;
+use sea_orm::{ConnectionTrait, DbErr, FromQueryResult};
 use uuid::Uuid;
-
-fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
-}
 
 fn unknown(what: &str, value: &str) -> DbErr {
     DbErr::Custom(format!("unknown {what} status '{value}'"))

@@ -19,7 +19,8 @@ use std::{
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::{Catalogue, safedir::SafeDir};
+use super::safedir::SafeDir;
+use crate::catalogue::Catalogue;
 use crate::{
     domain::{Error, Result, Run},
     inputs::input_names,

@@ -24,9 +24,9 @@ pub fn container_name(run: Uuid, attempt: i32) -> String {
     format!("pirus-{}-{attempt}", run.simple())
 }
 
-/// The manifest fields a run needs.
+/// The manifest fields a run's container needs: where the run's folders are mounted, and
+/// whether it has a network.
 pub struct Layout {
-    pub command: String,
     pub inputs: String,
     pub outputs: String,
     pub logs: String,
@@ -35,28 +35,9 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn from_manifest(m: &Value) -> Result<Self> {
-        let command = m["run"].as_str().unwrap_or_default().to_owned();
-        if command.is_empty() {
-            return Err(Error::internal(
-                "the pipeline's manifest has no run command",
-            ));
-        }
-        Ok(Self::with_command(m, command))
-    }
-
-    /// A TES task's layout: the pipeline's folders, and the task's script as the command
-    /// (the pipeline's own command is not used).
-    pub fn for_task(m: &Value) -> Self {
-        let mut layout = Self::with_command(m, String::new());
-        layout.command = format!("/bin/sh {}/{}", layout.inputs, crate::tes::script::SCRIPT);
-        layout
-    }
-
-    fn with_command(m: &Value, command: String) -> Self {
+    pub fn from_manifest(m: &Value) -> Self {
         let text = |key: &str, default: &str| m[key].as_str().unwrap_or(default).to_owned();
         Self {
-            command,
             inputs: text("inputs", "/pipeline/inputs"),
             outputs: text("outputs", "/pipeline/outputs"),
             logs: text("logs", "/pipeline/logs"),
@@ -193,7 +174,6 @@ impl Spec<'_> {
             ("PIRUS_OUTPUTS".to_owned(), l.outputs.clone()),
             ("PIRUS_LOGS".to_owned(), l.logs.clone()),
             ("PIRUS_DATABASES".to_owned(), l.databases.clone()),
-            ("PIRUS_COMMAND".to_owned(), l.command.clone()),
         ])
     }
 }
@@ -299,15 +279,18 @@ async fn create_once(
     }
 }
 
-/// Starts the wrapper, detached: it writes the exit status into the control folder, and exits
-/// with it. Answers the exec operation, whose return code LXD keeps for a few seconds.
+/// Starts the wrapper, detached, on `command` (its program and arguments): it writes the exit
+/// status into the control folder, and exits with it. Answers the exec operation, whose
+/// return code LXD keeps for a few seconds.
 pub async fn exec_command(
     lxd: &pirus_lxd::Client,
     name: &str,
+    command: &[String],
     environment: &BTreeMap<String, String>,
 ) -> Result<String> {
-    let command = ["/bin/sh".to_owned(), "/.pirus/run.sh".to_owned()];
-    lxd.exec_detached(name, &command, environment)
+    let mut argv = vec!["/bin/sh".to_owned(), "/.pirus/run.sh".to_owned()];
+    argv.extend_from_slice(command);
+    lxd.exec_detached(name, &argv, environment)
         .await
         .map_err(Error::internal)
 }

@@ -1,11 +1,12 @@
 //! Ending an attempt: the container goes first (so nothing inside can change what is read),
 //! then the results are collected, the run's folders removed, and the end recorded.
 
-use tes::v1::types::{requests::Task, responses::OutputFile};
-
-use super::{Attempt, Executor, Outcome, container, progress, results, task, workspace};
+use super::{Attempt, Executor, Outcome, container, progress, results, staging, workspace};
 use crate::{
-    domain::{Error, Result, Run, RunStatus},
+    domain::{
+        Error, Result, Run, RunStatus,
+        plan::{AttemptRecord, Delivered, Staging},
+    },
     lifecycle::Event,
     store::Change,
 };
@@ -38,60 +39,44 @@ impl Executor {
         if let Err(e) = container::remove(&inner.lxd, &attempt.container).await {
             tracing::warn!(run = %run.id, error = %e, "could not remove the container");
         }
-        // A TES task's report, read once nothing in the container can change it.
-        let tes = crate::tes::task::of_run(run);
-        let report = match (&tes, &workspace) {
-            (Some(t), Some(w)) => Some(task::report(w, t)),
+        // A re-adopted run whose plan cannot be read cannot be collected as its plan says.
+        let outcome = match (outcome, &attempt.plan_error) {
+            (Outcome::Exited(_), Some(why)) => Outcome::Failed(why.clone()),
+            (outcome, _) => outcome,
+        };
+        // A staged plan's report, read once nothing in the container can change it.
+        let staged = attempt
+            .plan
+            .as_ref()
+            .and_then(|p| Some((p.steps.len(), p.staging.as_ref()?)));
+        let report = match (staged, &workspace) {
+            (Some((steps, s)), Some(w)) => Some(staging::report(w, steps, s)),
             _ => None,
         };
+        let staging = staged.map(|(_, s)| s);
         let mut delivered = Vec::new();
-        let ending = match outcome {
-            Outcome::Lost => None,
-            Outcome::Exited(code) => {
-                let ended = Ended {
-                    code,
-                    task: tes.as_ref(),
-                    problem: report
-                        .as_ref()
-                        .zip(tes.as_ref())
-                        .and_then(|((r, _), t)| problem(r, t)),
-                };
-                self.finish_exited(run, attempt, workspace.as_ref(), ended, &mut delivered)
-                    .await
-            }
-            Outcome::TimedOut(limit) => {
-                let _ = self.collect(attempt, workspace.as_ref(), false).await;
-                Some((
-                    Event::Failed,
-                    format!("timed out after {}s", limit.as_secs()),
-                ))
-            }
-            Outcome::Failed(reason) => {
-                let _ = self.collect(attempt, workspace.as_ref(), false).await;
-                Some((Event::Failed, reason))
-            }
-            Outcome::Canceled => {
-                let _ = self.collect(attempt, workspace.as_ref(), false).await;
-                Some((Event::Canceled, "canceled on request".to_owned()))
-            }
+        let ended = Ended {
+            staging,
+            problem: report
+                .as_ref()
+                .zip(staging)
+                .and_then(|((r, _), s)| staging::problem(r, s)),
         };
-        // The task log goes in before the end is recorded: a client that sees the task end
-        // sees its log.
-        if let (Some(t), Some((report, logs))) = (&tes, report) {
-            let record = task::record(logs, &report, t, delivered);
-            let stored = match serde_json::to_value(record) {
-                Ok(record) => {
-                    inner
-                        .stores
-                        .runs
-                        .set_attempt_log(run.id, &inner.node, run.attempt, record)
-                        .await
-                }
-                Err(e) => Err(Error::internal(e)),
-            };
-            if let Err(e) = stored {
-                tracing::warn!(run = %run.id, error = %e, "could not record the task's log");
-            }
+        let ending = self
+            .conclude(
+                run,
+                attempt,
+                workspace.as_ref(),
+                outcome,
+                ended,
+                &mut delivered,
+            )
+            .await;
+        // The attempt's record goes in before the end is recorded: a client that sees the run
+        // end sees its record.
+        if let (Some(s), Some((report, logs))) = (staging, report) {
+            self.record_steps(run, staging::record(logs, &report, s, delivered))
+                .await;
         }
         if let Some((event, message)) = ending {
             let failed = matches!(event, Event::Failed | Event::Collected { ok: false });
@@ -103,9 +88,64 @@ impl Executor {
                 tracing::error!(run = %run.id, error = %e, "could not record the end of the run");
             }
         }
-        // The folders go once the end is recorded: a runner stopped in between leaves folders
-        // of an ended run, which the next start's sweep removes; the other way round it would
-        // find a FINISHING run without its folders and end it ERROR, its outputs delivered.
+        self.tidy(run, attempt, workspace).await;
+    }
+
+    /// What the outcome means for the run, its results collected as it allows: an event and
+    /// its message (`None`: this node lost the run, and records nothing).
+    async fn conclude(
+        &self,
+        run: &Run,
+        attempt: &Attempt,
+        workspace: Option<&Workspace>,
+        outcome: Outcome,
+        ended: Ended<'_>,
+        delivered: &mut Vec<Delivered>,
+    ) -> Option<(Event, String)> {
+        let (event, message) = match outcome {
+            Outcome::Lost => return None,
+            Outcome::Exited(code) => {
+                return self
+                    .finish_exited(run, attempt, workspace, code, ended, delivered)
+                    .await;
+            }
+            Outcome::TimedOut(limit) => (
+                Event::Failed,
+                format!("timed out after {}s", limit.as_secs()),
+            ),
+            Outcome::Failed(reason) => (Event::Failed, reason),
+            Outcome::Canceled => (Event::Canceled, "canceled on request".to_owned()),
+        };
+        // The logs only: no outputs of a run that did not end by itself.
+        let _ = self.collect(attempt, workspace, false).await;
+        Some((event, message))
+    }
+
+    /// Stores what a staged plan's attempt left (a failure is logged: the run still ends).
+    async fn record_steps(&self, run: &Run, record: AttemptRecord) {
+        let inner = &self.inner;
+        let stored = match serde_json::to_value(record) {
+            Ok(record) => {
+                inner
+                    .stores
+                    .runs
+                    .set_attempt_log(run.id, &inner.node, run.attempt, record)
+                    .await
+            }
+            Err(e) => Err(Error::internal(e)),
+        };
+        if let Err(e) = stored {
+            tracing::warn!(run = %run.id, error = %e, "could not record the attempt's steps");
+        }
+    }
+
+    /// Removes the attempt's folders, once its end is recorded: a runner stopped in between
+    /// leaves folders of an ended run, which the next start's sweep removes; the other way
+    /// round it would find a FINISHING run without its folders and end it ERROR, its outputs
+    /// delivered. Then trims the input cache, whose inputs the run may have been the last to
+    /// use.
+    async fn tidy(&self, run: &Run, attempt: &Attempt, workspace: Option<Workspace>) {
+        let inner = &self.inner;
         let removed = match workspace {
             Some(workspace) => workspace.remove(&inner.storage).await,
             None => self.discard(attempt).await,
@@ -113,25 +153,24 @@ impl Executor {
         if let Err(e) = removed {
             tracing::warn!(run = %run.id, error = %e, "could not remove the run's folders");
         }
-        // Its inputs may be used by no run now.
         if let Err(e) = inner.artifacts.trim_inputs().await {
             tracing::warn!(error = %e, "could not trim the input cache");
         }
     }
 
     /// A command that exited: FINISHING, then its outputs and logs collected; answers the end.
-    /// A TES task whose script reported a problem (an input it could not place, an output that
-    /// was not there) ends ERROR with exit status 0, which TES reads as SYSTEM_ERROR; its
-    /// `file://` outputs are written beneath the node's roots into `delivered`.
+    /// A staged plan whose script reported a problem (an input it could not place, an output
+    /// that was not there) ends ERROR with exit status 0 (not a step's failure); its host
+    /// outputs are written beneath the node's roots into `delivered`.
     async fn finish_exited(
         &self,
         run: &Run,
         attempt: &Attempt,
         workspace: Option<&Workspace>,
+        code: i32,
         ended: Ended<'_>,
-        delivered: &mut Vec<OutputFile>,
+        delivered: &mut Vec<Delivered>,
     ) -> Option<(Event, String)> {
-        let code = ended.code;
         let message = format!("command exited with status {code}");
         let finishing = if run.status == RunStatus::Finishing {
             Ok(true)
@@ -148,9 +187,12 @@ impl Executor {
         }
         match finishing {
             Ok(true) => {
-                let mut collected = self.collect_outputs(attempt, workspace, ended.task).await;
-                if let (Ok(()), 0, Some(t), Some(w)) = (&collected, code, ended.task, workspace) {
-                    match task::deliver(w, t, &self.inner.tes_file_roots).await {
+                let mut collected = self
+                    .collect_outputs(attempt, workspace, ended.staging)
+                    .await;
+                if let (Ok(()), 0, Some(s), Some(w)) = (&collected, code, ended.staging, workspace)
+                {
+                    match staging::deliver(w, s, &self.inner.tes_file_roots).await {
                         Ok(files) => *delivered = files,
                         Err(e) => collected = Err(e),
                     }
@@ -169,17 +211,18 @@ impl Executor {
         }
     }
 
-    /// Pushes the logs and outputs: all of a run's, and of a task's those for the catalogue.
+    /// Pushes the logs and outputs: all of a run's, and of a staged plan's those for the
+    /// catalogue.
     async fn collect_outputs(
         &self,
         attempt: &Attempt,
         workspace: Option<&Workspace>,
-        task: Option<&Task>,
+        staging: Option<&Staging>,
     ) -> Result<()> {
-        match task {
+        match staging {
             None => self.collect_some(attempt, workspace, true, &|_| true).await,
-            Some(t) => {
-                let keep = |staged: &str| task::for_catalogue(t, staged);
+            Some(s) => {
+                let keep = |staged: &str| staging::for_catalogue(s, staged);
                 self.collect_some(attempt, workspace, true, &keep).await
             }
         }
@@ -249,24 +292,9 @@ impl Executor {
     }
 }
 
-/// How a command ended, with what a TES task's script reported.
+/// How a command ended, with what a staged plan's script reported.
 struct Ended<'a> {
-    code: i32,
-    task: Option<&'a Task>,
-    /// Why the task failed though its executors did not.
+    staging: Option<&'a Staging>,
+    /// Why the plan failed though its steps did not.
     problem: Option<String>,
-}
-
-/// A failure the script reported that was not an executor's.
-fn problem(report: &crate::tes::script::Report, task: &Task) -> Option<String> {
-    if let Some(first) = report.system.first() {
-        return Some(first.clone());
-    }
-    let outputs = task.outputs.as_deref().unwrap_or_default();
-    let missing: Vec<String> = report
-        .missing
-        .iter()
-        .filter_map(|&i| outputs.get(i).map(|o| format!("outputs[{i}] ({})", o.path)))
-        .collect();
-    (!missing.is_empty()).then(|| format!("missing outputs: {}", missing.join(", ")))
 }

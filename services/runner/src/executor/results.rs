@@ -6,12 +6,13 @@
 use uuid::Uuid;
 
 use super::{
-    Catalogue,
-    catalogue::PushKind,
     safedir::{Skipped, refusal},
     workspace::Workspace,
 };
-use crate::domain::{Error, Result};
+use crate::{
+    catalogue::{Catalogue, PushKind},
+    domain::{Error, Result},
+};
 
 /// What collection left out, for the run's events.
 #[derive(Debug, Default)]

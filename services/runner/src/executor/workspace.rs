@@ -30,10 +30,11 @@ const LXD_TIMEOUT: Duration = Duration::from_secs(120);
 /// The run command's wrapper: its output into the log files, its exit status into the control
 /// folder (atomically), whatever happens to the runner meanwhile.
 const WRAPPER: &str = r#"#!/bin/sh
-# Pirus run wrapper: runs the pipeline's command with its output in the log files, then
-# records its exit status for the runner (LXD forgets finished commands within seconds).
+# Pirus run wrapper: runs its arguments (the plan's command, exactly as given) with their
+# output in the log files, then records the exit status for the runner (LXD forgets finished
+# commands within seconds).
 cd "$PIRUS_OUTPUTS" 2>/dev/null || cd /
-/bin/sh -c "$PIRUS_COMMAND" >> "$PIRUS_LOGS/out.log" 2>> "$PIRUS_LOGS/err.log" < /dev/null
+"$@" >> "$PIRUS_LOGS/out.log" 2>> "$PIRUS_LOGS/err.log" < /dev/null
 status=$?
 echo "$status" > /.pirus/exit_status.tmp && mv /.pirus/exit_status.tmp /.pirus/exit_status
 # Also the exec's own status, which the runner reads from LXD when the file cannot be written

@@ -2,6 +2,7 @@
 //! ([`Runs`]), convert the answer.
 
 mod convert;
+mod status;
 
 use std::{pin::Pin, time::Duration};
 

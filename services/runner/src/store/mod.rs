@@ -12,23 +12,38 @@
 //! One access style throughout: plain SQL through [`stmt`], rows read with sea-orm's
 //! `FromQueryResult` or `try_get` (docs/architecture.md says why).
 
+mod attempts;
 mod nodes;
 mod queue;
+mod rows;
 mod runs;
 
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement, Value,
-};
+use pirus_db::stmt;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
 use uuid::Uuid;
 
+pub use attempts::AttemptLog;
 pub use nodes::{NodeRegistration, NodeStore};
 pub use queue::QueueStore;
-pub use runs::{AttemptLog, Change, RunInsert, RunStore};
+pub use runs::{Change, RunInsert, RunStore};
 
 use crate::{
     domain::{Progress, Result, RunStatus},
     lifecycle::{ACTIVE, Decision},
 };
+
+/// A database error as the domain's: UNAVAILABLE while the database cannot be reached (the
+/// caller retries), internal otherwise.
+impl From<sea_orm::DbErr> for crate::domain::Error {
+    fn from(e: sea_orm::DbErr) -> Self {
+        if pirus_db::is_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            crate::domain::Error::Unavailable("the database is unavailable; retry later".to_owned())
+        } else {
+            crate::domain::Error::Internal(e.to_string())
+        }
+    }
+}
 
 pub const RUNS_CHANNEL: &str = "pirus_runs";
 pub const EVENTS_CHANNEL: &str = "pirus_run_events";
@@ -69,10 +84,6 @@ impl Stores {
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
     }
-}
-
-fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
 /// `('initializing', 'running', ...)`: the statuses that hold a node's slot, for SQL.

@@ -48,6 +48,7 @@ async fn queued(stores: &Stores, requested: Requested, max_attempts: i32) -> Run
             request_id: None,
             owner: None,
             tes: None,
+            plan: serde_json::json!({"steps": [{"command": ["true"]}]}),
             requested,
             max_attempts,
         })
@@ -446,7 +447,7 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
     ];
     let mut checked = Vec::new();
     for (what, filter, page) in lists {
-        let statement = runs::list_statement(&filter, page);
+        let statement = rows::list_statement(&filter, page);
         let params = statement.values.map(|v| v.0.len()).unwrap_or_default();
         checked.push((
             what.to_owned(),
@@ -459,11 +460,11 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
     ));
     checked.push((
         "WatchRun's reads".into(),
-        generic_plan(&db, runs::EVENTS_AFTER_SQL, 2).await,
+        generic_plan(&db, rows::EVENTS_AFTER_SQL, 2).await,
     ));
     checked.push((
         "task logs".into(),
-        generic_plan(&db, runs::ATTEMPT_LOGS_SQL, 1).await,
+        generic_plan(&db, attempts::ATTEMPT_LOGS_SQL, 1).await,
     ));
     // The output or log ids of a run not sealed yet: the function's body, as it stands.
     let body: String = db

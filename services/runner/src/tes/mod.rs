@@ -2,18 +2,22 @@
 //! `/ga4gh/tes/v1` and `/v1`: workflow engines (Nextflow, Snakemake, Cromwell, cwl-tes) submit
 //! tasks here with no Pirus-specific code.
 //!
-//! A task is a run ([`task`]): the same queue, claims, limits, events, identity and control.
-//! The handlers here only parse HTTP and JSON and write answers; they sit behind the same
-//! authorization layer as every other HTTP route (a TES call carries the same Bearer token, and
-//! a task belongs to its caller). Types are the `tes` crate's, which serialise only the fields
-//! that are set, so TES 1.0 clients (which reject keys they do not know) read every task that
-//! uses no 1.1 feature.
+//! TES is an edge over the runner's domain, beside gRPC: a task is a run ([`task`]) whose
+//! plan ([`plan`]) the executor runs like any other, knowing nothing of TES. The same queue,
+//! claims, limits, events, identity and control. The handlers here only parse HTTP and JSON and
+//! write answers; they sit behind the same authorization layer as every other HTTP route (a TES
+//! call carries the same Bearer token, and a task belongs to its caller). Types are the `tes`
+//! crate's, which serialise only the fields that are set, so TES 1.0 clients (which reject keys
+//! they do not know) read every task that uses no 1.1 feature.
 //!
-//! Executing a task is the executor's (`executor/task.rs`: inputs in, `file://` outputs out),
-//! with [`script`], what runs in the container.
+//! [`validate`] checks a created task, [`views`] answers runs as tasks, [`listing`] reads
+//! ListTasks' query.
 
-pub mod script;
-pub mod task;
+mod listing;
+pub mod plan;
+mod task;
+mod validate;
+mod views;
 
 use axum::{
     Extension, Router,
@@ -27,26 +31,14 @@ use serde::Serialize;
 use tes::v1::types::{
     requests::{self, View},
     responses::{CreatedTask, ListTasks},
-    task::State as TesState,
 };
 use uuid::Uuid;
 
-use crate::{
-    domain::{Error, Page, RunFilter, TaskFilter},
-    lifecycle::Request,
-    runs::Runs,
-};
+use crate::{domain::Error, lifecycle::Request, runs::Runs};
 
 /// A task's JSON at most (inputs' `content` included). Every task is kept whole with its run
 /// and read back with it (a page of BASIC tasks reads a page of them), so this stays small.
 const MAX_BODY: usize = 2 << 20;
-/// ListTasks' page size when none is asked, and the largest (the TES schema's).
-const DEFAULT_PAGE_SIZE: u64 = 256;
-const MAX_PAGE_SIZE: u64 = 2048;
-/// Tasks in a FULL page at most, and in a BASIC one (TES lets a server answer fewer than
-/// asked, with a token for the rest).
-const FULL_PAGE_SIZE: u64 = 32;
-const BASIC_PAGE_SIZE: u64 = 256;
 
 /// What a URL of a task's input or output is to this runner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +189,7 @@ async fn service_info(State(tes): State<Tes>) -> Answer {
         "organization": {"name": "Pirus", "url": "https://pirus.invalid/"},
         "version": env!("CARGO_PKG_VERSION"),
         "storage": ["pirus://files/", "file://"],
-        "tesResources_backend_parameters": task::BACKEND_PARAMETERS,
+        "tesResources_backend_parameters": validate::BACKEND_PARAMETERS,
     }))
 }
 
@@ -237,10 +229,10 @@ async fn get_task(
         return Err(Error::NotFound(format!("task {id}")).into());
     }
     if view == View::Minimal {
-        return json(&task::minimal(&run));
+        return json(&views::minimal(&run));
     }
-    let detail = tes.runs.task_details(std::slice::from_ref(&run)).await?;
-    json(&task::task(&run, &detail[0], view))
+    let detail = views::details(&tes.runs, std::slice::from_ref(&run)).await?;
+    json(&views::task(&run, &detail[0], view))
 }
 
 async fn cancel(
@@ -275,104 +267,29 @@ async fn list(
     RawQuery(query): RawQuery,
 ) -> Answer {
     let caller = caller(found)?;
-    let pairs = query_pairs(query.as_deref());
-    let view = view(&pairs)?;
-    let values = |key: &str| -> Vec<&str> {
-        pairs
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .collect()
+    let Some(listing) = listing::Listing::parse(&query_pairs(query.as_deref()))? else {
+        // A state no Pirus task is ever in.
+        return json(&ListTasks::<()> {
+            tasks: vec![],
+            next_page_token: None,
+        });
     };
-    let last = |key: &str| values(key).last().map(|v| v.to_string());
-    let size = match last("page_size").as_deref() {
-        None | Some("") => DEFAULT_PAGE_SIZE,
-        Some(v) => match v.parse::<u64>() {
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(n) if n < MAX_PAGE_SIZE => n,
-            _ => {
-                return Err(bad(
-                    "page_size",
-                    format!("must be a whole number from 1 to {}", MAX_PAGE_SIZE - 1),
-                ));
-            }
-        },
-    };
-    let after = match last("page_token").as_deref() {
-        None | Some("") => None,
-        Some(token) => Some(
-            Uuid::try_parse(token)
-                .map_err(|_| bad("page_token", "is not a token this service issued"))?,
-        ),
-    };
-    let mut filter = TaskFilter {
-        name_prefix: last("name_prefix").filter(|p| !p.is_empty()),
-        ..Default::default()
-    };
-    if let Some(state) = last("state").filter(|s| !s.is_empty()) {
-        let parsed: TesState = serde_json::from_value(serde_json::Value::String(state.clone()))
-            .map_err(|_| bad("state", format!("'{state}' is not a TES state")))?;
-        match task::statuses(parsed) {
-            Some((statuses, command_failed)) => {
-                filter.statuses = statuses;
-                filter.command_failed = command_failed;
-            }
-            // A state no Pirus task is ever in.
-            None => {
-                return json(&ListTasks::<()> {
-                    tasks: vec![],
-                    next_page_token: None,
-                });
-            }
-        }
-    }
-    let (keys, tag_values) = (values("tag_key"), values("tag_value"));
-    if tag_values.len() > keys.len() {
-        return Err(bad("tag_value", "has more values than there are tag_key"));
-    }
-    filter.tags = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let value = tag_values.get(i).filter(|v| !v.is_empty());
-            (k.to_string(), value.map(|v| v.to_string()))
-        })
-        .collect();
-    // A FULL task carries its executors' output (up to 2 x 256 KiB an attempt) and a BASIC
-    // one its whole request: their pages hold at most FULL_PAGE_SIZE and BASIC_PAGE_SIZE
-    // tasks, with a token for the rest, so that one request cannot make the runner build a
-    // response of gigabytes.
-    let size = match view {
-        View::Full => size.min(FULL_PAGE_SIZE),
-        View::Basic => size.min(BASIC_PAGE_SIZE),
-        View::Minimal => size,
-    };
-    let page = Page { size, after };
-    let runs = tes
-        .runs
-        .list(
-            &caller,
-            RunFilter {
-                tasks: Some(filter),
-                ..Default::default()
-            },
-            page,
-        )
-        .await?;
+    let (view, page) = (listing.view, listing.page);
+    let runs = tes.runs.list(&caller, listing.filter, page).await?;
     let (runs, token) = pirus_server::paging::paged(page, runs, |r| r.id);
     let next_page_token = (!token.is_empty()).then_some(token);
     if view == View::Minimal {
-        let tasks = runs.iter().map(task::minimal).collect();
+        let tasks = runs.iter().map(views::minimal).collect();
         return json(&ListTasks {
             tasks,
             next_page_token,
         });
     }
-    let details = tes.runs.task_details(&runs).await?;
+    let details = views::details(&tes.runs, &runs).await?;
     let tasks = runs
         .iter()
         .zip(&details)
-        .map(|(run, detail)| task::task(run, detail, view))
+        .map(|(run, detail)| views::task(run, detail, view))
         .collect();
     json(&ListTasks {
         tasks,

@@ -51,6 +51,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "m20261201_000008_sealed_run_files",
         include_str!("m20261201_000008_sealed_run_files.sql"),
     ),
+    (
+        "m20261207_000009_run_plans",
+        include_str!("m20261207_000009_run_plans.sql"),
+    ),
 ];
 
 #[async_trait::async_trait]

@@ -1,10 +1,13 @@
 //! Domain types of the runner: runs, their events, nodes, and the errors use cases return.
 //! Nothing here knows of gRPC, SQL or LXD.
 
+pub mod plan;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use crate::limits::Requested;
+pub use plan::Plan;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -260,17 +263,6 @@ impl From<pirus_server::paging::FieldError> for Error {
     }
 }
 
-impl From<sea_orm::DbErr> for Error {
-    fn from(e: sea_orm::DbErr) -> Self {
-        if pirus_db::is_unavailable(&e) {
-            tracing::warn!(error = %e, "database unavailable");
-            Self::Unavailable("the database is unavailable; retry later".to_owned())
-        } else {
-            Self::Internal(e.to_string())
-        }
-    }
-}
-
 impl From<pirus_auth::policy::Forbidden> for Error {
     fn from(e: pirus_auth::policy::Forbidden) -> Self {
         Self::PermissionDenied(e.to_string())
@@ -283,36 +275,9 @@ impl From<std::io::Error> for Error {
     }
 }
 
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
-        use tonic::Status;
-        match e {
-            Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            Error::NotFound(_) => Status::not_found(e.to_string()),
-            Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
-            Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-            Error::Unavailable(_) => Status::unavailable(e.to_string()),
-            Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),
-            Error::Internal(detail) => {
-                tracing::error!(error = %detail, "internal error");
-                Status::internal("internal error")
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn internal_detail_never_reaches_a_client() {
-        let status = tonic::Status::from(Error::internal(
-            "LXD: cannot reach LXD at /var/lib/lxd/unix.socket: connection refused",
-        ));
-        assert_eq!(status.code(), tonic::Code::Internal);
-        assert_eq!(status.message(), "internal error");
-    }
 
     #[test]
     fn statuses_round_trip_and_terminal_ones_are_known() {

@@ -1,26 +1,28 @@
-//! The shell script a TES task's container runs, written by the runner into the run's
-//! read-only inputs folder, and the log it leaves in the control folder.
+//! The shell script that runs a staged plan ([`Staging`]), written by the runner into the
+//! run's read-only inputs folder, and the log it leaves in the control folder.
 //!
-//! The script places the staged inputs at their paths, runs the executors in order (each in a
+//! The script places the staged inputs at their paths, runs the steps in order (each in a
 //! subshell with its own working folder, environment and redirections), then copies the
 //! outputs into the outputs folder as `<output index>/<path>`, from where the runner collects
 //! them. Everything it does happens inside the container, as the container's root: no path a
-//! task names is ever resolved on the host.
+//! plan names is ever resolved on the host.
 //!
-//! It records what happened in `/.pirus/tes.log`, one line per fact, which the runner reads
-//! (bounded) when the attempt ends: `start <i> <time> <out> <err>` and `end <i> <time>
+//! It records what happened in `/.pirus/tes.log` (the name runs started before plans used, so
+//! that a runner re-adopting one of those reads its log), one line per fact, which the runner
+//! reads (bounded) when the attempt ends: `start <i> <time> <out> <err>` and `end <i> <time>
 //! <status> <out> <err>` (times in RFC 3339; out and err the sizes of the run's two logs, so
-//! that each executor's share of them can be cut out), `system <text>` for a failure that is
-//! not an executor's, and `missing <i>` for an output that was not there. The container can
-//! write that file too; it can only misreport its own task.
+//! that each step's share of them can be cut out), `system <text>` for a failure that is not
+//! a step's, and `missing <i>` for an output that was not there. The container can write that
+//! file too; it can only misreport its own run.
 
 use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
-use tes::v1::types::{requests::Task, task::IoType};
+
+use crate::domain::plan::{Staging, Step, has_wildcards};
 
 /// The script's name in the inputs folder.
-pub const SCRIPT: &str = "tes.sh";
+pub const SCRIPT: &str = "plan.sh";
 /// The control folder's log of the script, as the runner reads it.
 pub const LOG: &str = "control/tes.log";
 /// Bytes of the script's log read at most.
@@ -28,7 +30,7 @@ pub const MAX_LOG: u64 = 256 << 10;
 
 /// The staged copy of input `i` in the inputs folder.
 pub fn staged_input(i: usize) -> String {
-    format!("tes-{i}")
+    format!("plan-{i}")
 }
 
 /// `s` as one shell word, quoted.
@@ -50,11 +52,6 @@ fn pattern(path: &str) -> String {
     out
 }
 
-/// Whether a TES path holds wildcards.
-pub fn has_wildcards(path: &str) -> bool {
-    path.contains(['*', '?'])
-}
-
 /// The parent folder of an absolute path (`/` for a top-level one).
 fn parent(path: &str) -> &str {
     match path.trim_end_matches('/').rsplit_once('/') {
@@ -63,13 +60,14 @@ fn parent(path: &str) -> &str {
     }
 }
 
-/// The script for `task`, whose staged inputs are in `inputs_dir` inside the container.
-pub fn script(task: &Task, run: &str, inputs_dir: &str) -> String {
+/// The script of a staged plan's `steps` and `staging`, whose staged inputs are in
+/// `inputs_dir` inside the container.
+pub fn script(steps: &[Step], staging: &Staging, run: &str, inputs_dir: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
         r#"#!/bin/sh
-# Pirus: TES task {run}, written by its runner. Places the inputs, runs the executors in
+# Pirus: the plan of run {run}, written by its runner. Places the inputs, runs the steps in
 # order, then stages the outputs for collection; what happened goes to /.pirus/tes.log.
 pirus_log() {{ echo "$*" >> /.pirus/tes.log; }}
 pirus_size() {{ if [ -f "$1" ]; then wc -c < "$1" | tr -d ' '; else echo 0; fi; }}
@@ -79,22 +77,33 @@ pirus_stage() {{ mkdir -p "$PIRUS_OUTPUTS/$1$(dirname "$2")" && cp "$2" "$PIRUS_
 : > /.pirus/tes.log
 cd /"#
     );
-    for (i, input) in task.inputs.iter().flatten().enumerate() {
+    place(&mut s, staging, inputs_dir);
+    for (i, step) in steps.iter().enumerate() {
+        run_step(&mut s, i, step);
+    }
+    s.push_str("cd /\n");
+    stage_outputs(&mut s, staging);
+    s.push_str("exit 0\n");
+    s
+}
+
+/// Places the inputs, makes the folders and the outputs' parents.
+fn place(s: &mut String, staging: &Staging, inputs_dir: &str) {
+    for (i, input) in staging.inputs.iter().enumerate() {
         let staged = format!("{inputs_dir}/{}", staged_input(i));
         let path = quote(&input.path);
-        // A DIRECTORY's files go into the folder at its path (made if missing).
-        let place = match input.ty {
-            IoType::File => format!(
+        // A folder's files go into the folder at its path (made if missing).
+        let place = if input.directory {
+            format!(
+                "mkdir -p {path} && cp -R {} {path}/",
+                quote(&format!("{staged}/."))
+            )
+        } else {
+            format!(
                 "mkdir -p {} && cp {} {path}",
                 quote(parent(&input.path)),
                 quote(&staged)
-            ),
-            IoType::Directory => {
-                format!(
-                    "mkdir -p {path} && cp -R {} {path}/",
-                    quote(&format!("{staged}/."))
-                )
-            }
+            )
         };
         let _ = writeln!(
             s,
@@ -105,63 +114,70 @@ cd /"#
             ))
         );
     }
-    for volume in task.volumes.iter().flatten() {
+    for folder in &staging.folders {
         let _ = writeln!(
             s,
             "mkdir -p {} || {{ pirus_log {}; exit 0; }}",
-            quote(volume),
-            quote(&format!("system cannot make the volume {volume}"))
+            quote(folder),
+            quote(&format!("system cannot make the volume {folder}"))
         );
     }
-    for output in task.outputs.iter().flatten() {
+    for output in &staging.outputs {
         if !has_wildcards(&output.path) {
-            let dir = match output.ty {
-                IoType::File => parent(&output.path),
-                IoType::Directory => output.path.as_str(),
+            let dir = if output.directory {
+                output.path.as_str()
+            } else {
+                parent(&output.path)
             };
             let _ = writeln!(s, "mkdir -p {} 2>/dev/null", quote(dir));
         }
     }
-    for (i, executor) in task.executors.iter().enumerate() {
-        let _ = writeln!(s, "# executor {i}");
-        for redirect in [&executor.stdout, &executor.stderr].into_iter().flatten() {
-            let _ = writeln!(s, "mkdir -p {} 2>/dev/null", quote(parent(redirect)));
-        }
-        let _ = writeln!(s, r#"pirus_log "start {i} $(pirus_now) $(pirus_logs)""#);
-        s.push_str("(\n");
-        if let Some(workdir) = &executor.workdir {
-            let w = quote(workdir);
-            let _ = writeln!(s, "  mkdir -p {w} && cd {w} || exit 126");
-        }
-        for (key, value) in executor.env.iter().flatten() {
-            let _ = writeln!(s, "  export {}", quote(&format!("{key}={value}")));
-        }
-        let mut line = String::from("  exec");
-        for arg in &executor.command {
-            line.push(' ');
-            line.push_str(&quote(arg));
-        }
-        for (op, path) in [
-            ("<", &executor.stdin),
-            (">", &executor.stdout),
-            ("2>", &executor.stderr),
-        ] {
-            if let Some(path) = path {
-                let _ = write!(line, " {op} {}", quote(path));
-            }
-        }
-        s.push_str(&line);
-        s.push_str("\n)\npirus_status=$?\n");
-        let _ = writeln!(
-            s,
-            r#"pirus_log "end {i} $(pirus_now) $pirus_status $(pirus_logs)""#
-        );
-        if !executor.ignore_error.unwrap_or(false) {
-            s.push_str("[ \"$pirus_status\" -eq 0 ] || exit \"$pirus_status\"\n");
+}
+
+/// Runs step `i` in a subshell, logging its start and end; a failure stops the script unless
+/// the step ignores errors.
+fn run_step(s: &mut String, i: usize, step: &Step) {
+    let _ = writeln!(s, "# step {i}");
+    for redirect in [&step.stdout, &step.stderr].into_iter().flatten() {
+        let _ = writeln!(s, "mkdir -p {} 2>/dev/null", quote(parent(redirect)));
+    }
+    let _ = writeln!(s, r#"pirus_log "start {i} $(pirus_now) $(pirus_logs)""#);
+    s.push_str("(\n");
+    if let Some(workdir) = &step.workdir {
+        let w = quote(workdir);
+        let _ = writeln!(s, "  mkdir -p {w} && cd {w} || exit 126");
+    }
+    for (key, value) in &step.env {
+        let _ = writeln!(s, "  export {}", quote(&format!("{key}={value}")));
+    }
+    let mut line = String::from("  exec");
+    for arg in &step.command {
+        line.push(' ');
+        line.push_str(&quote(arg));
+    }
+    for (op, path) in [
+        ("<", &step.stdin),
+        (">", &step.stdout),
+        ("2>", &step.stderr),
+    ] {
+        if let Some(path) = path {
+            let _ = write!(line, " {op} {}", quote(path));
         }
     }
-    s.push_str("cd /\n");
-    for (i, output) in task.outputs.iter().flatten().enumerate() {
+    s.push_str(&line);
+    s.push_str("\n)\npirus_status=$?\n");
+    let _ = writeln!(
+        s,
+        r#"pirus_log "end {i} $(pirus_now) $pirus_status $(pirus_logs)""#
+    );
+    if !step.ignore_error {
+        s.push_str("[ \"$pirus_status\" -eq 0 ] || exit \"$pirus_status\"\n");
+    }
+}
+
+/// Copies each output into the outputs folder as `<index>/<path>`, or logs it missing.
+fn stage_outputs(s: &mut String, staging: &Staging) {
+    for (i, output) in staging.outputs.iter().enumerate() {
         let _ = writeln!(s, "# output {i}");
         let path = quote(&output.path);
         let failed = quote(&format!("system output {i}: cannot stage {}", output.path));
@@ -171,42 +187,41 @@ cd /"#
                 "for f in {}; do if [ -f \"$f\" ]; then pirus_stage {i} \"$f\" || pirus_log {failed}; fi; done",
                 pattern(&output.path)
             );
+        } else if output.directory {
+            let staged = format!("\"$PIRUS_OUTPUTS/{i}\"{path}");
+            let _ = writeln!(
+                s,
+                "if [ -d {path} ]; then {{ mkdir -p {staged} && cp -R {} {staged}/; }} || pirus_log {failed}; else pirus_log 'missing {i}'; fi",
+                quote(&format!("{}/.", output.path.trim_end_matches('/')))
+            );
         } else {
-            match output.ty {
-                IoType::File => {
-                    let _ = writeln!(
-                        s,
-                        "if [ -f {path} ]; then pirus_stage {i} {path} || pirus_log {failed}; else pirus_log 'missing {i}'; fi"
-                    );
-                }
-                IoType::Directory => {
-                    let staged = format!("\"$PIRUS_OUTPUTS/{i}\"{path}");
-                    let _ = writeln!(
-                        s,
-                        "if [ -d {path} ]; then {{ mkdir -p {staged} && cp -R {} {staged}/; }} || pirus_log {failed}; else pirus_log 'missing {i}'; fi",
-                        quote(&format!("{}/.", output.path.trim_end_matches('/')))
-                    );
-                }
-            }
+            let _ = writeln!(
+                s,
+                "if [ -f {path} ]; then pirus_stage {i} {path} || pirus_log {failed}; else pirus_log 'missing {i}'; fi"
+            );
         }
     }
-    s.push_str("exit 0\n");
-    s
+}
+
+/// Bytes a container wrote, as text a record can hold: invalid UTF-8 and NUL (which
+/// PostgreSQL's jsonb refuses, and which would lose the whole record) become U+FFFD.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}")
 }
 
 /// What the script's log says happened.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Report {
-    pub executors: Vec<ExecutorRecord>,
-    /// Failures that were not an executor's.
+    pub steps: Vec<StepRecord>,
+    /// Failures that were not a step's.
     pub system: Vec<String>,
     /// Outputs (by index) that were not there.
     pub missing: Vec<usize>,
 }
 
-/// One executor's run, as the log tells it.
+/// One step's run, as the log tells it.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ExecutorRecord {
+pub struct StepRecord {
     pub index: usize,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
@@ -217,10 +232,10 @@ pub struct ExecutorRecord {
 }
 
 /// Reads the script's log. Lines it does not understand are ignored (the container may write
-/// anything there); only the task's `executors` executors and `outputs` outputs are believed,
-/// each once, and at most 16 system lines of 1,024 characters: what the container writes
-/// cannot grow the task's log beyond that.
-pub fn parse(log: &str, executors: usize, outputs: usize) -> Report {
+/// anything there); only the plan's `steps` steps and `outputs` outputs are believed, each
+/// once, and at most 16 system lines of 1,024 characters: what the container writes cannot
+/// grow the attempt's record beyond that.
+pub fn parse(log: &str, steps: usize, outputs: usize) -> Report {
     let mut report = Report::default();
     let time = |s: &str| {
         DateTime::parse_from_rfc3339(s)
@@ -234,8 +249,8 @@ pub fn parse(log: &str, executors: usize, outputs: usize) -> Report {
                 let (Ok(index), Ok(out), Ok(err)) = (i.parse(), out.parse(), err.parse()) else {
                     continue;
                 };
-                if index < executors && report.executors.iter().all(|e| e.index != index) {
-                    report.executors.push(ExecutorRecord {
+                if index < steps && report.steps.iter().all(|e| e.index != index) {
+                    report.steps.push(StepRecord {
                         index,
                         start: time(at),
                         logs_at_start: (out, err),
@@ -247,7 +262,7 @@ pub fn parse(log: &str, executors: usize, outputs: usize) -> Report {
                 let Ok(index) = i.parse::<usize>() else {
                     continue;
                 };
-                if let Some(e) = report.executors.iter_mut().find(|e| e.index == index) {
+                if let Some(e) = report.steps.iter_mut().find(|e| e.index == index) {
                     e.end = time(at);
                     e.exit_code = status.parse().ok();
                     e.logs_at_end = out.parse().ok().zip(err.parse().ok());
@@ -265,7 +280,8 @@ pub fn parse(log: &str, executors: usize, outputs: usize) -> Report {
                 // (A line of just "system" has no text.)
                 let text = line.strip_prefix("system ").unwrap_or_default();
                 if report.system.len() < 16 {
-                    report.system.push(text.chars().take(1024).collect());
+                    let line: String = text.chars().take(1024).collect();
+                    report.system.push(line.replace('\0', "\u{FFFD}"));
                 }
             }
             _ => {}
@@ -278,17 +294,25 @@ pub fn parse(log: &str, executors: usize, outputs: usize) -> Report {
 mod tests {
     use super::*;
 
-    fn task(json: &str) -> Task {
-        serde_json::from_str(json).unwrap()
+    fn step(command: &[&str]) -> Step {
+        Step {
+            command: command.iter().map(|w| (*w).to_owned()).collect(),
+            ..Step::default()
+        }
+    }
+
+    fn script_of(steps: Vec<Step>) -> String {
+        script(&steps, &Staging::default(), "r", "/pipeline/inputs")
     }
 
     #[test]
-    fn every_word_a_task_names_is_quoted() {
-        let t = task(
-            r#"{"executors": [{"image": "alpine", "command": ["sh", "-c", "echo '$HOME'; rm -rf /"],
-                "env": {"A": "it's"}, "workdir": "/w d", "stdout": "/o/out file"}]}"#,
-        );
-        let s = script(&t, "r", "/pipeline/inputs");
+    fn every_word_a_plan_names_is_quoted() {
+        let s = script_of(vec![Step {
+            env: [("A".to_owned(), "it's".to_owned())].into(),
+            workdir: Some("/w d".into()),
+            stdout: Some("/o/out file".into()),
+            ..step(&["sh", "-c", "echo '$HOME'; rm -rf /"])
+        }]);
         assert!(
             s.contains(r#"exec 'sh' '-c' 'echo '\''$HOME'\''; rm -rf /' > '/o/out file'"#),
             "{s}"
@@ -302,15 +326,17 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_stops_the_task_unless_ignored() {
-        let t = task(
-            r#"{"executors": [{"image": "a", "command": ["false"], "ignore_error": true},
-                              {"image": "a", "command": ["true"]}]}"#,
-        );
-        let s = script(&t, "r", "/in");
+    fn a_failure_stops_the_plan_unless_ignored() {
+        let s = script_of(vec![
+            Step {
+                ignore_error: true,
+                ..step(&["false"])
+            },
+            step(&["true"]),
+        ]);
         let stops = s.matches("|| exit \"$pirus_status\"").count();
         assert_eq!(stops, 1, "{s}");
-        let first = s.find("# executor 1").unwrap();
+        let first = s.find("# step 1").unwrap();
         assert!(s[first..].contains("|| exit \"$pirus_status\""));
     }
 
@@ -328,8 +354,8 @@ mod tests {
                    start 0 bogus 1 1\nstart 9 2026-11-30T10:00:00Z 0 0\nrubbish\n\
                    system input 1: cannot place it at /x\nmissing 2\n";
         let r = parse(log, 2, 3);
-        assert_eq!(r.executors.len(), 1);
-        let e = &r.executors[0];
+        assert_eq!(r.steps.len(), 1);
+        let e = &r.steps[0];
         assert_eq!(e.exit_code, Some(3));
         assert_eq!(e.logs_at_end, Some((6, 0)));
         assert!(e.start.is_some() && e.end.is_some());
@@ -347,5 +373,13 @@ mod tests {
         assert_eq!(r.missing, vec![0]);
         assert_eq!(r.system.len(), 16);
         assert_eq!(r.system[0], "");
+    }
+
+    /// A NUL byte in a step's output or the log would make the record unstorable (jsonb).
+    #[test]
+    fn nul_bytes_never_reach_a_record() {
+        assert_eq!(text(b"a\0b\xff"), "a\u{FFFD}b\u{FFFD}");
+        let r = parse("system x\0y\n", 1, 1);
+        assert_eq!(r.system, vec!["x\u{FFFD}y".to_owned()]);
     }
 }

@@ -288,9 +288,21 @@ impl Catalogue {
         if status.complete {
             return Ok(());
         }
+        self.upload_from(created.id, file, status.offset as u64, size, name)
+            .await
+    }
+
+    /// Uploads bytes `start..size` of `file` into upload `id`, a message at a time, read with
+    /// positioned reads on the blocking pool.
+    async fn upload_from(
+        &self,
+        id: String,
+        file: Arc<std::fs::File>,
+        start: u64,
+        size: u64,
+        name: &str,
+    ) -> Result<()> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let id = created.id.clone();
-        let start = status.offset as u64;
         let producer = tokio::task::spawn_blocking(move || {
             let mut offset = start;
             loop {
@@ -309,7 +321,9 @@ impl Catalogue {
                 }
             }
         });
-        let written = client
+        let written = self
+            .client
+            .clone()
             .write_upload(
                 self.credential
                     .get()
