@@ -2,17 +2,11 @@
 //! command), listed, revoked, and read by the [`crate::Verifier`].
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement,
-    TransactionTrait, Value,
-};
+use pirus_db::stmt;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, TransactionTrait};
 use uuid::Uuid;
 
 use crate::{Role, token};
-
-fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
-}
 
 /// A token as listed (never its secret).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,5 +1,6 @@
-//! The catalogue's one error enum. gRPC and tus each map it in one place; internal details
-//! (SQL, paths) are logged there and never sent to clients.
+//! The catalogue's one error enum. Nothing here knows of gRPC, HTTP or SQL: the store maps
+//! database errors into it (`store/mod.rs`), and gRPC (`grpc/status.rs`) and tus each map it
+//! out in one place, where internal details (SQL, paths) are logged and never sent to clients.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,17 +58,6 @@ impl Error {
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::Internal(e.to_string())
     }
-
-    /// A database error: UNAVAILABLE (retry later) when the database cannot serve for now,
-    /// INTERNAL otherwise.
-    fn database(unavailable: bool, e: impl std::fmt::Display) -> Self {
-        if unavailable {
-            tracing::warn!(error = %e, "database unavailable");
-            Self::Unavailable("the database is unavailable; retry later".to_owned())
-        } else {
-            Self::Internal(e.to_string())
-        }
-    }
 }
 
 impl From<pirus_server::paging::FieldError> for Error {
@@ -76,18 +66,6 @@ impl From<pirus_server::paging::FieldError> for Error {
             field: e.field,
             message: e.message,
         }
-    }
-}
-
-impl From<sea_orm::DbErr> for Error {
-    fn from(e: sea_orm::DbErr) -> Self {
-        Self::database(pirus_db::is_unavailable(&e), e)
-    }
-}
-
-impl From<sea_orm::sqlx::Error> for Error {
-    fn from(e: sea_orm::sqlx::Error) -> Self {
-        Self::database(pirus_db::sqlx_is_unavailable(&e), e)
     }
 }
 
@@ -106,28 +84,6 @@ impl From<std::io::Error> for Error {
                 Self::StorageFull
             }
             _ => Self::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
-        use tonic::Status;
-        match e {
-            Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            Error::NotFound(_) | Error::Gone(_) => Status::not_found(e.to_string()),
-            Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
-            Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-            Error::OffsetMismatch { .. } | Error::Locked => Status::aborted(e.to_string()),
-            Error::ChecksumMismatch => Status::data_loss(e.to_string()),
-            Error::TooLarge(_) | Error::StorageFull => Status::resource_exhausted(e.to_string()),
-            Error::Unavailable(_) => Status::unavailable(e.to_string()),
-            Error::Busy(_) => pirus_auth::admission::exhausted(e.to_string()),
-            Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),
-            Error::Internal(detail) => {
-                tracing::error!(error = %detail, "internal error");
-                Status::internal("internal error")
-            }
         }
     }
 }

@@ -58,6 +58,12 @@ text_enum!(
     Endpoint { Files = "files", Pipelines = "pipelines" }
 );
 
+/// The absolute tus URL of an upload: what both edges answer for it (gRPC's `upload_url`,
+/// tus's `Location`), so either protocol resumes what the other started.
+pub fn upload_url(public_url: &str, endpoint: Endpoint, id: Uuid) -> String {
+    format!("{public_url}/uploads/{endpoint}/{id}")
+}
+
 /// A file as clients see it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct File {

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Endpoint, Error, File, FileKind, FileStatus, Page, Pipeline, PipelineStatus, Result,
-    UploadState,
+    UploadState, upload_url,
 };
 
 pub use pirus_server::paging::{paged, timestamp};
@@ -69,11 +69,6 @@ fn status_to_proto(status: FileStatus) -> pb::FileStatus {
         FileStatus::Ready => pb::FileStatus::Ready,
         FileStatus::Error => pb::FileStatus::Error,
     }
-}
-
-/// The absolute tus URL of an upload.
-pub fn upload_url(public_url: &str, endpoint: Endpoint, id: Uuid) -> String {
-    format!("{public_url}/uploads/{endpoint}/{id}")
 }
 
 pub fn file_to_proto(file: File, public_url: &str) -> pb::File {

@@ -3,6 +3,7 @@
 
 pub mod access;
 mod convert;
+mod status;
 
 use std::{pin::Pin, sync::Arc};
 
@@ -11,7 +12,6 @@ use pirus_proto::catalogue::v1::{self as pb, catalogue_service_server::Catalogue
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-pub use convert::upload_url;
 use convert::{file_to_proto, parse_id, parse_optional_id, pipeline_to_proto, upload_status};
 
 use crate::{

@@ -20,9 +20,10 @@ use tokio_stream::StreamExt;
 use uuid::Uuid;
 
 use crate::{
-    domain::{Endpoint, Error, NewFile, Result, UploadState, check_filename, parse_sha256},
+    domain::{
+        Endpoint, Error, NewFile, Result, UploadState, check_filename, parse_sha256, upload_url,
+    },
     files::Files,
-    grpc::upload_url,
     pipelines::Pipelines,
     store::NewPackage,
     uploads::{
