@@ -21,7 +21,7 @@ use crate::config::Settings;
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(
@@ -37,7 +37,7 @@ impl Interceptor for Bearer {
     }
 }
 
-pub type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
+pub(crate) type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
 
 /// An address with a scheme (`host:port` alone means plaintext, as grpcurl's `-plaintext`).
 fn with_scheme(addr: &str) -> String {
@@ -94,20 +94,20 @@ async fn channel(settings: &Settings, addr: &str, what: &str) -> Result<Channel>
     Ok(InterceptedService::new(channel, Bearer(header)))
 }
 
-pub async fn catalogue(settings: &Settings) -> Result<CatalogueServiceClient<Channel>> {
+pub(crate) async fn catalogue(settings: &Settings) -> Result<CatalogueServiceClient<Channel>> {
     Ok(
         CatalogueServiceClient::new(channel(settings, &settings.catalogue, "catalogue").await?)
             .max_decoding_message_size(64 << 20),
     )
 }
 
-pub async fn access(settings: &Settings) -> Result<AccessServiceClient<Channel>> {
+pub(crate) async fn access(settings: &Settings) -> Result<AccessServiceClient<Channel>> {
     Ok(AccessServiceClient::new(
         channel(settings, &settings.catalogue, "catalogue").await?,
     ))
 }
 
-pub async fn runner(settings: &Settings) -> Result<RunnerServiceClient<Channel>> {
+pub(crate) async fn runner(settings: &Settings) -> Result<RunnerServiceClient<Channel>> {
     Ok(
         RunnerServiceClient::new(channel(settings, &settings.runner, "runner").await?)
             .max_decoding_message_size(64 << 20),
@@ -115,7 +115,7 @@ pub async fn runner(settings: &Settings) -> Result<RunnerServiceClient<Channel>>
 }
 
 /// The TLS client settings of the tus client: the configured CA, else the system's roots.
-pub fn rustls_config(settings: &Settings) -> Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn rustls_config(settings: &Settings) -> Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     match &settings.tls_ca {

@@ -39,7 +39,7 @@ async fn hash_prefix(part: &Path) -> Result<(Sha256, u64)> {
 }
 
 /// Downloads `file` to `target`, resuming a partial download left there.
-pub async fn download(catalogue: &mut Catalogue, file: &File, target: &Path) -> Result<()> {
+pub(crate) async fn download(catalogue: &mut Catalogue, file: &File, target: &Path) -> Result<()> {
     let part = partial(target);
     let total = file.size.max(0) as u64;
     let (mut hasher, mut position) = match tokio::fs::metadata(&part).await {

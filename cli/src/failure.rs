@@ -3,7 +3,7 @@
 
 /// A run could not be queued (`run submit` exits 2 for it).
 #[derive(Debug)]
-pub struct NotQueued;
+pub(crate) struct NotQueued;
 
 impl std::fmt::Display for NotQueued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -14,6 +14,7 @@ impl std::fmt::Display for NotQueued {
 impl std::error::Error for NotQueued {}
 
 /// What to print and the exit code.
+#[derive(Debug)]
 pub struct Failure {
     pub line: String,
     pub code: u8,

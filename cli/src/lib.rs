@@ -38,7 +38,7 @@ Examples:
 Settings come from flags, then the environment (PIRUS_CATALOGUE_ADDR, PIRUS_RUNNER_ADDR,
 PIRUS_TOKEN, PIRUS_TOKEN_FILE, PIRUS_TLS_CA), then ~/.config/pirus/config.toml.";
 
-#[derive(Parser)]
+#[derive(Debug, Parser)]
 #[command(name = "pirus", version, about = "The Pirus command-line client", after_help = EXAMPLES)]
 pub struct Cli {
     #[command(flatten)]
@@ -47,7 +47,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Pipelines: upload and install a package, list, show, read the form, remove
     #[command(subcommand)]

@@ -20,7 +20,7 @@ fn pools() -> &'static (Option<DescriptorPool>, Option<DescriptorPool>) {
 /// A message as JSON: the canonical protobuf mapping with the proto's field names, every
 /// field present (defaults included, so scripts see stable keys), enums by name, 64-bit
 /// integers as numbers.
-pub fn to_json<M: prost::Message>(message: &M, full_name: &str) -> Result<Value> {
+pub(crate) fn to_json<M: prost::Message>(message: &M, full_name: &str) -> Result<Value> {
     let (catalogue, runner) = pools();
     let pool = if full_name.starts_with("pirus.runner.") {
         runner
@@ -44,7 +44,7 @@ pub fn to_json<M: prost::Message>(message: &M, full_name: &str) -> Result<Value>
 /// `pirus run logs -f | grep -m1 done`), the process ends at once and successfully, as Unix
 /// filters do: `println!` would panic there, and a follow would go on reading a log nobody
 /// reads. Any other failure to write (a full disk) ends it with a message and code 1.
-pub fn write_stdout(data: &[u8]) {
+pub(crate) fn write_stdout(data: &[u8]) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -56,17 +56,17 @@ pub fn write_stdout(data: &[u8]) {
 }
 
 /// Prints one line to stdout ([`write_stdout`]).
-pub fn print_line(line: &str) {
+pub(crate) fn print_line(line: &str) {
     write_stdout(format!("{line}\n").as_bytes());
 }
 
 /// Prints one JSON document.
-pub fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     print_line(&value.to_string());
 }
 
 /// A list of messages as one JSON array.
-pub fn print_json_list<M: prost::Message>(items: &[M], full_name: &str) -> Result<()> {
+pub(crate) fn print_json_list<M: prost::Message>(items: &[M], full_name: &str) -> Result<()> {
     let values = items
         .iter()
         .map(|m| to_json(m, full_name))
@@ -76,7 +76,7 @@ pub fn print_json_list<M: prost::Message>(items: &[M], full_name: &str) -> Resul
 }
 
 /// A list for people (`table`) or, with `--json`, as one JSON array.
-pub fn emit_list<M: prost::Message>(
+pub(crate) fn emit_list<M: prost::Message>(
     json: bool,
     items: &[M],
     full_name: &str,
@@ -91,7 +91,7 @@ pub fn emit_list<M: prost::Message>(
 }
 
 /// One message for people (`table` of it alone) or, with `--json`, as its JSON.
-pub fn emit<M: prost::Message>(
+pub(crate) fn emit<M: prost::Message>(
     json: bool,
     item: &M,
     full_name: &str,
@@ -106,7 +106,7 @@ pub fn emit<M: prost::Message>(
 }
 
 /// Sizes as people read them: `512 B`, `1.5 KiB`, `3.2 GiB`.
-pub fn size(bytes: i64) -> String {
+pub(crate) fn size(bytes: i64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = bytes.max(0) as f64;
     let mut unit = 0;
@@ -123,7 +123,7 @@ pub fn size(bytes: i64) -> String {
 
 /// A time as people read it, relative to now: `just now`, `5m ago`, `3h ago`, `2d ago`;
 /// `-` when unset.
-pub fn ago(t: Option<&prost_types::Timestamp>) -> String {
+pub(crate) fn ago(t: Option<&prost_types::Timestamp>) -> String {
     let Some(t) = t else {
         return "-".to_owned();
     };
@@ -140,29 +140,29 @@ pub fn ago(t: Option<&prost_types::Timestamp>) -> String {
 }
 
 /// An enum's name without its type prefix, in lower case: `RUN_STATUS_DONE` -> `done`.
-pub fn short(name: &str, prefix: &str) -> String {
+pub(crate) fn short(name: &str, prefix: &str) -> String {
     name.strip_prefix(prefix)
         .unwrap_or(name)
         .to_ascii_lowercase()
 }
 
 /// An aligned table: a header row, then rows; the last column is never padded.
-pub struct Table {
+pub(crate) struct Table {
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub fn new(header: &[&str]) -> Self {
+    pub(crate) fn new(header: &[&str]) -> Self {
         Self {
             rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
         }
     }
 
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    pub fn print(&self) {
+    pub(crate) fn print(&self) {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| {

@@ -30,13 +30,13 @@ struct Shared {
 
 /// Reports a transfer's position, from any task.
 #[derive(Clone)]
-pub struct Handle(Arc<Shared>);
+pub(crate) struct Handle(Arc<Shared>);
 
-pub struct Progress(Handle);
+pub(crate) struct Progress(Handle);
 
 impl Progress {
     /// A transfer of `total` bytes named `label`, already at `start` (a resumed one).
-    pub fn new(label: &str, total: u64, start: u64) -> Self {
+    pub(crate) fn new(label: &str, total: u64, start: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
@@ -68,16 +68,16 @@ impl Progress {
         })))
     }
 
-    pub fn handle(&self) -> Handle {
+    pub(crate) fn handle(&self) -> Handle {
         self.0.clone()
     }
 
-    pub fn set(&mut self, position: u64) {
+    pub(crate) fn set(&mut self, position: u64) {
         self.0.set(position);
     }
 
     /// The transfer ended (complete or not): clears the bar and writes one line.
-    pub fn finish(self, what: &str) {
+    pub(crate) fn finish(self, what: &str) {
         let shared = &self.0.0;
         if let Some(bar) = &shared.bar {
             bar.finish_and_clear();
@@ -87,7 +87,7 @@ impl Progress {
 }
 
 impl Handle {
-    pub fn set(&self, position: u64) {
+    pub(crate) fn set(&self, position: u64) {
         let shared = &self.0;
         shared.position.store(position, Ordering::Relaxed);
         match &shared.bar {

@@ -13,24 +13,24 @@ use serde::{Deserialize, Serialize};
 
 /// An upload begun for a local file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub id: String,
     pub url: String,
 }
 
-pub struct Remembered {
+pub(crate) struct Remembered {
     file: PathBuf,
 }
 
 /// A local file to upload: its absolute path, size, and the key it is remembered by.
-pub struct Local {
+pub(crate) struct Local {
     pub path: PathBuf,
     pub size: u64,
     pub key: String,
 }
 
 impl Local {
-    pub fn of(path: &Path, kind: &str, catalogue: &str) -> Result<Self> {
+    pub(crate) fn of(path: &Path, kind: &str, catalogue: &str) -> Result<Self> {
         let path = std::fs::canonicalize(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let meta = std::fs::metadata(&path)?;
@@ -54,7 +54,7 @@ impl Local {
     }
 
     /// The name the file gets in the catalogue: its base name.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -63,7 +63,7 @@ impl Local {
 }
 
 impl Remembered {
-    pub fn new(cache_dir: &Path) -> Self {
+    pub(crate) fn new(cache_dir: &Path) -> Self {
         Self {
             file: cache_dir.join("uploads.json"),
         }
@@ -88,17 +88,17 @@ impl Remembered {
         Ok(())
     }
 
-    pub fn get(&self, key: &str) -> Option<Entry> {
+    pub(crate) fn get(&self, key: &str) -> Option<Entry> {
         self.load().get(key).cloned()
     }
 
-    pub fn put(&self, key: &str, entry: Entry) -> Result<()> {
+    pub(crate) fn put(&self, key: &str, entry: Entry) -> Result<()> {
         let mut entries = self.load();
         entries.insert(key.to_owned(), entry);
         self.store(&entries)
     }
 
-    pub fn forget(&self, key: &str) -> Result<()> {
+    pub(crate) fn forget(&self, key: &str) -> Result<()> {
         let mut entries = self.load();
         if entries.remove(key).is_some() {
             self.store(&entries)?;

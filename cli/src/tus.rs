@@ -27,7 +27,7 @@ const READ: usize = 1 << 20;
 /// The server refused a PATCH because another transfer still holds the upload (423): the
 /// previous one, cut off, until the server notices; worth trying again shortly.
 #[derive(Debug)]
-pub struct Locked;
+pub(crate) struct Locked;
 
 impl std::fmt::Display for Locked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,7 +40,7 @@ impl std::error::Error for Locked {}
 /// The connection broke during a PATCH (the server may have refused it and closed, or the
 /// network failed): the server's offset tells where to go on.
 #[derive(Debug)]
-pub struct Cut(String);
+pub(crate) struct Cut(String);
 
 impl std::fmt::Display for Cut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,20 +50,20 @@ impl std::fmt::Display for Cut {
 
 impl std::error::Error for Cut {}
 
-pub struct Tus {
+pub(crate) struct Tus {
     sender: SendRequest<Body>,
     authorization: Option<String>,
 }
 
 /// Where an upload stands on the server.
-pub struct Offset {
+pub(crate) struct Offset {
     pub offset: u64,
     pub length: Option<u64>,
 }
 
 impl Tus {
     /// Opens a connection to the host of `url`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         url: &str,
         tls: impl FnOnce() -> Result<Arc<rustls::ClientConfig>>,
         token: Option<&str>,
@@ -108,7 +108,7 @@ impl Tus {
     }
 
     /// The upload's offset and length (`None`: the upload is gone).
-    pub async fn head(&mut self, url: &str) -> Result<Option<Offset>> {
+    pub(crate) async fn head(&mut self, url: &str) -> Result<Option<Offset>> {
         let request = self
             .request("HEAD", url)
             .body(Empty::new().map_err(|never| match never {}).boxed())?;
@@ -127,7 +127,7 @@ impl Tus {
     /// Sends `path`'s bytes from `start` to `total`, in one streamed PATCH, or in PATCHes of
     /// `chunk` bytes each carrying its SHA-256 (the tus checksum extension). Answers the
     /// upload's offset after it.
-    pub async fn send(
+    pub(crate) async fn send(
         &mut self,
         url: &str,
         path: &Path,

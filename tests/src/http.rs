@@ -8,6 +8,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
+#[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub headers: hyper::HeaderMap,
@@ -28,7 +29,7 @@ impl Response {
 
 /// Requests carry the token of the process serving the URL (see [`crate::identity`]), unless
 /// they set `authorization` themselves or the client is [`Http::anonymous`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Http {
     client: Client<HttpConnector, Full<Bytes>>,
     harness_tokens: bool,

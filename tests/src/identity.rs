@@ -33,7 +33,7 @@ pub fn recall(key: &str) -> Option<String> {
 }
 
 /// Adds `authorization: Bearer <token>` to every call, or nothing.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Bearer {

@@ -127,6 +127,7 @@ fn redact(url: &str) -> String {
 }
 
 /// A database of its own for one test, dropped (with its connections) when the test ends.
+#[derive(Debug)]
 pub struct TestDb {
     pub name: String,
     pub url: String,
@@ -265,6 +266,7 @@ fn binary(name: &str) -> PathBuf {
 }
 
 /// How to start a service.
+#[derive(Debug)]
 pub struct Launch {
     pub kind: Kind,
     pub database_url: String,
@@ -505,6 +507,7 @@ pub struct Addrs {
 }
 
 /// A running service process; killed when dropped.
+#[derive(Debug)]
 pub struct Process {
     pub kind: Kind,
     child: Child,

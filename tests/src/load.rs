@@ -11,6 +11,7 @@ use anyhow::Result;
 use crate::Channel;
 
 /// The calls of one measurement.
+#[derive(Debug)]
 pub struct Outcome {
     pub calls: usize,
     pub errors: usize,
@@ -66,11 +67,14 @@ where
     for n in 0..total {
         let due = started + period * n as u32;
         tokio::time::sleep_until(due).await;
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
             refused += 1;
             continue;
         };
-        let (call, channel) = (call.clone(), channels[n % channels.len()].clone());
+        let (call, channel) = (
+            std::sync::Arc::clone(&call),
+            channels[n % channels.len()].clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let ok = call(channel, n).await;
             drop(slot);
@@ -116,7 +120,10 @@ where
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for task in 0..concurrency {
-        let (call, channel) = (call.clone(), channels[task % channels.len()].clone());
+        let (call, channel) = (
+            std::sync::Arc::clone(&call),
+            channels[task % channels.len()].clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors, mut n) = (Vec::new(), 0usize, task);
             while Instant::now() < deadline {

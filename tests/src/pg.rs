@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+#[derive(Debug)]
 pub struct PrivatePostgres {
     bin: PathBuf,
     dir: PathBuf,

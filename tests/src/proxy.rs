@@ -18,6 +18,7 @@ use tokio::{
     sync::watch,
 };
 
+#[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
     cuts: watch::Sender<u64>,
@@ -52,7 +53,7 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let (cuts, _) = watch::channel(0u64);
         let accepted = Arc::new(AtomicU64::new(0));
-        let (cuts_rx, count) = (cuts.subscribe(), accepted.clone());
+        let (cuts_rx, count) = (cuts.subscribe(), std::sync::Arc::clone(&accepted));
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::Relaxed);

@@ -48,6 +48,7 @@ pub const FORM: &str = r#"{
   }
 }"#;
 
+#[derive(Debug)]
 pub struct Stack {
     pub db: TestDb,
     pub catalogue: Process,

@@ -8,6 +8,7 @@ use anyhow::{Result, ensure};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// A CA and the certificates it issued, in a folder removed with it.
+#[derive(Debug)]
 pub struct Certs {
     pub dir: PathBuf,
 }

@@ -235,7 +235,7 @@ async fn a_thousand_watchers_of_a_run_cost_what_one_does_in_queries() -> Result<
     let watch = |i: usize| {
         let mut client = RunnerServiceClient::new(channels[i % channels.len()].clone());
         let id = run.id.clone();
-        let joined = joined.clone();
+        let joined = std::sync::Arc::clone(&joined);
         tokio::spawn(async move {
             let request = run::WatchRunRequest {
                 run_id: id,
@@ -296,7 +296,7 @@ async fn a_thousand_log_followers_of_a_run_cost_what_one_does_in_queries() -> Re
     let follow = |i: usize| {
         let mut client = RunnerServiceClient::new(channels[i % channels.len()].clone());
         let id = run.id.clone();
-        let joined = joined.clone();
+        let joined = std::sync::Arc::clone(&joined);
         tokio::spawn(async move {
             let request = run::StreamRunLogsRequest {
                 run_id: id,

@@ -20,7 +20,7 @@ use crate::{
 
 const NAME: &str = "pirus.catalogue.v1.File";
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum File {
     /// Uploads files (one after the other); run the same command again to resume
     #[command(
@@ -65,7 +65,7 @@ pub enum File {
     },
 }
 
-pub fn table(files: &[Proto]) {
+pub(crate) fn table(files: &[Proto]) {
     let mut table = Table::new(&["ID", "NAME", "KIND", "STATUS", "SIZE", "CREATED"]);
     for f in files {
         let kind =
@@ -84,7 +84,7 @@ pub fn table(files: &[Proto]) {
     table.print();
 }
 
-pub async fn get(catalogue: &mut Catalogue, id: &str) -> Result<Proto> {
+pub(crate) async fn get(catalogue: &mut Catalogue, id: &str) -> Result<Proto> {
     Ok(catalogue
         .get_file(GetFileRequest { id: id.to_owned() })
         .await
@@ -93,7 +93,7 @@ pub async fn get(catalogue: &mut Catalogue, id: &str) -> Result<Proto> {
 }
 
 /// Uploads one local file as a data file; answers its id.
-pub async fn upload_one(
+pub(crate) async fn upload_one(
     settings: &Settings,
     catalogue: &Catalogue,
     path: &std::path::Path,
@@ -185,7 +185,7 @@ impl File {
 
 /// A local name for a file of the catalogue: its last path component, never `..` or empty
 /// (a file's name is whatever its uploader said).
-pub fn safe_name(name: &str) -> String {
+pub(crate) fn safe_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default().trim();
     match base {
         "" | "." | ".." => "download".to_owned(),

@@ -157,7 +157,7 @@ impl Display {
 
 /// Follows run `id` until it ends; answers the exit code it means: 0 DONE, the command's own
 /// code on ERROR (1 when there is none), 1 CANCELED.
-pub async fn follow(
+pub(crate) async fn follow(
     settings: &Settings,
     mut runner: Runner,
     id: &str,
@@ -167,7 +167,11 @@ pub async fn follow(
     let mut logs = Vec::new();
     if with_logs && !settings.json {
         for (stream, to_stderr) in [("stdout", false), ("stderr", true)] {
-            let (runner, id, display) = (runner.clone(), id.to_owned(), display.clone());
+            let (runner, id, display) = (
+                runner.clone(),
+                id.to_owned(),
+                std::sync::Arc::clone(&display),
+            );
             logs.push(tokio::spawn(async move {
                 tail(runner, &id, stream, true, |data| {
                     display.out(data, to_stderr)
@@ -302,7 +306,7 @@ async fn ended(runner: &mut Runner, id: &str) -> Result<bool> {
 
 /// `pirus run logs`: one log, to stdout (with --json, one object per chunk: the stream's name
 /// and its bytes as text).
-pub async fn logs(
+pub(crate) async fn logs(
     settings: &Settings,
     runner: Runner,
     id: &str,

@@ -1,12 +1,12 @@
 //! The nouns and their verbs, and what several of them share: uploading a local file through
 //! tus with resume, finding a pipeline by name, paging through a list.
 
-pub mod file;
-pub mod follow;
-pub mod node;
-pub mod pipeline;
-pub mod run;
-pub mod token;
+pub(crate) mod file;
+pub(crate) mod follow;
+pub(crate) mod node;
+pub(crate) mod pipeline;
+pub(crate) mod run;
+pub(crate) mod token;
 
 use std::future::Future;
 
@@ -24,12 +24,12 @@ use crate::{
     tus::{self, Tus},
 };
 
-pub type Catalogue = CatalogueServiceClient<Channel>;
+pub(crate) type Catalogue = CatalogueServiceClient<Channel>;
 
 /// Uploads `local` into the upload `create` makes (CreateFile or CreatePipeline: its id and
 /// tus URL), or resumes the one begun earlier for the same file (same path, size and
 /// modification time) from the server's offset. Answers the upload's id.
-pub async fn upload<F, Fut>(
+pub(crate) async fn upload<F, Fut>(
     settings: &Settings,
     local: &Local,
     chunk: Option<u64>,
@@ -122,7 +122,7 @@ where
 }
 
 /// Whether `text` is an id (a UUID) rather than a name.
-pub fn is_id(text: &str) -> bool {
+pub(crate) fn is_id(text: &str) -> bool {
     text.len() == 36
         && text.chars().enumerate().all(|(i, c)| {
             if [8, 13, 18, 23].contains(&i) {
@@ -134,7 +134,7 @@ pub fn is_id(text: &str) -> bool {
 }
 
 /// A pipeline by id, `name` (its newest READY version) or `name:version`.
-pub async fn find_pipeline(catalogue: &mut Catalogue, spec: &str) -> Result<Pipeline> {
+pub(crate) async fn find_pipeline(catalogue: &mut Catalogue, spec: &str) -> Result<Pipeline> {
     if is_id(spec) {
         return Ok(catalogue
             .get_pipeline(pirus_proto::catalogue::v1::GetPipelineRequest {
@@ -176,7 +176,7 @@ pub async fn find_pipeline(catalogue: &mut Catalogue, spec: &str) -> Result<Pipe
 }
 
 /// Every page of a list, concatenated.
-pub async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>>
+pub(crate) async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>>
 where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = Result<(Vec<T>, String)>>,

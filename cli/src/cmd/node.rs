@@ -12,7 +12,7 @@ use crate::{
     output::{Table, ago, emit, emit_list, short},
 };
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum Node {
     /// Lists every node: status, runs held of its slots, last heartbeat, LXD
     #[command(after_help = "Example:\n  pirus node list")]

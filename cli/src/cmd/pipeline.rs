@@ -19,7 +19,7 @@ use crate::{
 
 const NAME: &str = "pirus.catalogue.v1.Pipeline";
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum Pipeline {
     /// Uploads a package (resumable) and waits for its install (admins)
     #[command(after_help = "Example:\n  pirus pipeline upload hello-1.0.tar.gz")]

@@ -21,7 +21,7 @@ use crate::{
 
 const NAME: &str = "pirus.runner.v1.Run";
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum Run {
     /// Submits a run; with --follow, follows it and exits with its code
     #[command(
@@ -88,7 +88,7 @@ pub enum Run {
     },
 }
 
-#[derive(Args)]
+#[derive(Debug, Args)]
 pub struct Submit {
     /// The pipeline: id, name (its newest READY version) or name:version
     pipeline: String,
@@ -112,7 +112,7 @@ pub struct Submit {
     follow: bool,
 }
 
-pub fn table(runs: &[Proto]) {
+pub(crate) fn table(runs: &[Proto]) {
     let mut table = Table::new(&["ID", "NAME", "STATUS", "PROGRESS", "NODE", "CREATED"]);
     for r in runs {
         let status = RunStatus::try_from(r.status)

@@ -20,7 +20,7 @@ pub enum RoleArg {
     Runner,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum Token {
     /// Makes a token (admins) and prints its secret, shown this once
     #[command(

@@ -20,18 +20,18 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct Access {
+pub(crate) struct Access {
     store: Store,
 }
 
 /// The role may take the action (PERMISSION_DENIED otherwise).
-pub fn require(caller: &Caller, action: Action) -> Result<()> {
+pub(crate) fn require(caller: &Caller, action: Action) -> Result<()> {
     policy::check(caller, action).map_err(Into::into)
 }
 
 /// The role may fill some upload (its files, packages, or a run's results): checked before an
 /// upload is read, so that a refusal never depends on what exists.
-pub fn require_some_write(caller: &Caller) -> Result<()> {
+pub(crate) fn require_some_write(caller: &Caller) -> Result<()> {
     let may = [
         Action::CreateFiles,
         Action::InstallPipelines,
@@ -51,7 +51,7 @@ fn is_run_result(kind: FileKind) -> bool {
 }
 
 impl Access {
-    pub fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Self { store }
     }
 
@@ -65,7 +65,7 @@ impl Access {
     }
 
     /// Whether `node` holds `run` now.
-    pub async fn node_holds(&self, node: &str, run: Uuid) -> Result<bool> {
+    pub(crate) async fn node_holds(&self, node: &str, run: Uuid) -> Result<bool> {
         Ok(self.holder(node, run).await?.is_some())
     }
 
@@ -82,7 +82,12 @@ impl Access {
 
     /// `file`, if the caller's role may take `action` (ReadFiles, DeleteFiles) and the file is
     /// within its scope; others are NOT_FOUND.
-    pub async fn file_for(&self, caller: &Caller, action: Action, file: File) -> Result<File> {
+    pub(crate) async fn file_for(
+        &self,
+        caller: &Caller,
+        action: Action,
+        file: File,
+    ) -> Result<File> {
         require(caller, action)?;
         if self.sees(caller, &file).await? {
             Ok(file)
@@ -94,7 +99,11 @@ impl Access {
     /// Who owns a file the caller creates: a data file is the caller's (CreateFiles); a run's
     /// output or log is the run's owner's, and only a runner whose node holds the run may
     /// register one (RegisterRunResults).
-    pub async fn new_file_owner(&self, caller: &Caller, new: &NewFile) -> Result<Option<Uuid>> {
+    pub(crate) async fn new_file_owner(
+        &self,
+        caller: &Caller,
+        new: &NewFile,
+    ) -> Result<Option<Uuid>> {
         let kind = new.kind.unwrap_or(FileKind::Data);
         if !is_run_result(kind) {
             require(caller, Action::CreateFiles)?;
@@ -158,7 +167,7 @@ impl Access {
     }
 
     /// An upload whose state the caller may read; others are NOT_FOUND.
-    pub async fn readable_upload(
+    pub(crate) async fn readable_upload(
         &self,
         caller: &Caller,
         upload: UploadState,
@@ -168,7 +177,7 @@ impl Access {
 
     /// An upload the caller may write to or terminate: it may create what the upload fills
     /// (files, packages, a run's results) and the upload is within its scope.
-    pub async fn writable_upload(
+    pub(crate) async fn writable_upload(
         &self,
         caller: &Caller,
         upload: UploadState,
@@ -182,7 +191,7 @@ impl Access {
     }
 
     /// A pipeline the caller may read: every READY one, and any for those who read all.
-    pub fn readable_pipeline(caller: &Caller, pipeline: Pipeline) -> Result<Pipeline> {
+    pub(crate) fn readable_pipeline(caller: &Caller, pipeline: Pipeline) -> Result<Pipeline> {
         require(caller, Action::ReadReadyPipelines)?;
         if pipeline.status == PipelineStatus::Ready
             || policy::permits(caller, Action::ReadAllPipelines)

@@ -18,7 +18,7 @@ use crate::{
 
 /// How a completion ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Completed {
+pub(crate) enum Completed {
     /// Stored under its digest; the file is READY.
     Stored,
     /// Refused (the announced SHA-256 differs): the file is ERROR, with this reason.
@@ -26,7 +26,7 @@ pub enum Completed {
 }
 
 #[derive(Clone)]
-pub struct Content {
+pub(crate) struct Content {
     store: Store,
     data: DataDir,
     /// Reader threads of file contents ([`stream_file`]) running at once, across callers: each
@@ -38,7 +38,7 @@ pub struct Content {
 impl Content {
     /// `max_readers`: file contents read at once (`--max-file-readers`); one more read is
     /// answered RESOURCE_EXHAUSTED with a retry hint.
-    pub fn new(store: Store, data: DataDir, max_readers: usize) -> Self {
+    pub(crate) fn new(store: Store, data: DataDir, max_readers: usize) -> Self {
         Self {
             store,
             data,
@@ -47,7 +47,7 @@ impl Content {
         }
     }
 
-    pub fn data(&self) -> &DataDir {
+    pub(crate) fn data(&self) -> &DataDir {
         &self.data
     }
 
@@ -55,7 +55,7 @@ impl Content {
     /// stores the content under its digest (or, on a mismatch, marks the file ERROR and drops
     /// the bytes). `digest` is the hash computed while receiving,
     /// when one transfer carried the whole upload; otherwise the bytes are read back.
-    pub async fn complete(
+    pub(crate) async fn complete(
         &self,
         upload: &UploadState,
         digest: Option<String>,
@@ -93,7 +93,7 @@ impl Content {
         Ok(Completed::Stored)
     }
 
-    pub async fn remove_partial(&self, upload: Uuid) {
+    pub(crate) async fn remove_partial(&self, upload: Uuid) {
         let storage = self.data.clone();
         if let Ok(Err(e)) =
             tokio::task::spawn_blocking(move || storage.remove_partial(upload)).await
@@ -103,7 +103,7 @@ impl Content {
     }
 
     /// Removes a blob nobody references any more (best effort: the sweeper retries).
-    pub async fn collect_blob(&self, sha256: &str) {
+    pub(crate) async fn collect_blob(&self, sha256: &str) {
         let storage = self.data.clone();
         let sha = sha256.to_owned();
         match self
@@ -118,7 +118,7 @@ impl Content {
     }
 
     /// A ranged read of a ready file's content, in chunks of at most 1 MiB.
-    pub async fn read(
+    pub(crate) async fn read(
         &self,
         id: Uuid,
         offset: u64,
@@ -146,7 +146,7 @@ impl Content {
         } else {
             limit.min(size - offset)
         };
-        let reader = self.readers.clone().try_acquire_owned().map_err(|_| {
+        let reader = std::sync::Arc::clone(&self.readers).try_acquire_owned().map_err(|_| {
             Error::Busy(format!(
                 "this catalogue is reading {} files already, its bound (--max-file-readers); retry in a moment",
                 self.max_readers

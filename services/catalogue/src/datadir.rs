@@ -20,13 +20,13 @@ use std::{
 use uuid::Uuid;
 
 #[derive(Clone, Debug)]
-pub struct DataDir {
+pub(crate) struct DataDir {
     root: PathBuf,
 }
 
 impl DataDir {
     /// Creates the folder layout if needed.
-    pub fn open(root: &Path) -> io::Result<Self> {
+    pub(crate) fn open(root: &Path) -> io::Result<Self> {
         for sub in ["uploads", "blobs"] {
             fs::create_dir_all(root.join(sub))?;
         }
@@ -35,18 +35,18 @@ impl DataDir {
         })
     }
 
-    pub fn partial_path(&self, upload: Uuid) -> PathBuf {
+    pub(crate) fn partial_path(&self, upload: Uuid) -> PathBuf {
         self.root.join("uploads").join(format!("{upload}.part"))
     }
 
-    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+    pub(crate) fn blob_path(&self, sha256: &str) -> PathBuf {
         self.root.join("blobs").join(&sha256[..2]).join(sha256)
     }
 
     /// Opens an upload's partial file positioned at `offset`, the durable offset. Bytes past
     /// it were written by a transfer that never committed them (a crash between write and
     /// commit): they are cut off, since nothing vouches for them.
-    pub fn open_partial(&self, upload: Uuid, offset: u64) -> io::Result<File> {
+    pub(crate) fn open_partial(&self, upload: Uuid, offset: u64) -> io::Result<File> {
         let path = self.partial_path(upload);
         let mut file = OpenOptions::new()
             .create(true)
@@ -73,7 +73,7 @@ impl DataDir {
 
     /// [`Self::open_partial`] for a transfer: positioned writes, with direct I/O for whole
     /// aligned blocks where the file system takes it.
-    pub fn open_transfer(&self, upload: Uuid, offset: u64) -> io::Result<PartialFile> {
+    pub(crate) fn open_transfer(&self, upload: Uuid, offset: u64) -> io::Result<PartialFile> {
         let file = self.open_partial(upload, offset)?;
         let direct = OpenOptions::new()
             .write(true)
@@ -89,7 +89,7 @@ impl DataDir {
     /// Moves a finished upload's bytes into the blob store under its digest. Identical content
     /// already stored is kept and the partial file dropped. Callers hold the blob's database row
     /// lock, so this never races the collector removing the same blob.
-    pub fn promote(&self, upload: Uuid, sha256: &str) -> io::Result<()> {
+    pub(crate) fn promote(&self, upload: Uuid, sha256: &str) -> io::Result<()> {
         let partial = self.partial_path(upload);
         let blob = self.blob_path(sha256);
         let folder = blob.parent().expect("blobs live in a folder");
@@ -106,7 +106,7 @@ impl DataDir {
 
     /// Copies the content of several finished partial uploads, in order, into `upload`'s
     /// partial file (tus concatenation), and makes it durable.
-    pub fn concatenate(&self, upload: Uuid, parts: &[Uuid]) -> io::Result<u64> {
+    pub(crate) fn concatenate(&self, upload: Uuid, parts: &[Uuid]) -> io::Result<u64> {
         let target_path = self.partial_path(upload);
         let mut target = File::create(&target_path)?;
         let mut total = 0;
@@ -124,7 +124,7 @@ impl DataDir {
     }
 
     /// Partial files not modified for `age`, by the id in their name.
-    pub fn stale_partials(&self, age: std::time::Duration) -> io::Result<Vec<Uuid>> {
+    pub(crate) fn stale_partials(&self, age: std::time::Duration) -> io::Result<Vec<Uuid>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(self.root.join("uploads"))? {
             let entry = entry?;
@@ -144,18 +144,18 @@ impl DataDir {
         Ok(out)
     }
 
-    pub fn remove_partial(&self, upload: Uuid) -> io::Result<()> {
+    pub(crate) fn remove_partial(&self, upload: Uuid) -> io::Result<()> {
         remove_if_exists(&self.partial_path(upload))
     }
 
-    pub fn remove_blob(&self, sha256: &str) -> io::Result<()> {
+    pub(crate) fn remove_blob(&self, sha256: &str) -> io::Result<()> {
         remove_if_exists(&self.blob_path(sha256))
     }
 }
 
 /// Memory and file alignment direct I/O asks for (the logical block size of every common
 /// disk, and the page size).
-pub const DIRECT_ALIGN: usize = 4096;
+pub(crate) const DIRECT_ALIGN: usize = 4096;
 
 /// The partial file of an upload being written by a transfer.
 ///
@@ -166,14 +166,14 @@ pub const DIRECT_ALIGN: usize = 4096;
 /// a transfer go through the page cache, as does everything on a file system that refuses
 /// direct I/O (the descriptor fails to open, or a write answers `EINVAL`: then it is dropped
 /// for good). Writes are positioned, so a retried range lands where it belongs.
-pub struct PartialFile {
+pub(crate) struct PartialFile {
     file: File,
     direct: Mutex<Option<File>>,
 }
 
 impl PartialFile {
     /// Writes `data` at `offset`.
-    pub fn write_at(&self, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+    pub(crate) fn write_at(&self, mut data: &[u8], mut offset: u64) -> io::Result<()> {
         let aligned = offset.is_multiple_of(DIRECT_ALIGN as u64)
             && data.as_ptr().addr().is_multiple_of(DIRECT_ALIGN)
             && data.len() >= DIRECT_ALIGN;
@@ -199,16 +199,16 @@ impl PartialFile {
 
     /// Makes every byte written so far durable (through either descriptor: the data and the
     /// size are the inode's).
-    pub fn sync_data(&self) -> io::Result<()> {
+    pub(crate) fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
 
-    pub fn set_len(&self, len: u64) -> io::Result<()> {
+    pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
 
     /// Whether whole blocks still go through direct I/O.
-    pub fn is_direct(&self) -> bool {
+    pub(crate) fn is_direct(&self) -> bool {
         self.direct
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -224,7 +224,7 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 }
 
 /// fsync of a folder, so that a create or rename in it survives a crash.
-pub fn sync_dir(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 

@@ -19,7 +19,7 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct Files {
+pub(crate) struct Files {
     uploads: Uploads,
     store: Store,
     content: Content,
@@ -28,7 +28,7 @@ pub struct Files {
 }
 
 impl Files {
-    pub fn new(
+    pub(crate) fn new(
         uploads: Uploads,
         store: Store,
         content: Content,
@@ -48,7 +48,7 @@ impl Files {
     /// belongs to the run's owner, and is registered only by the runner holding the run. A
     /// run's result registered again answers the file registered before, if it has the same
     /// digest.
-    pub async fn create(&self, caller: &Caller, mut new: NewFile) -> Result<File> {
+    pub(crate) async fn create(&self, caller: &Caller, mut new: NewFile) -> Result<File> {
         new.owner = self.access.new_file_owner(caller, &new).await?;
         let sha256 = new.sha256.clone();
         let file = self.uploads.open_file(new).await?;
@@ -67,7 +67,7 @@ impl Files {
         Ok(file)
     }
 
-    pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<File> {
+    pub(crate) async fn get(&self, caller: &Caller, id: Uuid) -> Result<File> {
         access::require(caller, Action::ReadFiles)?;
         let file = self.store.get_file(id).await?;
         self.access.file_for(caller, Action::ReadFiles, file).await
@@ -75,7 +75,12 @@ impl Files {
 
     /// Files within the caller's scope: a user lists its own; a runner the results of one
     /// run its node holds (`source_run_id`).
-    pub async fn list(&self, caller: &Caller, filter: FileFilter, page: Page) -> Result<Vec<File>> {
+    pub(crate) async fn list(
+        &self,
+        caller: &Caller,
+        filter: FileFilter,
+        page: Page,
+    ) -> Result<Vec<File>> {
         access::require(caller, Action::ReadFiles)?;
         let mut filter = filter;
         match policy::scope(caller) {
@@ -98,7 +103,7 @@ impl Files {
     }
 
     /// A ranged read of a ready file's content, in chunks of at most 1 MiB.
-    pub async fn read(
+    pub(crate) async fn read(
         &self,
         caller: &Caller,
         id: Uuid,
@@ -111,7 +116,7 @@ impl Files {
 
     /// Deletes a file (FAILED_PRECONDITION while a pipeline or unfinished run uses it), its
     /// upload, and its blob once nothing else references it.
-    pub async fn delete(&self, caller: &Caller, id: Uuid) -> Result<File> {
+    pub(crate) async fn delete(&self, caller: &Caller, id: Uuid) -> Result<File> {
         access::require(caller, Action::DeleteFiles)?;
         let file = self.store.get_file(id).await?;
         self.access
@@ -121,7 +126,7 @@ impl Files {
     }
 
     /// Deletes a file for the catalogue itself (a deleted pipeline's package and image).
-    pub async fn remove(&self, id: Uuid) -> Result<File> {
+    pub(crate) async fn remove(&self, id: Uuid) -> Result<File> {
         let file = self.store.get_file(id).await?;
         let lock = match file.upload_id {
             Some(upload) => Some(self.locks.lock(upload).await?),

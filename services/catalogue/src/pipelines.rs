@@ -19,7 +19,7 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct Pipelines {
+pub(crate) struct Pipelines {
     uploads: Uploads,
     store: Store,
     files: Files,
@@ -29,7 +29,7 @@ pub struct Pipelines {
 }
 
 impl Pipelines {
-    pub fn new(
+    pub(crate) fn new(
         uploads: Uploads,
         store: Store,
         files: Files,
@@ -46,27 +46,27 @@ impl Pipelines {
     }
 
     /// Announces a package upload: a pipeline UPLOADING, installed once its last byte arrives.
-    pub async fn create(&self, caller: &Caller, mut new: NewPackage) -> Result<Pipeline> {
+    pub(crate) async fn create(&self, caller: &Caller, mut new: NewPackage) -> Result<Pipeline> {
         access::require(caller, Action::InstallPipelines)?;
         new.owner = Some(caller.accessor);
         self.uploads.open_package(new).await
     }
 
     /// Installs a package uploaded earlier as a plain file.
-    pub async fn install_file(&self, caller: &Caller, file: Uuid) -> Result<Pipeline> {
+    pub(crate) async fn install_file(&self, caller: &Caller, file: Uuid) -> Result<Pipeline> {
         access::require(caller, Action::InstallPipelines)?;
         let pipeline = self.store.create_install(file).await?;
         let _ = self.installs.send(pipeline.id);
         Ok(pipeline)
     }
 
-    pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Pipeline> {
+    pub(crate) async fn get(&self, caller: &Caller, id: Uuid) -> Result<Pipeline> {
         access::require(caller, Action::ReadReadyPipelines)?;
         Access::readable_pipeline(caller, self.store.get_pipeline(id).await?)
     }
 
     /// Pipelines the caller may read: READY ones only, unless it reads all.
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         caller: &Caller,
         mut filter: PipelineFilter,
@@ -84,7 +84,7 @@ impl Pipelines {
     }
 
     /// A document of a pipeline the caller may read: its content type and bytes.
-    pub async fn document(
+    pub(crate) async fn document(
         &self,
         caller: &Caller,
         id: Uuid,
@@ -95,7 +95,7 @@ impl Pipelines {
     }
 
     /// Uninstalls a pipeline: its row and documents, its image, its package upload.
-    pub async fn delete(&self, caller: &Caller, id: Uuid) -> Result<Pipeline> {
+    pub(crate) async fn delete(&self, caller: &Caller, id: Uuid) -> Result<Pipeline> {
         access::require(caller, Action::DeletePipelines)?;
         let deleted = self.store.delete_pipeline(id).await?;
         let pipeline = deleted.pipeline;

@@ -17,13 +17,13 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct Tokens {
+pub(crate) struct Tokens {
     store: TokenStore,
     audit: Audit,
 }
 
 /// A token to make, as asked.
-pub struct TokenRequest {
+pub(crate) struct TokenRequest {
     pub name: String,
     pub role: Option<Role>,
     pub node: String,
@@ -72,12 +72,12 @@ fn check(request: TokenRequest, creator: Uuid) -> Result<NewToken> {
 }
 
 impl Tokens {
-    pub fn new(store: TokenStore, audit: Audit) -> Self {
+    pub(crate) fn new(store: TokenStore, audit: Audit) -> Self {
         Self { store, audit }
     }
 
     /// Makes a token: answered with its secret, this once.
-    pub async fn create(
+    pub(crate) async fn create(
         &self,
         caller: &Caller,
         request: TokenRequest,
@@ -87,12 +87,12 @@ impl Tokens {
         Ok(self.store.create(new).await?)
     }
 
-    pub async fn list(&self, caller: &Caller) -> Result<Vec<TokenInfo>> {
+    pub(crate) async fn list(&self, caller: &Caller) -> Result<Vec<TokenInfo>> {
         access::require(caller, Action::ManageTokens)?;
         Ok(self.store.list().await?)
     }
 
-    pub async fn revoke(&self, caller: &Caller, accessor: Uuid) -> Result<TokenInfo> {
+    pub(crate) async fn revoke(&self, caller: &Caller, accessor: Uuid) -> Result<TokenInfo> {
         access::require(caller, Action::ManageTokens)?;
         self.store
             .revoke(accessor)
@@ -101,7 +101,7 @@ impl Tokens {
     }
 
     /// The caller's own token (with `--auth none`, a stand-in admin).
-    pub async fn who_am_i(&self, caller: &Caller) -> Result<TokenInfo> {
+    pub(crate) async fn who_am_i(&self, caller: &Caller) -> Result<TokenInfo> {
         if let Some((info, _)) = self.store.find(caller.accessor).await? {
             return Ok(info);
         }
@@ -116,7 +116,7 @@ impl Tokens {
         })
     }
 
-    pub async fn audit(&self, caller: &Caller, page: Page) -> Result<Vec<AuditEvent>> {
+    pub(crate) async fn audit(&self, caller: &Caller, page: Page) -> Result<Vec<AuditEvent>> {
         access::require(caller, Action::ReadAudit)?;
         Ok(self.audit.list(page.after, page.fetch()).await?)
     }

@@ -15,14 +15,14 @@ use uuid::Uuid;
 use crate::domain::{Error, Result, Run};
 
 /// The role may take the action (PERMISSION_DENIED otherwise).
-pub fn require(caller: &Caller, action: Action) -> Result<()> {
+pub(crate) fn require(caller: &Caller, action: Action) -> Result<()> {
     policy::check(caller, action).map_err(Into::into)
 }
 
 /// The run `fetch` reads, if the caller may take `action` on it: the role is checked before
 /// anything is read (a refusal never depends on what exists); a run that is not the caller's
 /// is NOT_FOUND.
-pub async fn allowed(
+pub(crate) async fn allowed(
     caller: &Caller,
     action: Action,
     fetch: impl Future<Output = Result<Run>>,
@@ -38,7 +38,7 @@ pub async fn allowed(
 
 /// Live reads (logs, monitoring): a runner forwarding a client's read may read any run (the
 /// node the client asked checked the client); anyone else as [`Action::ReadRuns`] allows.
-pub async fn live_readable(
+pub(crate) async fn live_readable(
     caller: &Caller,
     fetch: impl Future<Output = Result<Run>>,
 ) -> Result<Run> {
@@ -50,7 +50,7 @@ pub async fn live_readable(
 }
 
 /// The owner a caller's list is limited to, if any.
-pub fn list_owner(caller: &Caller) -> Result<Option<Uuid>> {
+pub(crate) fn list_owner(caller: &Caller) -> Result<Option<Uuid>> {
     require(caller, Action::ReadRuns)?;
     Ok(policy::scope(caller).owner_filter())
 }

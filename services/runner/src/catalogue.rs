@@ -39,13 +39,13 @@ fn jitter(up_to: Duration) -> Duration {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub enum PushKind {
+pub(crate) enum PushKind {
     Output,
     Log,
 }
 
 #[derive(Clone)]
-pub struct Catalogue {
+pub(crate) struct Catalogue {
     client: CatalogueServiceClient<Channel>,
     /// The runner's own token.
     credential: OwnCredential,
@@ -79,7 +79,11 @@ async fn publish(temp: &Path, dest: &Path) -> Result<()> {
 
 impl Catalogue {
     /// A client that connects on first use (the catalogue may start after the runner).
-    pub fn connect_lazy(tls: &ClientTls, addr: &str, credential: OwnCredential) -> Result<Self> {
+    pub(crate) fn connect_lazy(
+        tls: &ClientTls,
+        addr: &str,
+        credential: OwnCredential,
+    ) -> Result<Self> {
         let channel = tls
             .endpoint(addr)
             .map_err(|e| Error::invalid("catalogue_addr", e))?
@@ -94,7 +98,7 @@ impl Catalogue {
 
     /// Downloads a file into `dest` (through a temporary file, published once its SHA-256 is
     /// verified). A `dest` already there is kept: see [`publish`].
-    pub async fn fetch(&self, file: Uuid, sha256: &str, dest: &Path) -> Result<()> {
+    pub(crate) async fn fetch(&self, file: Uuid, sha256: &str, dest: &Path) -> Result<()> {
         let folder = dest
             .parent()
             .ok_or_else(|| Error::internal("cache path without folder"))?;
@@ -153,7 +157,7 @@ impl Catalogue {
 
     /// Streams a file's content from `offset` into `tx` as log chunks, read as `caller` (else
     /// as this runner).
-    pub async fn read(
+    pub(crate) async fn read(
         &self,
         file: Uuid,
         offset: u64,
@@ -219,7 +223,7 @@ impl Catalogue {
 
     /// Deletes a file of a deleted run as `caller` (else as this runner); one already gone is
     /// fine.
-    pub async fn delete(&self, file: Uuid, caller: &Credential) -> Result<()> {
+    pub(crate) async fn delete(&self, file: Uuid, caller: &Credential) -> Result<()> {
         let own = self.credential.get();
         let request = caller.or(&own).request(pb::DeleteFileRequest {
             id: file.to_string(),
@@ -234,7 +238,7 @@ impl Catalogue {
     /// Registers the first `size` bytes of `file` (an output or log of `run`, opened through
     /// the run's workspace) and uploads what the catalogue lacks. The bytes are read from the
     /// open handle with positioned reads, never by path: what is hashed is what is sent.
-    pub async fn push(
+    pub(crate) async fn push(
         &self,
         run: Uuid,
         kind: PushKind,
@@ -243,7 +247,7 @@ impl Catalogue {
         size: u64,
     ) -> Result<()> {
         let file = Arc::new(file);
-        let sha256 = hash(file.clone(), size).await?;
+        let sha256 = hash(std::sync::Arc::clone(&file), size).await?;
         let mut client = self.client.clone();
         let created = client
             .create_file(self.credential.get().request(pb::CreateFileRequest {

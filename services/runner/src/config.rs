@@ -11,7 +11,7 @@ use pirus_server::{
 use crate::limits::{Limits, NodeLimits};
 
 /// The LXD sockets tried, in order, when `--lxd-socket` is not given.
-pub const DEFAULT_LXD_SOCKETS: &[&str] = &[
+pub(crate) const DEFAULT_LXD_SOCKETS: &[&str] = &[
     "/var/lib/lxd/unix.socket",
     "/var/snap/lxd/common/lxd/unix.socket",
 ];

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-pub const CONFIG_FILE: &str = "config.json";
+pub(crate) const CONFIG_FILE: &str = "config.json";
 
 fn sanitise(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
@@ -27,7 +27,7 @@ fn with_suffix(name: &str, n: usize) -> String {
 
 /// The in-container names of `names`, in order, in time linear in their number: each base name
 /// remembers the last suffix it handed out, so thousands of repeats of one name never rescan.
-pub fn input_names(names: &[String]) -> Vec<String> {
+pub(crate) fn input_names(names: &[String]) -> Vec<String> {
     let mut taken: HashSet<String> = HashSet::from([CONFIG_FILE.to_owned()]);
     let mut next_suffix: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::with_capacity(names.len());

@@ -29,17 +29,17 @@ use crate::{
 
 /// What the rest of the runner reads of the node's state.
 #[derive(Clone, Default)]
-pub struct NodeState {
+pub(crate) struct NodeState {
     lxd_up: Arc<AtomicBool>,
 }
 
 impl NodeState {
-    pub fn lxd_up(&self) -> bool {
+    pub(crate) fn lxd_up(&self) -> bool {
         self.lxd_up.load(Ordering::Relaxed)
     }
 }
 
-pub struct Node {
+pub(crate) struct Node {
     pub nodes: NodeStore,
     pub lxd: pirus_lxd::Client,
     pub name: String,
@@ -86,7 +86,7 @@ impl Node {
     }
 
     /// Registers the node, then renews its lease until shutdown.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         state: NodeState,
         registered: tokio::sync::oneshot::Sender<()>,

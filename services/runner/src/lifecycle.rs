@@ -11,7 +11,7 @@ use crate::domain::RunStatus::{self, *};
 
 /// Something that happened to a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// A node claimed it (a new attempt).
     Claimed,
     /// Its command started.
@@ -37,7 +37,7 @@ pub enum Event {
 
 /// What a transition records besides the new status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Effects {
+pub(crate) struct Effects {
     /// The run ended: `ended_at` is set, and any pending control request is dropped.
     pub ended: bool,
     /// The control request this transition fulfils is cleared.
@@ -48,7 +48,7 @@ pub struct Effects {
 
 /// A transition's outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     pub status: RunStatus,
     pub effects: Effects,
 }
@@ -56,16 +56,16 @@ pub struct Decision {
 /// Why an event does not apply to a run in its status.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("a {status} run cannot be {what}")]
-pub struct Refused {
+pub(crate) struct Refused {
     pub status: &'static str,
     pub what: &'static str,
 }
 
 /// The statuses that hold a node's slot.
-pub const ACTIVE: [RunStatus; 4] = [Initializing, Running, Pause, Finishing];
+pub(crate) const ACTIVE: [RunStatus; 4] = [Initializing, Running, Pause, Finishing];
 
 /// The new status of a run in status `from` after `event`.
-pub fn next(from: RunStatus, event: Event) -> Result<Decision, Refused> {
+pub(crate) fn next(from: RunStatus, event: Event) -> Result<Decision, Refused> {
     let to = |status: RunStatus| Decision {
         status,
         effects: Effects {
@@ -116,7 +116,7 @@ pub fn next(from: RunStatus, event: Event) -> Result<Decision, Refused> {
 }
 
 /// The status a submitted run starts in.
-pub fn submitted() -> Decision {
+pub(crate) fn submitted() -> Decision {
     Decision {
         status: Waiting,
         effects: Effects::default(),
@@ -125,7 +125,7 @@ pub fn submitted() -> Decision {
 
 /// What a client may ask of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     Pause,
     Resume,
     Cancel,
@@ -134,14 +134,14 @@ pub enum Request {
 
 /// A control request a run's owner carries out (`runs.desired_state`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Desired {
+pub(crate) enum Desired {
     Running,
     Pause,
     Canceled,
 }
 
 impl Desired {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
             Self::Pause => "pause",
@@ -149,7 +149,7 @@ impl Desired {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         [Self::Running, Self::Pause, Self::Canceled]
             .into_iter()
             .find(|d| d.as_str() == s)
@@ -158,7 +158,7 @@ impl Desired {
 
 /// How a client request is carried out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// At once, by whoever got the request (a waiting run has no owner).
     Now(Event),
     /// By the run's owner: recorded as desired state and announced.
@@ -168,7 +168,7 @@ pub enum Answer {
 }
 
 /// How a client's request applies to a run in status `from`.
-pub fn request(from: RunStatus, r: Request) -> Result<Answer, Refused> {
+pub(crate) fn request(from: RunStatus, r: Request) -> Result<Answer, Refused> {
     let refused = || Refused {
         status: from.as_str(),
         what: match r {

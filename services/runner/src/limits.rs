@@ -68,14 +68,14 @@ impl NodeLimits {
 
 /// One way a request exceeds a node, named as SubmitRun's fields are.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Excess {
+pub(crate) struct Excess {
     pub field: &'static str,
     pub asked: String,
     pub limit: String,
 }
 
 /// Every field of `r` above `largest`.
-pub fn excess(r: &Requested, largest: &Limits) -> Vec<Excess> {
+pub(crate) fn excess(r: &Requested, largest: &Limits) -> Vec<Excess> {
     let size = pirus_server::options::format_size;
     let mut out = Vec::new();
     let mut check = |field, asked: Option<u64>, limit: u64, show: &dyn Fn(u64) -> String| {

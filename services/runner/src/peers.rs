@@ -39,7 +39,7 @@ async fn answered<T>(
 }
 
 #[derive(Clone)]
-pub struct Peers {
+pub(crate) struct Peers {
     nodes: NodeStore,
     /// This node: never a peer.
     node: String,
@@ -61,7 +61,12 @@ fn unavailable(owner: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Peers {
-    pub fn new(nodes: NodeStore, node: String, credential: OwnCredential, tls: ClientTls) -> Self {
+    pub(crate) fn new(
+        nodes: NodeStore,
+        node: String,
+        credential: OwnCredential,
+        tls: ClientTls,
+    ) -> Self {
         Self {
             nodes,
             node,
@@ -103,7 +108,7 @@ impl Peers {
     }
 
     /// Relays the owner's log stream of a run into `tx`.
-    pub async fn logs(
+    pub(crate) async fn logs(
         &self,
         owner: &str,
         run: Uuid,
@@ -140,7 +145,7 @@ impl Peers {
     }
 
     /// The owner's live figures of a run.
-    pub async fn monitoring(&self, owner: &str, run: Uuid) -> Result<Monitoring> {
+    pub(crate) async fn monitoring(&self, owner: &str, run: Uuid) -> Result<Monitoring> {
         let mut client = self.client(owner).await?;
         let request = self.credential.get().request(pb::GetRunMonitoringRequest {
             id: run.to_string(),

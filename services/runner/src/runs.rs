@@ -37,7 +37,7 @@ const LOG_POLL: Duration = Duration::from_millis(200);
 /// How often a watch re-reads a run's events with no hint.
 
 #[derive(Clone)]
-pub struct Runs {
+pub(crate) struct Runs {
     pub stores: Stores,
     /// The shared readers of runs' events, for WatchRun.
     pub feeds: crate::follow::events::Feeds,
@@ -53,19 +53,19 @@ pub struct Runs {
 
 impl Runs {
     /// Queues a run for the caller, who owns it; a user's inputs must be its own files.
-    pub async fn submit(&self, caller: &Caller, mut new: NewRun) -> Result<Run> {
+    pub(crate) async fn submit(&self, caller: &Caller, mut new: NewRun) -> Result<Run> {
         access::require(caller, Action::SubmitRuns)?;
         new.owner = Some(caller.accessor);
         let inputs_of = policy::scope(caller).owner_filter();
         submit::submit(&self.stores, self.databases_dir.as_deref(), new, inputs_of).await
     }
 
-    pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Run> {
+    pub(crate) async fn get(&self, caller: &Caller, id: Uuid) -> Result<Run> {
         access::allowed(caller, Action::ReadRuns, self.stores.runs.get(id)).await
     }
 
     /// Runs within the caller's scope.
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         caller: &Caller,
         mut filter: RunFilter,
@@ -78,7 +78,7 @@ impl Runs {
     /// Every event of a run after `after`, then live ones, until the terminal event: through
     /// the run's one shared reader ([`crate::follow::events`]), so watchers cost one query each to join
     /// and nothing per change beyond the reader's.
-    pub async fn watch(
+    pub(crate) async fn watch(
         &self,
         caller: &Caller,
         id: Uuid,
@@ -96,7 +96,7 @@ impl Runs {
     /// A log from `offset`: the live file while the run is alive here, the owning node's
     /// stream while it is alive elsewhere, the catalogue's copy once it ended. With `follow`,
     /// until the run ends.
-    pub async fn logs(
+    pub(crate) async fn logs(
         &self,
         caller: &Caller,
         id: Uuid,
@@ -292,14 +292,14 @@ impl Runs {
     }
 
     /// Pause, resume or cancel, as the lifecycle allows.
-    pub async fn control(&self, caller: &Caller, id: Uuid, request: Request) -> Result<Run> {
+    pub(crate) async fn control(&self, caller: &Caller, id: Uuid, request: Request) -> Result<Run> {
         access::allowed(caller, Action::ControlRuns, self.stores.runs.get(id)).await?;
         self.stores.runs.request(id, request).await
     }
 
     /// Removes a run that ended with its output and log files (deleted in the catalogue as
     /// the caller, whose files they are).
-    pub async fn delete(&self, caller: &Caller, id: Uuid) -> Result<Run> {
+    pub(crate) async fn delete(&self, caller: &Caller, id: Uuid) -> Result<Run> {
         let run = access::allowed(caller, Action::DeleteRuns, self.stores.runs.get(id)).await?;
         crate::lifecycle::request(run.status, Request::Delete)
             .map_err(|e| Error::FailedPrecondition(format!("run {id}: {e}")))?;
@@ -314,7 +314,7 @@ impl Runs {
     }
 
     /// Live figures of a run's container, from its node's LXD.
-    pub async fn monitoring(&self, caller: &Caller, id: Uuid) -> Result<Monitoring> {
+    pub(crate) async fn monitoring(&self, caller: &Caller, id: Uuid) -> Result<Monitoring> {
         let run = access::live_readable(caller, self.stores.runs.get(id)).await?;
         if run.status.is_terminal() || run.status == RunStatus::Waiting {
             return Err(Error::FailedPrecondition(format!(
@@ -346,12 +346,17 @@ impl Runs {
         }
     }
 
-    pub async fn nodes(&self, caller: &Caller) -> Result<Vec<Node>> {
+    pub(crate) async fn nodes(&self, caller: &Caller) -> Result<Vec<Node>> {
         access::require(caller, Action::ReadNodes)?;
         self.stores.nodes.list().await
     }
 
-    pub async fn set_draining(&self, caller: &Caller, name: &str, draining: bool) -> Result<Node> {
+    pub(crate) async fn set_draining(
+        &self,
+        caller: &Caller,
+        name: &str,
+        draining: bool,
+    ) -> Result<Node> {
         access::require(caller, Action::DrainNodes)?;
         self.stores.nodes.set_draining(name, draining).await
     }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{executor::Executor, lease::NodeState, limits::Limits, store::Stores};
 
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     pub stores: Stores,
     pub executor: Executor,
     pub node: String,
@@ -35,7 +35,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub async fn run(self, mut notices: broadcast::Receiver<Notice>, shutdown: CancellationToken) {
+    pub(crate) async fn run(
+        self,
+        mut notices: broadcast::Receiver<Notice>,
+        shutdown: CancellationToken,
+    ) {
         let slots = Slots::default();
         // Take back what an earlier process of this node left, and clean up the rest, before
         // claiming anything new (retried until LXD and the database answer).

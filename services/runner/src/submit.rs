@@ -19,12 +19,12 @@ use crate::{
 };
 
 /// Inputs of one run at most: each is fetched, cached and linked, and named in linear time.
-pub const MAX_INPUTS: usize = 1000;
+pub(crate) const MAX_INPUTS: usize = 1000;
 
 /// Queues a run, or answers the run an earlier submission (by the same owner) with the same
 /// `request_id` queued. With `inputs_of`, every input must be that accessor's file (another's
 /// is reported as not found).
-pub async fn submit(
+pub(crate) async fn submit(
     stores: &Stores,
     databases_dir: Option<&Path>,
     new: NewRun,
@@ -320,7 +320,7 @@ fn list_databases(dir: &Path) -> Vec<String> {
 
 /// Parses `config_json`, applies the form's defaults, resolves dynamic enums, and validates
 /// (with `pirus_form`, which the CLI runs too, so both say the same).
-pub fn validate_config(
+pub(crate) fn validate_config(
     config_json: &str,
     form: &Value,
     input_names: &[String],

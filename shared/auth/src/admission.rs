@@ -72,7 +72,7 @@ pub fn exhausted(message: impl Into<String>) -> tonic::Status {
 }
 
 /// The streams each caller holds now.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Admission {
     budget: StreamBudget,
     held: Arc<Mutex<HashMap<Key, Arc<AtomicUsize>>>>,
@@ -116,13 +116,13 @@ impl Admission {
             Key::Token(caller.accessor)
         };
         let limit = self.budget.of(caller.role);
-        let count = self
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
+        let count = std::sync::Arc::clone(
+            self.held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_default(),
+        );
         let admitted = count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)

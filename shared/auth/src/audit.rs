@@ -29,7 +29,7 @@ pub struct AuditEvent {
 /// Writes the trail. Events are queued and written by one background task, many to a
 /// statement and a commit: a burst of changes costs the database one commit per batch rather
 /// than one per change, and never takes the pool's connections away from the calls themselves.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Audit {
     db: DatabaseConnection,
     service: &'static str,

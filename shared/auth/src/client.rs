@@ -74,7 +74,7 @@ impl Credential {
 /// A service's own credential, shared by its clients and replaced when its token file
 /// changes: a token is rotated without a restart (write the new token to the file, wait for
 /// [`FOLLOW_INTERVAL`], then revoke the old one).
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct OwnCredential(std::sync::Arc<std::sync::RwLock<Credential>>);
 
 /// How often a token file is read again.

@@ -34,7 +34,7 @@ pub fn status(e: &AuthError) -> tonic::Status {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: Verifier,
     audit: Audit,
@@ -71,6 +71,7 @@ impl AuthLayer {
 /// A response body that holds `T` until the body ends or is dropped: for a stream, as long
 /// as the stream lasts. The auth layer holds a call's [`Permit`] in it ([`Admitted`]); the
 /// gRPC port's call counting holds its open call in it too.
+#[derive(Debug)]
 pub struct Holding<B, T> {
     inner: B,
     _held: T,
@@ -126,7 +127,7 @@ impl<S> Layer<S> for AuthLayer {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AuthService<S> {
     inner: S,
     layer: AuthLayer,

@@ -64,7 +64,7 @@ pub struct NewToken {
     pub created_by: Option<Uuid>,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TokenStore {
     db: DatabaseConnection,
 }

@@ -12,6 +12,7 @@ use crate::AuthError;
 const PREFIX: &str = "pirus_";
 
 /// A freshly made token: its accessor id, the whole token (shown once), and the digest kept.
+#[derive(Debug)]
 pub struct Minted {
     pub accessor: Uuid,
     pub token: String,

@@ -41,6 +41,12 @@ pub struct Verifier {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     mode: AuthMode,
     store: TokenStore,

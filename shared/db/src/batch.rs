@@ -29,6 +29,7 @@ type Waiter<K, V> = (K, oneshot::Sender<Answer<V>>);
 
 /// A coalescing reader of rows `V` by key `K`. Cheap to clone: clones share the batching task,
 /// which ends when the last clone is dropped.
+#[derive(Debug)]
 pub struct Coalesced<K, V> {
     queue: mpsc::Sender<Waiter<K, V>>,
 }
@@ -83,7 +84,7 @@ where
 {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let Some(first) = waiting.recv().await else {
@@ -96,7 +97,7 @@ where
                 Err(_) => break,
             }
         }
-        let fetch = fetch.clone();
+        let fetch = std::sync::Arc::clone(&fetch);
         tokio::spawn(async move {
             let mut wanted: HashMap<K, usize> = HashMap::with_capacity(batch.len());
             for (key, _) in &batch {
@@ -155,7 +156,10 @@ mod tests {
     /// Squares of keys below 1,000, slowly, counting the queries and the largest batch.
     fn squares(queries: Arc<AtomicUsize>, largest: Arc<AtomicUsize>) -> Coalesced<u32, u64> {
         Coalesced::new(move |keys: Vec<u32>| {
-            let (queries, largest) = (queries.clone(), largest.clone());
+            let (queries, largest) = (
+                std::sync::Arc::clone(&queries),
+                std::sync::Arc::clone(&largest),
+            );
             async move {
                 queries.fetch_add(1, Ordering::SeqCst);
                 largest.fetch_max(keys.len(), Ordering::SeqCst);
@@ -172,7 +176,10 @@ mod tests {
     #[tokio::test]
     async fn concurrent_reads_share_queries_and_each_gets_its_own_row() {
         let (queries, largest) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let reader = squares(queries.clone(), largest.clone());
+        let reader = squares(
+            std::sync::Arc::clone(&queries),
+            std::sync::Arc::clone(&largest),
+        );
         // 500 reads, keys repeated (each key asked five times) and some without a row.
         let reads: Vec<_> = (0..500u32)
             .map(|i| {
@@ -195,7 +202,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_alone_is_one_query() {
         let (queries, largest) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let reader = squares(queries.clone(), largest);
+        let reader = squares(std::sync::Arc::clone(&queries), largest);
         assert_eq!(reader.get(3).await.unwrap(), Some(9));
         assert_eq!(reader.get(5000).await.unwrap(), None);
         assert_eq!(queries.load(Ordering::SeqCst), 2);

@@ -2,7 +2,7 @@
 
 use sea_orm::Value;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Where {
     conditions: Vec<String>,
     values: Vec<Value>,

@@ -22,6 +22,7 @@ use sea_orm::{
 };
 
 /// The columns of one row, read in the order the query selects them.
+#[derive(Debug)]
 pub struct Columns<'r> {
     row: &'r PgRow,
     next: usize,

@@ -44,7 +44,7 @@ impl ConnectionSlots {
     /// The slots for a connection just accepted from `peer`, or none (it is to be closed at
     /// once, which is logged) when the port or its client holds all it may.
     pub(crate) fn admit(&self, peer: SocketAddr) -> Option<ConnectionSlot> {
-        let Ok(open) = self.open.clone().try_acquire_owned() else {
+        let Ok(open) = std::sync::Arc::clone(&self.open).try_acquire_owned() else {
             tracing::warn!(%peer, max = self.max, port = self.port,
                 "connection closed at once: every connection slot of the port is taken");
             return None;

@@ -13,7 +13,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::metrics::Metrics;
 
 /// Shared readiness of one process, reported to gRPC health and `/readyz`.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Health {
     reporter: HealthReporter,
     services: Arc<[&'static str]>,

@@ -37,6 +37,7 @@ fn latency_histogram() -> Histogram {
 
 /// The metrics every Pirus process exports. A service registers its own with
 /// [`MetricsBuilder::register`] before the registry is frozen behind an `Arc`.
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub grpc_calls: Family<GrpcCallLabels, Counter>,
@@ -45,6 +46,7 @@ pub struct Metrics {
     pub ready: Gauge,
 }
 
+#[derive(Debug)]
 pub struct MetricsBuilder {
     metrics: Metrics,
 }
@@ -118,7 +120,7 @@ impl Metrics {
 }
 
 /// Counts and times every gRPC call (`pirus_grpc_calls_total`, `pirus_grpc_call_seconds`).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct GrpcMetricsLayer {
     metrics: Arc<Metrics>,
 }
@@ -135,12 +137,12 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GrpcMetricsService {
             inner,
-            metrics: self.metrics.clone(),
+            metrics: std::sync::Arc::clone(&self.metrics),
         }
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct GrpcMetricsService<S> {
     inner: S,
     metrics: Arc<Metrics>,
@@ -161,7 +163,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method_label(request.uri().path());
-        let metrics = self.metrics.clone();
+        let metrics = std::sync::Arc::clone(&self.metrics);
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {

@@ -86,7 +86,7 @@ pub fn unauthorized(status: StatusCode, message: &str) -> Response {
 const MAX_AUDITED_PATH: usize = 256;
 
 /// What the HTTP side of the authorization layer needs.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct HttpAuth {
     pub verifier: pirus_auth::Verifier,
     pub audit: pirus_auth::audit::Audit,

@@ -43,6 +43,7 @@ pub enum ServeError {
 
 /// The two listening sockets of a process, bound before anything else so that a taken port is
 /// reported at once and `127.0.0.1:0` resolves to a real port, and the TLS both serve with.
+#[derive(Debug)]
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
@@ -85,6 +86,7 @@ impl Listeners {
     }
 }
 
+#[derive(Debug)]
 pub struct ServeOptions {
     /// Fully qualified gRPC service names to report in health.
     pub services: Vec<&'static str>,
@@ -102,7 +104,7 @@ pub struct ServeOptions {
 
 /// What the authorization layer needs: the verifier, the audit trail, and which methods change
 /// something (to be audited).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AuthSetup {
     pub verifier: pirus_auth::Verifier,
     pub audit: pirus_auth::audit::Audit,
@@ -115,6 +117,7 @@ pub struct AuthSetup {
 }
 
 /// What a service hands to [`serve`]: its gRPC routes and any HTTP routes of its own.
+#[derive(Debug)]
 pub struct Service {
     pub grpc: Routes,
     pub http: axum::Router,
@@ -133,7 +136,7 @@ pub async fn serve(
     let grpc_addr = listeners.grpc_addr();
     let http_addr = listeners.http_addr();
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health::new(reporter, &options.services, metrics.clone()).await;
+    let health = Health::new(reporter, &options.services, std::sync::Arc::clone(&metrics)).await;
 
     // Both reflection versions describe everything served, themselves included, so that
     // `list` answers the same whichever version a client speaks.
@@ -180,7 +183,7 @@ pub async fn serve(
         // Outermost: counts each call open on its connection (for --grpc-idle-timeout) and
         // gives the layers below the peer's address.
         .layer(crate::grpc_port::OpenCallsLayer)
-        .layer(GrpcMetricsLayer::new(metrics.clone()))
+        .layer(GrpcMetricsLayer::new(std::sync::Arc::clone(&metrics)))
         .layer(
             pirus_auth::layer::AuthLayer::new(
                 options.auth.verifier.clone(),
@@ -212,7 +215,7 @@ pub async fn serve(
 
     let http_router = ops::router(
         health.clone(),
-        metrics.clone(),
+        std::sync::Arc::clone(&metrics),
         options.auth.verifier.clone(),
     )
     .merge(service.http.layer(axum::middleware::from_fn_with_state(
@@ -226,8 +229,8 @@ pub async fn serve(
     let http_task = match &listeners.tls {
         None => spawn_http(listeners.http, http_router, stop.clone(), options.http),
         Some(tls) => {
-            let listener =
-                TlsListener::new(listeners.http, tls.http.clone()).map_err(ServeError::Http)?;
+            let listener = TlsListener::new(listeners.http, std::sync::Arc::clone(&tls.http))
+                .map_err(ServeError::Http)?;
             spawn_http(listener, http_router, stop.clone(), options.http)
         }
     };

@@ -70,7 +70,7 @@ pub struct ServerTlsOptions {
 }
 
 /// A server's loaded TLS settings: one for tonic, one for the HTTP port, from the same files.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ServerTls {
     pub grpc: tonic::transport::ServerTlsConfig,
     pub http: Arc<ServerConfig>,
@@ -224,6 +224,7 @@ fn pem_reason(e: rustls::pki_types::pem::Error, what: &str) -> String {
 /// The HTTP port's listener with TLS: handshakes run concurrently (a slow client holds up no
 /// one), at most [`MAX_HANDSHAKES`] at once, each under [`HANDSHAKE_TIMEOUT`]; failed
 /// handshakes are logged and dropped.
+#[derive(Debug)]
 pub struct TlsListener {
     local: SocketAddr,
     ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -249,7 +250,7 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                let Ok(permit) = std::sync::Arc::clone(&handshakes).try_acquire_owned() else {
                     tracing::debug!(%peer, "too many TLS handshakes at once; connection closed");
                     continue;
                 };

@@ -83,7 +83,7 @@ async fn get_files(
     concurrency: usize,
     seconds: u64,
 ) -> Result<Outcome> {
-    let ids = ids.clone();
+    let ids = std::sync::Arc::clone(ids);
     drive(
         channels,
         concurrency,

@@ -177,7 +177,7 @@ async fn main() -> Result<()> {
     rows.push(("health check (the floor)".into(), health, ""));
 
     if wanted("GetRun") {
-        let sample = ids.clone();
+        let sample = std::sync::Arc::clone(&ids);
         let get = drive(
             &runners,
             concurrency,
@@ -199,7 +199,7 @@ async fn main() -> Result<()> {
 
     // A page of 50 with a filter, from a random place in the table.
     if wanted("ListRuns") {
-        let sample = ids.clone();
+        let sample = std::sync::Arc::clone(&ids);
         let list_call = move |channel: Channel, n: usize| {
             let after = sample[n * 104_729 % sample.len()].replace('-', "");
             async move {

@@ -62,7 +62,11 @@ async fn main() -> Result<()> {
     let mut readers = Vec::new();
     for _ in 0..4 {
         let mut client = RunnerServiceClient::new(channel.clone());
-        let (stop, calls, errors) = (stop.clone(), calls.clone(), errors.clone());
+        let (stop, calls, errors) = (
+            std::sync::Arc::clone(&stop),
+            std::sync::Arc::clone(&calls),
+            std::sync::Arc::clone(&errors),
+        );
         readers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let listed = client

@@ -3,26 +3,26 @@
 
 mod error;
 
-pub use error::Error;
+pub(crate) use error::Error;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
+        pub(crate) enum $name { $($variant),+ }
 
         impl $name {
             /// The spelling stored in the database.
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self { $(Self::$variant => $text),+ }
             }
 
-            pub fn parse(s: &str) -> Option<Self> {
+            pub(crate) fn parse(s: &str) -> Option<Self> {
                 match s { $($text => Some(Self::$variant),)+ _ => None }
             }
         }
@@ -60,13 +60,13 @@ text_enum!(
 
 /// The absolute tus URL of an upload: what both edges answer for it (gRPC's `upload_url`,
 /// tus's `Location`), so either protocol resumes what the other started.
-pub fn upload_url(public_url: &str, endpoint: Endpoint, id: Uuid) -> String {
+pub(crate) fn upload_url(public_url: &str, endpoint: Endpoint, id: Uuid) -> String {
     format!("{public_url}/uploads/{endpoint}/{id}")
 }
 
 /// A file as clients see it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct File {
+pub(crate) struct File {
     pub id: Uuid,
     pub name: String,
     pub kind: FileKind,
@@ -89,7 +89,7 @@ pub struct File {
 
 /// A pipeline as clients see it: its package upload, then what its install found.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     pub id: Uuid,
     pub status: PipelineStatus,
     pub name: String,
@@ -116,17 +116,18 @@ pub struct Pipeline {
 
 /// Filters of ListPipelines.
 #[derive(Clone, Debug, Default)]
-pub struct PipelineFilter {
+pub(crate) struct PipelineFilter {
     pub status: Option<PipelineStatus>,
     pub name: Option<String>,
 }
 
 /// The documents a pipeline may have.
-pub const DOCUMENT_NAMES: &[&str] = &["form", "icon", "help", "readme", "license", "manifest"];
+pub(crate) const DOCUMENT_NAMES: &[&str] =
+    &["form", "icon", "help", "readme", "license", "manifest"];
 
 /// A file to create: what CreateFile and tus POST on /uploads/files/ ask for.
 #[derive(Clone, Debug, Default)]
-pub struct NewFile {
+pub(crate) struct NewFile {
     pub name: String,
     /// `None`: deferred length (tus creation-defer-length).
     pub size: Option<u64>,
@@ -143,7 +144,7 @@ pub struct NewFile {
 
 /// The durable state of an upload, as HEAD and GetUploadStatus report it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct UploadState {
+pub(crate) struct UploadState {
     pub id: Uuid,
     pub endpoint: Endpoint,
     pub file_id: Option<Uuid>,
@@ -159,11 +160,11 @@ pub struct UploadState {
     pub owner: Option<Uuid>,
 }
 
-pub use pirus_server::paging::Page;
+pub(crate) use pirus_server::paging::Page;
 
 /// Filters of ListFiles.
 #[derive(Clone, Debug, Default)]
-pub struct FileFilter {
+pub(crate) struct FileFilter {
     pub status: Option<FileStatus>,
     pub kind: Option<FileKind>,
     pub source_run_id: Option<Uuid>,
@@ -172,7 +173,7 @@ pub struct FileFilter {
 }
 
 /// Checks a lowercase hex SHA-256, naming `field` when it is not one.
-pub fn parse_sha256(field: &str, value: &str) -> Result<Option<String>> {
+pub(crate) fn parse_sha256(field: &str, value: &str) -> Result<Option<String>> {
     let value = value.trim();
     if value.is_empty() {
         return Ok(None);
@@ -189,7 +190,7 @@ pub fn parse_sha256(field: &str, value: &str) -> Result<Option<String>> {
 }
 
 /// Checks a file name a client gives: not empty, bounded, no path and no control characters.
-pub fn check_filename(field: &str, name: &str) -> Result<String> {
+pub(crate) fn check_filename(field: &str, name: &str) -> Result<String> {
     if name.trim().is_empty() {
         return Err(Error::invalid(field, "is required"));
     }

@@ -15,7 +15,7 @@ use crate::{
     tokens::{TokenRequest, Tokens},
 };
 
-pub struct Access {
+pub(crate) struct Access {
     pub tokens: Tokens,
 }
 

@@ -9,24 +9,24 @@ use crate::domain::{
     UploadState, upload_url,
 };
 
-pub use pirus_server::paging::{paged, timestamp};
+pub(super) use pirus_server::paging::{paged, timestamp};
 
 /// A required UUID field.
-pub fn parse_id(field: &str, value: &str) -> Result<Uuid> {
+pub(super) fn parse_id(field: &str, value: &str) -> Result<Uuid> {
     Ok(pirus_server::paging::parse_id(field, value)?)
 }
 
 /// An optional UUID field (empty means none).
-pub fn parse_optional_id(field: &str, value: &str) -> Result<Option<Uuid>> {
+pub(super) fn parse_optional_id(field: &str, value: &str) -> Result<Option<Uuid>> {
     Ok(pirus_server::paging::parse_optional_id(field, value)?)
 }
 
 /// Page size and token of a List request.
-pub fn page(page_size: i32, page_token: &str) -> Result<Page> {
+pub(super) fn page(page_size: i32, page_token: &str) -> Result<Page> {
     Ok(pirus_server::paging::page(page_size, page_token)?)
 }
 
-pub fn file_kind(value: i32) -> Result<Option<FileKind>> {
+pub(super) fn file_kind(value: i32) -> Result<Option<FileKind>> {
     match pb::FileKind::try_from(value) {
         Ok(pb::FileKind::Unspecified) => Ok(None),
         Ok(pb::FileKind::Data) => Ok(Some(FileKind::Data)),
@@ -38,7 +38,7 @@ pub fn file_kind(value: i32) -> Result<Option<FileKind>> {
     }
 }
 
-pub fn file_status(value: i32) -> Result<Option<FileStatus>> {
+pub(super) fn file_status(value: i32) -> Result<Option<FileStatus>> {
     match pb::FileStatus::try_from(value) {
         Ok(pb::FileStatus::Unspecified) => Ok(None),
         Ok(pb::FileStatus::Uploading) => Ok(Some(FileStatus::Uploading)),
@@ -71,7 +71,7 @@ fn status_to_proto(status: FileStatus) -> pb::FileStatus {
     }
 }
 
-pub fn file_to_proto(file: File, public_url: &str) -> pb::File {
+pub(super) fn file_to_proto(file: File, public_url: &str) -> pb::File {
     let upload_url = match (file.upload_id, file.upload_endpoint) {
         (Some(id), Some(endpoint)) => upload_url(public_url, endpoint, id),
         _ => String::new(),
@@ -95,7 +95,7 @@ pub fn file_to_proto(file: File, public_url: &str) -> pb::File {
     }
 }
 
-pub fn pipeline_status(value: i32) -> Result<Option<PipelineStatus>> {
+pub(super) fn pipeline_status(value: i32) -> Result<Option<PipelineStatus>> {
     match pb::PipelineStatus::try_from(value) {
         Ok(pb::PipelineStatus::Unspecified) => Ok(None),
         Ok(pb::PipelineStatus::Uploading) => Ok(Some(PipelineStatus::Uploading)),
@@ -120,7 +120,7 @@ fn pipeline_status_to_proto(status: PipelineStatus) -> pb::PipelineStatus {
     }
 }
 
-pub fn pipeline_to_proto(p: Pipeline, public_url: &str) -> pb::Pipeline {
+pub(super) fn pipeline_to_proto(p: Pipeline, public_url: &str) -> pb::Pipeline {
     let id_text = |id: Option<Uuid>| id.map(|i| i.to_string()).unwrap_or_default();
     pb::Pipeline {
         id: p.id.to_string(),
@@ -148,7 +148,7 @@ pub fn pipeline_to_proto(p: Pipeline, public_url: &str) -> pb::Pipeline {
     }
 }
 
-pub fn upload_status(state: &UploadState) -> pb::UploadStatus {
+pub(super) fn upload_status(state: &UploadState) -> pb::UploadStatus {
     pb::UploadStatus {
         id: state.id.to_string(),
         offset: state.offset as i64,

@@ -1,7 +1,7 @@
 //! gRPC edge of the catalogue. Handlers stay thin: convert the request, call one use case,
 //! convert the answer.
 
-pub mod access;
+pub(crate) mod access;
 mod convert;
 mod status;
 
@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// The handlers' use cases: the upload engine, files and pipelines.
-pub struct Catalogue {
+pub(crate) struct Catalogue {
     pub uploads: Uploads,
     pub files: Files,
     pub pipelines: Pipelines,

@@ -14,7 +14,7 @@ use std::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub(super) enum Format {
     Zip,
     TarGz,
     TarXz,
@@ -22,7 +22,7 @@ pub enum Format {
 
 impl Format {
     /// Tells the format from the first bytes of a file.
-    pub fn sniff(path: &Path) -> io::Result<Option<Format>> {
+    pub(super) fn sniff(path: &Path) -> io::Result<Option<Format>> {
         let mut magic = [0u8; 6];
         let mut file = File::open(path)?;
         let n = read_up_to(&mut file, &mut magic)?;
@@ -53,7 +53,7 @@ fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryKind {
+pub(super) enum EntryKind {
     File,
     Dir,
     /// A symbolic or hard link.
@@ -63,7 +63,7 @@ pub enum EntryKind {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub(super) struct Entry {
     /// The name with any leading `./` removed and no trailing `/`.
     pub name: String,
     /// The name as the archive holds it (for messages).
@@ -72,14 +72,14 @@ pub struct Entry {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(super) struct Limits {
     pub max_entries: usize,
     /// Bytes that may be inflated outside exempt entries.
     pub max_inflated: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WalkError {
+pub(super) enum WalkError {
     #[error("the package is not a readable archive: {0}")]
     Corrupt(String),
     #[error("the package has more than {0} entries")]
@@ -92,7 +92,7 @@ pub enum WalkError {
 }
 
 /// What a visitor decides after an entry.
-pub enum Visit {
+pub(super) enum Visit {
     Continue,
     Stop,
 }
@@ -133,7 +133,7 @@ impl std::fmt::Display for InflationExceeded {
 impl std::error::Error for InflationExceeded {}
 
 /// A reader over one entry's data; marks what it reads as exempt when asked.
-pub struct EntryReader<'a> {
+pub(super) struct EntryReader<'a> {
     inner: &'a mut dyn Read,
     counters: Rc<Counters>,
     exempt: bool,
@@ -141,7 +141,7 @@ pub struct EntryReader<'a> {
 
 impl EntryReader<'_> {
     /// Bytes read from here on do not count against the inflation bound.
-    pub fn exempt(&mut self) {
+    pub(super) fn exempt(&mut self) {
         self.exempt = true;
     }
 }
@@ -181,7 +181,12 @@ fn map_io(e: io::Error, limit: u64) -> WalkError {
 }
 
 /// Calls `visit` for every entry, in archive order.
-pub fn walk<F>(path: &Path, format: Format, limits: Limits, mut visit: F) -> Result<(), WalkError>
+pub(super) fn walk<F>(
+    path: &Path,
+    format: Format,
+    limits: Limits,
+    mut visit: F,
+) -> Result<(), WalkError>
 where
     F: FnMut(&Entry, &mut EntryReader<'_>) -> io::Result<Visit>,
 {
@@ -220,7 +225,7 @@ where
 {
     let counting = Counting {
         inner: reader,
-        counters: counters.clone(),
+        counters: std::rc::Rc::clone(counters),
     };
     let mut archive = tar::Archive::new(counting);
     let entries = archive
@@ -246,7 +251,7 @@ where
         };
         let mut reader = EntryReader {
             inner: &mut entry,
-            counters: counters.clone(),
+            counters: std::rc::Rc::clone(counters),
             exempt: false,
         };
         match visit(&info, &mut reader).map_err(|e| map_io(e, limits.max_inflated))? {
@@ -292,11 +297,11 @@ where
         };
         let mut counting = Counting {
             inner: entry,
-            counters: counters.clone(),
+            counters: std::rc::Rc::clone(counters),
         };
         let mut reader = EntryReader {
             inner: &mut counting,
-            counters: counters.clone(),
+            counters: std::rc::Rc::clone(counters),
             exempt: false,
         };
         match visit(&info, &mut reader).map_err(|e| map_io(e, limits.max_inflated))? {
@@ -311,7 +316,7 @@ where
 }
 
 /// Why an entry name is unsafe in a package (outside its image), if it is.
-pub fn unsafe_name(entry: &Entry) -> Option<&'static str> {
+pub(super) fn unsafe_name(entry: &Entry) -> Option<&'static str> {
     let raw = entry.raw.as_str();
     if raw.starts_with('/') || raw.starts_with('\\') || raw.get(1..3) == Some(":\\") {
         return Some("is an absolute path");

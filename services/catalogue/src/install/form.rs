@@ -11,18 +11,18 @@
 
 use serde_json::{Map, Value, json};
 
-pub const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
+pub(crate) const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
 
 /// The vendor keyword that marks an enum resolved at submission.
-pub const DYNAMIC_ENUM: &str = "x-pirus-enum";
+pub(crate) const DYNAMIC_ENUM: &str = "x-pirus-enum";
 
 /// A form with no parameters.
-pub fn empty() -> Value {
+pub(crate) fn empty() -> Value {
     json!({"$schema": DRAFT_2020_12, "type": "object", "properties": {}, "additionalProperties": false})
 }
 
 /// Normalises `bytes` (the form file) or reports every problem found, prefixed `form.json`.
-pub fn normalise(bytes: &[u8]) -> Result<Value, Vec<String>> {
+pub(crate) fn normalise(bytes: &[u8]) -> Result<Value, Vec<String>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(empty());
     }

@@ -9,11 +9,11 @@ use std::{
 use super::archive::{self, EntryKind, Format, Limits, Visit, WalkError};
 
 /// Entries of an image's own tarball (a root file system) at most.
-pub const MAX_IMAGE_ENTRIES: usize = 5_000_000;
+pub(super) const MAX_IMAGE_ENTRIES: usize = 5_000_000;
 
 /// Copies all of `reader` into `out`, fsyncs it, and answers its SHA-256 and size; `None`
 /// as soon as it passes `max` bytes.
-pub fn copy_hashing(
+pub(super) fn copy_hashing(
     reader: &mut impl Read,
     out: &mut std::fs::File,
     max: u64,
@@ -28,7 +28,7 @@ pub fn copy_hashing(
 /// An LXD unified image tarball holds `metadata.yaml` and `rootfs/`. Its content is otherwise
 /// LXD's business (links and all), but every runner unpacks it: it is walked to its end, and
 /// refused if it unpacks to more than `max` bytes (an image bomb would fill every runner).
-pub fn check_image(path: &Path, name: Option<&str>, max: u64) -> Vec<String> {
+pub(super) fn check_image(path: &Path, name: Option<&str>, max: u64) -> Vec<String> {
     let name = name.unwrap_or("image");
     let format = match Format::sniff(path) {
         Ok(Some(f @ (Format::TarGz | Format::TarXz))) => f,

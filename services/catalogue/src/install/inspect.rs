@@ -22,17 +22,17 @@ use super::{
 };
 use crate::datadir::DataDir;
 
-pub const MAX_ENTRIES: usize = 10_000;
-pub const MAX_MANIFEST: u64 = 1 << 20;
-pub const MAX_FORM: u64 = 1 << 20;
-pub const MAX_DOCUMENT: u64 = 16 << 20;
+pub(super) const MAX_ENTRIES: usize = 10_000;
+pub(super) const MAX_MANIFEST: u64 = 1 << 20;
+pub(super) const MAX_FORM: u64 = 1 << 20;
+pub(super) const MAX_DOCUMENT: u64 = 16 << 20;
 /// Bytes that may be inflated outside the image, per byte of package (with a 1 MiB floor, so a
 /// tiny package holding a few small files is never mistaken for a bomb).
-pub const INFLATION_RATIO: u64 = 100;
+pub(super) const INFLATION_RATIO: u64 = 100;
 
 /// Where the pipeline's image is.
 #[derive(Debug)]
-pub enum Image {
+pub(super) enum Image {
     /// Extracted from the package into the data folder's partial file `temp`.
     Extracted {
         temp: Uuid,
@@ -44,14 +44,14 @@ pub enum Image {
 }
 
 #[derive(Debug)]
-pub struct Document {
+pub(super) struct Document {
     pub name: String,
     pub content_type: String,
     pub content: Vec<u8>,
 }
 
 #[derive(Debug)]
-pub struct Inspected {
+pub(super) struct Inspected {
     pub manifest: Manifest,
     pub form: Value,
     pub documents: Vec<Document>,
@@ -98,7 +98,7 @@ struct Extracted {
 /// Inspects the package at `path` (`size` bytes). On success the image, when extracted, is in
 /// `storage` under a temporary partial id the caller promotes or removes. The image may
 /// inflate to `max_image` bytes, as the package holds it and unpacked.
-pub fn inspect(
+pub(super) fn inspect(
     path: &Path,
     size: u64,
     storage: &DataDir,

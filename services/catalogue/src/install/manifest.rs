@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum PackageFormat {
+pub(super) enum PackageFormat {
     /// An archive with `manifest.json` (pirus_api 2) and an embedded image.
     V2,
     /// A legacy zip: `manifest.json` with `job`, and `lxc_image.tar.gz`.
@@ -19,7 +19,7 @@ pub enum PackageFormat {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Resources {
+pub(super) struct Resources {
     pub cpu: Option<u32>,
     pub memory_bytes: Option<u64>,
     pub processes: Option<u32>,
@@ -27,7 +27,7 @@ pub struct Resources {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Manifest {
+pub(super) struct Manifest {
     pub format: PackageFormat,
     pub pirus_api: String,
     pub name: String,
@@ -51,13 +51,13 @@ pub struct Manifest {
 }
 
 /// Problems found so far, each prefixed with where it was found.
-pub struct Problems<'a> {
+pub(super) struct Problems<'a> {
     pub file: &'a str,
     pub list: Vec<String>,
 }
 
 impl Problems<'_> {
-    pub fn add(&mut self, field: &str, message: impl std::fmt::Display) {
+    pub(super) fn add(&mut self, field: &str, message: impl std::fmt::Display) {
         self.list.push(format!("{}: {field}: {message}", self.file));
     }
 }
@@ -274,7 +274,7 @@ fn common(
 }
 
 /// `manifest.json`, pirus_api 2 or legacy (with `job` instead of `run`).
-pub fn parse_manifest_json(bytes: &[u8], p: &mut Problems) -> Option<Manifest> {
+pub(super) fn parse_manifest_json(bytes: &[u8], p: &mut Problems) -> Option<Manifest> {
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
@@ -368,7 +368,7 @@ fn v2(obj: &Map<String, Value>, p: &mut Problems) -> Manifest {
 }
 
 /// The `pirus` section of a legacy LXD image's `metadata.yaml` (YAML or JSON).
-pub fn parse_legacy_metadata(bytes: &[u8], p: &mut Problems) -> Option<Manifest> {
+pub(super) fn parse_legacy_metadata(bytes: &[u8], p: &mut Problems) -> Option<Manifest> {
     let value: Value = match serde_yaml_ng::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {

@@ -8,7 +8,7 @@
 //! (by any catalogue process: each install runs under its pipeline's advisory lock).
 
 mod archive;
-pub mod form;
+pub(crate) mod form;
 mod image;
 mod inspect;
 mod manifest;
@@ -30,7 +30,7 @@ use crate::{
 const SCAN_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
-pub struct Installer {
+pub(crate) struct Installer {
     store: Store,
     storage: DataDir,
     locks: LockConnector,
@@ -39,7 +39,12 @@ pub struct Installer {
 }
 
 impl Installer {
-    pub fn new(store: Store, storage: DataDir, locks: LockConnector, max_image: u64) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        storage: DataDir,
+        locks: LockConnector,
+        max_image: u64,
+    ) -> Self {
         Self {
             store,
             storage,
@@ -49,7 +54,11 @@ impl Installer {
     }
 
     /// Runs queued installs one at a time (an install is disk- and CPU-bound) until shutdown.
-    pub async fn run(self, mut queue: mpsc::UnboundedReceiver<Uuid>, shutdown: CancellationToken) {
+    pub(crate) async fn run(
+        self,
+        mut queue: mpsc::UnboundedReceiver<Uuid>,
+        shutdown: CancellationToken,
+    ) {
         let mut scan = tokio::time::interval(SCAN_INTERVAL);
         loop {
             let ids = tokio::select! {

@@ -9,7 +9,7 @@ impl Store {
     /// Removes an unreferenced blob: the file goes while its row is locked, so a concurrent
     /// upload of the same content (which increments the same row) waits and then stores it
     /// anew. A crash between the two leaves a row at zero, collected again later.
-    pub async fn collect_blob<F>(&self, sha256: &str, remove_file: F) -> Result<bool>
+    pub(crate) async fn collect_blob<F>(&self, sha256: &str, remove_file: F) -> Result<bool>
     where
         F: FnOnce() -> std::io::Result<()> + Send + 'static,
     {
@@ -35,7 +35,7 @@ impl Store {
     }
 
     /// Blobs nobody references, oldest first.
-    pub async fn unreferenced_blobs(&self, limit: u64) -> Result<Vec<String>> {
+    pub(crate) async fn unreferenced_blobs(&self, limit: u64) -> Result<Vec<String>> {
         let rows = self
             .db
             .query_all_raw(stmt(

@@ -99,7 +99,7 @@ impl FileRow {
 
 /// What [`Store::delete_file`] leaves for the caller to clean on disk.
 #[derive(Debug)]
-pub struct DeletedFile {
+pub(crate) struct DeletedFile {
     pub file: File,
     /// A partial upload file to remove.
     pub partial: Option<Uuid>,
@@ -138,7 +138,7 @@ fn same_request(request_id: &str, new: &NewFile, file: File) -> Result<File> {
 impl Store {
     /// Creates a file and its upload in one transaction. With a `request_id` already used, the
     /// file created then is returned instead (idempotent retries).
-    pub async fn create_file(&self, new: NewFile, expiry: Duration) -> Result<File> {
+    pub(crate) async fn create_file(&self, new: NewFile, expiry: Duration) -> Result<File> {
         if let Some(request_id) = &new.request_id
             && let Some(file) = self.file_by_request_id(request_id, new.owner).await?
         {
@@ -244,7 +244,7 @@ impl Store {
         Ok(row.map(FileRow::into_file))
     }
 
-    pub async fn get_file(&self, id: Uuid) -> Result<File> {
+    pub(crate) async fn get_file(&self, id: Uuid) -> Result<File> {
         let sql = format!(
             "SELECT {FILE_COLUMNS} FROM files f LEFT JOIN uploads u ON u.file_id = f.id
              WHERE f.id = $1"
@@ -257,7 +257,7 @@ impl Store {
     }
 
     /// One page of files in id (creation) order.
-    pub async fn list_files(&self, filter: &FileFilter, page: Page) -> Result<Vec<File>> {
+    pub(crate) async fn list_files(&self, filter: &FileFilter, page: Page) -> Result<Vec<File>> {
         let mut filter_sql = pirus_db::filter::Where::default();
         if let Some(after) = page.after {
             filter_sql.and("f.id > ?", after);
@@ -287,7 +287,7 @@ impl Store {
 
     /// Deletes a file unless a pipeline or an unfinished run uses it. The caller holds the
     /// upload's lock (no transfer is writing it) and cleans the disk afterwards.
-    pub async fn delete_file(&self, id: Uuid) -> Result<DeletedFile> {
+    pub(crate) async fn delete_file(&self, id: Uuid) -> Result<DeletedFile> {
         let file = self.get_file(id).await?;
         let txn = self.db.begin().await?;
         let used_by_pipeline = txn

@@ -10,14 +10,14 @@ use crate::domain::Result;
 
 /// A run as identity needs it.
 #[derive(Clone, Debug, PartialEq, Eq, FromQueryResult)]
-pub struct RunHolder {
+pub(crate) struct RunHolder {
     pub owner: Option<Uuid>,
     pub node: Option<String>,
     pub unfinished: bool,
 }
 
 impl Store {
-    pub async fn run_holder(&self, run: Uuid) -> Result<Option<RunHolder>> {
+    pub(crate) async fn run_holder(&self, run: Uuid) -> Result<Option<RunHolder>> {
         Ok(RunHolder::find_by_statement(stmt(
             "SELECT owner, node, unfinished FROM run_for_files WHERE id = $1",
             [run.into()],
@@ -28,7 +28,7 @@ impl Store {
 
     /// Whether an unfinished run held by `node` reads `file` (an input, or its pipeline's
     /// image).
-    pub async fn node_reads(&self, node: &str, file: Uuid) -> Result<bool> {
+    pub(crate) async fn node_reads(&self, node: &str, file: Uuid) -> Result<bool> {
         let row = self
             .db
             .query_one_raw(stmt(

@@ -12,13 +12,13 @@ mod blobs;
 mod files;
 mod holders;
 mod pipelines;
-pub mod session;
+pub(crate) mod session;
 mod uploads;
 
 #[cfg(test)]
 mod tests;
 
-pub use holders::RunHolder;
+pub(crate) use holders::RunHolder;
 
 /// A database error as the domain's: UNAVAILABLE (retry later) when the database cannot serve
 /// for now, INTERNAL otherwise.
@@ -44,10 +44,10 @@ impl From<sea_orm::sqlx::Error> for crate::domain::Error {
     }
 }
 
-pub use pipelines::{InstallRecord, NewPackage};
+pub(crate) use pipelines::{InstallRecord, NewPackage};
 
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     db: DatabaseConnection,
 }
 
@@ -56,7 +56,7 @@ pub(crate) fn expiry_deadline(expiry: Duration) -> DateTime<Utc> {
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
         Self { db }
     }
 }

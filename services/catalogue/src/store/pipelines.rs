@@ -79,7 +79,7 @@ impl From<PipelineRow> for Pipeline {
 }
 
 /// A package upload to announce (CreatePipeline, tus POST on /uploads/pipelines/).
-pub struct NewPackage {
+pub(crate) struct NewPackage {
     pub filename: String,
     pub size: Option<u64>,
     pub sha256: Option<String>,
@@ -90,7 +90,7 @@ pub struct NewPackage {
 }
 
 /// What an install found, to record.
-pub struct InstallRecord {
+pub(crate) struct InstallRecord {
     pub name: String,
     pub version: String,
     pub description: String,
@@ -105,7 +105,7 @@ pub struct InstallRecord {
 }
 
 /// What deleting a pipeline leaves for the caller to delete: files only it used.
-pub struct DeletedPipeline {
+pub(crate) struct DeletedPipeline {
     pub pipeline: Pipeline,
     pub files: Vec<Uuid>,
 }
@@ -113,7 +113,11 @@ pub struct DeletedPipeline {
 impl Store {
     /// A pipeline waiting for its package: the pipeline, its PACKAGE file and the upload (whose
     /// id is the pipeline's), in one transaction. Idempotent on `request_id`.
-    pub async fn create_pipeline(&self, new: NewPackage, expiry: Duration) -> Result<Pipeline> {
+    pub(crate) async fn create_pipeline(
+        &self,
+        new: NewPackage,
+        expiry: Duration,
+    ) -> Result<Pipeline> {
         if let Some(request_id) = &new.request_id
             && let Some(existing) = self.pipeline_by_request_id(request_id).await?
         {
@@ -171,7 +175,7 @@ impl Store {
     }
 
     /// A pipeline installed from a file uploaded earlier: INSTALLING at once.
-    pub async fn create_install(&self, file_id: Uuid) -> Result<Pipeline> {
+    pub(crate) async fn create_install(&self, file_id: Uuid) -> Result<Pipeline> {
         let file = self.get_file(file_id).await?;
         if file.status != FileStatus::Ready {
             return Err(Error::FailedPrecondition(format!(
@@ -197,7 +201,7 @@ impl Store {
         Ok(row.map(Into::into))
     }
 
-    pub async fn get_pipeline(&self, id: Uuid) -> Result<Pipeline> {
+    pub(crate) async fn get_pipeline(&self, id: Uuid) -> Result<Pipeline> {
         let sql = format!("SELECT {PIPELINE_COLUMNS} FROM {PIPELINE_FROM} WHERE p.id = $1");
         PipelineRow::find_by_statement(stmt(&sql, [id.into()]))
             .one(&self.db)
@@ -206,7 +210,7 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("pipeline {id}")))
     }
 
-    pub async fn list_pipelines(
+    pub(crate) async fn list_pipelines(
         &self,
         filter: &PipelineFilter,
         page: Page,
@@ -233,7 +237,7 @@ impl Store {
     }
 
     /// Pipelines waiting for (or in) an install.
-    pub async fn installing_pipelines(&self) -> Result<Vec<Uuid>> {
+    pub(crate) async fn installing_pipelines(&self) -> Result<Vec<Uuid>> {
         let rows = self
             .db
             .query_all_raw(stmt(
@@ -250,7 +254,7 @@ impl Store {
     /// reference under the blob's row lock, while `promote` moves the bytes into place), the
     /// documents, and the pipeline READY. A name and version already installed ends the
     /// pipeline in ERROR instead, saying so.
-    pub async fn finish_install<F>(
+    pub(crate) async fn finish_install<F>(
         &self,
         id: Uuid,
         record: InstallRecord,
@@ -325,7 +329,7 @@ impl Store {
     }
 
     /// Ends an install in ERROR with every problem found.
-    pub async fn fail_install(&self, id: Uuid, message: &str) -> Result<()> {
+    pub(crate) async fn fail_install(&self, id: Uuid, message: &str) -> Result<()> {
         self.db
             .execute_raw(stmt(
                 "UPDATE pipelines SET status = 'error', error_message = $2, updated_at = now()
@@ -336,7 +340,11 @@ impl Store {
         Ok(())
     }
 
-    pub async fn pipeline_document(&self, id: Uuid, name: &str) -> Result<(String, Vec<u8>)> {
+    pub(crate) async fn pipeline_document(
+        &self,
+        id: Uuid,
+        name: &str,
+    ) -> Result<(String, Vec<u8>)> {
         self.get_pipeline(id).await?;
         let row = self
             .db
@@ -356,7 +364,7 @@ impl Store {
     /// Removes a pipeline (not while it installs, nor while runs of it are unfinished) and
     /// answers the files that were only its own: its image, and its package when it was
     /// uploaded as one (a data file installed with InstallPipeline stays the user's).
-    pub async fn delete_pipeline(&self, id: Uuid) -> Result<DeletedPipeline> {
+    pub(crate) async fn delete_pipeline(&self, id: Uuid) -> Result<DeletedPipeline> {
         let pipeline = self.get_pipeline(id).await?;
         if pipeline.status == PipelineStatus::Installing {
             return Err(Error::FailedPrecondition(format!(

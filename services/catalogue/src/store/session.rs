@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::domain::{FileStatus, PipelineStatus, Result, UploadState};
 
 /// Takes the session advisory lock `key`; false when another session holds it.
-pub async fn try_lock(conn: &mut PgConnection, key: i64) -> Result<bool> {
+pub(crate) async fn try_lock(conn: &mut PgConnection, key: i64) -> Result<bool> {
     Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(key)
         .fetch_one(conn)
@@ -18,7 +18,10 @@ pub async fn try_lock(conn: &mut PgConnection, key: i64) -> Result<bool> {
 
 /// Releases the session advisory lock `key`; false (or an error) when it was not held, in
 /// which case the connection's state is uncertain and it must be closed.
-pub async fn unlock(conn: &mut PgConnection, key: i64) -> std::result::Result<bool, sqlx::Error> {
+pub(crate) async fn unlock(
+    conn: &mut PgConnection,
+    key: i64,
+) -> std::result::Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
         .bind(key)
         .fetch_one(conn)
@@ -56,18 +59,18 @@ async fn set_status(
 }
 
 /// Bytes arrive again: a paused upload is uploading.
-pub async fn resumed(conn: &mut PgConnection, upload: &UploadState) -> Result<()> {
+pub(crate) async fn resumed(conn: &mut PgConnection, upload: &UploadState) -> Result<()> {
     set_status(conn, upload, FileStatus::Pause, FileStatus::Uploading).await
 }
 
 /// A transfer stopped short: an uploading upload is paused.
-pub async fn paused(conn: &mut PgConnection, upload: &UploadState) -> Result<()> {
+pub(crate) async fn paused(conn: &mut PgConnection, upload: &UploadState) -> Result<()> {
     set_status(conn, upload, FileStatus::Uploading, FileStatus::Pause).await
 }
 
 /// Sets the length of an upload of deferred length (and its file's size) to `size`; false
 /// when the length is already set or below the durable offset.
-pub async fn set_length(conn: &mut PgConnection, id: Uuid, size: u64) -> Result<bool> {
+pub(crate) async fn set_length(conn: &mut PgConnection, id: Uuid, size: u64) -> Result<bool> {
     let set: i64 = sqlx::query_scalar(
         r#"WITH u AS (
                UPDATE uploads SET size = $2
@@ -85,7 +88,7 @@ pub async fn set_length(conn: &mut PgConnection, id: Uuid, size: u64) -> Result<
 
 /// Records `offset` as the upload's durable offset (every byte below it was synced) and moves
 /// its expiry; false when the upload is gone or complete.
-pub async fn commit_offset(
+pub(crate) async fn commit_offset(
     conn: &mut PgConnection,
     id: Uuid,
     offset: u64,

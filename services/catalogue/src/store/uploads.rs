@@ -47,7 +47,7 @@ impl From<UploadRow> for UploadState {
 
 impl Store {
     /// A tus partial upload (concatenation): bytes with no file of their own.
-    pub async fn create_partial_upload(
+    pub(crate) async fn create_partial_upload(
         &self,
         endpoint: Endpoint,
         size: Option<u64>,
@@ -74,7 +74,7 @@ impl Store {
         self.get_upload(id).await
     }
 
-    pub async fn get_upload(&self, id: Uuid) -> Result<UploadState> {
+    pub(crate) async fn get_upload(&self, id: Uuid) -> Result<UploadState> {
         UploadRow::find_by_statement(stmt(
             r#"SELECT id, endpoint, file_id, pipeline_id, size, "offset", metadata, is_partial,
                       parts, complete, expires_at, owner
@@ -90,7 +90,7 @@ impl Store {
     /// Finishes an upload whose bytes are all durable: counts a reference to the blob (locking
     /// its row), lets `promote` move the bytes into the blob store under that lock, and marks
     /// the upload complete and its file ready, all in one transaction.
-    pub async fn complete_upload<F>(
+    pub(crate) async fn complete_upload<F>(
         &self,
         upload: &UploadState,
         sha256: &str,
@@ -140,7 +140,7 @@ impl Store {
 
     /// Ends an upload whose content failed verification: no more bytes are taken, and the file
     /// says why it is in error.
-    pub async fn fail_upload(&self, upload: &UploadState, reason: &str) -> Result<()> {
+    pub(crate) async fn fail_upload(&self, upload: &UploadState, reason: &str) -> Result<()> {
         let txn = self.db.begin().await?;
         if let Some(file_id) = upload.file_id {
             txn.execute_raw(stmt(
@@ -167,7 +167,7 @@ impl Store {
     }
 
     /// Sets the length of a deferred-length upload (once).
-    pub async fn set_upload_length(&self, id: Uuid, size: u64) -> Result<()> {
+    pub(crate) async fn set_upload_length(&self, id: Uuid, size: u64) -> Result<()> {
         let txn = self.db.begin().await?;
         let changed = txn
             .execute_raw(stmt(
@@ -192,7 +192,7 @@ impl Store {
 
     /// A final upload made of finished partial ones (tus concatenation): created complete in
     /// size and offset; the caller concatenates the bytes and then completes it.
-    pub async fn create_final_upload(
+    pub(crate) async fn create_final_upload(
         &self,
         new: NewFile,
         parts: &[Uuid],
@@ -218,7 +218,7 @@ impl Store {
     }
 
     /// Uploads with every byte durable but not yet completed (a crash in between).
-    pub async fn stalled_complete_uploads(&self) -> Result<Vec<Uuid>> {
+    pub(crate) async fn stalled_complete_uploads(&self) -> Result<Vec<Uuid>> {
         let rows = self
             .db
             .query_all_raw(stmt(
@@ -233,7 +233,7 @@ impl Store {
     }
 
     /// Which of `ids` are uploads.
-    pub async fn existing_uploads(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    pub(crate) async fn existing_uploads(&self, ids: &[Uuid]) -> Result<Vec<Uuid>> {
         let rows = self
             .db
             .query_all_raw(stmt(
@@ -247,7 +247,7 @@ impl Store {
     }
 
     /// Marks uploads nobody wrote for `idle` as paused.
-    pub async fn pause_idle_uploads(&self, idle: Duration) -> Result<u64> {
+    pub(crate) async fn pause_idle_uploads(&self, idle: Duration) -> Result<u64> {
         let result = self
             .db
             .execute_raw(stmt(
@@ -262,7 +262,7 @@ impl Store {
 
     /// Uploads past their expiry: incomplete ones, and partial ones (their bytes only serve a
     /// concatenation).
-    pub async fn expired_uploads(&self, limit: u64) -> Result<Vec<UploadState>> {
+    pub(crate) async fn expired_uploads(&self, limit: u64) -> Result<Vec<UploadState>> {
         let rows = UploadRow::find_by_statement(stmt(
             &format!(
                 r#"SELECT id, endpoint, file_id, pipeline_id, size, "offset", metadata, is_partial,
@@ -278,7 +278,7 @@ impl Store {
     }
 
     /// Removes an upload and the file (and pipeline) it was filling. The caller holds its lock.
-    pub async fn remove_upload(&self, upload: &UploadState) -> Result<()> {
+    pub(crate) async fn remove_upload(&self, upload: &UploadState) -> Result<()> {
         let txn = self.db.begin().await?;
         txn.execute_raw(stmt(
             "DELETE FROM uploads WHERE id = $1",

@@ -10,10 +10,10 @@ use crate::{
     uploads::{ChecksumAlgorithm, ChunkChecksum},
 };
 
-pub const TUS_VERSION: &str = "1.0.0";
+pub(super) const TUS_VERSION: &str = "1.0.0";
 /// The tus extensions an endpoint supports: concatenation only where parts can be joined
 /// (files; a package is uploaded whole, or in PATCH chunks, and a part never installs).
-pub fn extensions(endpoint: Endpoint) -> &'static str {
+pub(super) fn extensions(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::Files => {
             "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,concatenation"
@@ -23,11 +23,11 @@ pub fn extensions(endpoint: Endpoint) -> &'static str {
         }
     }
 }
-pub const CHECKSUM_ALGORITHMS: &str = "sha1,sha256,md5";
-pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+pub(super) const CHECKSUM_ALGORITHMS: &str = "sha1,sha256,md5";
+pub(super) const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
 /// Upload-Metadata as sent, and its decoded `(key, value)` pairs.
-pub type Metadata = (String, Vec<(String, Option<String>)>);
+pub(super) type Metadata = (String, Vec<(String, Option<String>)>);
 
 /// The longest Upload-Metadata accepted.
 const MAX_METADATA: usize = 64 << 10;
@@ -43,7 +43,7 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>> {
 }
 
 /// A non-negative integer header.
-pub fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
+pub(super) fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
     match text(headers, name)? {
         None => Ok(None),
         Some(s) => s
@@ -54,12 +54,12 @@ pub fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
 }
 
 /// Whether the request speaks our tus version.
-pub fn resumable_ok(headers: &HeaderMap) -> bool {
+pub(super) fn resumable_ok(headers: &HeaderMap) -> bool {
     headers.get("tus-resumable").and_then(|v| v.to_str().ok()) == Some(TUS_VERSION)
 }
 
 /// Upload-Metadata: comma-separated `key base64value` pairs (the value may be absent).
-pub fn metadata(headers: &HeaderMap) -> Result<Metadata> {
+pub(super) fn metadata(headers: &HeaderMap) -> Result<Metadata> {
     const NAME: &str = "Upload-Metadata";
     let Some(raw) = text(headers, NAME)? else {
         return Ok((String::new(), Vec::new()));
@@ -98,7 +98,7 @@ pub fn metadata(headers: &HeaderMap) -> Result<Metadata> {
 }
 
 /// Upload-Checksum: `<algorithm> <base64 digest>`.
-pub fn checksum(headers: &HeaderMap) -> Result<Option<ChunkChecksum>> {
+pub(super) fn checksum(headers: &HeaderMap) -> Result<Option<ChunkChecksum>> {
     const NAME: &str = "Upload-Checksum";
     let Some(raw) = text(headers, NAME)? else {
         return Ok(None);
@@ -123,14 +123,14 @@ pub fn checksum(headers: &HeaderMap) -> Result<Option<ChunkChecksum>> {
 
 /// Upload-Concat of a creation request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Concat {
+pub(super) enum Concat {
     Partial,
     Final(Vec<Uuid>),
 }
 
 /// `partial`, or `final;<url> <url> ...` where each URL (absolute or a path) names an upload of
 /// the same endpoint.
-pub fn concat(headers: &HeaderMap, endpoint: Endpoint) -> Result<Option<Concat>> {
+pub(super) fn concat(headers: &HeaderMap, endpoint: Endpoint) -> Result<Option<Concat>> {
     const NAME: &str = "Upload-Concat";
     let Some(raw) = text(headers, NAME)? else {
         return Ok(None);
@@ -163,7 +163,7 @@ pub fn concat(headers: &HeaderMap, endpoint: Endpoint) -> Result<Option<Concat>>
 }
 
 /// An HTTP date (RFC 7231), as Upload-Expires wants it.
-pub fn http_date(t: DateTime<Utc>) -> String {
+pub(super) fn http_date(t: DateTime<Utc>) -> String {
     t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 

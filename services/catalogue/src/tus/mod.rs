@@ -45,7 +45,7 @@ struct Tus {
 
 /// The tus routes. They sit behind the HTTP authorization layer, which puts the caller in
 /// every request but OPTIONS.
-pub fn router(
+pub(crate) fn router(
     uploads: Uploads,
     files: Files,
     pipelines: Pipelines,

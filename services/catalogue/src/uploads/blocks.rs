@@ -45,18 +45,18 @@ impl Block {
 /// are kept for reuse, a few, so that a busy transfer does not fault in fresh memory for
 /// every block.
 #[derive(Clone)]
-pub struct BlockBudget {
+pub(super) struct BlockBudget {
     permits: Arc<Semaphore>,
     buffers: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl BlockBudget {
     /// 256 blocks of 1 MiB.
-    pub const BYTES: usize = 256 << 20;
+    pub(super) const BYTES: usize = 256 << 20;
     /// Buffers kept for reuse.
     const KEPT: usize = 32;
 
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::with_blocks(Self::BYTES / BLOCK)
     }
 
@@ -68,9 +68,7 @@ impl BlockBudget {
     }
 
     pub(super) async fn block(&self) -> Result<Block> {
-        let permit = self
-            .permits
-            .clone()
+        let permit = std::sync::Arc::clone(&self.permits)
             .acquire_owned()
             .await
             .map_err(Error::internal)?;
@@ -111,7 +109,7 @@ mod tests {
         let b = budget.block().await.unwrap();
         a.extend(&[7; 5000]);
         let a = Arc::new(a);
-        let held = a.clone();
+        let held = std::sync::Arc::clone(&a);
         let third = tokio::spawn({
             let budget = budget.clone();
             async move { budget.block().await.unwrap() }

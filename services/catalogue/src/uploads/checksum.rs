@@ -6,20 +6,20 @@ use sha2::{Digest, Sha256};
 
 /// A tus `Upload-Checksum`: the algorithm and the expected digest of the whole chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChunkChecksum {
+pub(crate) struct ChunkChecksum {
     pub algorithm: ChecksumAlgorithm,
     pub expected: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChecksumAlgorithm {
+pub(crate) enum ChecksumAlgorithm {
     Sha1,
     Sha256,
     Md5,
 }
 
 impl ChecksumAlgorithm {
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "sha1" => Some(Self::Sha1),
             "sha256" => Some(Self::Sha256),

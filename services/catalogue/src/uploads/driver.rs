@@ -18,12 +18,12 @@ use super::Transfer;
 use crate::domain::{Error, UploadState};
 
 /// A transfer that receives nothing for this long is cut off (and the upload paused).
-pub const IDLE: Duration = Duration::from_secs(30);
+pub(crate) const IDLE: Duration = Duration::from_secs(30);
 
 /// The slowest a transfer may go: at least `min_rate` bytes a second on average over every
 /// `window` (`--min-transfer-rate`, `--transfer-rate-window`); either 0 for no bound.
 #[derive(Clone, Copy, Debug)]
-pub struct Pace {
+pub(crate) struct Pace {
     pub min_rate: u64,
     pub window: Duration,
 }
@@ -75,7 +75,7 @@ impl Window {
 }
 
 /// Bytes of a transfer, with the offset they claim to be at when the protocol says (gRPC).
-pub struct Piece {
+pub(crate) struct Piece {
     pub offset: Option<u64>,
     pub data: Bytes,
     /// The upload ends with this piece (gRPC's `finish_write`): an upload of deferred length
@@ -85,7 +85,7 @@ pub struct Piece {
 
 /// Why a transfer ended before its source did.
 #[derive(Debug)]
-pub enum Stop<E> {
+pub(crate) enum Stop<E> {
     /// Nothing arrived for [`IDLE`].
     Idle,
     /// Less arrived over a window than the [`Pace`] asks; says how much.
@@ -97,7 +97,7 @@ pub enum Stop<E> {
 }
 
 /// Feeds `pieces` into `transfer` until the source ends or fails; answers the upload's state.
-pub async fn drive<S, E>(transfer: Transfer, pieces: S) -> Result<UploadState, Stop<E>>
+pub(crate) async fn drive<S, E>(transfer: Transfer, pieces: S) -> Result<UploadState, Stop<E>>
 where
     S: Stream<Item = Result<Piece, E>> + Send + Unpin + 'static,
     E: Send + 'static,

@@ -27,19 +27,19 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct LockConnector {
+pub(crate) struct LockConnector {
     pool: PgPool,
     permits: Arc<Semaphore>,
 }
 
 /// One of the `--max-transfers` slots, taken before a transfer's work starts and freed when
 /// dropped.
-pub struct TransferSlot {
+pub(crate) struct TransferSlot {
     _permit: OwnedSemaphorePermit,
 }
 
 /// A held upload lock and the connection that holds it.
-pub struct UploadLock {
+pub(crate) struct UploadLock {
     /// None once released.
     connection: Option<PoolConnection<Postgres>>,
     key: i64,
@@ -55,7 +55,7 @@ fn key(id: Uuid) -> i64 {
 }
 
 impl LockConnector {
-    pub fn new(database_url: &str, max_transfers: usize) -> Result<Self> {
+    pub(crate) fn new(database_url: &str, max_transfers: usize) -> Result<Self> {
         let options: PgConnectOptions = database_url
             .parse()
             .map_err(|e: sqlx::Error| Error::internal(format!("database URL: {e}")))?;
@@ -75,9 +75,8 @@ impl LockConnector {
     }
 
     /// A transfer slot, or [`Error::Unavailable`] at once when every slot is taken.
-    pub fn slot(&self) -> Result<TransferSlot> {
-        self.permits
-            .clone()
+    pub(crate) fn slot(&self) -> Result<TransferSlot> {
+        std::sync::Arc::clone(&self.permits)
             .try_acquire_owned()
             .map(|permit| TransferSlot { _permit: permit })
             .map_err(|_| {
@@ -87,19 +86,19 @@ impl LockConnector {
 
     /// Takes the lock of `upload`, or fails at once with [`Error::Locked`] if another transfer
     /// holds it.
-    pub async fn lock(&self, upload: Uuid) -> Result<UploadLock> {
+    pub(crate) async fn lock(&self, upload: Uuid) -> Result<UploadLock> {
         self.lock_in(self.slot()?, upload).await
     }
 
     /// Takes the lock of `upload` in a slot taken earlier.
-    pub async fn lock_in(&self, slot: TransferSlot, upload: Uuid) -> Result<UploadLock> {
+    pub(crate) async fn lock_in(&self, slot: TransferSlot, upload: Uuid) -> Result<UploadLock> {
         self.lock_key(Some(slot), key(upload)).await
     }
 
     /// Takes the install lock of a pipeline (a key apart from its package upload's). It takes
     /// no transfer slot: the installer runs one install at a time, on a connection the pool
     /// keeps for it, so uploads holding every slot never hold an install up.
-    pub async fn lock_install(&self, pipeline: Uuid) -> Result<UploadLock> {
+    pub(crate) async fn lock_install(&self, pipeline: Uuid) -> Result<UploadLock> {
         const INSTALL: i64 = 0x5049_5255_535f_494e; // "PIRUS_IN"
         self.lock_key(None, key(pipeline) ^ INSTALL).await
     }
@@ -128,7 +127,7 @@ impl UploadLock {
 
     /// Releases the lock, so that the next transfer of the same upload (often the very next
     /// request of the same client) finds it free, and hands the connection back for reuse.
-    pub async fn release(mut self) {
+    pub(crate) async fn release(mut self) {
         let Some(mut connection) = self.connection.take() else {
             return;
         };

@@ -6,7 +6,7 @@
 
 mod blocks;
 mod checksum;
-pub mod driver;
+pub(crate) mod driver;
 mod lock;
 mod sweeper;
 mod transfer;
@@ -18,10 +18,10 @@ use pirus_auth::{Caller, policy::Action};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-pub use checksum::{ChecksumAlgorithm, ChunkChecksum};
-pub use lock::LockConnector;
-pub use sweeper::run_sweeper;
-pub use transfer::Transfer;
+pub(crate) use checksum::{ChecksumAlgorithm, ChunkChecksum};
+pub(crate) use lock::LockConnector;
+pub(crate) use sweeper::run_sweeper;
+pub(crate) use transfer::Transfer;
 
 use crate::{
     access::{self, Access},
@@ -31,13 +31,13 @@ use crate::{
 };
 
 /// Parts of one tus final upload at most.
-pub const MAX_PARTS: usize = 256;
+pub(crate) const MAX_PARTS: usize = 256;
 
 /// SHA-256 of no bytes.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 #[derive(Clone)]
-pub struct Uploads {
+pub(crate) struct Uploads {
     inner: Arc<Inner>,
 }
 
@@ -57,7 +57,7 @@ struct Inner {
 /// The one thing a transfer (or the sweeper) may ask of the engine: to complete an upload whose
 /// bytes are all durable. A completed package is announced to the installer.
 #[derive(Clone)]
-pub struct Completion {
+pub(crate) struct Completion {
     content: Content,
     /// Pipelines whose package just completed, for the installer.
     installs: mpsc::UnboundedSender<Uuid>,
@@ -66,7 +66,7 @@ pub struct Completion {
 impl Completion {
     /// Completes `upload`. Bytes that do not match the announced SHA-256 are not an error here:
     /// the file is ERROR with the reason, and the answer says so (a transfer tells its client).
-    pub async fn complete(
+    pub(crate) async fn complete(
         &self,
         upload: &UploadState,
         digest: Option<String>,
@@ -83,7 +83,7 @@ impl Completion {
 }
 
 /// What a tus termination did.
-pub enum Terminated {
+pub(crate) enum Terminated {
     /// The upload and its bytes are gone.
     Removed,
     /// The upload was complete: its file is to be deleted like any file.
@@ -93,14 +93,14 @@ pub enum Terminated {
 /// What an upload may be: its largest size, how long it may sit unfinished, and the slowest
 /// a transfer of it may go.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_size: u64,
     pub expiry: Duration,
     pub pace: driver::Pace,
 }
 
 impl Uploads {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         content: Content,
         locks: LockConnector,
@@ -131,11 +131,11 @@ impl Uploads {
         }
     }
 
-    pub fn completion(&self) -> &Completion {
+    pub(crate) fn completion(&self) -> &Completion {
         &self.inner.completion
     }
 
-    pub fn max_size(&self) -> u64 {
+    pub(crate) fn max_size(&self) -> u64 {
         self.inner.max_size
     }
 
@@ -150,7 +150,7 @@ impl Uploads {
     }
 
     /// Opens the upload of a new file (creating the file). An empty file is complete at once.
-    pub async fn open_file(&self, new: NewFile) -> Result<File> {
+    pub(crate) async fn open_file(&self, new: NewFile) -> Result<File> {
         self.check_size(new.size)?;
         let file = self.inner.store.create_file(new, self.inner.expiry).await?;
         if file.size == Some(0) && file.status == FileStatus::Uploading {
@@ -178,7 +178,7 @@ impl Uploads {
     }
 
     /// A tus partial upload, to be concatenated into a final one; the caller's.
-    pub async fn create_partial(
+    pub(crate) async fn create_partial(
         &self,
         caller: &Caller,
         endpoint: Endpoint,
@@ -203,7 +203,7 @@ impl Uploads {
     /// files endpoint, each named once, at most [`MAX_PARTS`], are copied in order into a new
     /// file, which is then completed like any upload. The copy holds a transfer slot (and the
     /// new upload's lock) like any transfer. Parts are the caller's own; the file is too.
-    pub async fn create_final(
+    pub(crate) async fn create_final(
         &self,
         caller: &Caller,
         mut new: NewFile,
@@ -299,7 +299,7 @@ impl Uploads {
     }
 
     /// The durable state of an upload. An incomplete upload past its expiry is gone.
-    pub async fn state(&self, id: Uuid) -> Result<UploadState> {
+    pub(crate) async fn state(&self, id: Uuid) -> Result<UploadState> {
         let state = self.inner.store.get_upload(id).await?;
         if !state.complete && state.expires_at < Utc::now() {
             return Err(Error::Gone(format!("upload {id} expired")));
@@ -309,7 +309,7 @@ impl Uploads {
 
     /// The state of an upload the caller may see, addressed through a tus endpoint (a file
     /// upload is not reachable under /uploads/pipelines/ and the other way round) or not.
-    pub async fn state_for(
+    pub(crate) async fn state_for(
         &self,
         caller: &Caller,
         id: Uuid,
@@ -330,7 +330,7 @@ impl Uploads {
 
     /// Starts a transfer at `offset`, which must be the durable offset, into an upload the
     /// caller may write. `length` sets a deferred length (tus Upload-Length on PATCH).
-    pub async fn begin(
+    pub(crate) async fn begin(
         &self,
         caller: &Caller,
         id: Uuid,
@@ -414,7 +414,7 @@ impl Uploads {
 
     /// Opens a package upload (creating its pipeline, UPLOADING), installed once its last byte
     /// arrives.
-    pub async fn open_package(&self, new: NewPackage) -> Result<Pipeline> {
+    pub(crate) async fn open_package(&self, new: NewPackage) -> Result<Pipeline> {
         self.check_size(new.size)?;
         let pipeline = self
             .inner
@@ -430,7 +430,7 @@ impl Uploads {
 
     /// tus termination: removes an upload, unless a transfer holds it; a complete upload's
     /// file is for the caller to delete like any file.
-    pub async fn terminate(
+    pub(crate) async fn terminate(
         &self,
         caller: &Caller,
         id: Uuid,

@@ -17,9 +17,9 @@ use super::Uploads;
 use crate::domain::Error;
 
 /// An upload that received nothing for this long is shown paused (CONTRACT §2.1).
-pub const IDLE_PAUSE: Duration = Duration::from_secs(30);
+pub(super) const IDLE_PAUSE: Duration = Duration::from_secs(30);
 
-pub async fn run_sweeper(uploads: Uploads, period: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run_sweeper(uploads: Uploads, period: Duration, shutdown: CancellationToken) {
     loop {
         if let Err(e) = sweep(&uploads).await {
             tracing::warn!(error = %e, "upload sweep failed; retrying");

@@ -54,7 +54,7 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// What a transfer needs of the engine, and no more: completing its upload, memory for its
 /// blocks, and the engine's limits.
 #[derive(Clone)]
-pub struct Context {
+pub(super) struct Context {
     pub completion: Completion,
     pub blocks: BlockBudget,
     pub max_size: u64,
@@ -143,7 +143,7 @@ fn spawn_hasher(mut hashers: Hashers, budget: BlockBudget) -> io::Result<Hasher>
 
 type Committing = JoinHandle<(UploadLock, Result<u64>)>;
 
-pub struct Transfer {
+pub(crate) struct Transfer {
     context: Context,
     /// None while a background commit uses its connection.
     lock: Option<UploadLock>,
@@ -184,14 +184,15 @@ impl Transfer {
         };
         let file = Arc::new(file);
         let budget = context.blocks.clone();
-        let threads = spawn_writer(file.clone(), start, budget.clone()).and_then(|writer| {
-            let hasher = if hashers.is_empty() {
-                None
-            } else {
-                Some(spawn_hasher(hashers, budget)?)
-            };
-            Ok((writer, hasher))
-        });
+        let threads =
+            spawn_writer(std::sync::Arc::clone(&file), start, budget.clone()).and_then(|writer| {
+                let hasher = if hashers.is_empty() {
+                    None
+                } else {
+                    Some(spawn_hasher(hashers, budget)?)
+                };
+                Ok((writer, hasher))
+            });
         let (writer, hasher) = match threads {
             Ok(threads) => threads,
             Err(e) => {
@@ -220,17 +221,17 @@ impl Transfer {
     }
 
     /// The slowest this transfer may go.
-    pub fn pace(&self) -> super::driver::Pace {
+    pub(crate) fn pace(&self) -> super::driver::Pace {
         self.context.pace
     }
 
     /// The offset the next byte lands at.
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.position
     }
 
     /// Accepts bytes at the current position.
-    pub async fn write(&mut self, data: Bytes) -> Result<()> {
+    pub(crate) async fn write(&mut self, data: Bytes) -> Result<()> {
         let end = self.position + data.len() as u64;
         if end > self.limit {
             return Err(Error::TooLarge(match self.upload.size {
@@ -279,7 +280,7 @@ impl Transfer {
         let offset = self.position - block.len() as u64;
         let block = Arc::new(block);
         if let Some(queue) = self.hasher.as_ref().and_then(|h| h.queue.as_ref())
-            && queue.send(block.clone()).await.is_err()
+            && queue.send(std::sync::Arc::clone(&block)).await.is_err()
         {
             return Err(Error::internal("the upload's hashing thread stopped"));
         }
@@ -353,7 +354,7 @@ impl Transfer {
             .lock
             .take()
             .ok_or_else(|| Error::internal("upload lock released"))?;
-        let file = self.file.clone();
+        let file = std::sync::Arc::clone(&self.file);
         let (id, offset) = (self.upload.id, self.written());
         let expiry = self.context.expiry.as_secs_f64();
         self.commit_mark = offset;
@@ -386,7 +387,7 @@ impl Transfer {
     /// Cuts the file back to where this transfer started (a discarded chunk). Called once
     /// the writer is idle.
     async fn discard(&mut self) -> Result<()> {
-        let (file, start) = (self.file.clone(), self.start);
+        let (file, start) = (std::sync::Arc::clone(&self.file), self.start);
         spawn_blocking(move || file.set_len(start))
             .await
             .map_err(Error::internal)??;
@@ -396,7 +397,7 @@ impl Transfer {
 
     /// The upload ends at the current position: an upload of deferred length takes it as its
     /// length (recorded at once, so a retry sees it); one of known length must end here.
-    pub async fn ends_here(&mut self) -> Result<()> {
+    pub(crate) async fn ends_here(&mut self) -> Result<()> {
         let end = self.position;
         match self.upload.size {
             Some(size) if size == end => Ok(()),
@@ -423,7 +424,7 @@ impl Transfer {
 
     /// The transfer's bytes all arrived: verify the chunk checksum, commit, and complete the
     /// upload if that was its last byte. Answers the upload's state after it.
-    pub async fn finish(mut self) -> Result<UploadState> {
+    pub(crate) async fn finish(mut self) -> Result<UploadState> {
         let result = self.finish_inner().await;
         self.end(result.is_ok()).await;
         result
@@ -460,7 +461,7 @@ impl Transfer {
     /// The transfer was cut off (a broken connection, a short body, a failed stream, 30 s of
     /// silence): keep what arrived, unless a chunk checksum can no longer be verified, and
     /// show the upload paused.
-    pub async fn abort(mut self, why: &str) -> UploadState {
+    pub(crate) async fn abort(mut self, why: &str) -> UploadState {
         tracing::info!(upload = %self.upload.id, offset = self.position, reason = why, "transfer cut off");
         // What was written before a failure still counts: the written offset is gap-free.
         let _ = self.flush().await;

@@ -1,18 +1,18 @@
 //! Domain types of the runner: runs, their events, nodes, and the errors use cases return.
 //! Nothing here knows of gRPC, SQL or LXD.
 
-pub mod plan;
+pub(crate) mod plan;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use crate::limits::Requested;
-pub use plan::Plan;
+pub(crate) use crate::limits::Requested;
+pub(crate) use plan::Plan;
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RunStatus {
+pub(crate) enum RunStatus {
     Waiting,
     Initializing,
     Running,
@@ -24,7 +24,7 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 8] = [
+    pub(crate) const ALL: [RunStatus; 8] = [
         Self::Waiting,
         Self::Initializing,
         Self::Running,
@@ -35,7 +35,7 @@ impl RunStatus {
         Self::Canceled,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Waiting => "waiting",
             Self::Initializing => "initializing",
@@ -48,23 +48,23 @@ impl RunStatus {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
 
-    pub fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(self, Self::Done | Self::Error | Self::Canceled)
     }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub value: f64,
     pub label: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Run {
+pub(crate) struct Run {
     pub id: Uuid,
     pub pipeline_id: Uuid,
     pub pipeline_version: String,
@@ -96,7 +96,7 @@ pub struct Run {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct RunEvent {
+pub(crate) struct RunEvent {
     pub run_id: Uuid,
     pub seq: i64,
     pub attempt: i32,
@@ -108,7 +108,7 @@ pub struct RunEvent {
 
 /// A run to queue, as SubmitRun asks for it (validated by the submit use case).
 #[derive(Clone, Debug, Default)]
-pub struct NewRun {
+pub(crate) struct NewRun {
     pub pipeline_id: Uuid,
     pub name: String,
     pub config_json: String,
@@ -123,14 +123,14 @@ pub struct NewRun {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NodeStatus {
+pub(crate) enum NodeStatus {
     Online,
     Draining,
     Offline,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Node {
+pub(crate) struct Node {
     pub name: String,
     pub address: String,
     pub status: NodeStatus,
@@ -144,14 +144,14 @@ pub struct Node {
 
 /// One of a run's two logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LogStream {
+pub(crate) enum LogStream {
     Stdout,
     Stderr,
 }
 
 impl LogStream {
     /// `stdout` or `stderr`, as StreamRunLogs names them.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "stdout" => Some(Self::Stdout),
             "stderr" => Some(Self::Stderr),
@@ -159,7 +159,7 @@ impl LogStream {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Stdout => "stdout",
             Self::Stderr => "stderr",
@@ -167,7 +167,7 @@ impl LogStream {
     }
 
     /// The log's file, in the run folder and in the catalogue.
-    pub fn file(self) -> &'static str {
+    pub(crate) fn file(self) -> &'static str {
         match self {
             Self::Stdout => "out.log",
             Self::Stderr => "err.log",
@@ -177,14 +177,14 @@ impl LogStream {
 
 /// A piece of a log, at its offset.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogChunk {
+pub(crate) struct LogChunk {
     pub offset: u64,
     pub data: bytes::Bytes,
 }
 
 /// Live figures of a run's container.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Monitoring {
+pub(crate) struct Monitoring {
     pub cpu_seconds: f64,
     pub memory_bytes: i64,
     pub memory_peak_bytes: i64,
@@ -195,7 +195,7 @@ pub struct Monitoring {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct RunFilter {
+pub(crate) struct RunFilter {
     pub status: Option<RunStatus>,
     pub pipeline_id: Option<Uuid>,
     pub node: Option<String>,
@@ -207,7 +207,7 @@ pub struct RunFilter {
 
 /// What ListTasks filters on (all of it must hold).
 #[derive(Clone, Debug, Default)]
-pub struct TaskFilter {
+pub(crate) struct TaskFilter {
     /// The task's TES name starts with this.
     pub name_prefix: Option<String>,
     /// Tags the task has: a key with this value, or with any value (`None`).
@@ -219,7 +219,7 @@ pub struct TaskFilter {
     pub command_failed: Option<bool>,
 }
 
-pub use pirus_server::paging::Page;
+pub(crate) use pirus_server::paging::Page;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

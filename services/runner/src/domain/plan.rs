@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 /// What a run executes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Run in order, in one container of the run's image.
     pub steps: Vec<Step>,
     /// `None`: the pipeline convention (one step, the run's folders as CONTRACT §5 says).
@@ -27,7 +27,7 @@ pub struct Plan {
 
 /// One command of a plan.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Step {
+pub(crate) struct Step {
     /// The program and its arguments, as exec(2) takes them.
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -49,7 +49,7 @@ pub struct Step {
 
 /// What a plan that stages its own files places and picks up.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Staging {
+pub(crate) struct Staging {
     /// Placed before the first step, in order.
     #[serde(default)]
     pub inputs: Vec<Input>,
@@ -63,7 +63,7 @@ pub struct Staging {
 
 /// A file or folder placed at `path` inside the container.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Input {
+pub(crate) struct Input {
     pub path: String,
     /// A folder of files rather than one file.
     #[serde(default)]
@@ -74,7 +74,7 @@ pub struct Input {
 /// Where an input's bytes come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub(crate) enum Source {
     /// These bytes, given with the submission.
     Content(String),
     /// Catalogue files (one for a file; a folder's, in order).
@@ -87,7 +87,7 @@ pub enum Source {
 
 /// Files picked up at `path` (wildcards `*` and `?` allowed) after the last step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Output {
+pub(crate) struct Output {
     pub path: String,
     /// For wildcard paths: the part of each match dropped before it is named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,7 +100,7 @@ pub struct Output {
 /// Where an output goes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Destination {
+pub(crate) enum Destination {
     /// Files of the run in the catalogue.
     Catalogue,
     /// Beneath this host path (absolute), only within the node's allowed roots.
@@ -112,7 +112,7 @@ pub enum Destination {
 impl Plan {
     /// A pipeline's plan: its manifest's `run` command, run with `sh -c` (CONTRACT §4), in
     /// the pipeline convention.
-    pub fn pipeline(manifest: &serde_json::Value) -> Option<Self> {
+    pub(crate) fn pipeline(manifest: &serde_json::Value) -> Option<Self> {
         let command = manifest["run"].as_str().filter(|c| !c.is_empty())?;
         Some(Self {
             steps: vec![Step {
@@ -125,7 +125,7 @@ impl Plan {
 }
 
 /// Whether a plan's path holds wildcards.
-pub fn has_wildcards(path: &str) -> bool {
+pub(crate) fn has_wildcards(path: &str) -> bool {
     path.contains(['*', '?'])
 }
 
@@ -134,7 +134,7 @@ pub fn has_wildcards(path: &str) -> bool {
 /// names are those records have had since before plans (`executors`, `outputs`), so records
 /// written then read the same.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct AttemptRecord {
+pub(crate) struct AttemptRecord {
     #[serde(default, rename = "executors")]
     pub steps: Vec<StepLog>,
     #[serde(default)]
@@ -146,7 +146,7 @@ pub struct AttemptRecord {
 
 /// One step's run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct StepLog {
+pub(crate) struct StepLog {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,7 +162,7 @@ pub struct StepLog {
 
 /// An output written beneath a host folder.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Delivered {
+pub(crate) struct Delivered {
     /// `file://` and the host path it was written to.
     pub url: String,
     /// Its path inside the container.

@@ -12,7 +12,7 @@ impl Executor {
     /// At start-up, before claiming: matches this node's containers and run folders with the
     /// runs it holds. Containers and folders of anything else are removed; the runs it holds
     /// are answered, to be resumed with [`Executor::resume`].
-    pub async fn adopt_at_start(&self) -> Result<Vec<Run>> {
+    pub(crate) async fn adopt_at_start(&self) -> Result<Vec<Run>> {
         let held = self.sweep_orphans().await?;
         // A cache that cannot be tidied is no reason to hold up the node's runs.
         if let Err(e) = self.inner.artifacts.remove_leftovers().await {
@@ -30,7 +30,7 @@ impl Executor {
     /// if that was while the runner was away, or the container is already gone); an
     /// INITIALIZING one is prepared again (its half-made container, and anything it started,
     /// removed first); a FINISHING one finishes again (pushing outputs is idempotent).
-    pub async fn resume(&self, run: Run) {
+    pub(crate) async fn resume(&self, run: Run) {
         let attempt = self.attempt(&run).await;
         tracing::info!(run = %run.id, attempt = run.attempt, status = run.status.as_str(), "re-adopting a run");
         let mut progress = progress::Tracker::new(SETTLE);

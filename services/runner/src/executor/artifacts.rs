@@ -28,7 +28,7 @@ use crate::{
 
 const LXD_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub struct Artifacts {
+pub(super) struct Artifacts {
     lxd: pirus_lxd::Client,
     catalogue: Catalogue,
     db: pirus_db::sea_orm::DatabaseConnection,
@@ -64,7 +64,7 @@ impl KeyedLocks {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A lock only the map holds is free and awaited by nobody: forget it.
         map.retain(|_, lock| Arc::strong_count(lock) > 1);
-        map.entry(key).or_default().clone()
+        std::sync::Arc::clone(map.entry(key).or_default())
     }
 }
 
@@ -132,7 +132,7 @@ fn beyond(unused: &[Unused], keep: u64) -> usize {
 }
 
 impl Artifacts {
-    pub fn new(
+    pub(super) fn new(
         lxd: pirus_lxd::Client,
         catalogue: Catalogue,
         db: pirus_db::sea_orm::DatabaseConnection,
@@ -153,7 +153,7 @@ impl Artifacts {
     /// At start-up, before any fetch: removes what fetches cut short left (temporary files)
     /// and image tarballs an import did not get to remove. (The orphan sweep before it has
     /// trimmed the inputs.)
-    pub async fn remove_leftovers(&self) -> Result<()> {
+    pub(super) async fn remove_leftovers(&self) -> Result<()> {
         let cache = self.cache.clone();
         super::workspace::blocking(move || {
             for (folder, all) in [("images", true), ("inputs", false)] {
@@ -173,7 +173,7 @@ impl Artifacts {
     /// Removes unused inputs, least recently used first, until at most `--input-cache-size`
     /// bytes of them stay. One trim at a time; an input being fetched or linked is passed
     /// over (it is in use).
-    pub async fn trim_inputs(&self) -> Result<()> {
+    pub(super) async fn trim_inputs(&self) -> Result<()> {
         let _trim = self.trimming.lock().await;
         let inputs = self.cache.join("inputs");
         let folder = inputs.clone();
@@ -199,7 +199,7 @@ impl Artifacts {
     }
 
     /// The image in LXD, fetched from the catalogue if LXD lacks it.
-    pub async fn ensure_image(&self, sha256: &str, file: Option<Uuid>) -> Result<()> {
+    pub(super) async fn ensure_image(&self, sha256: &str, file: Option<Uuid>) -> Result<()> {
         if self.lxd.has_image(sha256).await.map_err(Error::internal)? {
             return Ok(());
         }
@@ -222,7 +222,7 @@ impl Artifacts {
 
     /// The run's inputs, fetched into the cache if missing, hard-linked into `into` under their
     /// sanitised names.
-    pub async fn link_inputs(&self, run: &Run, into: &SafeDir) -> Result<()> {
+    pub(super) async fn link_inputs(&self, run: &Run, into: &SafeDir) -> Result<()> {
         let files: HashMap<Uuid, _> = pirus_db::views::files(&self.db, &run.input_file_ids)
             .await?
             .into_iter()
@@ -242,7 +242,7 @@ impl Artifacts {
     }
 
     /// Links catalogue files into `into` under the names given (a TES task's inputs).
-    pub async fn link_named(&self, named: &[(Uuid, String)], into: &SafeDir) -> Result<()> {
+    pub(super) async fn link_named(&self, named: &[(Uuid, String)], into: &SafeDir) -> Result<()> {
         let ids: Vec<Uuid> = named.iter().map(|(id, _)| *id).collect();
         let files: HashMap<Uuid, _> = pirus_db::views::files(&self.db, &ids)
             .await?
@@ -344,7 +344,11 @@ mod tests {
         let most = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..8)
             .map(|_| {
-                let (locks, inside, most) = (locks.clone(), inside.clone(), most.clone());
+                let (locks, inside, most) = (
+                    std::sync::Arc::clone(&locks),
+                    std::sync::Arc::clone(&inside),
+                    std::sync::Arc::clone(&most),
+                );
                 tokio::spawn(async move {
                     let _guard = locks.lock("input a".to_owned()).await;
                     let now = inside.fetch_add(1, Ordering::SeqCst) + 1;

@@ -18,15 +18,15 @@ use crate::{
     limits::Limits,
 };
 
-pub const LXD_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const LXD_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub fn container_name(run: Uuid, attempt: i32) -> String {
+pub(crate) fn container_name(run: Uuid, attempt: i32) -> String {
     format!("pirus-{}-{attempt}", run.simple())
 }
 
 /// The manifest fields a run's container needs: where the run's folders are mounted, and
 /// whether it has a network.
-pub struct Layout {
+pub(super) struct Layout {
     pub inputs: String,
     pub outputs: String,
     pub logs: String,
@@ -35,7 +35,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn from_manifest(m: &Value) -> Self {
+    pub(super) fn from_manifest(m: &Value) -> Self {
         let text = |key: &str, default: &str| m[key].as_str().unwrap_or(default).to_owned();
         Self {
             inputs: text("inputs", "/pipeline/inputs"),
@@ -48,7 +48,7 @@ impl Layout {
 }
 
 /// Everything a container's spec is made from.
-pub struct Spec<'a> {
+pub(super) struct Spec<'a> {
     pub run: &'a Run,
     pub node: &'a str,
     pub layout: &'a Layout,
@@ -75,7 +75,7 @@ fn disk(source: &Path, path: &str, readonly: bool) -> BTreeMap<String, String> {
 }
 
 /// The labels that tie an LXD object (container, volume) to its run, attempt and node.
-pub fn labels(run: Uuid, attempt: i32, node: &str) -> BTreeMap<String, String> {
+pub(super) fn labels(run: Uuid, attempt: i32, node: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("user.pirus.run".to_owned(), run.to_string()),
         ("user.pirus.attempt".to_owned(), attempt.to_string()),
@@ -84,7 +84,7 @@ pub fn labels(run: Uuid, attempt: i32, node: &str) -> BTreeMap<String, String> {
 }
 
 impl Spec<'_> {
-    pub fn build(&self) -> InstanceSpec {
+    pub(super) fn build(&self) -> InstanceSpec {
         let (w, l) = (self.workspace, self.layout);
         let mut devices = BTreeMap::from([
             (
@@ -153,7 +153,7 @@ impl Spec<'_> {
     }
 
     /// The environment of the run's command (CONTRACT §5).
-    pub fn environment(&self) -> BTreeMap<String, String> {
+    pub(super) fn environment(&self) -> BTreeMap<String, String> {
         let l = self.layout;
         BTreeMap::from([
             (
@@ -179,7 +179,7 @@ impl Spec<'_> {
 }
 
 /// The names of the NICs a profile brings.
-pub async fn profile_nics(lxd: &pirus_lxd::Client) -> Result<Vec<String>> {
+pub(super) async fn profile_nics(lxd: &pirus_lxd::Client) -> Result<Vec<String>> {
     let devices = lxd
         .profile_devices("default")
         .await
@@ -209,7 +209,7 @@ enum Attempt {
 /// since other processes (another runner on the host, an operator) may create at the same
 /// instant, an isolated container whose range overlaps another isolated container's, or that
 /// fails to start, is removed and made again (a few times, after a random pause).
-pub async fn create_and_start(
+pub(super) async fn create_and_start(
     lxd: &pirus_lxd::Client,
     creating: &tokio::sync::Mutex<()>,
     spec: &InstanceSpec,
@@ -282,7 +282,7 @@ async fn create_once(
 /// Starts the wrapper, detached, on `command` (its program and arguments): it writes the exit
 /// status into the control folder, and exits with it. Answers the exec operation, whose
 /// return code LXD keeps for a few seconds.
-pub async fn exec_command(
+pub(super) async fn exec_command(
     lxd: &pirus_lxd::Client,
     name: &str,
     command: &[String],
@@ -297,7 +297,7 @@ pub async fn exec_command(
 
 /// Stops (by force) and deletes the container: nothing inside can change the run's folders
 /// any more. Errors are logged; a container that is gone is fine.
-pub async fn remove(lxd: &pirus_lxd::Client, name: &str) -> Result<()> {
+pub(super) async fn remove(lxd: &pirus_lxd::Client, name: &str) -> Result<()> {
     lxd.remove_instance(name, LXD_TIMEOUT)
         .await
         .map_err(Error::internal)

@@ -39,7 +39,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-pub use container::container_name;
+pub(crate) use container::container_name;
 
 use crate::{
     catalogue::Catalogue,
@@ -54,7 +54,7 @@ use workspace::{Storage, Workspace};
 const SETTLE: Duration = Duration::from_millis(100);
 
 /// How a runner executes runs.
-pub struct Settings {
+pub(crate) struct Settings {
     pub node: String,
     pub work_dir: PathBuf,
     pub databases_dir: Option<PathBuf>,
@@ -72,10 +72,10 @@ pub struct Settings {
 }
 
 /// Makes the plan of a run queued before plans from the edge's own stored form of it.
-pub type LegacyPlan = fn(&Value) -> Option<Plan>;
+pub(crate) type LegacyPlan = fn(&Value) -> Option<Plan>;
 
 #[derive(Clone)]
-pub struct Executor {
+pub(crate) struct Executor {
     inner: Arc<Inner>,
 }
 
@@ -131,7 +131,7 @@ enum Outcome {
 }
 
 impl Executor {
-    pub fn new(
+    pub(crate) fn new(
         stores: Stores,
         lxd: pirus_lxd::Client,
         catalogue: Catalogue,
@@ -215,7 +215,7 @@ impl Executor {
 
     /// Runs a claimed run to its end. Never fails: every failure ends the run ERROR with the
     /// reason, and the container and run folders are removed whatever happened.
-    pub async fn execute(&self, run: Run) {
+    pub(crate) async fn execute(&self, run: Run) {
         let attempt = self.attempt(&run).await;
         let started = Instant::now();
         tracing::info!(run = %run.id, attempt = run.attempt, "run claimed");
@@ -242,7 +242,13 @@ impl Executor {
     }
 
     /// Live bytes of a run's log (`out.log` or `err.log`) while this node holds it.
-    pub async fn live_log(&self, run: &Run, file: &str, offset: u64, max: u64) -> Result<Vec<u8>> {
+    pub(crate) async fn live_log(
+        &self,
+        run: &Run,
+        file: &str,
+        offset: u64,
+        max: u64,
+    ) -> Result<Vec<u8>> {
         let workspace = self.open_workspace(&self.folders_of(run)).await?;
         let file = file.to_owned();
         workspace::blocking(move || {
@@ -255,7 +261,7 @@ impl Executor {
 
     /// The size of a run's log in its workspace while this node holds it (`None`: no log
     /// yet), through the same link-refusing path as its bytes.
-    pub async fn live_log_size(&self, run: &Run, file: &str) -> Result<Option<u64>> {
+    pub(crate) async fn live_log_size(&self, run: &Run, file: &str) -> Result<Option<u64>> {
         let workspace = self.open_workspace(&self.folders_of(run)).await?;
         let file = file.to_owned();
         workspace::blocking(move || Ok(workspace.open_log(&file)?.map(|log| log.size))).await

@@ -8,13 +8,13 @@ use crate::domain::Progress;
 
 /// Which values of the progress file become events. The file is read by the caller (through
 /// the run's workspace, which refuses links, FIFOs and large files); the tracker only decides.
-pub struct Tracker {
+pub(super) struct Tracker {
     settle: Duration,
     candidate: Option<(Progress, Instant)>,
     published: Option<Progress>,
 }
 
-pub fn parse(bytes: &[u8]) -> Option<Progress> {
+pub(super) fn parse(bytes: &[u8]) -> Option<Progress> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let value = v["value"].as_f64()?;
     let value = match (v["min"].as_f64(), v["max"].as_f64()) {
@@ -36,7 +36,7 @@ pub fn parse(bytes: &[u8]) -> Option<Progress> {
 }
 
 impl Tracker {
-    pub fn new(settle: Duration) -> Self {
+    pub(super) fn new(settle: Duration) -> Self {
         Self {
             settle,
             candidate: None,
@@ -45,13 +45,13 @@ impl Tracker {
     }
 
     /// The value already published (a re-adopted run's last progress).
-    pub fn assume_published(&mut self, progress: Progress) {
+    pub(super) fn assume_published(&mut self, progress: Progress) {
         self.published = Some(progress);
     }
 
     /// A value to publish, given the file's bytes now: one that changed and then stayed for
     /// the settle time.
-    pub fn poll(&mut self, bytes: Option<&[u8]>) -> Option<Progress> {
+    pub(super) fn poll(&mut self, bytes: Option<&[u8]>) -> Option<Progress> {
         let now = parse(bytes?)?;
         match &self.candidate {
             Some((candidate, _)) if *candidate == now => {}
@@ -67,7 +67,7 @@ impl Tracker {
 
     /// The file's value now, if it differs from the last one published (the final read after
     /// the command ended, which does not wait to settle).
-    pub fn poll_now(&mut self, bytes: Option<&[u8]>) -> Option<Progress> {
+    pub(super) fn poll_now(&mut self, bytes: Option<&[u8]>) -> Option<Progress> {
         let now = parse(bytes?)?;
         if self.published.as_ref() == Some(&now) {
             return None;

@@ -16,7 +16,7 @@ use crate::{
 
 /// What collection left out, for the run's events.
 #[derive(Debug, Default)]
-pub struct Collected {
+pub(super) struct Collected {
     pub skipped: Vec<Skipped>,
     /// A log longer than the run's disk limit was cut there.
     pub truncated: Vec<String>,
@@ -24,7 +24,7 @@ pub struct Collected {
 
 impl Collected {
     /// One event message naming what was skipped or cut (at most a few dozen names).
-    pub fn message(&self) -> Option<String> {
+    pub(super) fn message(&self) -> Option<String> {
         const SHOWN: usize = 20;
         let mut parts = Vec::new();
         if !self.skipped.is_empty() {
@@ -55,7 +55,7 @@ impl Collected {
 /// Pushes the logs, and the outputs when `outputs` (those `keep` takes, by relative path), to
 /// the catalogue. `budget` is the run's disk limit: outputs that add up to more are refused, a
 /// longer log is cut.
-pub async fn collect(
+pub(super) async fn collect(
     catalogue: &Catalogue,
     run: Uuid,
     workspace: &Workspace,

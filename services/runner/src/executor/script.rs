@@ -22,14 +22,14 @@ use chrono::{DateTime, Utc};
 use crate::domain::plan::{Staging, Step, has_wildcards};
 
 /// The script's name in the inputs folder.
-pub const SCRIPT: &str = "plan.sh";
+pub(super) const SCRIPT: &str = "plan.sh";
 /// The control folder's log of the script, as the runner reads it.
-pub const LOG: &str = "control/tes.log";
+pub(super) const LOG: &str = "control/tes.log";
 /// Bytes of the script's log read at most.
-pub const MAX_LOG: u64 = 256 << 10;
+pub(super) const MAX_LOG: u64 = 256 << 10;
 
 /// The staged copy of input `i` in the inputs folder.
-pub fn staged_input(i: usize) -> String {
+pub(super) fn staged_input(i: usize) -> String {
     format!("plan-{i}")
 }
 
@@ -62,7 +62,7 @@ fn parent(path: &str) -> &str {
 
 /// The script of a staged plan's `steps` and `staging`, whose staged inputs are in
 /// `inputs_dir` inside the container.
-pub fn script(steps: &[Step], staging: &Staging, run: &str, inputs_dir: &str) -> String {
+pub(super) fn script(steps: &[Step], staging: &Staging, run: &str, inputs_dir: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -205,13 +205,13 @@ fn stage_outputs(s: &mut String, staging: &Staging) {
 
 /// Bytes a container wrote, as text a record can hold: invalid UTF-8 and NUL (which
 /// PostgreSQL's jsonb refuses, and which would lose the whole record) become U+FFFD.
-pub fn text(bytes: &[u8]) -> String {
+pub(super) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}")
 }
 
 /// What the script's log says happened.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Report {
+pub(super) struct Report {
     pub steps: Vec<StepRecord>,
     /// Failures that were not a step's.
     pub system: Vec<String>,
@@ -221,7 +221,7 @@ pub struct Report {
 
 /// One step's run, as the log tells it.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct StepRecord {
+pub(super) struct StepRecord {
     pub index: usize,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
@@ -235,7 +235,7 @@ pub struct StepRecord {
 /// anything there); only the plan's `steps` steps and `outputs` outputs are believed, each
 /// once, and at most 16 system lines of 1,024 characters: what the container writes cannot
 /// grow the attempt's record beyond that.
-pub fn parse(log: &str, steps: usize, outputs: usize) -> Report {
+pub(super) fn parse(log: &str, steps: usize, outputs: usize) -> Report {
     let mut report = Report::default();
     let time = |s: &str| {
         DateTime::parse_from_rfc3339(s)

@@ -34,7 +34,7 @@ const LOG_TAIL: u64 = 64 << 10;
 const ATTEMPT_LOG_TAIL: u64 = 256 << 10;
 
 /// The first input or output this node cannot move: the run ends naming it.
-pub fn unsupported(staging: &Staging, roots: &[PathBuf]) -> Option<String> {
+pub(super) fn unsupported(staging: &Staging, roots: &[PathBuf]) -> Option<String> {
     for (i, input) in staging.inputs.iter().enumerate() {
         match &input.source {
             Source::Content(_) | Source::Catalogue(_) => {}
@@ -104,7 +104,7 @@ fn beneath<'a>(
 /// Links a plan's catalogue inputs into the run's inputs folder: a file as its staged name,
 /// a folder as a folder of that name holding its files under their catalogue names
 /// (sanitised and made unique as a run's inputs are).
-pub async fn link_inputs(
+pub(super) async fn link_inputs(
     artifacts: &super::artifacts::Artifacts,
     db: &pirus_db::sea_orm::DatabaseConnection,
     staging: &Staging,
@@ -139,7 +139,7 @@ pub async fn link_inputs(
 
 /// What [`stage`] writes: the plan's steps and staging, for run `run`, whose inputs folder is
 /// `inputs_dir` inside the container.
-pub struct Staged {
+pub(super) struct Staged {
     pub steps: Vec<Step>,
     pub staging: Staging,
     pub run: Uuid,
@@ -150,7 +150,12 @@ pub struct Staged {
 /// (the catalogue's are linked by the artifacts cache). The host inputs together are copied
 /// only up to `budget` bytes (the run's disk limit): they land on the runner's own disk, so a
 /// plan naming a huge host file is refused, naming it, instead of filling it.
-pub async fn stage(plan: Staged, inputs: SafeDir, roots: Vec<PathBuf>, budget: u64) -> Result<()> {
+pub(super) async fn stage(
+    plan: Staged,
+    inputs: SafeDir,
+    roots: Vec<PathBuf>,
+    budget: u64,
+) -> Result<()> {
     workspace::blocking(move || {
         let mut copied = 0u64;
         let run = plan.run.to_string();
@@ -195,7 +200,11 @@ pub async fn stage(plan: Staged, inputs: SafeDir, roots: Vec<PathBuf>, budget: u
 }
 
 /// What the attempt's script reported, with each step's share of the run's logs.
-pub fn report(workspace: &Workspace, steps: usize, staging: &Staging) -> (Report, Vec<StepLog>) {
+pub(super) fn report(
+    workspace: &Workspace,
+    steps: usize,
+    staging: &Staging,
+) -> (Report, Vec<StepLog>) {
     let text = workspace
         .read_control(script::LOG, script::MAX_LOG)
         .unwrap_or_default();
@@ -229,7 +238,7 @@ pub fn report(workspace: &Workspace, steps: usize, staging: &Staging) -> (Report
 }
 
 /// Whether a staged output (`<index>/<path>`) goes to the catalogue.
-pub fn for_catalogue(staging: &Staging, staged: &str) -> bool {
+pub(super) fn for_catalogue(staging: &Staging, staged: &str) -> bool {
     output_of(staging, staged).is_some_and(|(i, _)| staging.outputs[i].to == Destination::Catalogue)
 }
 
@@ -259,7 +268,7 @@ fn destination(output: &Output, base: &str, path: &str) -> Option<String> {
 }
 
 /// Writes the staged host outputs beneath the node's roots; answers what was written.
-pub async fn deliver(
+pub(super) async fn deliver(
     workspace: &Workspace,
     staging: &Staging,
     roots: &[PathBuf],
@@ -307,7 +316,7 @@ pub async fn deliver(
 }
 
 /// The attempt's record.
-pub fn record(
+pub(super) fn record(
     steps: Vec<StepLog>,
     report: &Report,
     staging: &Staging,
@@ -327,7 +336,7 @@ pub fn record(
 }
 
 /// A failure the script reported that was not a step's.
-pub fn problem(report: &Report, staging: &Staging) -> Option<String> {
+pub(super) fn problem(report: &Report, staging: &Staging) -> Option<String> {
     if let Some(first) = report.system.first() {
         return Some(first.clone());
     }

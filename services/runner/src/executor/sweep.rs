@@ -10,7 +10,7 @@ use crate::domain::{Error, Result};
 
 impl Executor {
     /// Removes what belongs to no run this node holds; answers the runs it holds.
-    pub async fn sweep_orphans(&self) -> Result<Vec<(Uuid, i32)>> {
+    pub(crate) async fn sweep_orphans(&self) -> Result<Vec<(Uuid, i32)>> {
         let inner = &self.inner;
         // Containers, volumes and folders first, held runs after: they exist only once their
         // run's claim committed, so one created meanwhile is never mistaken for an orphan.

@@ -43,11 +43,11 @@ exit "$status"
 "#;
 
 /// The writable folders of a run's container, relative to `<data>`.
-pub const WRITABLE: [&str; 3] = ["outputs", "logs", "control"];
+pub(super) const WRITABLE: [&str; 3] = ["outputs", "logs", "control"];
 
 /// What the run's storage pool can bound, learnt from LXD once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolCaps {
+pub(super) struct PoolCaps {
     /// The pool keeps custom volumes as host folders with a size limit (btrfs).
     pub volumes: bool,
     /// A root disk `size` is enforced.
@@ -55,14 +55,14 @@ pub struct PoolCaps {
 }
 
 /// The storage pool run containers use, and how run folders are bounded on it.
-pub struct Storage {
+pub(super) struct Storage {
     lxd: pirus_lxd::Client,
     pool: String,
     caps: OnceCell<PoolCaps>,
 }
 
 impl Storage {
-    pub fn new(lxd: pirus_lxd::Client, pool: String) -> Self {
+    pub(super) fn new(lxd: pirus_lxd::Client, pool: String) -> Self {
         Self {
             lxd,
             pool,
@@ -70,12 +70,12 @@ impl Storage {
         }
     }
 
-    pub fn pool(&self) -> &str {
+    pub(super) fn pool(&self) -> &str {
         &self.pool
     }
 
     /// What the pool bounds (asked of LXD once it answers).
-    pub async fn caps(&self) -> Result<PoolCaps> {
+    pub(super) async fn caps(&self) -> Result<PoolCaps> {
         self.caps
             .get_or_try_init(|| async {
                 let driver = self
@@ -98,7 +98,7 @@ impl Storage {
     }
 
     /// The custom volumes of this pool that belong to `node`, by name.
-    pub async fn node_volumes(&self, node: &str) -> Result<Vec<String>> {
+    pub(super) async fn node_volumes(&self, node: &str) -> Result<Vec<String>> {
         if !self.caps().await?.volumes {
             return Ok(Vec::new());
         }
@@ -114,7 +114,7 @@ impl Storage {
             .collect())
     }
 
-    pub async fn delete_volume(&self, name: &str) -> Result<()> {
+    pub(super) async fn delete_volume(&self, name: &str) -> Result<()> {
         self.lxd
             .delete_volume(&self.pool, name, LXD_TIMEOUT)
             .await
@@ -123,7 +123,7 @@ impl Storage {
 }
 
 /// One attempt's folders.
-pub struct Workspace {
+pub(super) struct Workspace {
     /// `<work>/runs`, the runner's own.
     runs: SafeDir,
     /// `<run>-<attempt>`: the run folder's name, and the name of its volume.
@@ -136,14 +136,14 @@ pub struct Workspace {
 }
 
 /// Names of an attempt's folder and volume: `<run>-<attempt>` and `pirus-<run>-<attempt>`.
-pub fn folder_name(run: uuid::Uuid, attempt: i32) -> String {
+pub(super) fn folder_name(run: uuid::Uuid, attempt: i32) -> String {
     format!("{run}-{attempt}")
 }
 
 impl Workspace {
     /// Makes an attempt's folders afresh (anything an earlier try left is removed first), with
     /// `disk_bytes` as the bound of its writable folders where the pool can enforce it.
-    pub async fn create(
+    pub(super) async fn create(
         storage: &Storage,
         runs: &SafeDir,
         volume_name: &str,
@@ -204,7 +204,7 @@ impl Workspace {
     }
 
     /// An attempt's folders as an earlier process of this node left them (re-adoption).
-    pub async fn open(
+    pub(super) async fn open(
         storage: &Storage,
         runs: &SafeDir,
         volume_name: &str,
@@ -228,26 +228,26 @@ impl Workspace {
     }
 
     /// Host folders for the container's disk devices.
-    pub fn inputs_path(&self) -> PathBuf {
+    pub(super) fn inputs_path(&self) -> PathBuf {
         self.root.path().join("inputs")
     }
 
-    pub fn data_path(&self, sub: &str) -> PathBuf {
+    pub(super) fn data_path(&self, sub: &str) -> PathBuf {
         self.data.path().join(sub)
     }
 
     /// The inputs folder, for the runner to fill before the container starts.
-    pub fn inputs(&self) -> Result<SafeDir> {
+    pub(super) fn inputs(&self) -> Result<SafeDir> {
         Ok(self.root.subdir("inputs")?)
     }
 
     /// Whether the pool bounds the writable folders (else the monitor watches them).
-    pub fn bounded(&self) -> bool {
+    pub(super) fn bounded(&self) -> bool {
         self.volume.is_some()
     }
 
     /// Hands the writable folders to the container's mapped root.
-    pub async fn give_to(&self, uid: u32) -> Result<()> {
+    pub(super) async fn give_to(&self, uid: u32) -> Result<()> {
         let data = self.data.clone();
         blocking(move || {
             for sub in WRITABLE {
@@ -260,7 +260,7 @@ impl Workspace {
 
     /// The command's exit status, once the wrapper wrote it. Anything but a small regular file
     /// holding a number (a FIFO, a link, garbage) is no status.
-    pub fn exit_status(&self) -> Option<i32> {
+    pub(super) fn exit_status(&self) -> Option<i32> {
         match self.data.read_small("control/exit_status", MAX_EXIT_STATUS) {
             Ok(Some(bytes)) => std::str::from_utf8(&bytes).ok()?.trim().parse().ok(),
             Ok(None) => None,
@@ -272,7 +272,7 @@ impl Workspace {
     }
 
     /// The progress file's bytes, if it is a small regular file.
-    pub fn progress(&self) -> Option<Vec<u8>> {
+    pub(super) fn progress(&self) -> Option<Vec<u8>> {
         self.data
             .read_small("logs/progress.json", MAX_PROGRESS)
             .ok()
@@ -280,34 +280,34 @@ impl Workspace {
     }
 
     /// Up to `max` bytes of a log (`out.log` or `err.log`) from `offset`, while the run lives.
-    pub fn read_log(&self, file: &str, offset: u64, max: u64) -> Result<Vec<u8>> {
+    pub(super) fn read_log(&self, file: &str, offset: u64, max: u64) -> Result<Vec<u8>> {
         Ok(self.data.read_range(&format!("logs/{file}"), offset, max)?)
     }
 
     /// Up to `max` bytes from the start of a file of the control folder (`control/<name>`),
     /// through the same link-refusing path; nothing if it is not a readable regular file.
-    pub fn read_control(&self, name: &str, max: u64) -> Option<Vec<u8>> {
+    pub(super) fn read_control(&self, name: &str, max: u64) -> Option<Vec<u8>> {
         self.data.read_range(name, 0, max).ok()
     }
 
     /// A log opened for collection (a regular file, or `None`; anything else is refused).
-    pub fn open_log(&self, file: &str) -> std::io::Result<Option<Regular>> {
+    pub(super) fn open_log(&self, file: &str) -> std::io::Result<Option<Regular>> {
         self.data.open_regular(&format!("logs/{file}"))
     }
 
     /// Every regular file of the outputs folder, and what was skipped.
-    pub async fn list_outputs(&self) -> Result<Listing> {
+    pub(super) async fn list_outputs(&self) -> Result<Listing> {
         let data = self.data.clone();
         blocking(move || data.list("outputs", WalkLimits::default())).await
     }
 
     /// An output for collection, by its relative path.
-    pub fn open_output(&self, relative: &str) -> std::io::Result<Option<Regular>> {
+    pub(super) fn open_output(&self, relative: &str) -> std::io::Result<Option<Regular>> {
         self.data.open_regular(&format!("outputs/{relative}"))
     }
 
     /// Bytes the writable folders use on disk.
-    pub async fn disk_usage(&self) -> Result<u64> {
+    pub(super) async fn disk_usage(&self) -> Result<u64> {
         let data = self.data.clone();
         let mut total = 0;
         for sub in WRITABLE {
@@ -318,7 +318,7 @@ impl Workspace {
     }
 
     /// Removes the attempt's folders and volume.
-    pub async fn remove(self, storage: &Storage) -> Result<()> {
+    pub(super) async fn remove(self, storage: &Storage) -> Result<()> {
         if let Some(volume) = &self.volume {
             storage.delete_volume(volume).await?;
         }
@@ -328,7 +328,7 @@ impl Workspace {
 }
 
 /// Runs filesystem work on the blocking pool.
-pub async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)

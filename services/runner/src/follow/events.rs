@@ -32,7 +32,7 @@ const BACKLOG: usize = 256;
 type Batch = Arc<[RunEvent]>;
 
 #[derive(Clone)]
-pub struct Feeds {
+pub(crate) struct Feeds {
     inner: Arc<Inner>,
 }
 
@@ -43,7 +43,7 @@ struct Inner {
 }
 
 impl Feeds {
-    pub fn new(runs: RunStore, notices: broadcast::Sender<Notice>) -> Self {
+    pub(crate) fn new(runs: RunStore, notices: broadcast::Sender<Notice>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 runs,
@@ -67,13 +67,19 @@ impl Feeds {
         // Subscribed to the hints before the reader looks at the table: nothing committed
         // after its first read can pass unnoticed.
         let notices = self.inner.notices.subscribe();
-        tokio::spawn(read(self.inner.clone(), id, after, feed, notices));
+        tokio::spawn(read(
+            std::sync::Arc::clone(&self.inner),
+            id,
+            after,
+            feed,
+            notices,
+        ));
         receiver
     }
 
     /// Sends the events of run `id` after `after` into `tx`, then live ones, until the
     /// terminal event (or, when `ended`, until what the table holds now).
-    pub async fn watch(
+    pub(crate) async fn watch(
         &self,
         id: Uuid,
         mut after: i64,

@@ -31,7 +31,7 @@ const BACKLOG: usize = 64;
 
 /// What a tail broadcasts.
 #[derive(Clone, Debug)]
-pub enum Tailed {
+pub(crate) enum Tailed {
     /// Bytes of the log at `offset`.
     Piece { offset: u64, data: Bytes },
     /// The run ended or left this node: followers look at it again.
@@ -39,7 +39,7 @@ pub enum Tailed {
 }
 
 #[derive(Clone)]
-pub struct Tails {
+pub(crate) struct Tails {
     inner: Arc<Inner>,
 }
 
@@ -51,7 +51,7 @@ struct Inner {
 }
 
 impl Tails {
-    pub fn new(runs: RunStore, executor: Executor, node: String) -> Self {
+    pub(crate) fn new(runs: RunStore, executor: Executor, node: String) -> Self {
         Self {
             inner: Arc::new(Inner {
                 runs,
@@ -63,14 +63,19 @@ impl Tails {
     }
 
     /// The live tail of one log of run `id`, starting it if there is none.
-    pub fn subscribe(&self, id: Uuid, stream: LogStream) -> broadcast::Receiver<Tailed> {
+    pub(crate) fn subscribe(&self, id: Uuid, stream: LogStream) -> broadcast::Receiver<Tailed> {
         let mut tails = self.inner.tails.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tail) = tails.get(&(id, stream)) {
             return tail.subscribe();
         }
         let (tail, receiver) = broadcast::channel(BACKLOG);
         tails.insert((id, stream), tail.clone());
-        tokio::spawn(run_tail(self.inner.clone(), id, stream, tail));
+        tokio::spawn(run_tail(
+            std::sync::Arc::clone(&self.inner),
+            id,
+            stream,
+            tail,
+        ));
         receiver
     }
 }

@@ -7,17 +7,17 @@ use crate::domain::{
     Error, Monitoring, Node, NodeStatus, Page, Progress, Result, Run, RunEvent, RunStatus,
 };
 
-pub use pirus_server::paging::{paged, timestamp};
+pub(super) use pirus_server::paging::{paged, timestamp};
 
-pub fn parse_id(field: &str, value: &str) -> Result<Uuid> {
+pub(super) fn parse_id(field: &str, value: &str) -> Result<Uuid> {
     Ok(pirus_server::paging::parse_id(field, value)?)
 }
 
-pub fn page(page_size: i32, page_token: &str) -> Result<Page> {
+pub(super) fn page(page_size: i32, page_token: &str) -> Result<Page> {
     Ok(pirus_server::paging::page(page_size, page_token)?)
 }
 
-pub fn status_to_proto(s: RunStatus) -> pb::RunStatus {
+pub(super) fn status_to_proto(s: RunStatus) -> pb::RunStatus {
     match s {
         RunStatus::Waiting => pb::RunStatus::Waiting,
         RunStatus::Initializing => pb::RunStatus::Initializing,
@@ -30,7 +30,7 @@ pub fn status_to_proto(s: RunStatus) -> pb::RunStatus {
     }
 }
 
-pub fn status_from_proto(value: i32) -> Result<Option<RunStatus>> {
+pub(super) fn status_from_proto(value: i32) -> Result<Option<RunStatus>> {
     let status = pb::RunStatus::try_from(value)
         .map_err(|_| Error::invalid("status", format!("{value} is not a RunStatus")))?;
     Ok(RunStatus::ALL
@@ -45,7 +45,7 @@ fn progress(p: Progress) -> pb::Progress {
     }
 }
 
-pub fn run_to_proto(r: Run) -> pb::Run {
+pub(super) fn run_to_proto(r: Run) -> pb::Run {
     let ids = |v: Vec<Uuid>| v.into_iter().map(|id| id.to_string()).collect();
     pb::Run {
         id: r.id.to_string(),
@@ -87,7 +87,7 @@ pub fn run_to_proto(r: Run) -> pb::Run {
     }
 }
 
-pub fn event_to_proto(e: RunEvent) -> pb::RunEvent {
+pub(super) fn event_to_proto(e: RunEvent) -> pb::RunEvent {
     pb::RunEvent {
         seq: e.seq,
         run_id: e.run_id.to_string(),
@@ -99,7 +99,7 @@ pub fn event_to_proto(e: RunEvent) -> pb::RunEvent {
     }
 }
 
-pub fn node_to_proto(n: Node) -> pb::Node {
+pub(super) fn node_to_proto(n: Node) -> pb::Node {
     pb::Node {
         name: n.name,
         address: n.address,
@@ -117,7 +117,7 @@ pub fn node_to_proto(n: Node) -> pb::Node {
     }
 }
 
-pub fn monitoring_to_proto(m: Monitoring) -> pb::RunMonitoring {
+pub(super) fn monitoring_to_proto(m: Monitoring) -> pb::RunMonitoring {
     pb::RunMonitoring {
         cpu_seconds: m.cpu_seconds,
         memory_bytes: m.memory_bytes,

@@ -20,7 +20,7 @@ use crate::{
     runs::Runs,
 };
 
-pub struct Runner {
+pub(crate) struct Runner {
     pub runs: Runs,
 }
 

@@ -11,7 +11,7 @@ use crate::domain::Result;
 
 /// One attempt of a run, with what its runner recorded of its steps.
 #[derive(Clone, Debug, FromQueryResult)]
-pub struct AttemptLog {
+pub(crate) struct AttemptLog {
     pub run_id: Uuid,
     pub attempt: i32,
     pub started_at: DateTime<Utc>,
@@ -28,7 +28,7 @@ pub(super) const ATTEMPT_LOGS_SQL: &str =
 impl RunStore {
     /// The attempts of the runs among `runs` (a page of TES tasks: one query), by run and
     /// attempt, each with what its runner recorded of it.
-    pub async fn attempt_logs(&self, runs: &[Uuid]) -> Result<Vec<AttemptLog>> {
+    pub(crate) async fn attempt_logs(&self, runs: &[Uuid]) -> Result<Vec<AttemptLog>> {
         Ok(
             AttemptLog::find_by_statement(stmt(ATTEMPT_LOGS_SQL, [runs.to_vec().into()]))
                 .all(&self.db)
@@ -38,7 +38,7 @@ impl RunStore {
 
     /// Records what an attempt `node` holds left of its steps (nothing if it no longer holds
     /// it).
-    pub async fn set_attempt_log(
+    pub(crate) async fn set_attempt_log(
         &self,
         run: Uuid,
         node: &str,
@@ -59,7 +59,7 @@ impl RunStore {
 
     /// The plan stored with a run, and (for a run queued before plans were stored) the form
     /// its edge stored instead (a TES task): `(plan, legacy)`.
-    pub async fn plan(
+    pub(crate) async fn plan(
         &self,
         run: Uuid,
     ) -> Result<(Option<serde_json::Value>, Option<serde_json::Value>)> {

@@ -22,10 +22,10 @@ use pirus_db::stmt;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
 use uuid::Uuid;
 
-pub use attempts::AttemptLog;
-pub use nodes::{NodeRegistration, NodeStore};
-pub use queue::QueueStore;
-pub use runs::{Change, RunInsert, RunStore};
+pub(crate) use attempts::AttemptLog;
+pub(crate) use nodes::{NodeRegistration, NodeStore};
+pub(crate) use queue::QueueStore;
+pub(crate) use runs::{Change, RunInsert, RunStore};
 
 use crate::{
     domain::{Progress, Result, RunStatus},
@@ -45,14 +45,14 @@ impl From<sea_orm::DbErr> for crate::domain::Error {
     }
 }
 
-pub const RUNS_CHANNEL: &str = "pirus_runs";
-pub const EVENTS_CHANNEL: &str = "pirus_run_events";
+pub(crate) const RUNS_CHANNEL: &str = "pirus_runs";
+pub(crate) const EVENTS_CHANNEL: &str = "pirus_run_events";
 /// A control request (pause, resume, cancel) for the owning runner; payload: the run id.
-pub const CONTROL_CHANNEL: &str = "pirus_run_control";
+pub(crate) const CONTROL_CHANNEL: &str = "pirus_run_control";
 
 /// Every store, over one pool.
 #[derive(Clone)]
-pub struct Stores {
+pub(crate) struct Stores {
     pub runs: RunStore,
     pub queue: QueueStore,
     pub nodes: NodeStore,
@@ -60,7 +60,7 @@ pub struct Stores {
 }
 
 impl Stores {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
         Self {
             runs: RunStore::new(db.clone()),
             queue: QueueStore::new(db.clone()),
@@ -71,7 +71,7 @@ impl Stores {
 
     /// The same stores, reading single runs in batches on `batches` and pages of runs on
     /// `pages` ([`RunStore::with_read_pools`]).
-    pub fn with_read_pools(
+    pub(crate) fn with_read_pools(
         mut self,
         batches: DatabaseConnection,
         pages: DatabaseConnection,
@@ -81,7 +81,7 @@ impl Stores {
     }
 
     /// The pool, for the read model of the catalogue's data ([`pirus_db::views`]).
-    pub fn db(&self) -> &DatabaseConnection {
+    pub(crate) fn db(&self) -> &DatabaseConnection {
         &self.db
     }
 }

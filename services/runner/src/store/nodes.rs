@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// What a runner says of its node when it starts.
-pub struct NodeRegistration<'a> {
+pub(crate) struct NodeRegistration<'a> {
     pub name: &'a str,
     pub address: &'a str,
     pub max_runs: u32,
@@ -23,17 +23,17 @@ pub struct NodeRegistration<'a> {
 }
 
 #[derive(Clone)]
-pub struct NodeStore {
+pub(crate) struct NodeStore {
     db: DatabaseConnection,
 }
 
 impl NodeStore {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
         Self { db }
     }
 
     /// Registers (or takes over) this node; a new incarnation tells an older process it lost it.
-    pub async fn register(&self, node: &NodeRegistration<'_>) -> Result<()> {
+    pub(crate) async fn register(&self, node: &NodeRegistration<'_>) -> Result<()> {
         let NodeRegistration {
             name,
             address,
@@ -78,7 +78,7 @@ impl NodeStore {
     }
 
     /// Renews this node's lease; false when another process took the node over.
-    pub async fn heartbeat(
+    pub(crate) async fn heartbeat(
         &self,
         name: &str,
         incarnation: Uuid,
@@ -103,7 +103,7 @@ impl NodeStore {
     }
 
     /// The largest run of every node that says (runners older than run limits do not).
-    pub async fn largest_runs(&self) -> Result<Vec<Limits>> {
+    pub(crate) async fn largest_runs(&self) -> Result<Vec<Limits>> {
         let rows = self
             .db
             .query_all_raw(stmt(
@@ -129,11 +129,11 @@ impl NodeStore {
             .collect()
     }
 
-    pub async fn list(&self) -> Result<Vec<Node>> {
+    pub(crate) async fn list(&self) -> Result<Vec<Node>> {
         self.nodes_where("", []).await
     }
 
-    pub async fn get(&self, name: &str) -> Result<Node> {
+    pub(crate) async fn get(&self, name: &str) -> Result<Node> {
         self.nodes_where("WHERE n.name = $1", [name.into()])
             .await?
             .pop()
@@ -182,7 +182,7 @@ impl NodeStore {
             .collect()
     }
 
-    pub async fn set_draining(&self, name: &str, draining: bool) -> Result<Node> {
+    pub(crate) async fn set_draining(&self, name: &str, draining: bool) -> Result<Node> {
         let result = self
             .db
             .execute_raw(stmt(
@@ -199,7 +199,7 @@ impl NodeStore {
         self.get(name).await
     }
 
-    pub async fn is_draining(&self, name: &str) -> Result<bool> {
+    pub(crate) async fn is_draining(&self, name: &str) -> Result<bool> {
         let row = self
             .db
             .query_one_raw(stmt(
@@ -217,7 +217,7 @@ impl NodeStore {
     /// lifecycle decides: queued again as a new attempt while `attempt < max_attempts`, else
     /// ended ERROR with the reason. Each lapsed node is handled by whichever runner locks its
     /// row first. Answers the nodes handled.
-    pub async fn expire(&self) -> Result<Vec<String>> {
+    pub(crate) async fn expire(&self) -> Result<Vec<String>> {
         let txn = self.db.begin().await?;
         let lapsed = txn
             .query_all_raw(stmt(

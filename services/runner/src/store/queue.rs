@@ -13,12 +13,12 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct QueueStore {
+pub(crate) struct QueueStore {
     db: DatabaseConnection,
 }
 
 impl QueueStore {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
         Self { db }
     }
 
@@ -26,7 +26,12 @@ impl QueueStore {
     /// then age, skipping runs another runner is claiming, runs whose inputs are not all ready
     /// yet and runs larger than `largest`. The claim, its attempt row and its event are one
     /// transaction. Answers the claimed run's id.
-    pub async fn claim(&self, node: &str, max_runs: u32, largest: &Limits) -> Result<Option<Uuid>> {
+    pub(crate) async fn claim(
+        &self,
+        node: &str,
+        max_runs: u32,
+        largest: &Limits,
+    ) -> Result<Option<Uuid>> {
         let claimed = lifecycle::next(RunStatus::Waiting, Event::Claimed)
             .map_err(Error::internal)?
             .status;
@@ -82,7 +87,7 @@ impl QueueStore {
     }
 
     /// Whether `node` still holds `attempt` of `run` (the fencing check).
-    pub async fn holds(&self, run: Uuid, node: &str, attempt: i32) -> Result<bool> {
+    pub(crate) async fn holds(&self, run: Uuid, node: &str, attempt: i32) -> Result<bool> {
         let row = self
             .db
             .query_one_raw(stmt(
@@ -98,7 +103,7 @@ impl QueueStore {
     }
 
     /// The control request pending for a run, if any.
-    pub async fn desired(&self, id: Uuid) -> Result<Option<Desired>> {
+    pub(crate) async fn desired(&self, id: Uuid) -> Result<Option<Desired>> {
         let row = self
             .db
             .query_one_raw(stmt(
@@ -114,7 +119,7 @@ impl QueueStore {
     }
 
     /// This node's unfinished runs, with the attempt each holds.
-    pub async fn held_by(&self, node: &str) -> Result<Vec<(Uuid, i32)>> {
+    pub(crate) async fn held_by(&self, node: &str) -> Result<Vec<(Uuid, i32)>> {
         let rows = self
             .db
             .query_all_raw(stmt(

@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// A row to insert for a validated submission.
-pub struct RunInsert {
+pub(crate) struct RunInsert {
     pub id: Uuid,
     pub pipeline: PipelineView,
     pub name: String,
@@ -42,7 +42,7 @@ pub struct RunInsert {
 
 /// What a runner records of a run it holds: a lifecycle event, and what comes with it.
 #[derive(Clone, Debug)]
-pub struct Change {
+pub(crate) struct Change {
     pub event: Event,
     pub progress: Option<Progress>,
     pub exit_code: Option<i32>,
@@ -51,7 +51,7 @@ pub struct Change {
 }
 
 impl Change {
-    pub fn new(event: Event, message: impl Into<String>) -> Self {
+    pub(crate) fn new(event: Event, message: impl Into<String>) -> Self {
         Self {
             event,
             progress: None,
@@ -63,7 +63,7 @@ impl Change {
 }
 
 #[derive(Clone)]
-pub struct RunStore {
+pub(crate) struct RunStore {
     pub(super) db: DatabaseConnection,
     /// Where pages of runs are read: the request pool, or a small pool of their own
     /// ([`Self::with_read_pools`]).
@@ -105,7 +105,7 @@ async fn lock(txn: &DatabaseTransaction, id: Uuid) -> Result<(RunStatus, i32)> {
 }
 
 impl RunStore {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
         Self {
             pages: db.clone(),
             db,
@@ -126,7 +126,7 @@ impl RunStore {
     /// stay on the request pool, where sessions wait on commits rather than on a core; and
     /// the pools are apart so that a caller listing without pause delays neither the writes
     /// nor anyone's access checks, only other pages.
-    pub fn with_read_pools(
+    pub(crate) fn with_read_pools(
         mut self,
         batches: DatabaseConnection,
         pages: DatabaseConnection,
@@ -146,7 +146,7 @@ impl RunStore {
     }
 
     /// The run an owner submitted with this idempotency key (keys are per owner).
-    pub async fn by_request_id(
+    pub(crate) async fn by_request_id(
         &self,
         request_id: &str,
         owner: Option<Uuid>,
@@ -167,7 +167,7 @@ impl RunStore {
     /// queued, even if a runner claims it at once. One statement (its own transaction): the
     /// run, its first event, both notifications and the run read back, in one round trip
     /// instead of seven (SubmitRun is bound by the database's per-statement work).
-    pub async fn insert(&self, run: RunInsert) -> Result<Run> {
+    pub(crate) async fn insert(&self, run: RunInsert) -> Result<Run> {
         static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             format!(
                 "WITH r AS (
@@ -234,7 +234,7 @@ impl RunStore {
         }
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<Run> {
+    pub(crate) async fn get(&self, id: Uuid) -> Result<Run> {
         let run = match &self.by_id {
             Some(batched) => batched.get(id).await?,
             None => read_run(&self.db, id).await?,
@@ -242,7 +242,7 @@ impl RunStore {
         run.ok_or_else(|| Error::NotFound(format!("run {id}")))
     }
 
-    pub async fn list(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {
+    pub(crate) async fn list(&self, filter: &RunFilter, page: Page) -> Result<Vec<Run>> {
         let rows = self
             .pages
             .query_all_raw(list_statement(filter, page))
@@ -251,7 +251,7 @@ impl RunStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    pub async fn events_after(&self, run: Uuid, after_seq: i64) -> Result<Vec<RunEvent>> {
+    pub(crate) async fn events_after(&self, run: Uuid, after_seq: i64) -> Result<Vec<RunEvent>> {
         let rows =
             EventRow::find_by_statement(stmt(EVENTS_AFTER_SQL, [run.into(), after_seq.into()]))
                 .all(&self.db)
@@ -261,7 +261,7 @@ impl RunStore {
 
     /// Records `change` of a run that `node` holds at `attempt`, as the lifecycle decides it.
     /// Answers false (and changes nothing) when the node no longer holds the run.
-    pub async fn change(
+    pub(crate) async fn change(
         &self,
         run: Uuid,
         node: &str,
@@ -298,7 +298,7 @@ impl RunStore {
     /// lock: a WAITING run is canceled at once (no runner holds it); a claimed run gets the
     /// request as desired state for its owner, announced on [`CONTROL_CHANNEL`]. Impossible
     /// requests are FAILED_PRECONDITION.
-    pub async fn request(&self, id: Uuid, request: Request) -> Result<Run> {
+    pub(crate) async fn request(&self, id: Uuid, request: Request) -> Result<Run> {
         let txn = self.db.begin().await?;
         let (status, attempt) = lock(&txn, id).await?;
         let answer = lifecycle::request(status, request)
@@ -329,7 +329,7 @@ impl RunStore {
 
     /// Removes a run that ended (its events and attempts go with it) and answers the ids of
     /// its output and log files, for the caller to delete in the catalogue.
-    pub async fn delete(&self, id: Uuid) -> Result<(Run, Vec<Uuid>)> {
+    pub(crate) async fn delete(&self, id: Uuid) -> Result<(Run, Vec<Uuid>)> {
         let txn = self.db.begin().await?;
         let (status, _) = lock(&txn, id).await?;
         match lifecycle::request(status, Request::Delete) {
@@ -349,7 +349,7 @@ impl RunStore {
 
     /// The READY output or log of a run with this name.
     /// A run's READY output or log named `name`: its id and size.
-    pub async fn file(
+    pub(crate) async fn file(
         &self,
         run: Uuid,
         kind: RunFileKind,

@@ -14,7 +14,7 @@
 //! ListTasks' query.
 
 mod listing;
-pub mod plan;
+pub(crate) mod plan;
 mod task;
 mod validate;
 mod views;
@@ -42,7 +42,7 @@ const MAX_BODY: usize = 2 << 20;
 
 /// What a URL of a task's input or output is to this runner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheme {
+pub(crate) enum Scheme {
     /// The catalogue (`pirus://files/...`).
     Pirus,
     /// A host file beneath the node's `--tes-file-roots`.
@@ -53,7 +53,7 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    pub fn of(url: &str) -> Self {
+    pub(crate) fn of(url: &str) -> Self {
         if url.starts_with("pirus://") {
             Self::Pirus
         } else if url.starts_with("file://") {
@@ -72,7 +72,7 @@ struct Tes {
 }
 
 /// The TES routes, under both prefixes.
-pub fn router(runs: Runs, name: String) -> Router {
+pub(crate) fn router(runs: Runs, name: String) -> Router {
     let tes = Tes { runs, name };
     let mut router = Router::new().route("/v1/tasks/service-info", get(service_info_1_0));
     for base in ["/ga4gh/tes/v1", "/v1"] {

@@ -12,7 +12,7 @@ use super::{Scheme, task::catalogue_ids};
 use crate::domain::plan::{Destination, Input, Output, Plan, Source, Staging, Step};
 
 /// The plan of a validated task.
-pub fn of_task(task: &Task) -> Plan {
+pub(crate) fn of_task(task: &Task) -> Plan {
     let steps = task
         .executors
         .iter()
@@ -38,7 +38,7 @@ pub fn of_task(task: &Task) -> Plan {
 }
 
 /// The plan of a task as it was stored with its run (`runs.tes`) before plans were.
-pub fn of_stored(stored: &serde_json::Value) -> Option<Plan> {
+pub(crate) fn of_stored(stored: &serde_json::Value) -> Option<Plan> {
     serde_json::from_value::<Task>(stored.clone())
         .ok()
         .map(|task| of_task(&task))

@@ -20,7 +20,7 @@ fn invalid(field: impl AsRef<str>, message: impl Into<String>) -> Error {
 }
 
 /// The catalogue files a `pirus://files/<id>[,<id>...]` URL names (`None`: not such a URL).
-pub fn catalogue_ids(url: &str) -> Option<Vec<Uuid>> {
+pub(super) fn catalogue_ids(url: &str) -> Option<Vec<Uuid>> {
     url.strip_prefix("pirus://files/")?
         .split(',')
         .map(|id| Uuid::try_parse(id.trim()).ok())
@@ -65,7 +65,7 @@ async fn pipeline_of(runs: &Runs, field: &str, image: &str) -> Result<PipelineVi
 }
 
 /// Queues a task as a run of the caller's; answers its id.
-pub async fn create(runs: &Runs, caller: &Caller, task: requests::Task) -> Result<Uuid> {
+pub(super) async fn create(runs: &Runs, caller: &Caller, task: requests::Task) -> Result<Uuid> {
     access::require(caller, pirus_auth::policy::Action::SubmitRuns)?;
     let asked = validate::validate(&task)?;
     let pipeline = pipeline_of(runs, "executors[0].image", &task.executors[0].image).await?;

@@ -25,7 +25,7 @@ const MAX_TAGS: usize = 128;
 const MAX_PATH: usize = 4096;
 
 /// Backend parameters this runner understands (TES `resources.backend_parameters`).
-pub const BACKEND_PARAMETERS: [&str; 3] = ["priority", "max_attempts", "timeout_seconds"];
+pub(super) const BACKEND_PARAMETERS: [&str; 3] = ["priority", "max_attempts", "timeout_seconds"];
 
 fn invalid(field: impl AsRef<str>, message: impl Into<String>) -> Error {
     Error::invalid(field.as_ref(), message)

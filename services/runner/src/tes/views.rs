@@ -22,14 +22,14 @@ use crate::{
 };
 
 /// The task a run holds (its `tes` column), if it is one.
-pub fn of_run(run: &Run) -> Option<requests::Task> {
+pub(super) fn of_run(run: &Run) -> Option<requests::Task> {
     run.tes
         .as_ref()
         .and_then(|t| serde_json::from_value(t.clone()).ok())
 }
 
 /// A run's TES state (CONTRACT §8).
-pub fn state(run: &Run) -> State {
+pub(super) fn state(run: &Run) -> State {
     match run.status {
         RunStatus::Waiting => State::Queued,
         RunStatus::Initializing => State::Initializing,
@@ -43,7 +43,7 @@ pub fn state(run: &Run) -> State {
 }
 
 /// The statuses (and, for errors, whether the command failed) a TES state stands for.
-pub fn statuses(state: State) -> Option<(Vec<RunStatus>, Option<bool>)> {
+pub(super) fn statuses(state: State) -> Option<(Vec<RunStatus>, Option<bool>)> {
     use RunStatus as S;
     Some(match state {
         State::Queued => (vec![S::Waiting], None),
@@ -59,7 +59,7 @@ pub fn statuses(state: State) -> Option<(Vec<RunStatus>, Option<bool>)> {
     })
 }
 
-pub fn minimal(run: &Run) -> MinimalTask {
+pub(super) fn minimal(run: &Run) -> MinimalTask {
     MinimalTask {
         id: run.id.to_string(),
         state: Some(state(run)),
@@ -68,7 +68,7 @@ pub fn minimal(run: &Run) -> MinimalTask {
 
 /// What a task's BASIC and FULL views are made from.
 #[derive(Default)]
-pub struct Detail {
+pub(super) struct Detail {
     pub attempts: Vec<AttemptLog>,
     pub outputs: Vec<RunOutput>,
 }
@@ -91,7 +91,7 @@ fn catalogue_outputs(task: &requests::Task, files: &[RunOutput]) -> Vec<OutputFi
 }
 
 /// A run as a TES task in the BASIC or FULL view.
-pub fn task(run: &Run, detail: &Detail, view: View) -> Task {
+pub(super) fn task(run: &Run, detail: &Detail, view: View) -> Task {
     let mut spec = of_run(run).unwrap_or_default();
     let full = view == View::Full;
     if !full {
@@ -151,7 +151,7 @@ pub fn task(run: &Run, detail: &Detail, view: View) -> Task {
 
 /// What the BASIC and FULL views of tasks add to their runs (their attempts' records and
 /// their catalogue outputs), for a page of them in two queries; in the order of `runs`.
-pub async fn details(runs: &Runs, of: &[Run]) -> Result<Vec<Detail>> {
+pub(super) async fn details(runs: &Runs, of: &[Run]) -> Result<Vec<Detail>> {
     let ids: Vec<Uuid> = of.iter().map(|r| r.id).collect();
     let mut details: HashMap<Uuid, Detail> =
         ids.iter().map(|id| (*id, Detail::default())).collect();

@@ -4,13 +4,13 @@
 
 use sea_orm_migration::prelude::*;
 
-pub struct Migrator;
+pub(crate) struct Migrator;
 
 /// How many migrations the schema has.
-pub const COUNT: usize = MIGRATIONS.len();
+pub(crate) const COUNT: usize = MIGRATIONS.len();
 
 /// The names of the migrations, as `seaql_migrations` records them.
-pub fn names() -> Vec<String> {
+pub(crate) fn names() -> Vec<String> {
     MIGRATIONS
         .iter()
         .map(|(name, _)| (*name).to_owned())

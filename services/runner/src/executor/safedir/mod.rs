@@ -31,7 +31,7 @@ use std::{
 
 mod tree;
 
-pub use tree::{Listing, Skipped, WalkLimits};
+pub(super) use tree::{Listing, Skipped, WalkLimits};
 
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, fstat, mkdirat, openat2};
 
@@ -50,7 +50,7 @@ const OPEN: OFlags = OFlags::NONBLOCK
 
 /// A folder held open; every name is resolved beneath it without following links.
 #[derive(Clone, Debug)]
-pub struct SafeDir {
+pub(super) struct SafeDir {
     fd: Arc<OwnedFd>,
     /// Where it was opened, for messages and for LXD device sources; never used to reach files.
     path: PathBuf,
@@ -58,7 +58,7 @@ pub struct SafeDir {
 
 /// A regular file opened below a [`SafeDir`], with its size when opened.
 #[derive(Debug)]
-pub struct Regular {
+pub(super) struct Regular {
     pub file: File,
     pub size: u64,
 }
@@ -80,7 +80,7 @@ fn kind_name(t: FileType) -> &'static str {
 /// other than a regular file or folder.
 #[derive(Debug, thiserror::Error)]
 #[error("{name}: is {kind}, not a regular file")]
-pub struct Refused {
+pub(super) struct Refused {
     pub name: String,
     pub kind: &'static str,
 }
@@ -96,7 +96,7 @@ fn not_regular(name: &str, t: FileType) -> io::Error {
 }
 
 /// What a refused open met, if the error is a refusal (a link, a FIFO, a device...).
-pub fn refusal(e: &io::Error) -> Option<&'static str> {
+pub(super) fn refusal(e: &io::Error) -> Option<&'static str> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<Refused>())
         .map(|r| r.kind)
@@ -125,7 +125,7 @@ fn io_err(e: rustix::io::Errno) -> io::Error {
 impl SafeDir {
     /// Opens a folder the runner made itself: the path up to it is the runner's own, so only
     /// its last component must not be a link.
-    pub fn open(path: &Path) -> io::Result<Self> {
+    pub(super) fn open(path: &Path) -> io::Result<Self> {
         let fd = rustix::fs::open(
             path,
             OFlags::DIRECTORY | OFlags::RDONLY | OPEN,
@@ -139,13 +139,13 @@ impl SafeDir {
     }
 
     /// Creates `path` (and its missing parents) if needed, then opens it.
-    pub fn create(path: &Path) -> io::Result<Self> {
+    pub(super) fn create(path: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         Self::open(path)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -173,7 +173,7 @@ impl SafeDir {
     }
 
     /// The folder `name` below this one.
-    pub fn subdir(&self, name: &str) -> io::Result<SafeDir> {
+    pub(super) fn subdir(&self, name: &str) -> io::Result<SafeDir> {
         let fd = self.open_beneath(name, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())?;
         Ok(SafeDir {
             fd: Arc::new(fd),
@@ -197,7 +197,7 @@ impl SafeDir {
     /// Makes the folder `name` (its parent must exist) with exactly `mode` (whatever the
     /// process's umask: a container must be able to read what it is given); an existing
     /// folder is fine.
-    pub fn create_dir(&self, name: &str, mode: u32) -> io::Result<()> {
+    pub(super) fn create_dir(&self, name: &str, mode: u32) -> io::Result<()> {
         let (parent, last) = self.parent_of(name)?;
         match mkdirat(parent.fd.as_fd(), last, Mode::from_raw_mode(mode)) {
             Ok(()) => {
@@ -210,7 +210,7 @@ impl SafeDir {
     }
 
     /// Writes a new file `name` (which must not exist) with `bytes`, with exactly `mode`.
-    pub fn write_new(&self, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+    pub(super) fn write_new(&self, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
         use std::io::Write;
         let fd = self.open_beneath(
             name,
@@ -225,7 +225,7 @@ impl SafeDir {
 
     /// Makes the folder `name` and any of its missing parents, each with `mode` (none of them
     /// may be a link).
-    pub fn create_dirs(&self, name: &str, mode: u32) -> io::Result<()> {
+    pub(super) fn create_dirs(&self, name: &str, mode: u32) -> io::Result<()> {
         check_relative(name)?;
         let mut made = String::new();
         for part in name.split('/').filter(|p| !p.is_empty() && *p != ".") {
@@ -240,7 +240,7 @@ impl SafeDir {
 
     /// Creates (or empties) the regular file `name` for writing, with `mode` if new; a link
     /// anywhere on the way is refused.
-    pub fn create_file(&self, name: &str, mode: u32) -> io::Result<File> {
+    pub(super) fn create_file(&self, name: &str, mode: u32) -> io::Result<File> {
         let fd = self.open_beneath(
             name,
             OFlags::CREATE | OFlags::TRUNC | OFlags::WRONLY,
@@ -256,7 +256,7 @@ impl SafeDir {
 
     /// Opens `name` for reading if it is a regular file; `None` if it does not exist. Anything
     /// else (a link anywhere on the way, a FIFO, a device, a folder) is an error naming it.
-    pub fn open_regular(&self, name: &str) -> io::Result<Option<Regular>> {
+    pub(super) fn open_regular(&self, name: &str) -> io::Result<Option<Regular>> {
         let fd = match self.open_beneath(name, OFlags::RDONLY, Mode::empty()) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -275,7 +275,7 @@ impl SafeDir {
 
     /// The whole of a small file (a control or progress file), if it is a regular file of at
     /// most `max` bytes; `None` if it does not exist.
-    pub fn read_small(&self, name: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+    pub(super) fn read_small(&self, name: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
         let Some(Regular { file, size }) = self.open_regular(name)? else {
             return Ok(None);
         };
@@ -297,7 +297,7 @@ impl SafeDir {
     }
 
     /// Up to `max` bytes of a regular file from `offset` (a live log).
-    pub fn read_range(&self, name: &str, offset: u64, max: u64) -> io::Result<Vec<u8>> {
+    pub(super) fn read_range(&self, name: &str, offset: u64, max: u64) -> io::Result<Vec<u8>> {
         let Some(Regular { mut file, .. }) = self.open_regular(name)? else {
             return Ok(Vec::new());
         };

@@ -10,7 +10,7 @@ use super::{OPEN, RESOLVE, SafeDir, io_err, kind_name};
 
 /// What a listing found that is not a regular file or a folder, and was left alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Skipped {
+pub(crate) struct Skipped {
     /// Path relative to the listed folder (lossy if the name is not UTF-8).
     pub name: String,
     pub why: &'static str,
@@ -18,21 +18,21 @@ pub struct Skipped {
 
 /// The regular files below a folder, and what was skipped.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Listing {
+pub(crate) struct Listing {
     /// Relative path (`sub/lines.txt`) and size, sorted by path.
     pub files: Vec<(String, u64)>,
     pub skipped: Vec<Skipped>,
 }
 
 impl Listing {
-    pub fn total_size(&self) -> u64 {
+    pub(crate) fn total_size(&self) -> u64 {
         self.files.iter().map(|(_, size)| size).sum()
     }
 }
 
 /// Bounds of a walk: a container may create millions of entries or a deep chain of folders.
 #[derive(Clone, Copy, Debug)]
-pub struct WalkLimits {
+pub(crate) struct WalkLimits {
     pub max_entries: usize,
     pub max_depth: usize,
 }
@@ -51,7 +51,7 @@ impl SafeDir {
     /// it. Links, FIFOs, sockets and devices are listed as skipped and never opened; a name
     /// that is not UTF-8 is skipped too (files are named by text). More than
     /// `limits.max_entries` entries or folders deeper than `limits.max_depth` are an error.
-    pub fn list(&self, name: &str, limits: WalkLimits) -> io::Result<Listing> {
+    pub(crate) fn list(&self, name: &str, limits: WalkLimits) -> io::Result<Listing> {
         let root = self.subdir(name)?;
         let mut listing = Listing::default();
         let mut seen = 0usize;
@@ -99,7 +99,7 @@ impl SafeDir {
 
     /// Bytes of disk the folder's content uses (allocated blocks, links and all), counting at
     /// most `max_entries` entries.
-    pub fn disk_usage(&self, max_entries: usize) -> io::Result<u64> {
+    pub(crate) fn disk_usage(&self, max_entries: usize) -> io::Result<u64> {
         let mut used = 0u64;
         let mut seen = 0usize;
         let mut pending = vec![self.clone()];
@@ -122,7 +122,7 @@ impl SafeDir {
 
     /// Changes the owner of the folder `name` and everything below it, never following links.
     /// Used only on folders the runner just made, before a container can see them.
-    pub fn chown_tree(&self, name: &str, uid: u32, gid: u32) -> io::Result<()> {
+    pub(crate) fn chown_tree(&self, name: &str, uid: u32, gid: u32) -> io::Result<()> {
         let owner = Some(rustix::fs::Uid::from_raw(uid));
         let group = Some(rustix::fs::Gid::from_raw(gid));
         let root = self.subdir(name)?;
@@ -150,7 +150,7 @@ impl SafeDir {
 
     /// Removes `name` and everything below it. Links are removed, never followed; a missing
     /// `name` is fine.
-    pub fn remove_tree(&self, name: &str) -> io::Result<()> {
+    pub(crate) fn remove_tree(&self, name: &str) -> io::Result<()> {
         let (parent, last) = self.parent_of(name)?;
         let stat = match statat(parent.fd.as_fd(), last, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
@@ -194,7 +194,7 @@ impl SafeDir {
     }
 
     /// Removes everything below this folder, keeping the folder.
-    pub fn remove_contents(&self) -> io::Result<()> {
+    pub(crate) fn remove_contents(&self) -> io::Result<()> {
         for (entry, _) in self.entries()? {
             match entry.to_str() {
                 Some(text) => self.remove_tree(text)?,
@@ -237,7 +237,7 @@ impl SafeDir {
     }
 
     /// Names of the folder's entries that are themselves folders (not links to one).
-    pub fn subfolders(&self) -> io::Result<Vec<String>> {
+    pub(crate) fn subfolders(&self) -> io::Result<Vec<String>> {
         Ok(self
             .entries()?
             .into_iter()
