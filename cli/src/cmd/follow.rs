@@ -180,6 +180,19 @@ pub(crate) async fn follow(
             }));
         }
     }
+    watch_to_end(&mut runner, id, &display).await?;
+    for log in logs {
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(30), log).await {
+            display.note(&format!("logs: {e:#}"));
+        }
+    }
+    display.finish();
+    report_end(settings, &mut runner, id).await
+}
+
+/// Shows run `id`'s events until its terminal one, resuming after the last event shown when
+/// a connection drops or a stream ends early (a runner shutting down).
+async fn watch_to_end(runner: &mut Runner, id: &str, display: &Display) -> Result<()> {
     let mut after = 0;
     let mut retry = Retry::new();
     'watch: loop {
@@ -214,12 +227,11 @@ pub(crate) async fn follow(
             }
         }
     }
-    for log in logs {
-        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(30), log).await {
-            display.note(&format!("logs: {e:#}"));
-        }
-    }
-    display.finish();
+    Ok(())
+}
+
+/// Says how run `id` ended (unless `--json`); answers the exit code that means.
+async fn report_end(settings: &Settings, runner: &mut Runner, id: &str) -> Result<u8> {
     let run = runner
         .get_run(GetRunRequest { id: id.to_owned() })
         .await

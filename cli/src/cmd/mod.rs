@@ -42,38 +42,7 @@ where
     let remembered = Remembered::new(&settings.cache_dir);
     let tls = || connect::rustls_config(settings);
     let token = settings.token.as_deref();
-    // The upload URL is the catalogue's to say: it must not take the token out of TLS.
-    let plaintext_refused = |url: &str| {
-        if settings.catalogue.starts_with("https://") && !url.starts_with("https://") {
-            bail!(
-                "the catalogue answered the upload URL {url}, which is not https: the token \
-                 would cross the network in clear (set the catalogue's --public-url to https)"
-            );
-        }
-        Ok(())
-    };
-    let mut resumed = None;
-    if let Some(entry) = remembered.get(&local.key) {
-        plaintext_refused(&entry.url)?;
-        let mut tus = Tus::connect(&entry.url, tls, token).await?;
-        match tus.head(&entry.url).await? {
-            // The same upload, unless the server says another length (then start again).
-            Some(at) if at.length.is_none_or(|l| l == local.size) => {
-                resumed = Some((entry, at.offset, tus))
-            }
-            _ => remembered.forget(&local.key)?,
-        }
-    }
-    let (entry, start, mut tus) = match resumed {
-        Some(resumed) => resumed,
-        None => {
-            let entry = create().await?;
-            plaintext_refused(&entry.url)?;
-            remembered.put(&local.key, entry.clone())?;
-            let tus = Tus::connect(&entry.url, tls, token).await?;
-            (entry, 0, tus)
-        }
-    };
+    let (entry, start, mut tus) = begin(settings, local, &remembered, create).await?;
     let mut progress = Progress::new(&local.name(), local.size, start);
     let mut start = start;
     // A transfer cut off a moment ago may still hold the upload on the server (423) until the
@@ -119,6 +88,49 @@ where
     progress.finish("uploaded");
     remembered.forget(&local.key)?;
     Ok(entry.id)
+}
+
+/// The upload begun earlier for `local` (resumed at the server's offset), or a new one that
+/// `create` makes: its entry, the offset to send from, and a tus connection to it.
+async fn begin<F, Fut>(
+    settings: &Settings,
+    local: &Local,
+    remembered: &Remembered,
+    create: F,
+) -> Result<(Entry, u64, Tus)>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Entry>>,
+{
+    let tls = || connect::rustls_config(settings);
+    let token = settings.token.as_deref();
+    if let Some(entry) = remembered.get(&local.key) {
+        refuse_plaintext(settings, &entry.url)?;
+        let mut tus = Tus::connect(&entry.url, tls, token).await?;
+        match tus.head(&entry.url).await? {
+            // The same upload, unless the server says another length (then start again).
+            Some(at) if at.length.is_none_or(|l| l == local.size) => {
+                return Ok((entry, at.offset, tus));
+            }
+            _ => remembered.forget(&local.key)?,
+        }
+    }
+    let entry = create().await?;
+    refuse_plaintext(settings, &entry.url)?;
+    remembered.put(&local.key, entry.clone())?;
+    let tus = Tus::connect(&entry.url, tls, token).await?;
+    Ok((entry, 0, tus))
+}
+
+/// The upload URL is the catalogue's to say: it must not take the token out of TLS.
+fn refuse_plaintext(settings: &Settings, url: &str) -> Result<()> {
+    if settings.catalogue.starts_with("https://") && !url.starts_with("https://") {
+        bail!(
+            "the catalogue answered the upload URL {url}, which is not https: the token \
+             would cross the network in clear (set the catalogue's --public-url to https)"
+        );
+    }
+    Ok(())
 }
 
 /// Whether `text` is an id (a UUID) rather than a name.

@@ -85,14 +85,7 @@ pub async fn run(
         content.clone(),
         locks.clone(),
         access.clone(),
-        uploads::Limits {
-            max_size: config.max_upload_size,
-            expiry: config.upload_expiry,
-            pace: uploads::driver::Pace {
-                min_rate: config.min_transfer_rate,
-                window: config.transfer_rate_window,
-            },
-        },
+        upload_limits(&config),
         installs.clone(),
     );
     let files = files::Files::new(
@@ -111,16 +104,7 @@ pub async fn run(
     ));
 
     let metrics = MetricsBuilder::new("catalogue").build();
-    let auth = AuthSetup {
-        verifier: pirus_auth::Verifier::new(db.clone(), config.common.auth.mode()),
-        audit: pirus_auth::audit::Audit::new(db.clone(), "catalogue"),
-        changes: CHANGES,
-        streams: STREAMS,
-        budget: pirus_auth::admission::StreamBudget::from_user(
-            config.common.max_streams_per_caller as usize,
-        ),
-        streams_per_connection: config.common.max_streams_per_connection,
-    };
+    let auth = auth_setup(&config, &db);
     let tokens = tokens::Tokens::new(
         pirus_auth::store::TokenStore::new(db.clone()),
         auth.audit.clone(),
@@ -138,7 +122,42 @@ pub async fn run(
         .add_service(AccessServiceServer::new(grpc::access::Access { tokens })),
         http: tus::router(uploads, files, pipelines, &public_url, &config.cors_origins),
     };
-    let options = ServeOptions {
+    let options = serve_options(&config, auth);
+    pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
+    let _ = tokio::join!(sweeper, installer);
+    Ok(())
+}
+
+/// The bounds of uploads, from the options.
+fn upload_limits(config: &Config) -> uploads::Limits {
+    uploads::Limits {
+        max_size: config.max_upload_size,
+        expiry: config.upload_expiry,
+        pace: uploads::driver::Pace {
+            min_rate: config.min_transfer_rate,
+            window: config.transfer_rate_window,
+        },
+    }
+}
+
+/// The one authorization layer's setup: tokens checked against the database, changes audited,
+/// streams counted per caller.
+fn auth_setup(config: &Config, db: &sea_orm::DatabaseConnection) -> AuthSetup {
+    AuthSetup {
+        verifier: pirus_auth::Verifier::new(db.clone(), config.common.auth.mode()),
+        audit: pirus_auth::audit::Audit::new(db.clone(), "catalogue"),
+        changes: CHANGES,
+        streams: STREAMS,
+        budget: pirus_auth::admission::StreamBudget::from_user(
+            config.common.max_streams_per_caller as usize,
+        ),
+        streams_per_connection: config.common.max_streams_per_connection,
+    }
+}
+
+/// How both ports serve: the services health reports, reflection, limits, shutdown.
+fn serve_options(config: &Config, auth: AuthSetup) -> ServeOptions {
+    ServeOptions {
         services: vec![pirus_proto::CATALOGUE_SERVICE, pirus_proto::ACCESS_SERVICE],
         addr_file: config.common.addr_file.clone(),
         shutdown_timeout: config.common.shutdown_timeout,
@@ -146,8 +165,5 @@ pub async fn run(
         auth,
         http: config.common.http_limits(),
         grpc: config.common.grpc_limits(),
-    };
-    pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
-    let _ = tokio::join!(sweeper, installer);
-    Ok(())
+    }
 }

@@ -78,32 +78,13 @@ pub async fn run(
     );
 
     let (metrics, lxd_up) = metrics();
-    // Two pools: `stores` serves requests (gRPC handlers, followers, forwarded reads), `work`
-    // the node's own work and its runs (expiry, claims, every run's events and results), so
-    // no amount of request traffic can stall its runs. The lease is renewed over a connection
-    // of its own, from a thread of its own (node.rs). The work pool holds a connection per
-    // run slot and a few for the node.
-    // Request traffic reads single runs in batches (GetRun, access checks) and pages of runs
-    // on small pools of their own (see RunStore::with_read_pools).
-    let stores = store::Stores::new(db.clone()).with_read_pools(
-        pirus_server::process::read_pool(&config.common, batches).await?,
-        pirus_server::process::read_pool(&config.common, pages).await?,
-    );
-    let work = store::Stores::new(
-        pirus_server::process::work_pool(&config.common, work_connections(max_runs)).await?,
-    );
+    let (stores, work) = open_stores(&config, &db, batches, pages, max_runs).await?;
     let notices = listen(&config, &shutdown);
     let node = lease::Node {
         nodes: work.nodes.clone(),
         lxd: lxd.clone(),
         name: node_name.clone(),
-        address: config
-            .advertise_addr
-            .clone()
-            .unwrap_or_else(|| match listeners.tls {
-                Some(_) => format!("https://{}", listeners.grpc_addr()),
-                None => listeners.grpc_addr().to_string(),
-            }),
+        address: advertised(&config, &listeners),
         max_runs,
         largest: node_limits.largest,
         lease: config.node_lease,
@@ -123,18 +104,7 @@ pub async fn run(
         work.clone(),
         lxd.clone(),
         catalogue.clone(),
-        executor::Settings {
-            node: node_name.clone(),
-            work_dir,
-            databases_dir: config.databases_dir.clone(),
-            storage_pool: config.lxd_storage_pool.clone(),
-            isolated_idmap: config.lxd_isolated_idmap,
-            limits: node_limits,
-            tes_file_roots: config.tes_file_roots.clone(),
-            input_cache_size: config.input_cache_size,
-            // Tasks queued before plans were stored: the TES edge reads its own stored form.
-            legacy_plan: tes::plan::of_stored,
-        },
+        executor_settings(&config, &node_name, work_dir, node_limits),
         notices.clone(),
     )?;
     let scheduler = scheduler::Scheduler {
@@ -164,6 +134,62 @@ pub async fn run(
         databases_dir: config.databases_dir.clone(),
     };
     serve(&config, listeners, runs, db, metrics, shutdown).await
+}
+
+/// The request stores and the work stores. Two pools: `stores` serves requests (gRPC
+/// handlers, followers, forwarded reads), `work` the node's own work and its runs (expiry,
+/// claims, every run's events and results), so no amount of request traffic can stall its
+/// runs. The lease is renewed over a connection of its own, from a thread of its own
+/// (lease.rs). The work pool holds a connection per run slot and a few for the node. Request
+/// traffic reads single runs in batches (GetRun, access checks) and pages of runs on small
+/// pools of their own (see RunStore::with_read_pools).
+async fn open_stores(
+    config: &Config,
+    db: &sea_orm::DatabaseConnection,
+    batches: u32,
+    pages: u32,
+    max_runs: u32,
+) -> anyhow::Result<(store::Stores, store::Stores)> {
+    let stores = store::Stores::new(db.clone()).with_read_pools(
+        pirus_server::process::read_pool(&config.common, batches).await?,
+        pirus_server::process::read_pool(&config.common, pages).await?,
+    );
+    let work = store::Stores::new(
+        pirus_server::process::work_pool(&config.common, work_connections(max_runs)).await?,
+    );
+    Ok((stores, work))
+}
+
+/// Where other runners reach this one: `--advertise-addr`, else the bound gRPC address.
+fn advertised(config: &Config, listeners: &Listeners) -> String {
+    config
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| match listeners.tls {
+            Some(_) => format!("https://{}", listeners.grpc_addr()),
+            None => listeners.grpc_addr().to_string(),
+        })
+}
+
+/// How this node executes runs, from its options.
+fn executor_settings(
+    config: &Config,
+    node_name: &str,
+    work_dir: std::path::PathBuf,
+    limits: limits::NodeLimits,
+) -> executor::Settings {
+    executor::Settings {
+        node: node_name.to_owned(),
+        work_dir,
+        databases_dir: config.databases_dir.clone(),
+        storage_pool: config.lxd_storage_pool.clone(),
+        isolated_idmap: config.lxd_isolated_idmap,
+        limits,
+        tes_file_roots: config.tes_file_roots.clone(),
+        input_cache_size: config.input_cache_size,
+        // Tasks queued before plans were stored: the TES edge reads its own stored form.
+        legacy_plan: tes::plan::of_stored,
+    }
 }
 
 /// Connections of the work pool: one per run slot (each run's events and results), and three

@@ -136,83 +136,27 @@ pub async fn serve(
     let grpc_addr = listeners.grpc_addr();
     let http_addr = listeners.http_addr();
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health::new(reporter, &options.services, std::sync::Arc::clone(&metrics)).await;
-
-    // Both reflection versions describe everything served, themselves included, so that
-    // `list` answers the same whichever version a client speaks.
-    let reflection = || {
-        options.reflection.iter().fold(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(
-                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-                ),
-            |builder, set| builder.register_encoded_file_descriptor_set(set),
-        )
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    // Servers stop on `stop`, which is cancelled only after readiness has flipped.
-    let stop = CancellationToken::new();
-
-    // Large single streams (uploads, downloads, logs) need more than HTTP/2's default 64 KiB
-    // window: 4 MiB a stream, 8 MiB a connection, fixed. Not the adaptive window: it starts
-    // the connection at 64 KiB, and h2 sizes its budget for small DATA frames in flight (what
-    // each request message of a new stream is) from that window, so a client opening more
-    // than about 150 streams at once on one connection was cut off with GOAWAY
-    // ENHANCE_YOUR_CALM (tests/tests/scale.rs); with 8 MiB it is some 20,000. Peers may send
-    // frames of up to 1 MiB rather than 16 KiB: a WriteUpload of 1 GiB then costs the server
-    // (and its client) 64 times fewer frames, about 12% of its time on a 2-core host.
-    // One budget per caller across gRPC streams and tus transfers.
-    let admission = pirus_auth::admission::Admission::new(options.auth.budget);
-    let mut builder = tonic::transport::Server::builder()
-        .http2_adaptive_window(Some(false))
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(8 << 20))
-        .max_frame_size(Some(1 << 20))
-        // Long idle streams (WatchRun, StreamRunLogs, a paused upload) stay open through NATs
-        // and proxies, and a peer that vanished is noticed, without every client having to
-        // configure its own keepalive: a PING every 30 s, the connection dropped when one is
-        // not answered within 20 s.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
-        .max_concurrent_streams(Some(options.auth.streams_per_connection))
-        // Outermost: counts each call open on its connection (for --grpc-idle-timeout) and
-        // gives the layers below the peer's address.
-        .layer(crate::grpc_port::OpenCallsLayer)
-        .layer(GrpcMetricsLayer::new(std::sync::Arc::clone(&metrics)))
-        .layer(
-            pirus_auth::layer::AuthLayer::new(
-                options.auth.verifier.clone(),
-                options.auth.audit.clone(),
-                options.auth.changes,
-            )
-            .with_admission(options.auth.streams, admission.clone()),
-        )
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            grpc_panic_response,
-        ));
-    if let Some(tls) = &listeners.tls {
-        builder = builder
-            .tls_config(tls.grpc.clone())
-            .map_err(ServeError::GrpcTls)?;
-    }
-    // No server-wide timeout: it would also cut uploads and watches, which run for as long
-    // as they need; a client's own deadline (grpc-timeout) is honoured by tonic.
-    let grpc_server = builder
-        .add_routes(service.grpc)
+    let health = Health::new(reporter, &options.services, Arc::clone(&metrics)).await;
+    let (reflection_v1, reflection_v1alpha) = reflection(&options.reflection)?;
+    let routes = service
+        .grpc
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            crate::grpc_port::Incoming::new(listeners.grpc, options.grpc),
-            stop.clone().cancelled_owned(),
-        );
-    let grpc_task = tokio::spawn(grpc_server);
-
+        .add_service(reflection_v1alpha);
+    // Servers stop on `stop`, which is cancelled only after readiness has flipped.
+    let stop = CancellationToken::new();
+    // One budget per caller across gRPC streams and tus transfers.
+    let admission = pirus_auth::admission::Admission::new(options.auth.budget);
+    let incoming = crate::grpc_port::Incoming::new(listeners.grpc, options.grpc);
+    let grpc_task = spawn_grpc(
+        &options,
+        incoming,
+        listeners.tls.as_ref(),
+        Arc::clone(&metrics),
+        admission.clone(),
+        routes,
+        stop.clone(),
+    )?;
     let http_router = ops::router(
         health.clone(),
         std::sync::Arc::clone(&metrics),
@@ -249,6 +193,95 @@ pub async fn serve(
         watchdog,
     };
     run_until_stopped(tasks, &health, &stop, &shutdown, options.shutdown_timeout).await
+}
+
+/// Both reflection versions, each describing everything served, themselves included, so that
+/// `list` answers the same whichever version a client speaks.
+fn reflection(
+    sets: &[&'static [u8]],
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServeError,
+> {
+    let builder = || {
+        sets.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                ),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// The gRPC server over `incoming`, with the layers every call passes through, serving
+/// `routes` until `stop`.
+fn spawn_grpc(
+    options: &ServeOptions,
+    incoming: crate::grpc_port::Incoming,
+    tls: Option<&ServerTls>,
+    metrics: Arc<Metrics>,
+    admission: pirus_auth::admission::Admission,
+    routes: Routes,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
+    // Large single streams (uploads, downloads, logs) need more than HTTP/2's default 64 KiB
+    // window: 4 MiB a stream, 8 MiB a connection, fixed. Not the adaptive window: it starts
+    // the connection at 64 KiB, and h2 sizes its budget for small DATA frames in flight (what
+    // each request message of a new stream is) from that window, so a client opening more
+    // than about 150 streams at once on one connection was cut off with GOAWAY
+    // ENHANCE_YOUR_CALM (tests/tests/scale.rs); with 8 MiB it is some 20,000. Peers may send
+    // frames of up to 1 MiB rather than 16 KiB: a WriteUpload of 1 GiB then costs the server
+    // (and its client) 64 times fewer frames, about 12% of its time on a 2-core host.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(false))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .max_frame_size(Some(1 << 20))
+        // Long idle streams (WatchRun, StreamRunLogs, a paused upload) stay open through NATs
+        // and proxies, and a peer that vanished is noticed, without every client having to
+        // configure its own keepalive: a PING every 30 s, the connection dropped when one is
+        // not answered within 20 s.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .max_concurrent_streams(Some(options.auth.streams_per_connection))
+        // Outermost: counts each call open on its connection (for --grpc-idle-timeout) and
+        // gives the layers below the peer's address.
+        .layer(crate::grpc_port::OpenCallsLayer)
+        .layer(GrpcMetricsLayer::new(metrics))
+        .layer(
+            pirus_auth::layer::AuthLayer::new(
+                options.auth.verifier.clone(),
+                options.auth.audit.clone(),
+                options.auth.changes,
+            )
+            .with_admission(options.auth.streams, admission),
+        )
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            grpc_panic_response,
+        ));
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.grpc.clone())
+            .map_err(ServeError::GrpcTls)?;
+    }
+    // No server-wide timeout: it would also cut uploads and watches, which run for as long
+    // as they need; a client's own deadline (grpc-timeout) is honoured by tonic.
+    let server = builder
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+    Ok(tokio::spawn(server))
 }
 
 /// Bounds of the HTTP port's connections.

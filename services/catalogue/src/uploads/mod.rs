@@ -211,6 +211,33 @@ impl Uploads {
     ) -> Result<File> {
         access::require(caller, Action::CreateFiles)?;
         new.owner = Some(caller.accessor);
+        let size = self.parts_size(caller, &parts).await?;
+        self.check_size(Some(size))?;
+        // The copy is a transfer: its slot is taken before anything is recorded.
+        let slot = self.inner.locks.slot()?;
+        let file = self
+            .inner
+            .store
+            .create_final_upload(new, &parts, size, self.inner.expiry)
+            .await?;
+        let lock = self.inner.locks.lock_in(slot, file.id).await?;
+        let storage = self.inner.content.data().clone();
+        let (id, part_ids) = (file.id, parts.clone());
+        let copied = tokio::task::spawn_blocking(move || storage.concatenate(id, &part_ids))
+            .await
+            .map_err(Error::internal);
+        lock.release().await;
+        let copied = copied??;
+        debug_assert_eq!(copied, size);
+        let upload = self.inner.store.get_upload(file.id).await?;
+        self.inner.completion.complete(&upload, None).await?;
+        self.inner.store.get_file(file.id).await
+    }
+
+    /// The total size of a final upload's parts, each checked: listed once, at most
+    /// [`MAX_PARTS`], a complete partial upload of the files endpoint that the caller may
+    /// write (any other is "not a known upload", as a missing one is).
+    async fn parts_size(&self, caller: &Caller, parts: &[Uuid]) -> Result<u64> {
         if parts.is_empty() {
             return Err(Error::invalid(
                 "Upload-Concat",
@@ -234,7 +261,7 @@ impl Uploads {
             ));
         }
         let mut size = 0u64;
-        for part in &parts {
+        for part in parts {
             let unknown = || {
                 Error::invalid(
                     "Upload-Concat",
@@ -276,26 +303,7 @@ impl Uploads {
             }
             size += state.offset;
         }
-        self.check_size(Some(size))?;
-        // The copy is a transfer: its slot is taken before anything is recorded.
-        let slot = self.inner.locks.slot()?;
-        let file = self
-            .inner
-            .store
-            .create_final_upload(new, &parts, size, self.inner.expiry)
-            .await?;
-        let lock = self.inner.locks.lock_in(slot, file.id).await?;
-        let storage = self.inner.content.data().clone();
-        let (id, part_ids) = (file.id, parts.clone());
-        let copied = tokio::task::spawn_blocking(move || storage.concatenate(id, &part_ids))
-            .await
-            .map_err(Error::internal);
-        lock.release().await;
-        let copied = copied??;
-        debug_assert_eq!(copied, size);
-        let upload = self.inner.store.get_upload(file.id).await?;
-        self.inner.completion.complete(&upload, None).await?;
-        self.inner.store.get_file(file.id).await
+        Ok(size)
     }
 
     /// The durable state of an upload. An incomplete upload past its expiry is gone.
