@@ -203,9 +203,66 @@ pub(crate) fn check_filename(field: &str, name: &str) -> Result<String> {
     Ok(name.to_owned())
 }
 
+/// Tags of a file at most.
+pub(crate) const MAX_TAGS: usize = 100;
+
+/// Checks a file's tags, whichever edge they came through (CreateFile's `tags`, tus's
+/// `Upload-Metadata tags`): at most [`MAX_TAGS`], each 1 to 256 bytes without control
+/// characters.
+pub(crate) fn check_tags(field: &str, tags: &[String]) -> Result<()> {
+    if tags.len() > MAX_TAGS {
+        return Err(Error::invalid(
+            field,
+            format!("{} tags; a file has at most {MAX_TAGS}", tags.len()),
+        ));
+    }
+    if let Some(tag) = tags.iter().find(|t| t.is_empty() || t.len() > 256) {
+        let shown: String = tag.chars().take(64).collect();
+        return Err(Error::invalid(
+            field,
+            format!("'{shown}' must be 1 to 256 bytes"),
+        ));
+    }
+    if tags.iter().any(|t| t.chars().any(char::is_control)) {
+        return Err(Error::invalid(field, "a tag contains control characters"));
+    }
+    Ok(())
+}
+
+/// An optional idempotency key, whichever edge it came through: empty is none; at most 256
+/// bytes, without control characters.
+pub(crate) fn request_id(field: &str, value: &str) -> Result<Option<String>> {
+    match value {
+        "" => Ok(None),
+        id if id.len() > 256 => Err(Error::invalid(field, "is longer than 256 bytes")),
+        id if id.chars().any(char::is_control) => {
+            Err(Error::invalid(field, "contains control characters"))
+        }
+        id => Ok(Some(id.to_owned())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_and_request_ids_are_bounded_alike_for_every_edge() {
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| i.to_string()).collect();
+        assert!(check_tags("tags", &many).is_err());
+        assert!(check_tags("tags", &["a".repeat(257)]).is_err());
+        assert!(check_tags("tags", &["bad\u{1b}[31m".into()]).is_err());
+        assert!(check_tags("tags", &["a\nb".into()]).is_err());
+        assert!(check_tags("tags", &[String::new()]).is_err());
+        assert!(check_tags("tags", &["sample-1".into(), "run 2".into()]).is_ok());
+        assert!(request_id("request_id", &"x".repeat(5000)).is_err());
+        assert!(request_id("request_id", "a\nb").is_err());
+        assert_eq!(request_id("request_id", "").unwrap(), None);
+        assert_eq!(
+            request_id("request_id", "k1").unwrap().as_deref(),
+            Some("k1")
+        );
+    }
 
     #[test]
     fn enums_round_trip() {

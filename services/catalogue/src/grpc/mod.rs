@@ -17,7 +17,7 @@ use convert::{file_to_proto, parse_id, parse_optional_id, pipeline_to_proto, upl
 use crate::{
     domain::{
         DOCUMENT_NAMES, Error, FileFilter, FileKind, NewFile, PipelineFilter, check_filename,
-        parse_sha256,
+        check_tags, parse_sha256, request_id,
     },
     files::Files,
     pipelines::Pipelines,
@@ -36,15 +36,6 @@ pub(crate) struct Catalogue {
     pub public_url: Arc<str>,
 }
 
-/// An optional idempotency key, bounded.
-fn request_id(value: &str) -> Result<Option<String>, Error> {
-    match value {
-        "" => Ok(None),
-        id if id.len() > 256 => Err(Error::invalid("request_id", "is longer than 256 bytes")),
-        id => Ok(Some(id.to_owned())),
-    }
-}
-
 type ReadFileStream = Pin<Box<dyn Stream<Item = Result<pb::ReadFileResponse, Status>> + Send>>;
 
 /// Request fields of CreateFile that describe the file, checked.
@@ -54,16 +45,8 @@ fn new_file(request: pb::CreateFileRequest) -> Result<NewFile, Error> {
         return Err(Error::invalid("size", "must not be negative"));
     }
     let sha256 = parse_sha256("sha256", &request.sha256)?;
-    let request_id = request_id(&request.request_id)?;
-    if request.tags.len() > 100 {
-        return Err(Error::invalid("tags", "more than 100 tags"));
-    }
-    if let Some(tag) = request.tags.iter().find(|t| t.is_empty() || t.len() > 256) {
-        return Err(Error::invalid(
-            "tags",
-            format!("'{tag}' must be 1 to 256 bytes"),
-        ));
-    }
+    let request_id = request_id("request_id", &request.request_id)?;
+    check_tags("tags", &request.tags)?;
     let kind = convert::file_kind(request.kind)?;
     let source_run_id = parse_optional_id("source_run_id", &request.source_run_id)?;
     match kind {
@@ -111,7 +94,7 @@ impl CatalogueService for Catalogue {
             filename,
             size: Some(request.size as u64),
             sha256: parse_sha256("sha256", &request.sha256)?,
-            request_id: request_id(&request.request_id)?,
+            request_id: request_id("request_id", &request.request_id)?,
             metadata: String::new(),
             owner: None,
         };

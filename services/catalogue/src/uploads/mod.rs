@@ -8,6 +8,7 @@ mod blocks;
 mod checksum;
 pub(crate) mod driver;
 mod lock;
+mod stages;
 mod sweeper;
 mod transfer;
 

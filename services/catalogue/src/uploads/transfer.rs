@@ -13,7 +13,7 @@
 //!   due while the previous one still runs waits for it, so at most two commit intervals are
 //!   ever unacknowledged.
 //!
-//! Each thread's queue holds [`QUEUE`] blocks and the request task waits when it is full, so a
+//! Each thread's queue holds `stages::QUEUE` blocks and the request task waits when it is full, so a
 //! transfer holds at most a few MiB however fast its client sends, and all transfers together
 //! stay within one [`BlockBudget`] of the process. An offset becomes durable,
 //! and so reportable, only when its commit has finished. A transfer that carries a chunk
@@ -21,17 +21,13 @@
 //! whole.
 
 use std::{
-    io,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::{
-    sync::{mpsc, oneshot, watch},
-    task::{JoinHandle, spawn_blocking},
-};
+use tokio::task::{JoinHandle, spawn_blocking};
 use uuid::Uuid;
 
 use super::{
@@ -39,6 +35,7 @@ use super::{
     blocks::{BLOCK, Block, BlockBudget},
     checksum::{ChunkChecksum, ChunkHasher},
     lock::UploadLock,
+    stages::{Hasher, Hashers, Writer, spawn_hasher, spawn_writer},
 };
 use crate::{
     datadir::PartialFile,
@@ -46,8 +43,6 @@ use crate::{
     store::session,
 };
 
-/// Blocks waiting for each of the writer and the hasher.
-const QUEUE: usize = 4;
 const COMMIT_BYTES: u64 = 64 << 20;
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -60,85 +55,6 @@ pub(super) struct Context {
     pub max_size: u64,
     pub expiry: Duration,
     pub pace: super::driver::Pace,
-}
-
-/// The digests a transfer keeps.
-#[derive(Default)]
-struct Hashers {
-    /// Of the whole upload, kept only when this transfer started at offset 0.
-    whole: Option<Sha256>,
-    chunk: Option<ChunkHasher>,
-}
-
-impl Hashers {
-    fn is_empty(&self) -> bool {
-        self.whole.is_none() && self.chunk.is_none()
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        if let Some(h) = self.whole.as_mut() {
-            h.update(data);
-        }
-        if let Some(h) = self.chunk.as_mut() {
-            h.update(data);
-        }
-    }
-}
-
-/// The writer thread's end of the pipeline.
-struct Writer {
-    queue: Option<mpsc::Sender<(u64, Arc<Block>)>>,
-    /// How far the file is written, gap-free from the transfer's start.
-    written: watch::Receiver<u64>,
-    /// The thread's outcome once it stopped (its queue closed, or a write failed).
-    done: Option<oneshot::Receiver<io::Error>>,
-}
-
-/// The hasher thread's end of the pipeline.
-struct Hasher {
-    queue: Option<mpsc::Sender<Arc<Block>>>,
-    done: Option<oneshot::Receiver<Hashers>>,
-}
-
-fn spawn_writer(file: Arc<PartialFile>, start: u64, budget: BlockBudget) -> io::Result<Writer> {
-    let (queue, mut blocks) = mpsc::channel::<(u64, Arc<Block>)>(QUEUE);
-    let (progress, written) = watch::channel(start);
-    let (failed, done) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("upload-writer".to_owned())
-        .spawn(move || {
-            while let Some((offset, block)) = blocks.blocking_recv() {
-                if let Err(e) = file.write_at(block.bytes(), offset) {
-                    let _ = failed.send(e);
-                    return;
-                }
-                progress.send_replace(offset + block.len() as u64);
-                budget.recycle(block);
-            }
-        })?;
-    Ok(Writer {
-        queue: Some(queue),
-        written,
-        done: Some(done),
-    })
-}
-
-fn spawn_hasher(mut hashers: Hashers, budget: BlockBudget) -> io::Result<Hasher> {
-    let (queue, mut blocks) = mpsc::channel::<Arc<Block>>(QUEUE);
-    let (finished, done) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("upload-hasher".to_owned())
-        .spawn(move || {
-            while let Some(block) = blocks.blocking_recv() {
-                hashers.update(block.bytes());
-                budget.recycle(block);
-            }
-            let _ = finished.send(hashers);
-        })?;
-    Ok(Hasher {
-        queue: Some(queue),
-        done: Some(done),
-    })
 }
 
 type Committing = JoinHandle<(UploadLock, Result<u64>)>;
