@@ -234,6 +234,9 @@ fn typed(text: &str, schema: Option<&Value>, field: &str) -> Result<Value, Probl
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -12,6 +12,8 @@ pub(crate) mod form;
 mod image;
 mod inspect;
 mod manifest;
+#[cfg(test)]
+mod props;
 
 use std::time::Duration;
 

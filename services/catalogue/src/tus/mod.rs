@@ -5,6 +5,8 @@
 
 mod create;
 mod headers;
+#[cfg(test)]
+mod props;
 
 use std::{ops::ControlFlow, sync::Arc};
 

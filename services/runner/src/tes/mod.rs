@@ -15,6 +15,8 @@
 
 mod listing;
 pub(crate) mod plan;
+#[cfg(test)]
+mod props;
 mod task;
 mod validate;
 mod views;
