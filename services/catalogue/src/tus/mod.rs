@@ -377,9 +377,6 @@ async fn patch(
     Ok(r)
 }
 
-/// Streams a request body into a transfer, in a task of its own: a client that disconnects
-/// mid-body still leaves its bytes durable and the upload paused, even though hyper drops this
-/// request's future.
 /// tus termination: the upload goes, and a complete upload's file with it.
 async fn terminate(tus: &Tus, caller: &Caller, endpoint: Endpoint, id: Uuid) -> Result<Response> {
     match tus.uploads.terminate(caller, id, endpoint).await? {
@@ -391,8 +388,10 @@ async fn terminate(tus: &Tus, caller: &Caller, endpoint: Endpoint, id: Uuid) -> 
     Ok(tus_empty(StatusCode::NO_CONTENT))
 }
 
-/// A PATCH body through the transfer driver.
-async fn run_transfer(transfer: Transfer, body: Body) -> Result<UploadState> {
+/// A request body (a PATCH's, or a creation's first bytes) through the transfer driver, in a
+/// task of its own: a client that disconnects mid-body still leaves its bytes durable and the
+/// upload paused, even though hyper drops this request's future.
+pub(super) async fn run_transfer(transfer: Transfer, body: Body) -> Result<UploadState> {
     let pieces = body.into_data_stream().map(|data| {
         data.map(|data| Piece {
             offset: None,
