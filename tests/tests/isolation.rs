@@ -349,6 +349,94 @@ async fn a_run_cannot_write_past_its_disk_limit() -> Result<()> {
     Ok(())
 }
 
+/// A static helper that makes a btrfs subvolume `NAME` in `DIR` (the ioctl an attacker used).
+const SUBVOLUME_HELPER: &str = r#"
+#include <fcntl.h>
+#include <linux/btrfs.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+int main(int argc, char **argv) {
+  if (argc < 3) return 2;
+  int fd = open(argv[1], O_RDONLY | O_DIRECTORY);
+  if (fd < 0) { perror("open"); return 2; }
+  struct btrfs_ioctl_vol_args_v2 v2;
+  memset(&v2, 0, sizeof v2);
+  strncpy(v2.name, argv[2], BTRFS_SUBVOL_NAME_MAX);
+  if (ioctl(fd, BTRFS_IOC_SUBVOL_CREATE_V2, &v2) == 0) return 0;
+  perror("BTRFS_IOC_SUBVOL_CREATE_V2");
+  struct btrfs_ioctl_vol_args v1;
+  memset(&v1, 0, sizeof v1);
+  strncpy(v1.name, argv[2], BTRFS_PATH_NAME_MAX);
+  if (ioctl(fd, BTRFS_IOC_SUBVOL_CREATE, &v1) == 0) return 0;
+  perror("BTRFS_IOC_SUBVOL_CREATE");
+  return 1;
+}
+"#;
+
+/// Tries the helper in the outputs folder and on the root disk, and fills what it made.
+const NESTED: &str = r#"#!/bin/sh
+mkdir -p /tmp && cp "$PIRUS_INPUTS/subvol" /tmp/subvol && chmod 755 /tmp/subvol
+for dir in "$PIRUS_OUTPUTS" /tmp /; do
+  if /tmp/subvol "$dir" nested; then
+    dd if=/dev/zero of="$dir/nested/big" bs=1M count=100 2>/dev/null
+    echo "in $dir: made, $(stat -c %s "$dir/nested/big") bytes written"
+    rm -f "$dir/nested/big"
+  else
+    echo "in $dir: refused"
+  fi
+done
+"#;
+
+/// The attack: a run limited to 64 MiB made btrfs subvolumes (each with a quota group of its
+/// own, outside the run's bound) under its outputs folder and on its root disk, and wrote
+/// 1 GiB and 300 MiB into them. Making a subvolume is now refused in every folder.
+#[tokio::test]
+async fn a_run_cannot_escape_its_disk_bound_with_nested_subvolumes() -> Result<()> {
+    let dir = pirus_tests::tempdir()?;
+    let (source, helper) = (dir.join("subvol.c"), dir.join("subvol"));
+    std::fs::write(&source, SUBVOLUME_HELPER)?;
+    let built = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .args([&helper, &source])
+        .output()?;
+    assert!(built.status.success(), "cc: {built:?}");
+    let mut s = stack(1).await?;
+    let input = s.upload("subvol", &std::fs::read(&helper)?).await?;
+    let pipeline = s.install("nested", NESTED, NO_FORM, "").await?;
+    let r = s
+        .submit_to(
+            &pipeline,
+            run::SubmitRunRequest {
+                input_file_ids: vec![input],
+                resources: Some(run::Resources {
+                    disk_bytes: 64 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let (done, _) = ended(&mut s, &r.id, Duration::from_secs(180)).await?;
+    let stdout = stdout_of(&mut s, &r.id).await?;
+    assert_eq!(
+        status(done.status),
+        run::RunStatus::Done,
+        "{}",
+        done.error_message
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.ends_with(": refused")).count(),
+        3,
+        "a subvolume was made:\n{stdout}"
+    );
+    let stderr = String::from_utf8(s.logs(&r.id, "stderr").await?)?;
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    s.assert_clean()?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
 #[tokio::test]
 async fn on_a_pool_without_quotas_a_run_that_outgrows_its_disk_is_ended() -> Result<()> {
     let mut s = stack_with(1, &[], &["--lxd-storage-pool", "default"]).await?;
