@@ -79,14 +79,19 @@ impl Verifier {
         if self.inner.mode == AuthMode::None {
             return Ok(Caller::unauthenticated_admin());
         }
-        if let Some(delay) = peer.and_then(|p| self.delay(p)) {
-            tokio::time::sleep(delay).await;
-        }
         let result = self.check(header).await;
         // Only guesses count: a token whose secret does not match. A client with no token, a
         // malformed, expired or revoked one is refused as fast as ever (it guesses nothing).
+        // And only guesses wait, once checked: the guesser is slowed, not its address, so a
+        // valid token from the same address (behind one NAT, or a runner on the same host)
+        // is answered at once.
         if let (Err(AuthError::Unknown), Some(peer)) = (&result, peer) {
+            // The first FREE_FAILURES guesses in a window are answered at once.
+            let delay = self.delay(peer);
             self.failed(peer);
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
         }
         result
     }
