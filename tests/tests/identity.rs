@@ -1343,10 +1343,16 @@ async fn repeated_guesses_from_one_peer_are_slowed_down() -> Result<()> {
     // slowed, nor are clients without a token.
     let (r, took) = who(catalogue.channel_from(guesser, Some(&admin)).await?).await;
     assert_eq!(r, Ok(()));
-    assert!(took < Duration::from_millis(500), "a valid token waited: {took:?}");
+    assert!(
+        took < Duration::from_millis(500),
+        "a valid token waited: {took:?}"
+    );
     let (r, took) = who(catalogue.channel_from(guesser, Some(&guess)).await?).await;
     assert_eq!(r, Err(Code::Unauthenticated));
-    assert!(took >= Duration::from_millis(800), "the guesser is still slowed: {took:?}");
+    assert!(
+        took >= Duration::from_millis(800),
+        "the guesser is still slowed: {took:?}"
+    );
     let (r, took) = who(catalogue.channel_from(bystander, Some(&admin)).await?).await;
     assert_eq!(r, Ok(()));
     assert!(took < Duration::from_millis(500), "{took:?}");

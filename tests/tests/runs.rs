@@ -534,6 +534,36 @@ async fn logs_stream_while_the_run_is_alive_and_after() -> Result<()> {
 
 /// kill -9 of a runner during a run, then a restart under the same node name: the run carries
 /// on (its command is not started again), its logs are complete, and it ends DONE once.
+/// An offset past the end of an ended run's log is OUT_OF_RANGE naming the log's size (it
+/// was UNAVAILABLE, which clients retry for ever); at the end exactly, the stream just ends.
+#[tokio::test]
+async fn a_log_offset_past_the_end_of_an_ended_run_is_out_of_range() -> Result<()> {
+    let mut s = stack(1).await?;
+    let r = s.submit_ready("{}").await?;
+    s.watch(&r.id, 0).await?;
+    let size = s.logs(&r.id, "stdout").await?.len() as i64;
+    let read = |offset: i64| run::StreamRunLogsRequest {
+        run_id: r.id.clone(),
+        stream: "stdout".into(),
+        offset,
+        follow: false,
+    };
+    let mut at_end = s.run.stream_run_logs(read(size)).await?.into_inner();
+    assert!(at_end.next().await.is_none(), "nothing past the end");
+    let mut past = s.run.stream_run_logs(read(size + 10)).await?.into_inner();
+    let refused = match past.next().await {
+        Some(Err(status)) => status,
+        other => bail!("an offset past the end answered {other:?}"),
+    };
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!("({size} bytes)")),
+        "{}",
+        refused.message()
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_run_survives_kill_9_of_its_runner() -> Result<()> {
     survives_runner_restart("KILL", false).await

@@ -174,6 +174,7 @@ fn relayed(owner: &str, s: tonic::Status) -> Error {
         tonic::Code::NotFound => Error::NotFound(s.message().to_owned()),
         tonic::Code::InvalidArgument => Error::invalid("request", s.message()),
         tonic::Code::FailedPrecondition => Error::FailedPrecondition(s.message().to_owned()),
+        tonic::Code::OutOfRange => Error::OutOfRange(s.message().to_owned()),
         _ => unavailable(owner, s.message()),
     }
 }

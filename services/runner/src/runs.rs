@@ -28,6 +28,17 @@ use crate::{
     submit,
 };
 
+/// An offset past the end of an ended run's log is OUT_OF_RANGE, naming the log's size: the
+/// log will not grow, and a client must not retry it (UNAVAILABLE would say to).
+fn past_the_end(offset: u64, size: u64) -> Result<()> {
+    if offset > size {
+        return Err(Error::OutOfRange(format!(
+            "offset {offset} is past the end of the run's log ({size} bytes)"
+        )));
+    }
+    Ok(())
+}
+
 /// A log chunk streamed to a client at most.
 const LOG_CHUNK: usize = 64 << 10;
 /// Bytes of a live log read per poll at most.
@@ -189,12 +200,9 @@ impl Runs {
         // from it rather than from the catalogue's copy of the same file (a thousand
         // followers of a run that just ended would otherwise all read that at once).
         if run.node.as_deref() == Some(self.node.as_str())
-            && self
-                .executor
-                .live_log_size(run, stream.file())
-                .await
-                .is_ok()
+            && let Ok(size) = self.executor.live_log_size(run, stream.file()).await
         {
+            past_the_end(offset, size.unwrap_or(0))?;
             if !self.send_from_file(run, stream, &mut offset, tx).await? {
                 return Ok(());
             }
@@ -216,11 +224,13 @@ impl Runs {
         // A follower that has the whole log already (the usual case for one that
         // followed the run to its end) is done without a read: a thousand of them
         // would otherwise all call the catalogue at once, beyond its reader bound.
-        if let Some((file, size)) = log.await?
-            && offset != size
-        {
-            // As the caller: the catalogue checks the log is theirs to read.
-            self.catalogue.read(file, offset, credential, tx).await?;
+        match log.await? {
+            Some((file, size)) if offset < size => {
+                // As the caller: the catalogue checks the log is theirs to read.
+                self.catalogue.read(file, offset, credential, tx).await?;
+            }
+            Some((_, size)) => past_the_end(offset, size)?,
+            None => {}
         }
         Ok(())
     }

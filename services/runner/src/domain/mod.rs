@@ -232,6 +232,9 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A position past the end of what exists (a log offset past an ended run's log).
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("{0}")]
     Unavailable(String),
     /// The caller's role may not do this.

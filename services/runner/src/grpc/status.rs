@@ -11,6 +11,7 @@ impl From<Error> for tonic::Status {
             Error::NotFound(_) => Status::not_found(e.to_string()),
             Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            Error::OutOfRange(_) => Status::out_of_range(e.to_string()),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
             Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             Error::Internal(detail) => {

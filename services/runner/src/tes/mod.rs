@@ -94,7 +94,9 @@ struct Failure(StatusCode, String);
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::InvalidArgument { .. } | Error::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
+            Error::InvalidArgument { .. } | Error::FailedPrecondition(_) | Error::OutOfRange(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::AlreadyExists(_) => StatusCode::CONFLICT,
             Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
