@@ -19,6 +19,7 @@ use crate::{
     AuthError, Caller, Verifier,
     admission::{Admission, Permit},
     audit::Audit,
+    revocation::{Hold, Revocable},
 };
 
 /// Paths answered without a token.
@@ -157,14 +158,24 @@ fn outcome<B>(response: &Response<B>) -> String {
     }
 }
 
-impl<S, B, RB> Service<Request<B>> for AuthService<S>
+/// A gRPC request's body.
+type GrpcBody = tonic::body::Body;
+
+/// The body of a response the layer answers: held (a stream's permit) and revocable (a
+/// stream ends when its token stops being valid).
+pub type Answered<B> = Admitted<Revocable<B>>;
+
+fn answered<B>(body: B, permit: Option<Permit>) -> Answered<B> {
+    Admitted::new(Revocable::lasting(body), permit)
+}
+
+impl<S, RB> Service<Request<GrpcBody>> for AuthService<S>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S: Service<Request<GrpcBody>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
     RB: Default + Send + 'static,
 {
-    type Response = Response<Admitted<RB>>;
+    type Response = Response<Answered<RB>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -172,11 +183,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<GrpcBody>) -> Self::Future {
         let path = request.uri().path();
         if open(path) {
             let call = self.inner.call(request);
-            return Box::pin(async move { Ok(call.await?.map(|body| Admitted::new(body, None))) });
+            return Box::pin(async move { Ok(call.await?.map(|body| answered(body, None))) });
         }
         // The method's name when it changes something (to audit); nothing is copied per call.
         let audited = self.layer.changes.iter().copied().find(|c| *c == path);
@@ -199,7 +210,7 @@ where
                             .audit
                             .record(None, method, "", &outcome, &peer_text(peer));
                     }
-                    return Ok(status.into_http().map(|body| Admitted::new(body, None)));
+                    return Ok(status.into_http().map(|body| answered(body, None)));
                 }
             };
             let permit = if stream {
@@ -207,12 +218,21 @@ where
                     Ok(permit) => Some(permit),
                     Err(e) => {
                         let status = crate::admission::exhausted(e.to_string());
-                        return Ok(status.into_http().map(|body| Admitted::new(body, None)));
+                        return Ok(status.into_http().map(|body| answered(body, None)));
                     }
                 }
             } else {
                 None
             };
+            // A stream lasts: it ends when its token stops being valid (its request body
+            // where it is, its response with UNAUTHENTICATED).
+            let hold = stream
+                .then(|| crate::revocation::hold(&layer.verifier, &caller))
+                .flatten();
+            if let Some(hold) = &hold {
+                let cancel = hold.token();
+                request = request.map(|body| GrpcBody::new(Revocable::request(body, cancel)));
+            }
             let accessor = caller.accessor;
             request.extensions_mut().insert(caller);
             let target = audited.map(|_| {
@@ -231,7 +251,16 @@ where
                     &peer_text(peer),
                 );
             }
-            Ok(response.map(|body| Admitted::new(body, permit)))
+            // A client stream cut by a revocation: whatever the handler answered, the call
+            // was refused.
+            if hold.as_ref().is_some_and(Hold::revoked) {
+                let status = tonic::Status::unauthenticated(crate::revocation::REVOKED);
+                return Ok(status.into_http().map(|body| answered(body, None)));
+            }
+            Ok(response.map(|body| match hold {
+                Some(hold) => Admitted::new(Revocable::grpc_response(body, hold), permit),
+                None => answered(body, permit),
+            }))
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod client;
 pub mod layer;
 pub mod policy;
+pub mod revocation;
 pub mod store;
 pub mod token;
 pub mod verifier;

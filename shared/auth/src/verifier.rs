@@ -52,6 +52,8 @@ struct Inner {
     store: TokenStore,
     cache: Mutex<HashMap<Uuid, (Entry, Instant)>>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// The tokens open streams hold ([`crate::revocation`]).
+    holds: Arc<crate::revocation::Holds>,
 }
 
 impl Verifier {
@@ -62,6 +64,7 @@ impl Verifier {
                 store: TokenStore::new(db),
                 cache: Mutex::new(HashMap::new()),
                 failures: Mutex::new(HashMap::new()),
+                holds: Arc::default(),
             }),
         }
     }
@@ -121,6 +124,28 @@ impl Verifier {
             credential: crate::Credential::header(header)?,
             unrestricted: false,
         })
+    }
+
+    pub(crate) fn holds(&self) -> &Arc<crate::revocation::Holds> {
+        &self.inner.holds
+    }
+
+    /// Whether `accessor`'s token is still valid (known, not revoked, not expired), read from
+    /// the database now; `Err` when it cannot be read. The cache takes what was read.
+    pub(crate) async fn still_valid(&self, accessor: Uuid) -> Result<bool, AuthError> {
+        let entry = self
+            .inner
+            .store
+            .find(accessor)
+            .await
+            .map(|e| e.map(Arc::new))
+            .map_err(|_| AuthError::Unavailable)?;
+        let valid = entry.as_deref().is_some_and(|(info, _)| {
+            info.revoked_at.is_none() && info.expires_at.is_none_or(|t| t > Utc::now())
+        });
+        let mut cache = self.inner.cache.lock().expect("token cache");
+        cache.insert(accessor, (entry, Instant::now()));
+        Ok(valid)
     }
 
     async fn lookup(&self, accessor: Uuid) -> Result<Entry, AuthError> {

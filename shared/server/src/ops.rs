@@ -150,7 +150,7 @@ pub async fn authenticate(
     };
     // One past the caller's budget of streams and transfers: 429 with a retry hint, before
     // any byte is read.
-    let _permit = if is_transfer(&request) {
+    let permit = if is_transfer(&request) {
         match auth.admission.admit(&caller, Some(peer.ip())) {
             Ok(permit) => Some(permit),
             Err(e) => {
@@ -165,9 +165,27 @@ pub async fn authenticate(
     } else {
         None
     };
+    // A transfer lasts: its body ends where it is when its token stops being valid (the
+    // upload keeps its durable bytes and pauses), and the answer is then 401.
+    let hold = permit
+        .is_some()
+        .then(|| pirus_auth::revocation::hold(&auth.verifier, &caller))
+        .flatten();
+    if let Some(hold) = &hold {
+        let cancel = hold.token();
+        request = request.map(|body| {
+            axum::body::Body::new(pirus_auth::revocation::Revocable::request(body, cancel))
+        });
+    }
     let accessor = caller.accessor;
     request.extensions_mut().insert(caller);
     let response = next.run(request).await;
+    if hold
+        .as_ref()
+        .is_some_and(pirus_auth::revocation::Hold::revoked)
+    {
+        return unauthorized(StatusCode::UNAUTHORIZED, pirus_auth::revocation::REVOKED);
+    }
     if let Some((action, peer)) = &audited {
         let location = response
             .headers()

@@ -180,6 +180,11 @@ pub async fn serve(
     };
 
     let watchdog = tokio::spawn(health::watch_database(db, health.clone(), stop.clone()));
+    // Streams and transfers end when their token stops being valid.
+    tokio::spawn(pirus_auth::revocation::watch(
+        options.auth.verifier.clone(),
+        stop.clone(),
+    ));
     health.set_ready().await;
 
     if let Some(path) = &options.addr_file {
