@@ -592,3 +592,90 @@ async fn a_hung_lxd_does_not_hold_up_the_node_lease() -> Result<()> {
     );
     Ok(())
 }
+
+/// The catalogue's peak resident memory (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
+    Ok(kib << 10)
+}
+
+/// The attack on unary calls: a unary message is read whole before its handler sees it, and
+/// 100 CreateFile calls, each declaring a 16,000,000-byte message and sending 15 MB of it
+/// (then nothing), took the catalogue from 49 MB to 1.51 GB. Now 40 such calls at once are
+/// each refused RESOURCE_EXHAUSTED within a second or so (a unary request is bounded to
+/// 1 MiB, and what all of them hold at once to 64 MiB), and the catalogue's peak memory
+/// grows by far less than what was sent.
+#[tokio::test]
+async fn partly_sent_unary_messages_are_refused_before_they_fill_memory() -> Result<()> {
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::BodyExt;
+    let db = pirus_tests::TestDb::create().await?;
+    let catalogue = pirus_tests::Launch::new(pirus_tests::Kind::Catalogue, &db.url)
+        .start()
+        .await?;
+    let token = db.admin_token.clone().expect("an admin token");
+    let channel = catalogue.raw_channel().await?;
+    let url = format!(
+        "{}/pirus.catalogue.v1.CatalogueService/CreateFile",
+        catalogue.grpc_url()
+    );
+    let before = peak_rss(catalogue.pid())?;
+    let mut calls = Vec::new();
+    for _ in 0..40 {
+        let (channel, url, token) = (channel.clone(), url.clone(), token.clone());
+        calls.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, tonic::Status>>(2);
+            tokio::spawn(async move {
+                let mut prefix = vec![0u8];
+                prefix.extend_from_slice(&16_000_000u32.to_be_bytes());
+                let mut frames = vec![Bytes::from(prefix)];
+                frames.extend((0..15).map(|_| Bytes::from(vec![0u8; 1 << 20])));
+                for frame in frames {
+                    if tx.send(Ok(Frame::data(frame))).await.is_err() {
+                        return;
+                    }
+                }
+                // The rest never comes.
+                tx.closed().await;
+            });
+            let body = tonic::body::Body::new(http_body_util::StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ));
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(url)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("authorization", format!("Bearer {token}"))
+                .body(body)?;
+            let started = Instant::now();
+            let response = tower::ServiceExt::oneshot(channel, request).await?;
+            let (parts, body) = response.into_parts();
+            let code = match parts.headers.get("grpc-status") {
+                Some(code) => code.to_str()?.to_owned(),
+                None => {
+                    let trailers = body.collect().await?.trailers().cloned();
+                    trailers
+                        .and_then(|t| t.get("grpc-status").cloned())
+                        .map(|v| v.to_str().unwrap_or_default().to_owned())
+                        .unwrap_or_default()
+                }
+            };
+            anyhow::Ok((code, started.elapsed()))
+        }));
+    }
+    for call in calls {
+        let (code, took) = tokio::time::timeout(Duration::from_secs(20), call).await???;
+        assert_eq!(code, "8", "RESOURCE_EXHAUSTED, after {took:?}");
+    }
+    let grew = peak_rss(catalogue.pid())?.saturating_sub(before);
+    eprintln!("peak RSS grew by {} MiB for 600 MB sent", grew >> 20);
+    assert!(grew < 200 << 20, "peak RSS grew by {} MiB", grew >> 20);
+    Ok(())
+}

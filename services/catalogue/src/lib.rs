@@ -165,5 +165,6 @@ fn serve_options(config: &Config, auth: AuthSetup) -> ServeOptions {
         auth,
         http: config.common.http_limits(),
         grpc: config.common.grpc_limits(),
+        data_streams: &["/pirus.catalogue.v1.CatalogueService/WriteUpload"],
     }
 }

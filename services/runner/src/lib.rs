@@ -324,6 +324,8 @@ async fn serve(
         },
         http: config.common.http_limits(),
         grpc: config.common.grpc_limits(),
+        // No request of the runner's carries data.
+        data_streams: &[],
     };
     pirus_server::serve(options, listeners, service, db, metrics, shutdown).await?;
     Ok(())

@@ -16,6 +16,7 @@ pub mod ops;
 pub mod options;
 pub mod paging;
 pub mod process;
+pub mod request_bounds;
 pub mod serve;
 pub mod telemetry;
 pub mod tls;

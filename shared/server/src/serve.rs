@@ -100,6 +100,9 @@ pub struct ServeOptions {
     pub http: HttpLimits,
     /// Bounds of the gRPC port's connections.
     pub grpc: crate::grpc_port::GrpcLimits,
+    /// The methods whose requests carry data (WriteUpload), which the request bounds leave
+    /// to their own ([`crate::request_bounds`]).
+    pub data_streams: &'static [&'static str],
 }
 
 /// What the authorization layer needs: the verifier, the audit trail, and which methods change
@@ -265,6 +268,10 @@ fn spawn_grpc(
         // gives the layers below the peer's address.
         .layer(crate::grpc_port::OpenCallsLayer)
         .layer(GrpcMetricsLayer::new(metrics))
+        .layer(crate::request_bounds::RequestBoundsLayer::new(
+            options.data_streams,
+            crate::request_bounds::RequestLimits::default(),
+        ))
         .layer(
             pirus_auth::layer::AuthLayer::new(
                 options.auth.verifier.clone(),
