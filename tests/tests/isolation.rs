@@ -437,6 +437,49 @@ async fn a_run_cannot_escape_its_disk_bound_with_nested_subvolumes() -> Result<(
     Ok(())
 }
 
+/// Sparse files weigh nothing on disk: a sparse 1 GiB err.log and a sparse 50 MB output.
+const SPARSE: &str = r#"#!/bin/sh
+dd if=/dev/zero of="$PIRUS_LOGS/err.log" bs=1 count=0 seek=1073741824 2>/dev/null
+dd if=/dev/zero of="$PIRUS_OUTPUTS/sparse.bin" bs=1 count=0 seek=52428800 2>/dev/null
+echo written
+"#;
+
+/// A run pushes at most its disk limit to the catalogue, counted in bytes, not in the blocks
+/// its files use: a sparse 1 GiB log and a sparse 50 MB output of a run limited to 64 MiB
+/// let it push 3 times its bound before (each file was held to the limit on its own).
+#[tokio::test]
+async fn sparse_files_push_no_more_than_the_run_s_disk_limit() -> Result<()> {
+    let mut s = stack(1).await?;
+    let pipeline = s.install("sparse", SPARSE, NO_FORM, "").await?;
+    let limit = 64i64 << 20;
+    let r = s
+        .submit_to(
+            &pipeline,
+            run::SubmitRunRequest {
+                resources: Some(run::Resources {
+                    disk_bytes: limit,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let (done, _) = ended(&mut s, &r.id, Duration::from_secs(180)).await?;
+    let pushed: usize = s.files_of(&done).await?.iter().map(|(_, c)| c.len()).sum();
+    assert!(
+        pushed as i64 <= limit,
+        "{pushed} bytes pushed for a run limited to {limit}"
+    );
+    assert_eq!(status(done.status), run::RunStatus::Error);
+    assert!(
+        done.error_message.contains("disk limit"),
+        "{}",
+        done.error_message
+    );
+    s.assert_clean()?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn on_a_pool_without_quotas_a_run_that_outgrows_its_disk_is_ended() -> Result<()> {
     let mut s = stack_with(1, &[], &["--lxd-storage-pool", "default"]).await?;

@@ -53,8 +53,9 @@ impl Collected {
 }
 
 /// Pushes the logs, and the outputs when `outputs` (those `keep` takes, by relative path), to
-/// the catalogue. `budget` is the run's disk limit: outputs that add up to more are refused, a
-/// longer log is cut.
+/// the catalogue. `budget` is the run's disk limit, and bounds the bytes pushed in all: the
+/// logs first (a log past what is left is cut), then the outputs (refused if they add up to
+/// more than is left). Counted in bytes, not in blocks used: a sparse file weighs its size.
 pub(super) async fn collect(
     catalogue: &Catalogue,
     run: Uuid,
@@ -64,10 +65,12 @@ pub(super) async fn collect(
     budget: u64,
 ) -> Result<Collected> {
     let mut collected = Collected::default();
+    let mut left = budget;
     for log in ["out.log", "err.log"] {
         match workspace.open_log(log) {
             Ok(Some(file)) => {
-                let size = file.size.min(budget);
+                let size = file.size.min(left);
+                left -= size;
                 if size < file.size {
                     collected.truncated.push(log.to_owned());
                 }
@@ -87,9 +90,10 @@ pub(super) async fn collect(
     }
     let listing = workspace.list_outputs().await?;
     let total = listing.total_size();
-    if total > budget {
+    if total > left {
         return Err(Error::internal(format!(
-            "the outputs hold {total} bytes, more than the run's disk limit of {budget} bytes"
+            "the outputs hold {total} bytes, more than the {left} bytes left of the run's disk \
+             limit of {budget} bytes after its logs"
         )));
     }
     collected.skipped.extend(listing.skipped);
