@@ -386,6 +386,110 @@ async fn runs_queued_or_running_before_plans_were_stored_complete() -> Result<()
     Ok(())
 }
 
+/// The runner's peak resident memory (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmHWM")?;
+    Ok(kib << 10)
+}
+
+/// The attack on listings: 64 tasks of about 2 MB each answered BASIC were a 126 MB response
+/// and took the runner from 240 MB to 614 MB; eight such requests at once, to 1.9 GB. Pages of
+/// whole tasks now hold at most 16 (BASIC) or 8 (FULL) tasks and 8 MiB, with a token for the
+/// rest, and a caller makes at most two such listings at once (429 past that).
+#[tokio::test]
+async fn heavy_task_listings_are_bounded_in_bytes_and_per_caller() -> Result<()> {
+    let mut s = stack::stack(1).await?;
+    s.install_version("alpine", "3.19").await?;
+    let user = identity::mint(&s.db.url, "lister", Role::User, None, None).await?;
+    let auth = format!("Bearer {user}");
+    let drain = run::DrainNodeRequest {
+        name: s.node.clone(),
+    };
+    s.run.drain_node(drain).await?;
+    // 24 tasks of about 1.9 MB each, queued (the node takes none).
+    let word = "x".repeat(120 << 10);
+    let task = serde_json::json!({
+        "executors": [{"image": "alpine", "command": vec![word.as_str(); 16]}],
+    });
+    let body = task.to_string();
+    let url = s.runner.http_url("/ga4gh/tes/v1/tasks");
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    let mut created = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        let r = Http::anonymous()
+            .send("POST", &url, &headers, body.clone())
+            .await?;
+        ensure!(r.status == 200, "create: {} {}", r.status, r.body);
+        let id: serde_json::Value = serde_json::from_str(&r.body)?;
+        created.insert(id["id"].as_str().context("no id")?.to_owned());
+    }
+    // Listed whole, page by page, each within its bound.
+    let mut listed = std::collections::BTreeSet::new();
+    let mut token = String::new();
+    loop {
+        let page = format!("{url}?view=BASIC&page_size=100&page_token={token}");
+        let r = Http::anonymous()
+            .send("GET", &page, &headers[1..], "")
+            .await?;
+        ensure!(
+            r.status == 200,
+            "list: {} {}",
+            r.status,
+            &r.body[..r.body.len().min(200)]
+        );
+        assert!(r.body.len() <= 8 << 20, "a page of {} bytes", r.body.len());
+        let answer: serde_json::Value = serde_json::from_str(&r.body)?;
+        let tasks = answer["tasks"].as_array().context("no tasks")?;
+        assert!(
+            !tasks.is_empty() && tasks.len() <= 16,
+            "{} tasks",
+            tasks.len()
+        );
+        for t in tasks {
+            listed.insert(t["id"].as_str().unwrap_or_default().to_owned());
+        }
+        match answer["next_page_token"].as_str() {
+            Some(next) => token = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(listed, created);
+    // Eight at once by one caller: two are served at a time, the others refused (429).
+    let before = peak_rss(s.runner.pid())?;
+    let first = format!("{url}?view=BASIC&page_size=100");
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let (first, auth) = (first.clone(), auth.clone());
+        calls.push(tokio::spawn(async move {
+            let headers = [("authorization", auth.as_str())];
+            Http::anonymous().send("GET", &first, &headers, "").await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await??.status);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429) && statuses.contains(&200),
+        "{statuses:?}"
+    );
+    let grew = peak_rss(s.runner.pid())?.saturating_sub(before);
+    eprintln!(
+        "8 BASIC listings at once: {statuses:?}, peak RSS +{} MiB",
+        grew >> 20
+    );
+    assert!(grew < 256 << 20, "peak RSS grew by {} MiB", grew >> 20);
+    Ok(())
+}
+
 /// POSTs a task (as the harness's admin); answers its id.
 async fn create(s: &Stack, task: serde_json::Value) -> Result<String> {
     let r = Http::default()

@@ -71,11 +71,26 @@ struct Tes {
     runs: Runs,
     /// The deployment's name for service-info.
     name: String,
+    /// BASIC and FULL listings (pages of whole tasks) each caller makes at once, admitted like
+    /// streams: [`HEAVY_LISTINGS`] for a user (4 times that for operators and admins).
+    heavy: pirus_auth::admission::Admission,
 }
+
+/// BASIC and FULL listings a user makes at once.
+const HEAVY_LISTINGS: usize = 2;
+/// The bytes of tasks one listing answers at most: a page stops before the task that would
+/// take it past this, with a token for the rest (one task is always answered).
+const MAX_LISTING_BYTES: usize = 8 << 20;
 
 /// The TES routes, under both prefixes.
 pub(crate) fn router(runs: Runs, name: String) -> Router {
-    let tes = Tes { runs, name };
+    let tes = Tes {
+        runs,
+        name,
+        heavy: pirus_auth::admission::Admission::new(
+            pirus_auth::admission::StreamBudget::from_user(HEAVY_LISTINGS),
+        ),
+    };
     let mut router = Router::new().route("/v1/tasks/service-info", get(service_info_1_0));
     for base in ["/ga4gh/tes/v1", "/v1"] {
         router = router
@@ -279,6 +294,16 @@ async fn list(
         });
     };
     let (view, page) = (listing.view, listing.page);
+    // Pages of whole tasks are admitted like streams: one caller cannot hold many at once.
+    let _admitted = match view {
+        View::Minimal => None,
+        _ => Some(tes.heavy.admit(&caller, None).map_err(|e| {
+            Failure(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{e}; retry when one ends"),
+            )
+        })?),
+    };
     let runs = tes.runs.list(&caller, listing.filter, page).await?;
     let (runs, token) = pirus_server::paging::paged(page, runs, |r| r.id);
     let next_page_token = (!token.is_empty()).then_some(token);
@@ -290,13 +315,38 @@ async fn list(
         });
     }
     let details = views::details(&tes.runs, &runs).await?;
-    let tasks = runs
-        .iter()
-        .zip(&details)
-        .map(|(run, detail)| views::task(run, detail, view))
-        .collect();
-    json(&ListTasks {
-        tasks,
-        next_page_token,
-    })
+    let mut tasks = Vec::new();
+    let mut bytes = 0;
+    for (run, detail) in runs.iter().zip(&details) {
+        let task =
+            serde_json::to_string(&views::task(run, detail, view)).map_err(Error::internal)?;
+        bytes += task.len();
+        if bytes > MAX_LISTING_BYTES && !tasks.is_empty() {
+            // Cut by bytes: the rest from after the last task answered.
+            let last = &runs[tasks.len() - 1];
+            return Ok(task_page(&tasks, Some(last.id.simple().to_string())));
+        }
+        tasks.push(task);
+    }
+    Ok(task_page(&tasks, next_page_token))
+}
+
+/// A ListTasks answer of tasks already serialised (each once: a page may weigh megabytes).
+fn task_page(tasks: &[String], next_page_token: Option<String>) -> Response {
+    let mut body = String::with_capacity(tasks.iter().map(|t| t.len() + 1).sum::<usize>() + 64);
+    body.push_str("{\"tasks\":[");
+    body.push_str(&tasks.join(","));
+    body.push(']');
+    if let Some(token) = next_page_token {
+        body.push_str(",\"next_page_token\":\"");
+        body.push_str(&token);
+        body.push('"');
+    }
+    body.push('}');
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
