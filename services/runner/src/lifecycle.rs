@@ -100,7 +100,7 @@ pub(crate) fn next(from: RunStatus, event: Event) -> Result<Decision, Refused> {
         (Finishing, Event::Collected { ok: true }) => to(Done),
         (Finishing, Event::Collected { ok: false }) => to(Error),
         (Initializing | Running | Pause | Finishing, Event::Failed) => to(Error),
-        (Waiting | Initializing | Running | Pause, Event::Canceled) => to(Canceled),
+        (Waiting | Initializing | Running | Pause | Finishing, Event::Canceled) => to(Canceled),
         (s, Event::NodeLost { retry: true }) if ACTIVE.contains(&s) => Decision {
             effects: Effects {
                 requeued: true,
@@ -182,7 +182,10 @@ pub(crate) fn request(from: RunStatus, r: Request) -> Result<Answer, Refused> {
         (Request::Pause, Running | Pause) => Ok(Answer::Owner(Desired::Pause)),
         (Request::Resume, Pause | Running) => Ok(Answer::Owner(Desired::Running)),
         (Request::Cancel, Waiting) => Ok(Answer::Now(Event::Canceled)),
-        (Request::Cancel, Initializing | Running | Pause) => Ok(Answer::Owner(Desired::Canceled)),
+        // A finishing run stops collecting its outputs (its logs are kept).
+        (Request::Cancel, Initializing | Running | Pause | Finishing) => {
+            Ok(Answer::Owner(Desired::Canceled))
+        }
         (Request::Delete, s) if s.is_terminal() => Ok(Answer::Delete),
         _ => Err(refused()),
     }
@@ -315,6 +318,7 @@ mod tests {
             (Finishing, Event::Collected { ok: true }, Some(Done)),
             (Finishing, Event::Collected { ok: false }, Some(Error)),
             (Finishing, Event::Failed, Some(Error)),
+            (Finishing, Event::Canceled, Some(Canceled)),
             (Finishing, Event::NodeLost { retry: true }, Some(Waiting)),
             (Finishing, Event::NodeLost { retry: false }, Some(Error)),
         ];
@@ -369,7 +373,7 @@ mod tests {
                 Some(Owner(Desired::Canceled)),
             ),
             (Request::Cancel, Pause, Some(Owner(Desired::Canceled))),
-            (Request::Cancel, Finishing, None),
+            (Request::Cancel, Finishing, Some(Owner(Desired::Canceled))),
             (Request::Cancel, Canceled, None),
             (Request::Delete, Done, Some(Delete)),
             (Request::Delete, Error, Some(Delete)),

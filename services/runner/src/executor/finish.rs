@@ -1,12 +1,15 @@
 //! Ending an attempt: the container goes first (so nothing inside can change what is read),
 //! then the results are collected, the run's folders removed, and the end recorded.
 
+use tokio_util::sync::CancellationToken;
+
 use super::{Attempt, Executor, Outcome, container, progress, results, staging, workspace};
 use crate::{
     domain::{
         Error, Result, Run, RunStatus,
         plan::{AttemptRecord, Delivered, Staging},
     },
+    lifecycle::Desired,
     lifecycle::Event,
     store::Change,
 };
@@ -187,9 +190,26 @@ impl Executor {
         }
         match finishing {
             Ok(true) => {
-                let mut collected = self
-                    .collect_outputs(attempt, workspace, ended.staging)
+                let collected = self
+                    .collect_outputs(run, attempt, workspace, ended.staging)
                     .await;
+                let mut collected = match collected {
+                    Ok(Some(Stopped::Canceled)) => {
+                        let why = format!(
+                            "{message}; canceled on request while its outputs were collected"
+                        );
+                        return Some((Event::Canceled, why));
+                    }
+                    Ok(Some(Stopped::TimedOut(limit))) => {
+                        let why = format!(
+                            "{message}; timed out after {}s while its outputs were collected",
+                            limit.as_secs()
+                        );
+                        return Some((Event::Failed, why));
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
                 if let (Ok(()), 0, Some(s), Some(w)) = (&collected, code, ended.staging, workspace)
                 {
                     match staging::deliver(w, s, &self.inner.tes_file_roots).await {
@@ -212,18 +232,64 @@ impl Executor {
     }
 
     /// Pushes the logs and outputs: all of a run's, and of a staged plan's those for the
-    /// catalogue.
+    /// catalogue. Stops early (saying why) when the run is canceled meanwhile or its time
+    /// limit runs out: collecting thousands of outputs is part of the run.
     async fn collect_outputs(
         &self,
+        run: &Run,
         attempt: &Attempt,
         workspace: Option<&Workspace>,
         staging: Option<&Staging>,
-    ) -> Result<()> {
-        match staging {
-            None => self.collect_some(attempt, workspace, true, &|_| true).await,
+    ) -> Result<Option<Stopped>> {
+        let stop = CancellationToken::new();
+        let watch = tokio::spawn(self.watch_collection(run, attempt, stop.clone()));
+        let stopped = match staging {
+            None => {
+                self.collect_some(attempt, workspace, true, &|_| true, &stop)
+                    .await
+            }
             Some(s) => {
                 let keep = |staged: &str| staging::for_catalogue(s, staged);
-                self.collect_some(attempt, workspace, true, &keep).await
+                self.collect_some(attempt, workspace, true, &keep, &stop)
+                    .await
+            }
+        };
+        watch.abort();
+        match stopped {
+            // Stopped: the watch cancelled it, and says why.
+            Ok(true) => Ok(watch.await.ok().flatten()),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancels `stop` when the run is asked to cancel, or when its time limit runs out;
+    /// answers which.
+    fn watch_collection(
+        &self,
+        run: &Run,
+        attempt: &Attempt,
+        stop: CancellationToken,
+    ) -> impl Future<Output = Option<Stopped>> + Send + 'static {
+        let queue = self.inner.stores.queue.clone();
+        let (id, limit) = (run.id, attempt.limits.time);
+        // The limit counts from the command's start (the monitor's clock), or for a run taken
+        // over while finishing, from when it started.
+        let deadline = attempt.deadline().or_else(|| {
+            let since = (chrono::Utc::now() - run.started_at?).to_std().ok()?;
+            Some(std::time::Instant::now() - since + limit)
+        });
+        async move {
+            loop {
+                tokio::time::sleep(COLLECTION_CHECK).await;
+                if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+                    stop.cancel();
+                    return Some(Stopped::TimedOut(limit));
+                }
+                if let Ok(Some(Desired::Canceled)) = queue.desired(id).await {
+                    stop.cancel();
+                    return Some(Stopped::Canceled);
+                }
             }
         }
     }
@@ -235,24 +301,27 @@ impl Executor {
         workspace: Option<&Workspace>,
         outputs: bool,
     ) -> Result<()> {
-        self.collect_some(attempt, workspace, outputs, &|_| true)
+        let never = CancellationToken::new();
+        self.collect_some(attempt, workspace, outputs, &|_| true, &never)
             .await
+            .map(drop)
     }
 
-    /// Pushes the logs, and the outputs `keep` takes when `outputs`; what was skipped becomes
-    /// an event.
+    /// Pushes the logs, and the outputs `keep` takes when `outputs`, until `stop`; what was
+    /// skipped becomes an event. Answers whether `stop` cut it short.
     async fn collect_some(
         &self,
         attempt: &Attempt,
         workspace: Option<&Workspace>,
         outputs: bool,
         keep: &(dyn Fn(&str) -> bool + Sync),
-    ) -> Result<()> {
+        stop: &CancellationToken,
+    ) -> Result<bool> {
         let Some(workspace) = workspace else {
             return if outputs {
                 Err(Error::internal("the run's folders are gone"))
             } else {
-                Ok(())
+                Ok(false)
             };
         };
         let collected = results::collect(
@@ -262,6 +331,7 @@ impl Executor {
             outputs,
             keep,
             attempt.limits.disk_bytes,
+            stop,
         )
         .await;
         let collected = match collected {
@@ -278,7 +348,7 @@ impl Executor {
         {
             tracing::warn!(run = %attempt.run, error = %e, "could not record what was skipped");
         }
-        Ok(())
+        Ok(collected.stopped)
     }
 
     /// Removes an attempt's folders and volume without a workspace at hand.
@@ -290,6 +360,15 @@ impl Executor {
         let (runs, folder) = (inner.runs.clone(), attempt.folder.clone());
         workspace::blocking(move || runs.remove_tree(&folder)).await
     }
+}
+
+/// How often collecting outputs looks for a cancel and at the time limit.
+const COLLECTION_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Why collecting outputs stopped early.
+enum Stopped {
+    Canceled,
+    TimedOut(std::time::Duration),
 }
 
 /// How a command ended, with what a staged plan's script reported.

@@ -110,6 +110,17 @@ struct Attempt {
     /// (its plan is its pipeline's command), or when it could not be read (`plan_error`).
     plan: Option<Plan>,
     plan_error: Option<String>,
+    /// When the run's time limit started counting (the monitor sets it): collecting its
+    /// outputs stops at the same limit.
+    clock: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Attempt {
+    /// When the run's time limit runs out, once the monitor has started counting it.
+    fn deadline(&self) -> Option<Instant> {
+        let start = *self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        start.map(|s| s + self.limits.time)
+    }
 }
 
 /// A run whose command runs: its folders, and the wrapper's exec operation while this process
@@ -180,6 +191,7 @@ impl Executor {
             limits: self.inner.limits.effective(&run.requested),
             plan,
             plan_error,
+            clock: std::sync::Mutex::new(None),
         }
     }
 
@@ -193,6 +205,7 @@ impl Executor {
             limits: self.inner.limits.effective(&run.requested),
             plan: None,
             plan_error: None,
+            clock: std::sync::Mutex::new(None),
         }
     }
 

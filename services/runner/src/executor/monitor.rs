@@ -37,6 +37,7 @@ impl Executor {
             .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
             .unwrap_or_default();
         let start = Instant::now() - since_start;
+        *attempt.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(start);
         let limits = &attempt.limits;
         let workspace = &started.workspace;
         let mut last_check = Instant::now();

@@ -3,6 +3,8 @@
 //! through a link) and pushed from its open handle, within the run's disk limit. What is not a
 //! regular file is skipped and named, for the run's events.
 
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
@@ -14,12 +16,19 @@ use crate::{
     domain::{Error, Result},
 };
 
+/// Outputs pushed at once: each push is a few round trips to the catalogue and a commit
+/// there, so a run of thousands of small outputs is collected in parallel.
+const PARALLEL_PUSHES: usize = 16;
+
 /// What collection left out, for the run's events.
 #[derive(Debug, Default)]
 pub(super) struct Collected {
     pub skipped: Vec<Skipped>,
     /// A log longer than the run's disk limit was cut there.
     pub truncated: Vec<String>,
+    /// Collection was stopped before every output was pushed (the run was canceled, or its
+    /// time ran out).
+    pub stopped: bool,
 }
 
 impl Collected {
@@ -56,6 +65,7 @@ impl Collected {
 /// the catalogue. `budget` is the run's disk limit, and bounds the bytes pushed in all: the
 /// logs first (a log past what is left is cut), then the outputs (refused if they add up to
 /// more than is left). Counted in bytes, not in blocks used: a sparse file weighs its size.
+/// Outputs are pushed [`PARALLEL_PUSHES`] at a time, until `stop` is cancelled.
 pub(super) async fn collect(
     catalogue: &Catalogue,
     run: Uuid,
@@ -63,6 +73,7 @@ pub(super) async fn collect(
     outputs: bool,
     keep: &(dyn Fn(&str) -> bool + Sync),
     budget: u64,
+    stop: &CancellationToken,
 ) -> Result<Collected> {
     let mut collected = Collected::default();
     let mut left = budget;
@@ -97,18 +108,35 @@ pub(super) async fn collect(
         )));
     }
     collected.skipped.extend(listing.skipped);
-    for (relative, _) in listing.files.into_iter().filter(|(r, _)| keep(r)) {
+    let push = |relative: String| async move {
         match workspace.open_output(&relative) {
-            Ok(Some(file)) => {
-                catalogue
-                    .push(run, PushKind::Output, &relative, file.file, file.size)
-                    .await?;
-            }
-            Ok(None) => {}
-            Err(e) => collected.skipped.push(Skipped {
-                name: relative,
+            Ok(Some(file)) => catalogue
+                .push(run, PushKind::Output, &relative, file.file, file.size)
+                .await
+                .map(|()| None),
+            Ok(None) => Ok(None),
+            Err(e) => Ok(Some(Skipped {
                 why: refusal(&e).ok_or_else(|| Error::from(e))?,
-            }),
+                name: relative,
+            })),
+        }
+    };
+    let kept = listing.files.into_iter().filter(|(r, _)| keep(r));
+    let mut pushes = futures::stream::iter(kept.map(|(relative, _)| push(relative)))
+        .buffer_unordered(PARALLEL_PUSHES);
+    loop {
+        let pushed = tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                collected.stopped = true;
+                break;
+            }
+            pushed = pushes.next() => pushed,
+        };
+        match pushed {
+            None => break,
+            Some(Ok(skipped)) => collected.skipped.extend(skipped),
+            Some(Err(e)) => return Err(e),
         }
     }
     Ok(collected)
