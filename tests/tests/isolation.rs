@@ -517,7 +517,7 @@ async fn many_outputs_are_collected_in_parallel_and_collection_can_be_stopped() 
         events
             .iter()
             .find(|e| status(e.status) == wanted)
-            .and_then(|e| e.at.clone())
+            .and_then(|e| e.at)
             .map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
             .unwrap_or_default()
     };

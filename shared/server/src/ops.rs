@@ -82,6 +82,42 @@ pub fn unauthorized(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
+/// A transfer's permit from the caller's budget, and its hold on the caller's token (its body
+/// made to end on revocation); neither for other requests.
+#[allow(clippy::result_large_err)]
+fn admit_transfer(
+    auth: &HttpAuth,
+    caller: &pirus_auth::Caller,
+    peer: std::net::SocketAddr,
+    request: &mut axum::extract::Request,
+) -> Result<
+    (
+        Option<pirus_auth::admission::Permit>,
+        Option<pirus_auth::revocation::Hold>,
+    ),
+    Response,
+> {
+    if !is_transfer(request) {
+        return Ok((None, None));
+    }
+    let permit = auth.admission.admit(caller, Some(peer.ip())).map_err(|e| {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(http::header::RETRY_AFTER, "1")],
+            format!("{e}\n"),
+        )
+            .into_response()
+    })?;
+    let hold = pirus_auth::revocation::hold(&auth.verifier, caller);
+    if let Some(hold) = &hold {
+        let cancel = hold.token();
+        let body = std::mem::take(request.body_mut());
+        *request.body_mut() =
+            axum::body::Body::new(pirus_auth::revocation::Revocable::request(body, cancel));
+    }
+    Ok((Some(permit), hold))
+}
+
 /// The longest request path an audit event records (tus paths are far shorter).
 const MAX_AUDITED_PATH: usize = 256;
 
@@ -149,34 +185,12 @@ pub async fn authenticate(
         }
     };
     // One past the caller's budget of streams and transfers: 429 with a retry hint, before
-    // any byte is read.
-    let permit = if is_transfer(&request) {
-        match auth.admission.admit(&caller, Some(peer.ip())) {
-            Ok(permit) => Some(permit),
-            Err(e) => {
-                return (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(http::header::RETRY_AFTER, "1")],
-                    format!("{e}\n"),
-                )
-                    .into_response();
-            }
-        }
-    } else {
-        None
+    // any byte is read. A transfer lasts: its body ends where it is when its token stops
+    // being valid (the upload keeps its durable bytes and pauses), and the answer is then 401.
+    let (_permit, hold) = match admit_transfer(&auth, &caller, peer, &mut request) {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
     };
-    // A transfer lasts: its body ends where it is when its token stops being valid (the
-    // upload keeps its durable bytes and pauses), and the answer is then 401.
-    let hold = permit
-        .is_some()
-        .then(|| pirus_auth::revocation::hold(&auth.verifier, &caller))
-        .flatten();
-    if let Some(hold) = &hold {
-        let cancel = hold.token();
-        request = request.map(|body| {
-            axum::body::Body::new(pirus_auth::revocation::Revocable::request(body, cancel))
-        });
-    }
     let accessor = caller.accessor;
     request.extensions_mut().insert(caller);
     let response = next.run(request).await;
