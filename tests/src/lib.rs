@@ -773,3 +773,14 @@ pub async fn list_runs(
     }
     Ok(runs)
 }
+
+/// A process's peak resident memory (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM for process {pid}"))?;
+    Ok(kib << 10)
+}

@@ -281,6 +281,24 @@ sleep 600
     Ok(())
 }
 
+/// Submits a run of `pipeline` limited to `disk_bytes`, with `inputs`.
+async fn submit_with_disk(
+    s: &mut Stack,
+    pipeline: &str,
+    disk_bytes: i64,
+    inputs: Vec<String>,
+) -> Result<run::Run> {
+    let request = run::SubmitRunRequest {
+        input_file_ids: inputs,
+        resources: Some(run::Resources {
+            disk_bytes,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(s.submit_to(pipeline, request).await?)
+}
+
 /// What a run wrote to its stdout, once ended.
 async fn stdout_of(s: &mut Stack, id: &str) -> Result<String> {
     Ok(String::from_utf8(s.logs(id, "stdout").await?)?)
@@ -308,18 +326,7 @@ async fn a_run_cannot_write_past_its_disk_limit() -> Result<()> {
     let mut s = stack(1).await?;
     let pipeline = s.install("fill", FILL, NO_FORM, "").await?;
     let limit = 32i64 << 20;
-    let r = s
-        .submit_to(
-            &pipeline,
-            run::SubmitRunRequest {
-                resources: Some(run::Resources {
-                    disk_bytes: limit,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await?;
+    let r = submit_with_disk(&mut s, &pipeline, limit, Vec::new()).await?;
     let (done, _) = ended(&mut s, &r.id, Duration::from_secs(180)).await?;
     let stdout = stdout_of(&mut s, &r.id).await?;
     assert_eq!(
@@ -404,19 +411,7 @@ async fn a_run_cannot_escape_its_disk_bound_with_nested_subvolumes() -> Result<(
     let mut s = stack(1).await?;
     let input = s.upload("subvol", &std::fs::read(&helper)?).await?;
     let pipeline = s.install("nested", NESTED, NO_FORM, "").await?;
-    let r = s
-        .submit_to(
-            &pipeline,
-            run::SubmitRunRequest {
-                input_file_ids: vec![input],
-                resources: Some(run::Resources {
-                    disk_bytes: 64 << 20,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await?;
+    let r = submit_with_disk(&mut s, &pipeline, 64 << 20, vec![input]).await?;
     let (done, _) = ended(&mut s, &r.id, Duration::from_secs(180)).await?;
     let stdout = stdout_of(&mut s, &r.id).await?;
     assert_eq!(
@@ -452,18 +447,7 @@ async fn sparse_files_push_no_more_than_the_run_s_disk_limit() -> Result<()> {
     let mut s = stack(1).await?;
     let pipeline = s.install("sparse", SPARSE, NO_FORM, "").await?;
     let limit = 64i64 << 20;
-    let r = s
-        .submit_to(
-            &pipeline,
-            run::SubmitRunRequest {
-                resources: Some(run::Resources {
-                    disk_bytes: limit,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await?;
+    let r = submit_with_disk(&mut s, &pipeline, limit, Vec::new()).await?;
     let (done, _) = ended(&mut s, &r.id, Duration::from_secs(180)).await?;
     let pushed: usize = s.files_of(&done).await?.iter().map(|(_, c)| c.len()).sum();
     assert!(

@@ -593,17 +593,6 @@ async fn a_hung_lxd_does_not_hold_up_the_node_lease() -> Result<()> {
     Ok(())
 }
 
-/// The catalogue's peak resident memory (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
-    Ok(kib << 10)
-}
-
 /// The attack on unary calls: a unary message is read whole before its handler sees it, and
 /// 100 CreateFile calls, each declaring a 16,000,000-byte message and sending 15 MB of it
 /// (then nothing), took the catalogue from 49 MB to 1.51 GB. Now 40 such calls at once are
@@ -625,7 +614,7 @@ async fn partly_sent_unary_messages_are_refused_before_they_fill_memory() -> Res
         "{}/pirus.catalogue.v1.CatalogueService/CreateFile",
         catalogue.grpc_url()
     );
-    let before = peak_rss(catalogue.pid())?;
+    let before = pirus_tests::peak_rss(catalogue.pid())?;
     let mut calls = Vec::new();
     for _ in 0..40 {
         let (channel, url, token) = (channel.clone(), url.clone(), token.clone());
@@ -674,7 +663,7 @@ async fn partly_sent_unary_messages_are_refused_before_they_fill_memory() -> Res
         let (code, took) = tokio::time::timeout(Duration::from_secs(20), call).await???;
         assert_eq!(code, "8", "RESOURCE_EXHAUSTED, after {took:?}");
     }
-    let grew = peak_rss(catalogue.pid())?.saturating_sub(before);
+    let grew = pirus_tests::peak_rss(catalogue.pid())?.saturating_sub(before);
     eprintln!("peak RSS grew by {} MiB for 600 MB sent", grew >> 20);
     assert!(grew < 200 << 20, "peak RSS grew by {} MiB", grew >> 20);
     Ok(())

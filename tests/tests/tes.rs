@@ -386,17 +386,6 @@ async fn runs_queued_or_running_before_plans_were_stored_complete() -> Result<()
     Ok(())
 }
 
-/// The runner's peak resident memory (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("no VmHWM")?;
-    Ok(kib << 10)
-}
-
 /// The attack on listings: 64 tasks of about 2 MB each answered BASIC were a 126 MB response
 /// and took the runner from 240 MB to 614 MB; eight such requests at once, to 1.9 GB. Pages of
 /// whole tasks now hold at most 16 (BASIC) or 8 (FULL) tasks and 8 MiB, with a token for the
@@ -463,7 +452,7 @@ async fn heavy_task_listings_are_bounded_in_bytes_and_per_caller() -> Result<()>
     }
     assert_eq!(listed, created);
     // Eight at once by one caller: two are served at a time, the others refused (429).
-    let before = peak_rss(s.runner.pid())?;
+    let before = pirus_tests::peak_rss(s.runner.pid())?;
     let first = format!("{url}?view=BASIC&page_size=100");
     let mut calls = Vec::new();
     for _ in 0..8 {
@@ -481,7 +470,7 @@ async fn heavy_task_listings_are_bounded_in_bytes_and_per_caller() -> Result<()>
         statuses.iter().all(|s| *s == 200 || *s == 429) && statuses.contains(&200),
         "{statuses:?}"
     );
-    let grew = peak_rss(s.runner.pid())?.saturating_sub(before);
+    let grew = pirus_tests::peak_rss(s.runner.pid())?.saturating_sub(before);
     eprintln!(
         "8 BASIC listings at once: {statuses:?}, peak RSS +{} MiB",
         grew >> 20

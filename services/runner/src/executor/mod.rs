@@ -179,20 +179,12 @@ impl Executor {
 
     /// The attempt's names and limits, and its plan as stored with the run.
     async fn attempt(&self, run: &Run) -> Attempt {
-        let (plan, plan_error) = match self.load_plan(run.id).await {
-            Ok(plan) => (plan, None),
-            Err(e) => (None, Some(format!("the run's plan cannot be read: {e}"))),
-        };
-        Attempt {
-            run: run.id,
-            attempt: run.attempt,
-            container: container_name(run.id, run.attempt),
-            folder: workspace::folder_name(run.id, run.attempt),
-            limits: self.inner.limits.effective(&run.requested),
-            plan,
-            plan_error,
-            clock: std::sync::Mutex::new(None),
+        let mut attempt = self.folders_of(run);
+        match self.load_plan(run.id).await {
+            Ok(plan) => attempt.plan = plan,
+            Err(e) => attempt.plan_error = Some(format!("the run's plan cannot be read: {e}")),
         }
+        attempt
     }
 
     /// The attempt's names and limits, without its plan: for reads of its folders.
