@@ -14,7 +14,9 @@
 #
 # BASELINE_BIN=<folder of another release build> also measures that build's catalogue, on a
 # database of its own, in turn with this build's (--auth none) three times, with the same
-# client in the same run: an A/B of two versions, medians side by side.
+# client in the same run: an A/B of two versions, medians side by side. The baseline is
+# started with BASELINE_ARGS (default `--auth none`, as this build's is; empty for a build
+# from before identity, which has no --auth).
 #
 # Needs PostgreSQL (deploy/setup.sh --deps-only). Run as root from the repository.
 set -euo pipefail
@@ -43,7 +45,9 @@ if [ -n "${BASELINE_BIN:-}" ]; then
   # The baseline build on a database of its own, and this build's plain catalogue, driven in
   # turn by the same client, three times each: the medians compare the two builds.
   extra_database "${db}_baseline"
-  base_grpc=$(START_BIN=$BASELINE_BIN START_DB=$extra_url start baseline pirus-catalogue --data-dir "$work/base-data")
+  # shellcheck disable=SC2086 # BASELINE_ARGS is a list of words
+  base_grpc=$(START_BIN=$BASELINE_BIN START_DB=$extra_url start baseline pirus-catalogue \
+    --data-dir "$work/base-data" ${BASELINE_ARGS---auth none})
   for round in 1 2 3; do
     PIRUS_BENCH_SERVER_PIDS=$(cat "$work/baseline.pid") "$bin/pirus-bench-rpc" "$base_grpc" \
       "$concurrency" "$seconds" | sed "s/^/base $round | /" >> "$work/ab.out"

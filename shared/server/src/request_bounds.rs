@@ -102,7 +102,7 @@ where
                 limits: layer.limits,
                 budget: Arc::clone(&layer.budget),
                 held: None,
-                idle: Box::pin(tokio::time::sleep(layer.limits.idle)),
+                idle: None,
             })
         });
         self.inner.call(request)
@@ -117,7 +117,9 @@ struct Bounded {
     limits: RequestLimits,
     budget: Arc<Semaphore>,
     held: Option<OwnedSemaphorePermit>,
-    idle: Pin<Box<tokio::time::Sleep>>,
+    /// Armed the first time the body waits for bytes (most requests arrive whole, and never
+    /// pay for a timer), and pushed back each time bytes arrive.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Bounded {
@@ -155,24 +157,30 @@ impl http_body::Body for Bounded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let idle = self.limits.idle;
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let n = data.len();
-                    if let Err(status) = self.take(n) {
+                    if let Err(status) = self.take(data.len()) {
                         return Poll::Ready(Some(Err(status)));
                     }
-                    let idle = self.limits.idle;
-                    self.idle.as_mut().reset(tokio::time::Instant::now() + idle);
+                    if let Some(timer) = self.idle.as_mut() {
+                        timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Pending => match self.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
-                    format!("the request stopped arriving for {:?}", self.limits.idle),
-                )))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let timer = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
+                        format!("the request stopped arriving for {idle:?}"),
+                    )))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
             other => other,
         }
     }
