@@ -788,11 +788,25 @@ async fn thousands_of_repeated_inputs_answer_at_once() -> Result<()> {
     let pipeline = s.install("count", script, NO_FORM, "").await?;
     let input = s.upload("reads.fq", b"ACGT\n").await?;
     let started = std::time::Instant::now();
+    // 50,000 ids are a request of 1.9 MB: past what a unary request may hold (1 MiB), refused
+    // as it arrives; 1,001 fit, and are refused naming the field.
     let e = s
         .submit_to(
             &pipeline,
             run::SubmitRunRequest {
                 input_file_ids: vec![input.clone(); 50_000],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("1048576 bytes"), "{}", e.message());
+    let e = s
+        .submit_to(
+            &pipeline,
+            run::SubmitRunRequest {
+                input_file_ids: vec![input.clone(); 1001],
                 ..Default::default()
             },
         )

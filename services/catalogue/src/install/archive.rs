@@ -232,10 +232,10 @@ where
         .entries()
         .map_err(|e| map_io(e, limits.max_inflated))?;
     for (index, entry) in entries.enumerate() {
+        let mut entry = entry.map_err(|e| map_io(e, limits.max_inflated))?;
         if index >= limits.max_entries {
             return Err(WalkError::TooManyEntries(limits.max_entries));
         }
-        let mut entry = entry.map_err(|e| map_io(e, limits.max_inflated))?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,

@@ -18,7 +18,7 @@ use crate::{
 
 /// Outputs pushed at once: each push is a few round trips to the catalogue and a commit
 /// there, so a run of thousands of small outputs is collected in parallel.
-const PARALLEL_PUSHES: usize = 16;
+const PARALLEL_PUSHES: usize = 4;
 
 /// What collection left out, for the run's events.
 #[derive(Debug, Default)]
