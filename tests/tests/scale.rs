@@ -668,3 +668,105 @@ async fn partly_sent_unary_messages_are_refused_before_they_fill_memory() -> Res
     assert!(grew < 200 << 20, "peak RSS grew by {} MiB", grew >> 20);
     Ok(())
 }
+
+/// Run `id` once it ended (within `within`).
+async fn run_end(
+    s: &mut pirus_tests::stack::Stack,
+    id: &str,
+    within: Duration,
+) -> Result<run::Run> {
+    tokio::time::timeout(within, s.watch(id, 0))
+        .await
+        .map_err(|_| anyhow::anyhow!("run {id} did not end within {within:?}"))??;
+    s.get(id).await
+}
+
+/// A pipeline that leaves as many one-byte outputs as its configuration says.
+const MANY: &str = r#"#!/bin/sh
+n=$(sed -n 's/.*"outputs": *\([0-9]*\).*/\1/p' "$PIRUS_CONFIG_FILE")
+i=0
+while [ "$i" -lt "$n" ]; do echo > "$PIRUS_OUTPUTS/f$i"; i=$((i + 1)); done
+echo "wrote $n"
+"#;
+
+/// Collecting many small outputs (5,000 took 160 s before: 31 a second) is pushed in
+/// parallel, can be canceled while it goes (it was refused: "a finishing run cannot be
+/// canceled"), and is inside the run's time limit.
+#[tokio::test]
+async fn many_outputs_are_collected_in_parallel_and_collection_can_be_stopped() -> Result<()> {
+    // Alone on the host: thousands of pushes at once take connections beside other stacks.
+    let _alone = ALONE.lock().await;
+    let mut s = pirus_tests::stack::stack(2).await?;
+    let form = r#"{"type": "object", "properties": {"outputs": {"type": "integer"}}}"#;
+    let pipeline = s.install("many", MANY, form, "").await?;
+    let submit = |outputs: u32, timeout: Option<i64>| run::SubmitRunRequest {
+        pipeline_id: pipeline.clone(),
+        config_json: format!(r#"{{"outputs": {outputs}}}"#),
+        timeout: timeout.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+        ..Default::default()
+    };
+    // 2,000 outputs, all collected; the rate is printed.
+    let all = s.submit(submit(2000, None)).await?;
+    let events = s.watch(&all.id, 0).await?;
+    let done = s.get(&all.id).await?;
+    assert_eq!(
+        status(done.status),
+        run::RunStatus::Done,
+        "{}",
+        done.error_message
+    );
+    assert_eq!(done.output_file_ids.len(), 2000);
+    let at = |wanted: run::RunStatus| {
+        events
+            .iter()
+            .find(|e| status(e.status) == wanted)
+            .and_then(|e| e.at)
+            .map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
+            .unwrap_or_default()
+    };
+    let collecting = at(run::RunStatus::Done) - at(run::RunStatus::Finishing);
+    eprintln!(
+        "2,000 outputs collected in {collecting:.2} s ({:.0} a second)",
+        2000.0 / collecting
+    );
+    // Canceled while its 20,000 outputs are collected: CANCELED soon, its logs kept.
+    let canceled = s.submit(submit(20_000, None)).await?;
+    let mut follow = s.follow(&canceled.id, 0).await?;
+    while let Some(e) = follow.next().await {
+        if status(e?.status) == run::RunStatus::Finishing {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.run
+        .cancel_run(run::CancelRunRequest {
+            id: canceled.id.clone(),
+        })
+        .await?;
+    let asked = Instant::now();
+    let stopped = run_end(&mut s, &canceled.id, Duration::from_secs(60)).await?;
+    assert_eq!(
+        status(stopped.status),
+        run::RunStatus::Canceled,
+        "{}",
+        stopped.error_message
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(stopped.output_file_ids.len() < 20_000);
+    assert_eq!(stopped.log_file_ids.len(), 2, "logs kept");
+    // Out of time while collecting: ERROR, naming it.
+    let late = s.submit(submit(20_000, Some(8))).await?;
+    let late = run_end(&mut s, &late.id, Duration::from_secs(120)).await?;
+    assert_eq!(status(late.status), run::RunStatus::Error);
+    assert!(
+        late.error_message.contains("timed out") && late.error_message.contains("collected"),
+        "{}",
+        late.error_message
+    );
+    s.assert_clean()?;
+    Ok(())
+}
