@@ -601,6 +601,8 @@ async fn a_hung_lxd_does_not_hold_up_the_node_lease() -> Result<()> {
 /// grows by far less than what was sent.
 #[tokio::test]
 async fn partly_sent_unary_messages_are_refused_before_they_fill_memory() -> Result<()> {
+    // Alone on the host: 600 MB sent at once would slow the other scale tests' services.
+    let _alone = ALONE.lock().await;
     use bytes::Bytes;
     use http_body::Frame;
     use http_body_util::BodyExt;
