@@ -80,42 +80,29 @@ pub(crate) async fn submit(
         .unwrap_or_else(|| serde_json::json!({"type": "object"}));
     let config = validate_config(&new.config_json, &form, &names, &databases)?;
 
-    let queued = Queued {
-        name: run_name(&new.name, &pipeline)?,
-        config,
-        input_file_ids: new.input_file_ids.clone(),
-        priority: new.priority,
-        request_id: new.request_id.clone(),
-        requested,
-        max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
-        pipeline,
-        owner: new.owner,
-        plan,
-        tes: None,
-    };
-    let (run, inserted) = enqueue_as(stores, queued).await?;
+    let id = Uuid::now_v7();
+    let run = stores
+        .runs
+        .insert(RunInsert {
+            id,
+            name: run_name(&new.name, &pipeline)?,
+            config,
+            input_file_ids: new.input_file_ids.clone(),
+            priority: new.priority,
+            request_id: new.request_id.clone(),
+            requested,
+            max_attempts: new.max_attempts.map(|m| m.max(1) as i32).unwrap_or(1),
+            pipeline,
+            owner: new.owner,
+            plan,
+            tes: None,
+        })
+        .await?;
     // Another run: a concurrent submission with the same key won the insert.
     match &new.request_id {
-        Some(request_id) if run.id != inserted => same_submission(request_id, &new, run),
+        Some(request_id) if run.id != id => same_submission(request_id, &new, run),
         _ => Ok(run),
     }
-}
-
-/// A run an edge has validated, ready to queue: what it executes (its plan) and what it asks.
-pub(crate) struct Queued {
-    pub pipeline: PipelineView,
-    pub name: String,
-    pub config: Value,
-    pub input_file_ids: Vec<Uuid>,
-    pub priority: i32,
-    pub request_id: Option<String>,
-    /// As [`checked_request`] answered it.
-    pub requested: Requested,
-    pub max_attempts: i32,
-    pub owner: Option<Uuid>,
-    pub plan: Plan,
-    /// The edge's own record of the request (a TES task), which that edge's reads answer.
-    pub tes: Option<Value>,
 }
 
 /// What a run asks of a node, its own request completed from its pipeline's manifest; refused
@@ -129,32 +116,6 @@ pub(crate) async fn checked_request(
     let requested = requested(asked, manifest);
     fits_a_node(&requested, asked, &stores.nodes.largest_runs().await?)?;
     Ok(requested)
-}
-
-/// Queues a run, whichever edge took it: the one way runs enter the queue.
-pub(crate) async fn enqueue(stores: &Stores, queued: Queued) -> Result<Run> {
-    Ok(enqueue_as(stores, queued).await?.0)
-}
-
-/// [`enqueue`], answering also the id the new run was given (the run answered is another when
-/// a concurrent submission with the same `request_id` won).
-async fn enqueue_as(stores: &Stores, q: Queued) -> Result<(Run, Uuid)> {
-    let id = Uuid::now_v7();
-    let insert = RunInsert {
-        id,
-        name: q.name,
-        config: q.config,
-        input_file_ids: q.input_file_ids,
-        priority: q.priority,
-        request_id: q.request_id,
-        requested: q.requested,
-        max_attempts: q.max_attempts,
-        pipeline: q.pipeline,
-        owner: q.owner,
-        plan: serde_json::to_value(&q.plan).map_err(Error::internal)?,
-        tes: q.tes,
-    };
-    Ok((stores.runs.insert(insert).await?, id))
 }
 
 /// The run an earlier (or concurrent) submission with this `request_id` queued, when this one

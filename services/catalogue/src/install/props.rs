@@ -154,6 +154,26 @@ fn walk(bytes: &[u8], format: Format, limits: Limits) -> (Vec<Entry>, u64, Resul
     (seen, read, ended)
 }
 
+/// A walk of `generated` entries stayed within `limits`: no more entries seen, no more bytes
+/// read than allowed, and it ended whole or for a bound it names.
+fn within_bounds(
+    seen: &[Entry],
+    read: u64,
+    ended: &Result<(), WalkError>,
+    generated: usize,
+    limits: Limits,
+) -> Result<(), TestCaseError> {
+    prop_assert!(seen.len() <= limits.max_entries);
+    prop_assert!(read <= limits.max_inflated);
+    match ended {
+        Ok(()) => prop_assert_eq!(seen.len(), generated),
+        Err(WalkError::TooManyEntries(_)) => prop_assert!(generated > limits.max_entries),
+        Err(WalkError::TooMuchInflation(_)) => {}
+        Err(e) => prop_assert!(false, "{}", e),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -208,14 +228,7 @@ proptest! {
     ) {
         let limits = Limits { max_entries, max_inflated };
         let (seen, read, ended) = walk(&tar_gz(&entries), Format::TarGz, limits);
-        prop_assert!(seen.len() <= max_entries);
-        prop_assert!(read <= max_inflated);
-        match &ended {
-            Ok(()) => prop_assert_eq!(seen.len(), entries.len()),
-            Err(WalkError::TooManyEntries(_)) => prop_assert!(entries.len() > max_entries),
-            Err(WalkError::TooMuchInflation(_)) => {}
-            Err(e) => prop_assert!(false, "{}", e),
-        }
+        within_bounds(&seen, read, &ended, entries.len(), limits)?;
         for (seen, generated) in seen.iter().zip(&entries) {
             prop_assert_eq!(&seen.raw, &generated.name);
             prop_assert_eq!(seen.kind, generated.kind);
@@ -233,14 +246,7 @@ proptest! {
     ) {
         let limits = Limits { max_entries, max_inflated };
         let (seen, read, ended) = walk(&zip(&entries), Format::Zip, limits);
-        prop_assert!(seen.len() <= max_entries);
-        prop_assert!(read <= max_inflated);
-        match &ended {
-            Ok(()) => prop_assert_eq!(seen.len(), entries.len()),
-            Err(WalkError::TooManyEntries(_)) => prop_assert!(entries.len() > max_entries),
-            Err(WalkError::TooMuchInflation(_)) => {}
-            Err(e) => prop_assert!(false, "{}", e),
-        }
+        within_bounds(&seen, read, &ended, entries.len(), limits)?;
     }
 
     #[test]

@@ -34,8 +34,8 @@ pub(crate) struct RunInsert {
     pub max_attempts: i32,
     /// The accessor that submitted it.
     pub owner: Option<Uuid>,
-    /// What it executes ([`crate::domain::Plan`], stored as JSON).
-    pub plan: serde_json::Value,
+    /// What it executes (stored as JSON).
+    pub plan: crate::domain::Plan,
     /// A TES task's own fields, as the TES edge answers them.
     pub tes: Option<serde_json::Value>,
 }
@@ -193,6 +193,7 @@ impl RunStore {
             )
         });
         let first = lifecycle::submitted();
+        let plan = serde_json::to_value(&run.plan).map_err(Error::internal)?;
         let inserted = RunRow::find_by_statement(stmt(
             &SQL,
             [
@@ -215,7 +216,7 @@ impl RunStore {
                 run.max_attempts.into(),
                 run.owner.into(),
                 run.tes.into(),
-                run.plan.into(),
+                plan.into(),
             ],
         ))
         .one(&self.db)

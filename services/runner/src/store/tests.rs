@@ -48,7 +48,7 @@ async fn queued(stores: &Stores, requested: Requested, max_attempts: i32) -> Run
             request_id: None,
             owner: None,
             tes: None,
-            plan: serde_json::json!({"steps": [{"command": ["true"]}]}),
+            plan: crate::domain::Plan::default(),
             requested,
             max_attempts,
         })

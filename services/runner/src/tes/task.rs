@@ -12,7 +12,8 @@ use crate::{
     access,
     domain::{Error, Result},
     runs::Runs,
-    submit::{self, Queued},
+    store::RunInsert,
+    submit,
 };
 
 fn invalid(field: impl AsRef<str>, message: impl Into<String>) -> Error {
@@ -96,9 +97,10 @@ pub(super) async fn create(runs: &Runs, caller: &Caller, task: requests::Task) -
     )
     .await?;
     let name = submit::run_name(task.name.as_deref().unwrap_or_default(), &pipeline)?;
-    let run = submit::enqueue(
-        stores,
-        Queued {
+    let run = stores
+        .runs
+        .insert(RunInsert {
+            id: Uuid::now_v7(),
             name,
             config: serde_json::json!({}),
             input_file_ids: asked.files,
@@ -110,9 +112,8 @@ pub(super) async fn create(runs: &Runs, caller: &Caller, task: requests::Task) -
             owner: Some(caller.accessor),
             plan: plan::of_task(&task),
             tes: Some(serde_json::to_value(&task).map_err(Error::internal)?),
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(run.id)
 }
 
