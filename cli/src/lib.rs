@@ -64,6 +64,15 @@ pub enum Command {
     /// Tokens: create, list, revoke (admins), whoami (anyone)
     #[command(subcommand)]
     Token(cmd::token::Token),
+    /// Principals (who owns files and runs): create, list, update (admins)
+    #[command(subcommand)]
+    Principal(cmd::principal::Principal),
+    /// What a principal uses against its quota (default: this token's principal)
+    #[command(after_help = "Examples:\n  pirus usage\n  pirus usage alice --json")]
+    Usage {
+        /// A principal's name (operators and admins may name anyone)
+        principal: Option<String>,
+    },
     /// Prints the completion script of a shell
     #[command(after_help = "Example:\n  pirus completions bash > /etc/bash_completion.d/pirus")]
     Completions {
@@ -118,6 +127,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(c) => c.run(&settings).await,
         Command::Node(c) => c.run(&settings).await.map(|()| 0),
         Command::Token(c) => c.run(&settings).await.map(|()| 0),
+        Command::Principal(c) => c.run(&settings).await.map(|()| 0),
+        Command::Usage { principal } => cmd::principal::usage(&settings, principal)
+            .await
+            .map(|()| 0),
         Command::Completions { .. } => Ok(0),
     }
 }

@@ -80,7 +80,10 @@ pub async fn mint(
     let (_, secret) = store
         .create(NewToken {
             name: name.to_owned(),
-            role,
+            principal: pirus_auth::store::TokenPrincipal::New {
+                role,
+                quota: Default::default(),
+            },
             node: node.map(str::to_owned),
             expires_at: ttl.map(|t| chrono::Utc::now() + t),
             created_by: None,

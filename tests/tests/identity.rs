@@ -1341,6 +1341,7 @@ async fn tokens_are_made_listed_and_bootstrapped_once() -> Result<()> {
                 seconds: 3600,
                 nanos: 0,
             }),
+            principal: String::new(),
         })
         .await?
         .into_inner();

@@ -396,7 +396,7 @@ async fn each_caller_holds_at_most_its_budget_of_streams() -> Result<()> {
         held.push(watch(&mut admin).await?);
     }
     let refused = watch(&mut admin).await.expect_err("a 17th stream");
-    assert_exhausted(&refused, "admin token holds 16 streams");
+    assert_exhausted(&refused, "holds 16 streams");
     // Another admin token has a budget of its own.
     let other =
         pirus_tests::identity::mint(&s.db.url, "other", pirus_auth::Role::Admin, None, None)

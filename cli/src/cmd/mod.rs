@@ -5,6 +5,7 @@ pub(crate) mod file;
 pub(crate) mod follow;
 pub(crate) mod node;
 pub(crate) mod pipeline;
+pub(crate) mod principal;
 pub(crate) mod run;
 pub(crate) mod token;
 

@@ -43,6 +43,9 @@ pub enum Run {
         /// Only runs on this node
         #[arg(long)]
         node: Option<String>,
+        /// Only runs of this principal (operators and admins; a user only itself)
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Shows a run
     #[command(
@@ -177,6 +180,7 @@ impl Run {
                 status,
                 pipeline,
                 node,
+                owner,
             } => {
                 let status = status
                     .as_deref()
@@ -191,6 +195,7 @@ impl Run {
                         status,
                         pipeline_id: pipeline.clone().unwrap_or_default(),
                         node: node.clone().unwrap_or_default(),
+                        owner: owner.clone().unwrap_or_default(),
                     };
                     async move {
                         let page = r

@@ -20,18 +20,35 @@ pub enum RoleArg {
     Runner,
 }
 
+impl RoleArg {
+    pub(crate) fn proto(self) -> Role {
+        match self {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Operator => Role::Operator,
+            RoleArg::User => Role::User,
+            RoleArg::Runner => Role::Runner,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Token {
     /// Makes a token (admins) and prints its secret, shown this once
     #[command(
         after_help = "Examples:\n  pirus token create alice --role user --ttl 90d\n  \
+                            pirus token create alice-ci --principal alice\n  \
                             pirus token create node-2 --role runner --node node-2"
     )]
     Create {
         /// A label for people
         name: String,
+        /// Required without --principal; with it, unset or the principal's role
+        #[arg(long, required_unless_present = "principal")]
+        role: Option<RoleArg>,
+        /// The principal the token acts for (its files, runs and quotas); default: a new
+        /// principal named after the token
         #[arg(long)]
-        role: RoleArg,
+        principal: Option<String>,
         /// The node a runner token acts for (runner tokens only)
         #[arg(long)]
         node: Option<String>,
@@ -70,6 +87,7 @@ fn row(t: &Proto) -> Vec<String> {
     vec![
         t.accessor_id.clone(),
         t.name.clone(),
+        t.principal.clone(),
         role,
         if t.node.is_empty() {
             "-".into()
@@ -82,7 +100,15 @@ fn row(t: &Proto) -> Vec<String> {
 }
 
 fn table(tokens: &[Proto]) {
-    let mut table = Table::new(&["ACCESSOR", "NAME", "ROLE", "NODE", "STATE", "CREATED"]);
+    let mut table = Table::new(&[
+        "ACCESSOR",
+        "NAME",
+        "PRINCIPAL",
+        "ROLE",
+        "NODE",
+        "STATE",
+        "CREATED",
+    ]);
     tokens.iter().for_each(|t| table.row(row(t)));
     table.print();
 }
@@ -95,19 +121,15 @@ impl Token {
             Token::Create {
                 name,
                 role,
+                principal,
                 node,
                 ttl,
             } => {
-                let role = match role {
-                    RoleArg::Admin => Role::Admin,
-                    RoleArg::Operator => Role::Operator,
-                    RoleArg::User => Role::User,
-                    RoleArg::Runner => Role::Runner,
-                };
                 let made = access
                     .create_token(CreateTokenRequest {
                         name: name.clone(),
-                        role: role as i32,
+                        role: role.map_or(Role::Unspecified, RoleArg::proto) as i32,
+                        principal: principal.unwrap_or_default(),
                         node: node.unwrap_or_default(),
                         ttl: ttl.map(|d| prost_types::Duration {
                             seconds: d.as_secs() as i64,

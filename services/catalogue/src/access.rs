@@ -107,7 +107,7 @@ impl Access {
         let kind = new.kind.unwrap_or(FileKind::Data);
         if !is_run_result(kind) {
             require(caller, Action::CreateFiles)?;
-            return Ok(Some(caller.accessor));
+            return Ok(Some(caller.principal));
         }
         require(caller, Action::RegisterRunResults)?;
         let run = new.source_run_id.ok_or_else(|| {

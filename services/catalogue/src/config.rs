@@ -84,6 +84,22 @@ pub struct Config {
     /// X-HTTP-Method-Override, so no other web page can drive uploads through a user's browser.
     #[arg(long, env = "PIRUS_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub cors_origins: Vec<String>,
+
+    /// The max_stored_bytes quota of a new principal (like `100GiB`); 0: unlimited.
+    #[arg(long, env = "PIRUS_DEFAULT_QUOTA_STORED_BYTES", default_value = "0", value_parser = parse_size)]
+    pub default_quota_stored_bytes: u64,
+
+    /// The max_files quota of a new principal; 0: unlimited.
+    #[arg(long, env = "PIRUS_DEFAULT_QUOTA_FILES", default_value_t = 0)]
+    pub default_quota_files: u64,
+
+    /// The max_queued_runs quota of a new principal; 0: unlimited.
+    #[arg(long, env = "PIRUS_DEFAULT_QUOTA_QUEUED_RUNS", default_value_t = 0)]
+    pub default_quota_queued_runs: u64,
+
+    /// The max_running_runs quota of a new principal; 0: unlimited.
+    #[arg(long, env = "PIRUS_DEFAULT_QUOTA_RUNNING_RUNS", default_value_t = 0)]
+    pub default_quota_running_runs: u64,
 }
 
 impl ServiceConfig for Config {
@@ -97,6 +113,18 @@ impl ServiceConfig for Config {
 }
 
 impl Config {
+    /// The quota of a principal made without one (CreatePrincipal without quota, CreateToken
+    /// without principal).
+    pub fn default_quota(&self) -> pirus_auth::principals::Quota {
+        pirus_auth::principals::Quota {
+            max_stored_bytes: self.default_quota_stored_bytes,
+            max_files: self.default_quota_files,
+            max_queued_runs: self.default_quota_queued_runs,
+            max_running_runs: self.default_quota_running_runs,
+            ..Default::default()
+        }
+    }
+
     pub fn upload_sweep_interval(&self) -> Duration {
         self.upload_sweep_interval.unwrap_or_else(|| {
             (self.upload_expiry / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))

@@ -83,6 +83,13 @@ impl Files {
     ) -> Result<Vec<File>> {
         access::require(caller, Action::ReadFiles)?;
         let mut filter = filter;
+        if let Some(name) = &filter.owner_name {
+            policy::scope(caller).may_list_owner(caller, name)?;
+            match self.store.principal_id(name).await? {
+                Some(id) => filter.owner = Some(id),
+                None => return Ok(Vec::new()),
+            }
+        }
         match policy::scope(caller) {
             Scope::All => {}
             Scope::Own(me) => filter.owner = Some(me),

@@ -16,11 +16,13 @@ mod files;
 mod grpc;
 mod install;
 mod pipelines;
+mod principals;
 mod store;
 pub mod token_cli;
 mod tokens;
 mod tus;
 mod uploads;
+pub mod usage_cli;
 
 use pirus_proto::catalogue::v1::{
     access_service_server::AccessServiceServer, catalogue_service_server::CatalogueServiceServer,
@@ -105,10 +107,8 @@ pub async fn run(
 
     let metrics = MetricsBuilder::new("catalogue").build();
     let auth = auth_setup(&config, &db);
-    let tokens = tokens::Tokens::new(
-        pirus_auth::store::TokenStore::new(db.clone()),
-        auth.audit.clone(),
-    );
+    let tokens = tokens::Tokens::new(db.clone(), auth.audit.clone(), config.default_quota());
+    let principals = principals::Principals::new(db.clone(), config.default_quota());
     let service = Service {
         grpc: tonic::service::Routes::new(
             CatalogueServiceServer::new(grpc::Catalogue {
@@ -119,7 +119,7 @@ pub async fn run(
             })
             .max_decoding_message_size(16 << 20),
         )
-        .add_service(AccessServiceServer::new(grpc::access::Access { tokens })),
+        .add_service(AccessServiceServer::new(grpc::access::Access { tokens, principals })),
         http: tus::router(uploads, files, pipelines, &public_url, &config.cors_origins),
     };
     let options = serve_options(&config, auth);

@@ -48,7 +48,7 @@ impl Pipelines {
     /// Announces a package upload: a pipeline UPLOADING, installed once its last byte arrives.
     pub(crate) async fn create(&self, caller: &Caller, mut new: NewPackage) -> Result<Pipeline> {
         access::require(caller, Action::InstallPipelines)?;
-        new.owner = Some(caller.accessor);
+        new.owner = Some(caller.principal);
         self.uploads.open_package(new).await
     }
 

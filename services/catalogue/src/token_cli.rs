@@ -80,10 +80,12 @@ fn print(token: &TokenInfo, secret: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "created the {} token '{}' (accessor {}); its secret follows, shown this once\n{secret}",
+        "created the {} token '{}' (accessor {}) of principal '{}'; its secret follows, shown \
+         this once\n{secret}",
         token.role.as_str(),
         token.name,
-        token.accessor
+        token.accessor,
+        token.principal_name
     )?;
     out.flush()
 }
@@ -113,7 +115,11 @@ fn new_token(
         .map_err(|_| "--ttl is too long".to_owned())?;
     Ok(NewToken {
         name: name.trim().to_owned(),
-        role,
+        // A principal of its own, as CreateToken without a principal makes.
+        principal: pirus_auth::store::TokenPrincipal::New {
+            role,
+            quota: Default::default(),
+        },
         node,
         expires_at,
         created_by: None,

@@ -1,13 +1,15 @@
 //! The token use cases (AccessService): making, listing and revoking tokens and reading the
 //! audit trail, for admins; WhoAmI for any valid token. Secrets are answered once, at
-//! creation; the database keeps only their SHA-256.
+//! creation; the database keeps only their SHA-256. A token acts for a principal
+//! (`crate::principals`): one named, or one of its own made with it.
 
 use chrono::{DateTime, Utc};
 use pirus_auth::{
     Caller, Role,
     audit::{Audit, AuditEvent},
     policy::Action,
-    store::{NewToken, TokenInfo, TokenStore},
+    principals::{PrincipalStore, Quota},
+    store::{NewToken, TokenInfo, TokenPrincipal, TokenStore},
 };
 use uuid::Uuid;
 
@@ -19,7 +21,10 @@ use crate::{
 #[derive(Clone)]
 pub(crate) struct Tokens {
     store: TokenStore,
+    principals: PrincipalStore,
     audit: Audit,
+    /// The quota of a principal made with a token.
+    default_quota: Quota,
 }
 
 /// A token to make, as asked.
@@ -28,20 +33,52 @@ pub(crate) struct TokenRequest {
     pub role: Option<Role>,
     pub node: String,
     pub ttl: Option<chrono::Duration>,
+    /// A principal's name; empty: a principal of the token's own.
+    pub principal: String,
 }
 
-/// A checked request: every problem named by its field.
-fn check(request: TokenRequest, creator: Uuid) -> Result<NewToken> {
+/// A checked request: every problem named by its field. `existing` is the principal named
+/// (its id and role), if one was.
+fn check(
+    request: TokenRequest,
+    existing: Option<(Uuid, Role)>,
+    default_quota: Quota,
+    creator: Uuid,
+) -> Result<NewToken> {
     let name = request.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(Error::invalid("name", "must be 1 to 200 characters"));
     }
-    let role = request.role.ok_or_else(|| {
-        Error::invalid(
-            "role",
-            "is required (ROLE_ADMIN, ROLE_OPERATOR, ROLE_USER or ROLE_RUNNER)",
-        )
-    })?;
+    let (role, principal) = match (existing, request.role) {
+        (Some((id, role)), None) => (role, TokenPrincipal::Existing(id)),
+        (Some((id, role)), Some(asked)) if asked == role => (role, TokenPrincipal::Existing(id)),
+        (Some((_, role)), Some(asked)) => {
+            return Err(Error::invalid(
+                "role",
+                format!(
+                    "is {}, but principal '{}' is {}: a token has its principal's role (leave \
+                     role unset)",
+                    asked.as_str(),
+                    request.principal,
+                    role.as_str()
+                ),
+            ));
+        }
+        (None, Some(role)) => (
+            role,
+            TokenPrincipal::New {
+                role,
+                quota: default_quota,
+            },
+        ),
+        (None, None) => {
+            return Err(Error::invalid(
+                "role",
+                "is required without a principal (ROLE_ADMIN, ROLE_OPERATOR, ROLE_USER or \
+                 ROLE_RUNNER)",
+            ));
+        }
+    };
     let node = match (role, request.node.trim()) {
         (Role::Runner, "") => return Err(Error::invalid("node", "is required for a runner token")),
         (Role::Runner, node) if node.len() > 253 => {
@@ -64,7 +101,7 @@ fn check(request: TokenRequest, creator: Uuid) -> Result<NewToken> {
     };
     Ok(NewToken {
         name: name.to_owned(),
-        role,
+        principal,
         node,
         expires_at,
         created_by: Some(creator),
@@ -72,8 +109,13 @@ fn check(request: TokenRequest, creator: Uuid) -> Result<NewToken> {
 }
 
 impl Tokens {
-    pub(crate) fn new(store: TokenStore, audit: Audit) -> Self {
-        Self { store, audit }
+    pub(crate) fn new(db: sea_orm::DatabaseConnection, audit: Audit, default_quota: Quota) -> Self {
+        Self {
+            store: TokenStore::new(db.clone()),
+            principals: PrincipalStore::new(db),
+            audit,
+            default_quota,
+        }
     }
 
     /// Makes a token: answered with its secret, this once.
@@ -83,7 +125,16 @@ impl Tokens {
         request: TokenRequest,
     ) -> Result<(TokenInfo, String)> {
         access::require(caller, Action::ManageTokens)?;
-        let new = check(request, caller.accessor)?;
+        let existing = match request.principal.trim() {
+            "" => None,
+            name => {
+                let principal = self.principals.by_name(name).await?.ok_or_else(|| {
+                    Error::invalid("principal", format!("there is no principal named '{name}'"))
+                })?;
+                Some((principal.id, principal.role))
+            }
+        };
+        let new = check(request, existing, self.default_quota, caller.accessor)?;
         Ok(self.store.create(new).await?)
     }
 
@@ -108,6 +159,9 @@ impl Tokens {
         Ok(TokenInfo {
             accessor: caller.accessor,
             name: caller.name.clone(),
+            principal: caller.principal,
+            principal_name: caller.principal_name.clone(),
+            disabled_at: None,
             role: caller.role,
             node: caller.node.clone(),
             expires_at: None,

@@ -112,7 +112,7 @@ pub async fn run(
         executor: executor.clone(),
         node: node_name.clone(),
         max_runs,
-        largest: node_limits.largest,
+        limits: node_limits,
         state: node_state,
     };
     tokio::spawn(scheduler.run(notices.subscribe(), shutdown.clone()));

@@ -66,7 +66,7 @@ impl Runs {
     /// Queues a run for the caller, who owns it; a user's inputs must be its own files.
     pub(crate) async fn submit(&self, caller: &Caller, mut new: NewRun) -> Result<Run> {
         access::require(caller, Action::SubmitRuns)?;
-        new.owner = Some(caller.accessor);
+        new.owner = Some(caller.principal);
         let inputs_of = policy::scope(caller).owner_filter();
         submit::submit(&self.stores, self.databases_dir.as_deref(), new, inputs_of).await
     }
@@ -83,6 +83,13 @@ impl Runs {
         page: Page,
     ) -> Result<Vec<Run>> {
         filter.owner = access::list_owner(caller)?;
+        if let Some(name) = &filter.owner_name {
+            pirus_auth::policy::scope(caller).may_list_owner(caller, name)?;
+            match pirus_auth::principals::id_of(self.stores.db(), name).await? {
+                Some(id) => filter.owner = Some(id),
+                None => return Ok(Vec::new()),
+            }
+        }
         self.stores.runs.list(&filter, page).await
     }
 

@@ -22,15 +22,15 @@ use tokio::sync::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{executor::Executor, lease::NodeState, limits::Limits, store::Stores};
+use crate::{executor::Executor, lease::NodeState, limits::NodeLimits, store::Stores};
 
 pub(crate) struct Scheduler {
     pub stores: Stores,
     pub executor: Executor,
     pub node: String,
     pub max_runs: u32,
-    /// The largest run this node takes.
-    pub largest: Limits,
+    /// The largest run this node takes, and what a run that asks for nothing gets.
+    pub limits: NodeLimits,
     pub state: NodeState,
 }
 
@@ -110,7 +110,12 @@ impl Scheduler {
             let claimed = self
                 .stores
                 .queue
-                .claim(&self.node, self.max_runs, &self.largest)
+                .claim(
+                    &self.node,
+                    self.max_runs,
+                    &self.limits.largest,
+                    &self.limits.default,
+                )
                 .await;
             let claimed = match claimed {
                 Ok(Some(id)) => self.stores.runs.get(id).await.map(Some),

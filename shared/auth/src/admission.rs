@@ -1,7 +1,8 @@
 //! Admission control of long-lived calls: each caller may hold at most so many streams at
 //! once (WatchRun, StreamRunLogs, ReadFile, WriteUpload, and tus transfers on the HTTP port),
 //! by role, so no single caller can take a service's capacity; one past its budget is
-//! answered RESOURCE_EXHAUSTED (tus: 429 with Retry-After) with a retry hint. Callers are counted by token (by peer address under `--auth none`). A runner moves
+//! answered RESOURCE_EXHAUSTED (tus: 429 with Retry-After) with a retry hint. Callers are counted by principal, all its tokens together (by peer
+//! address under `--auth none`): making more tokens never widens the budget. A runner moves
 //! every input and output of its node, so runner tokens get the largest budget.
 
 use std::{
@@ -56,7 +57,7 @@ impl Default for StreamBudget {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Key {
-    Token(Uuid),
+    Principal(Uuid),
     Peer(Option<IpAddr>),
 }
 
@@ -113,7 +114,7 @@ impl Admission {
         let key = if caller.accessor.is_nil() {
             Key::Peer(peer)
         } else {
-            Key::Token(caller.accessor)
+            Key::Principal(caller.principal)
         };
         let limit = self.budget.of(caller.role);
         let count = std::sync::Arc::clone(
@@ -132,7 +133,7 @@ impl Admission {
             Ok(Permit(count))
         } else {
             Err(Exhausted {
-                who: format!("{} token", caller.role.as_str()),
+                who: format!("{} principal '{}'", caller.role.as_str(), caller.principal_name),
                 limit,
             })
         }
@@ -147,6 +148,8 @@ mod tests {
         Caller {
             accessor: Uuid::new_v4(),
             name: "t".into(),
+            principal: Uuid::new_v4(),
+            principal_name: "t".into(),
             role,
             node: None,
             credential: Default::default(),
@@ -162,7 +165,7 @@ mod tests {
         let _b = admission.admit(&user, None).unwrap();
         let refused = admission.admit(&user, None).unwrap_err();
         assert_eq!(refused.limit, 2);
-        assert!(refused.to_string().contains("user token holds 2 streams"));
+        assert!(refused.to_string().contains("user principal 't' holds 2 streams"));
         // Another caller has a budget of its own; a runner a larger one.
         admission.admit(&other, None).unwrap();
         let runners: Vec<_> = (0..32)
@@ -171,6 +174,12 @@ mod tests {
         assert!(admission.admit(&runner, None).is_err());
         drop(runners);
         drop(a);
-        admission.admit(&user, None).unwrap();
+        let _c = admission.admit(&user, None).unwrap();
+        // Another token of the same principal shares the principal's budget.
+        let laptop = Caller {
+            accessor: Uuid::new_v4(),
+            ..user.clone()
+        };
+        admission.admit(&laptop, None).unwrap_err();
     }
 }

@@ -19,6 +19,8 @@ pub struct AuditEvent {
     pub id: Uuid,
     pub at: DateTime<Utc>,
     pub accessor_id: Option<Uuid>,
+    /// The caller's principal, by name (empty when the caller could not be identified).
+    pub principal: String,
     pub service: String,
     pub action: String,
     pub target: String,
@@ -38,7 +40,7 @@ pub struct Audit {
     dropped: Arc<AtomicU64>,
 }
 
-const COLUMNS: usize = 7;
+const COLUMNS: usize = 8;
 /// Events queued before `record` waits for the writer (in a task of its own: the call it
 /// records is never held up).
 const QUEUE: usize = 8192;
@@ -58,18 +60,21 @@ impl Audit {
         }
     }
 
-    /// Records a call without holding it up; a failure to write is logged.
+    /// Records a call of `caller` (none: not identified) without holding it up; a failure to
+    /// write is logged.
     pub fn record(
         &self,
-        accessor: Option<Uuid>,
+        caller: Option<&crate::Caller>,
         action: &str,
         target: &str,
         outcome: &str,
         peer: &str,
     ) {
+        let accessor = caller.map(|c| c.accessor);
         let values = [
             Uuid::now_v7().into(),
             accessor.into(),
+            caller.map(|c| c.principal).into(),
             self.service.into(),
             action.to_owned().into(),
             target.to_owned().into(),
@@ -102,8 +107,10 @@ impl Audit {
         AuditEvent::find_by_statement(Statement::from_sql_and_values(
             DbBackend::Postgres,
             format!(
-                "SELECT id, at, accessor_id, service, action, target, outcome, peer
-                 FROM audit_events WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT {limit}"
+                "SELECT e.id, e.at, e.accessor_id, coalesce(p.name, '') AS principal, e.service,
+                        e.action, e.target, e.outcome, e.peer
+                 FROM audit_events e LEFT JOIN principals p ON p.id = e.principal_id
+                 WHERE $1::uuid IS NULL OR e.id > $1 ORDER BY e.id LIMIT {limit}"
             ),
             [after.into()],
         ))
@@ -127,7 +134,8 @@ async fn write_batches(db: DatabaseConnection, mut events: mpsc::Receiver<[Value
             })
             .collect();
         let sql = format!(
-            "INSERT INTO audit_events (id, accessor_id, service, action, target, outcome, peer)
+            "INSERT INTO audit_events (id, accessor_id, principal_id, service, action, target,
+                                       outcome, peer)
              VALUES {}",
             placeholders.join(", ")
         );

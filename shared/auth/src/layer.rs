@@ -233,7 +233,8 @@ where
                 let cancel = hold.token();
                 request = request.map(|body| GrpcBody::new(Revocable::request(body, cancel)));
             }
-            let accessor = caller.accessor;
+            // Who made an audited call, for its event (a change: cloned only then).
+            let who = audited.map(|_| caller.clone());
             request.extensions_mut().insert(caller);
             let target = audited.map(|_| {
                 let target = AuditTarget(Some(Arc::default()));
@@ -244,7 +245,7 @@ where
             if let (Some(method), Some(target)) = (audited, target) {
                 let outcome = outcome(&response);
                 layer.audit.record(
-                    Some(accessor),
+                    who.as_ref(),
                     method,
                     &target.take(),
                     &outcome,

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod client;
 pub mod layer;
 pub mod policy;
+pub mod principals;
 pub mod revocation;
 pub mod store;
 pub mod token;
@@ -56,8 +57,14 @@ impl Role {
 /// Who makes a call, once authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
+    /// The token's public id.
     pub accessor: Uuid,
+    /// The token's name.
     pub name: String,
+    /// Whom the token acts for: the owner of what the caller makes, and whose quotas it uses.
+    pub principal: Uuid,
+    /// The principal's name.
+    pub principal_name: String,
     pub role: Role,
     /// The node a runner token acts for.
     pub node: Option<String>,
@@ -72,11 +79,13 @@ pub struct Caller {
 
 impl Caller {
     /// The caller of a service run with `--auth none` (development on loopback only): treated
-    /// as an admin, with the nil accessor.
+    /// as an admin, with the nil accessor and the nil principal.
     pub fn unauthenticated_admin() -> Self {
         Self {
             accessor: Uuid::nil(),
             name: "anonymous (--auth none)".to_owned(),
+            principal: Uuid::nil(),
+            principal_name: "anonymous".to_owned(),
             role: Role::Admin,
             node: None,
             credential: Credential::default(),
@@ -98,6 +107,8 @@ pub enum AuthError {
     Expired,
     #[error("the token was revoked")]
     Revoked,
+    #[error("the token's principal is disabled")]
+    Disabled,
     #[error("the database is unavailable; retry later")]
     Unavailable,
 }

@@ -13,7 +13,12 @@ use crate::{Role, token};
 pub struct TokenInfo {
     pub accessor: Uuid,
     pub name: String,
+    /// The principal's role: a token acts with its principal's.
     pub role: Role,
+    pub principal: Uuid,
+    pub principal_name: String,
+    /// When the token's principal was disabled (its tokens are then all refused).
+    pub disabled_at: Option<DateTime<Utc>>,
     pub node: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -30,6 +35,9 @@ struct Row {
     expires_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
+    principal_id: Uuid,
+    principal_name: String,
+    disabled_at: Option<DateTime<Utc>>,
 }
 
 impl Row {
@@ -41,6 +49,9 @@ impl Row {
                 accessor: self.accessor_id,
                 name: self.name,
                 role,
+                principal: self.principal_id,
+                principal_name: self.principal_name,
+                disabled_at: self.disabled_at,
                 node: self.node,
                 expires_at: self.expires_at,
                 revoked_at: self.revoked_at,
@@ -51,14 +62,29 @@ impl Row {
     }
 }
 
-const COLUMNS: &str =
-    "accessor_id, name, role, node, secret_hash, expires_at, revoked_at, created_at";
+const COLUMNS: &str = "accessor_id, name, role, node, secret_hash, expires_at, revoked_at, \
+                       created_at, principal_id, principal_name, disabled_at";
+
+/// [`COLUMNS`] from the tables (what `pirus_token()` answers for one token).
+const JOINED: &str = "SELECT t.accessor_id, t.name, p.role, t.node, t.secret_hash, t.expires_at, \
+                      t.revoked_at, t.created_at, p.id AS principal_id, p.name AS principal_name, \
+                      p.disabled_at FROM tokens t JOIN principals p ON p.id = t.principal_id";
+
+/// Whom a new token acts for.
+#[derive(Clone, Debug)]
+pub enum TokenPrincipal {
+    /// An existing principal, by id: the token takes its role.
+    Existing(Uuid),
+    /// A principal of its own, named after the token (made valid and unique), with this role
+    /// and these quotas: what CreateToken without a principal has always meant.
+    New { role: Role, quota: crate::principals::Quota },
+}
 
 /// A token to make.
 #[derive(Clone, Debug)]
 pub struct NewToken {
     pub name: String,
-    pub role: Role,
+    pub principal: TokenPrincipal,
     pub node: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_by: Option<Uuid>,
@@ -85,13 +111,17 @@ impl TokenStore {
             .transpose()
     }
 
-    /// Makes a token; answers it and its secret (the whole token), shown this once.
+    /// Makes a token (and its principal, when it gets one of its own) in one transaction;
+    /// answers it and its secret (the whole token), shown this once.
     pub async fn create(&self, new: NewToken) -> Result<(TokenInfo, String), DbErr> {
-        create(&self.db, new).await
+        let txn = self.db.begin().await?;
+        let made = create(&txn, new).await?;
+        txn.commit().await?;
+        Ok(made)
     }
 
     pub async fn list(&self) -> Result<Vec<TokenInfo>, DbErr> {
-        let sql = format!("SELECT {COLUMNS} FROM tokens ORDER BY created_at, accessor_id");
+        let sql = format!("{JOINED} ORDER BY t.created_at, t.accessor_id");
         Row::find_by_statement(stmt(&sql, []))
             .all(&self.db)
             .await?
@@ -128,7 +158,10 @@ impl TokenStore {
             &txn,
             NewToken {
                 name: name.to_owned(),
-                role: Role::Admin,
+                principal: TokenPrincipal::New {
+                    role: Role::Admin,
+                    quota: crate::principals::Quota::default(),
+                },
                 node: None,
                 expires_at: None,
                 created_by: None,
@@ -142,7 +175,7 @@ impl TokenStore {
                     "UPDATE {table} SET owner = $1
                      WHERE owner IS NULL OR owner = '00000000-0000-0000-0000-000000000000'"
                 ),
-                [info.accessor.into()],
+                [info.principal.into()],
             ))
             .await?;
         }
@@ -152,26 +185,38 @@ impl TokenStore {
 }
 
 async fn create(db: &impl ConnectionTrait, new: NewToken) -> Result<(TokenInfo, String), DbErr> {
+    let principal = match new.principal {
+        TokenPrincipal::Existing(id) => id,
+        TokenPrincipal::New { role, quota } => {
+            let kind = if role == Role::Runner {
+                crate::principals::PrincipalKind::Service
+            } else {
+                crate::principals::PrincipalKind::Person
+            };
+            crate::principals::insert_named_after(db, &new.name, kind, role, &quota).await?
+        }
+    };
     let minted = token::mint();
     db.execute_raw(stmt(
-        "INSERT INTO tokens (accessor_id, name, role, node, secret_hash, expires_at, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO tokens (accessor_id, name, role, node, secret_hash, expires_at, created_by,
+                             principal_id)
+         SELECT $1, $2, p.role, $3, $4, $5, $6, p.id FROM principals p WHERE p.id = $7",
         [
             minted.accessor.into(),
             new.name.into(),
-            new.role.as_str().into(),
             new.node.into(),
             minted.digest.to_vec().into(),
             new.expires_at.into(),
             new.created_by.into(),
+            principal.into(),
         ],
     ))
     .await?;
-    let sql = format!("SELECT {COLUMNS} FROM tokens WHERE accessor_id = $1");
+    let sql = format!("{JOINED} WHERE t.accessor_id = $1");
     let (info, _) = Row::find_by_statement(stmt(&sql, [minted.accessor.into()]))
         .one(db)
         .await?
-        .ok_or_else(|| DbErr::RecordNotFound("the token just made".into()))?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("principal {principal}")))?
         .split()?;
     Ok((info, minted.token))
 }

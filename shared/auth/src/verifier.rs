@@ -113,12 +113,17 @@ impl Verifier {
         if info.revoked_at.is_some() {
             return Err(AuthError::Revoked);
         }
+        if info.disabled_at.is_some() {
+            return Err(AuthError::Disabled);
+        }
         if info.expires_at.is_some_and(|t| t <= Utc::now()) {
             return Err(AuthError::Expired);
         }
         Ok(Caller {
             accessor: info.accessor,
             name: info.name.clone(),
+            principal: info.principal,
+            principal_name: info.principal_name.clone(),
             role: info.role,
             node: info.node.clone(),
             credential: crate::Credential::header(header)?,
@@ -130,7 +135,8 @@ impl Verifier {
         &self.inner.holds
     }
 
-    /// Whether `accessor`'s token is still valid (known, not revoked, not expired), read from
+    /// Whether `accessor`'s token is still valid (known, not revoked, not expired, its
+    /// principal not disabled), read from
     /// the database now; `Err` when it cannot be read. The cache takes what was read.
     pub(crate) async fn still_valid(&self, accessor: Uuid) -> Result<bool, AuthError> {
         let entry = self
@@ -141,7 +147,9 @@ impl Verifier {
             .map(|e| e.map(Arc::new))
             .map_err(|_| AuthError::Unavailable)?;
         let valid = entry.as_deref().is_some_and(|(info, _)| {
-            info.revoked_at.is_none() && info.expires_at.is_none_or(|t| t > Utc::now())
+            info.revoked_at.is_none()
+                && info.disabled_at.is_none()
+                && info.expires_at.is_none_or(|t| t > Utc::now())
         });
         let mut cache = self.inner.cache.lock().expect("token cache");
         cache.insert(accessor, (entry, Instant::now()));

@@ -296,6 +296,31 @@ pub fn sqlx_is_unavailable(e: &sea_orm::sqlx::Error) -> bool {
     }
 }
 
+/// SQLSTATE of a refused quota: raised by the usage triggers (migration 10) with a message
+/// naming the quota, the principal, what is used, what was asked and the limit.
+pub const QUOTA_EXCEEDED: &str = "PQ001";
+
+/// The refusal's message when `e` is a quota refusal ([`QUOTA_EXCEEDED`]).
+pub fn quota_exceeded(e: &sea_orm::DbErr) -> Option<String> {
+    use sea_orm::{DbErr, RuntimeErr};
+    match e {
+        DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
+            sqlx_quota_exceeded(s)
+        }
+        _ => None,
+    }
+}
+
+/// [`quota_exceeded`] for a bare sqlx error.
+pub fn sqlx_quota_exceeded(e: &sea_orm::sqlx::Error) -> Option<String> {
+    match e {
+        sea_orm::sqlx::Error::Database(db) if db.code().as_deref() == Some(QUOTA_EXCEEDED) => {
+            Some(db.message().to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// One round trip to the database, bounded by `timeout`.
 pub async fn ping(db: &DatabaseConnection, timeout: Duration) -> Result<(), DbError> {
     tokio::time::timeout(timeout, db.execute_unprepared("SELECT 1"))

@@ -191,7 +191,7 @@ pub async fn authenticate(
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
-    let accessor = caller.accessor;
+    let who = audited.as_ref().map(|_| caller.clone());
     request.extensions_mut().insert(caller);
     let response = next.run(request).await;
     if hold
@@ -208,7 +208,7 @@ pub async fn authenticate(
             .unwrap_or_default();
         let status = response.status();
         auth.audit
-            .record(Some(accessor), action, location, status.as_str(), peer);
+            .record(who.as_ref(), action, location, status.as_str(), peer);
     }
     response
 }

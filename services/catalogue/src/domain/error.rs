@@ -27,6 +27,10 @@ pub enum Error {
     ChecksumMismatch,
     #[error("{0}")]
     TooLarge(String),
+    /// A quota of the owner would be passed (RESOURCE_EXHAUSTED, HTTP 413); the message names
+    /// the quota, what is used, what was asked and the limit. Nothing stored is lost.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The data folder is full (or over quota): nothing past the durable offset was kept, and
     /// the upload resumes once space is freed.
     #[error(

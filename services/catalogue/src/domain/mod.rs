@@ -83,8 +83,10 @@ pub(crate) struct File {
     /// The upload that fills this file (its id is the file id, or a pipeline id).
     pub upload_id: Option<Uuid>,
     pub upload_endpoint: Option<Endpoint>,
-    /// The accessor that owns it (a run's outputs and logs: the run's owner).
+    /// The principal that owns it (a run's outputs and logs: the run's owner).
     pub owner: Option<Uuid>,
+    /// That principal's name.
+    pub owner_name: Option<String>,
 }
 
 /// A pipeline as clients see it: its package upload, then what its install found.
@@ -168,8 +170,11 @@ pub(crate) struct FileFilter {
     pub status: Option<FileStatus>,
     pub kind: Option<FileKind>,
     pub source_run_id: Option<Uuid>,
-    /// Only this accessor's files (a user's list).
+    /// Only this principal's files (a user's list, or the `owner` asked for).
     pub owner: Option<Uuid>,
+    /// Only the files of the principal of this name (what a client asks for; resolved to
+    /// `owner` by the use case).
+    pub owner_name: Option<String>,
 }
 
 /// Checks a lowercase hex SHA-256, naming `field` when it is not one.

@@ -92,6 +92,7 @@ pub(super) fn file_to_proto(file: File, public_url: &str) -> pb::File {
         created_at: Some(timestamp(file.created_at)),
         tags: file.tags,
         error_message: file.error_message,
+        owner: file.owner_name.unwrap_or_default(),
     }
 }
 

@@ -219,6 +219,7 @@ impl CatalogueService for Catalogue {
             kind: convert::file_kind(request.kind)?,
             source_run_id: parse_optional_id("source_run_id", &request.source_run_id)?,
             owner: None,
+            owner_name: Some(request.owner).filter(|o| !o.is_empty()),
         };
         let files = self.files.list(&caller, filter, page).await?;
         let (files, next_page_token) = convert::paged(page, files, |f| f.id);

@@ -34,12 +34,18 @@ fn database_error(unavailable: bool, e: impl std::fmt::Display) -> crate::domain
 
 impl From<sea_orm::DbErr> for crate::domain::Error {
     fn from(e: sea_orm::DbErr) -> Self {
+        if let Some(refusal) = pirus_db::quota_exceeded(&e) {
+            return crate::domain::Error::QuotaExceeded(refusal);
+        }
         database_error(pirus_db::is_unavailable(&e), e)
     }
 }
 
 impl From<sea_orm::sqlx::Error> for crate::domain::Error {
     fn from(e: sea_orm::sqlx::Error) -> Self {
+        if let Some(refusal) = pirus_db::sqlx_quota_exceeded(&e) {
+            return crate::domain::Error::QuotaExceeded(refusal);
+        }
         database_error(pirus_db::sqlx_is_unavailable(&e), e)
     }
 }
@@ -58,5 +64,35 @@ pub(crate) fn expiry_deadline(expiry: Duration) -> DateTime<Utc> {
 impl Store {
     pub(crate) fn new(db: DatabaseConnection) -> Self {
         Self { db }
+    }
+
+    /// What `owner` stores and its max_stored_bytes, when it has that quota.
+    pub(crate) async fn stored_bytes_quota(
+        &self,
+        owner: uuid::Uuid,
+    ) -> crate::domain::Result<Option<(u64, u64)>> {
+        use sea_orm::ConnectionTrait;
+        let row = self
+            .db
+            .query_one_raw(stmt(
+                "SELECT coalesce(u.stored_bytes, 0) AS used, p.max_stored_bytes AS max
+                 FROM principals p LEFT JOIN principal_usage_totals u ON u.principal_id = p.id
+                 WHERE p.id = $1 AND p.max_stored_bytes > 0",
+                [owner.into()],
+            ))
+            .await?;
+        Ok(match row {
+            Some(r) => {
+                let used: i64 = r.try_get("", "used")?;
+                let max: i64 = r.try_get("", "max")?;
+                Some((used.max(0) as u64, max.max(0) as u64))
+            }
+            None => None,
+        })
+    }
+
+    /// The id of the principal named `name`, if there is one.
+    pub(crate) async fn principal_id(&self, name: &str) -> crate::domain::Result<Option<uuid::Uuid>> {
+        Ok(pirus_auth::principals::id_of(&self.db, name).await?)
     }
 }

@@ -71,19 +71,29 @@ pub(crate) async fn paused(conn: &mut PgConnection, upload: &UploadState) -> Res
 /// Sets the length of an upload of deferred length (and its file's size) to `size`; false
 /// when the length is already set or below the durable offset.
 pub(crate) async fn set_length(conn: &mut PgConnection, id: Uuid, size: u64) -> Result<bool> {
-    let set: i64 = sqlx::query_scalar(
-        r#"WITH u AS (
-               UPDATE uploads SET size = $2
-               WHERE id = $1 AND size IS NULL AND "offset" <= $2
-               RETURNING file_id),
-           f AS (UPDATE files SET size = $2 FROM u WHERE files.id = u.file_id)
-           SELECT count(*) FROM u"#,
+    use sqlx::Connection;
+    // The upload first, then its file, one transaction: the upload stops counting its received
+    // bytes against the owner's quota before the file counts its size.
+    let mut txn = conn.begin().await?;
+    let file: Option<Option<Uuid>> = sqlx::query_scalar(
+        r#"UPDATE uploads SET size = $2
+           WHERE id = $1 AND size IS NULL AND "offset" <= $2
+           RETURNING file_id"#,
     )
     .bind(id)
     .bind(size as i64)
-    .fetch_one(conn)
+    .fetch_optional(&mut *txn)
     .await?;
-    Ok(set == 1)
+    let Some(file) = file else {
+        return Ok(false);
+    };
+    sqlx::query("UPDATE files SET size = $2 WHERE id = $1")
+        .bind(file)
+        .bind(size as i64)
+        .execute(&mut *txn)
+        .await?;
+    txn.commit().await?;
+    Ok(true)
 }
 
 /// Records `offset` as the upload's durable offset (every byte below it was synced) and moves

@@ -116,6 +116,9 @@ impl Store {
         tokio::task::spawn_blocking(promote)
             .await
             .map_err(Error::internal)??;
+        // The upload first: an upload of deferred length stops counting its received bytes
+        // before its file counts its size, so the owner's usage never counts them twice.
+        mark_complete(&txn, upload.id, size).await?;
         txn.execute_raw(stmt(
             "UPDATE files SET status = 'ready', sha256 = $2, size = $3, ready_at = now(),
                               updated_at = now()
@@ -123,7 +126,6 @@ impl Store {
             [file_id.into(), sha256.into(), (size as i64).into()],
         ))
         .await?;
-        mark_complete(&txn, upload.id, size).await?;
         if let Some(pipeline) = upload.pipeline_id {
             // The package is whole: its install is due, in the same transaction, so a crash
             // right after leaves it INSTALLING for the installer to pick up.

@@ -77,7 +77,7 @@ fn error_response(e: Error) -> Response {
         }
         Error::Locked => StatusCode::LOCKED,
         Error::ChecksumMismatch => StatusCode::from_u16(460).expect("460 is a valid status"),
-        Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::TooLarge(_) | Error::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Busy(_) => {

@@ -194,7 +194,7 @@ impl Uploads {
                 endpoint,
                 size,
                 metadata,
-                Some(caller.accessor),
+                Some(caller.principal),
                 self.inner.expiry,
             )
             .await
@@ -211,7 +211,7 @@ impl Uploads {
         parts: Vec<Uuid>,
     ) -> Result<File> {
         access::require(caller, Action::CreateFiles)?;
-        new.owner = Some(caller.accessor);
+        new.owner = Some(caller.principal);
         let size = self.parts_size(caller, &parts).await?;
         self.check_size(Some(size))?;
         // The copy is a transfer: its slot is taken before anything is recorded.
@@ -370,6 +370,10 @@ impl Uploads {
             max_size: self.inner.max_size,
             expiry: self.inner.expiry,
             pace: self.inner.pace,
+            stored_bytes_quota: match (state.size, state.owner) {
+                (None, Some(owner)) => self.inner.store.stored_bytes_quota(owner).await?,
+                _ => None,
+            },
         };
         match Transfer::new(context, lock, state, file, checksum) {
             Ok(transfer) => Ok(transfer),

@@ -55,6 +55,10 @@ pub(super) struct Context {
     pub max_size: u64,
     pub expiry: Duration,
     pub pace: super::driver::Pace,
+    /// For an upload of deferred length whose owner has a max_stored_bytes quota: what the
+    /// owner uses and its limit, as the transfer starts. The transfer is cut off at the limit
+    /// (the bytes before it kept); the database refuses any commit that would still pass it.
+    pub stored_bytes_quota: Option<(u64, u64)>,
 }
 
 type Committing = JoinHandle<(UploadLock, Result<u64>)>;
@@ -80,6 +84,8 @@ pub(crate) struct Transfer {
     committing: Option<Committing>,
     checksum: Option<Vec<u8>>,
     limit: u64,
+    /// Why `limit` is what it is when the owner's quota set it: the refusal's message.
+    quota_refusal: Option<String>,
 }
 
 impl Transfer {
@@ -93,7 +99,18 @@ impl Transfer {
         checksum: Option<ChunkChecksum>,
     ) -> std::result::Result<Self, (UploadLock, Error)> {
         let start = upload.offset;
-        let limit = upload.size.unwrap_or(context.max_size);
+        let mut limit = upload.size.unwrap_or(context.max_size);
+        let mut quota_refusal = None;
+        if let (None, Some((used, max))) = (upload.size, context.stored_bytes_quota) {
+            let room = start.saturating_add(max.saturating_sub(used));
+            if room < limit {
+                limit = room;
+                quota_refusal = Some(format!(
+                    "quota max_stored_bytes: {used} bytes used, the limit is {max}: the upload is \
+                     cut off at offset {room} (the bytes before it are kept)"
+                ));
+            }
+        }
         let hashers = Hashers {
             whole: (start == 0).then(Sha256::new),
             chunk: checksum.as_ref().map(|c| ChunkHasher::new(c.algorithm)),
@@ -132,6 +149,7 @@ impl Transfer {
             committing: None,
             checksum: checksum.map(|c| c.expected),
             limit,
+            quota_refusal,
             upload,
         })
     }
@@ -150,6 +168,9 @@ impl Transfer {
     pub(crate) async fn write(&mut self, data: Bytes) -> Result<()> {
         let end = self.position + data.len() as u64;
         if end > self.limit {
+            if let Some(refusal) = &self.quota_refusal {
+                return Err(Error::QuotaExceeded(refusal.clone()));
+            }
             return Err(Error::TooLarge(match self.upload.size {
                 Some(size) => format!("the data goes past the upload's length of {size} bytes"),
                 None => format!("the upload would exceed the limit of {} bytes", self.limit),

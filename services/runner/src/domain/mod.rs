@@ -88,8 +88,10 @@ pub(crate) struct Run {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
-    /// The accessor that submitted it; its outputs and logs are that accessor's files.
+    /// The principal that submitted it; its outputs and logs are that principal's files.
     pub owner: Option<Uuid>,
+    /// The owning principal's name.
+    pub owner_name: Option<String>,
     /// A GA4GH TES task's own fields (executors, inputs, outputs, tags, ...), validated and
     /// normalised at submission; `None` for a run submitted over gRPC.
     pub tes: Option<serde_json::Value>,
@@ -199,8 +201,11 @@ pub(crate) struct RunFilter {
     pub status: Option<RunStatus>,
     pub pipeline_id: Option<Uuid>,
     pub node: Option<String>,
-    /// Only this accessor's runs (a user's list).
+    /// Only this principal's runs (a user's list, or the `owner` asked for).
     pub owner: Option<Uuid>,
+    /// Only the runs of the principal of this name (what a client asks for; resolved to
+    /// `owner` by the use case).
+    pub owner_name: Option<String>,
     /// Only TES tasks, filtered as ListTasks asks.
     pub tasks: Option<TaskFilter>,
 }
@@ -237,6 +242,10 @@ pub enum Error {
     OutOfRange(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A quota of the owner would be passed; the message names the quota, what is used, what
+    /// was asked and the limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The caller's role may not do this.
     #[error("{0}")]
     PermissionDenied(String),

@@ -84,6 +84,7 @@ pub(super) fn run_to_proto(r: Run) -> pb::Run {
             seconds: t.as_secs() as i64,
             nanos: 0,
         }),
+        owner: r.owner_name.unwrap_or_default(),
     }
 }
 

@@ -117,6 +117,7 @@ impl RunnerService for Runner {
                 id => Some(parse_id("pipeline_id", id)?),
             },
             node: (!r.node.is_empty()).then_some(r.node),
+            owner_name: Some(r.owner).filter(|o| !o.is_empty()),
             ..Default::default()
         };
         let runs = self.runs.list(&caller, filter, page).await?;

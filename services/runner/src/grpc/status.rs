@@ -13,6 +13,7 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::OutOfRange(_) => Status::out_of_range(e.to_string()),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
+            Error::QuotaExceeded(_) => Status::resource_exhausted(e.to_string()),
             Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");

@@ -36,7 +36,9 @@ use crate::{
 /// caller retries), internal otherwise.
 impl From<sea_orm::DbErr> for crate::domain::Error {
     fn from(e: sea_orm::DbErr) -> Self {
-        if pirus_db::is_unavailable(&e) {
+        if let Some(refusal) = pirus_db::quota_exceeded(&e) {
+            crate::domain::Error::QuotaExceeded(refusal)
+        } else if pirus_db::is_unavailable(&e) {
             tracing::warn!(error = %e, "database unavailable");
             crate::domain::Error::Unavailable("the database is unavailable; retry later".to_owned())
         } else {

@@ -24,13 +24,16 @@ impl QueueStore {
 
     /// Claims the next waiting run for `node` if it holds fewer than `max_runs`: by priority
     /// then age, skipping runs another runner is claiming, runs whose inputs are not all ready
-    /// yet and runs larger than `largest`. The claim, its attempt row and its event are one
-    /// transaction. Answers the claimed run's id.
+    /// yet, runs larger than `largest`, and runs whose owner is at its max_running_runs or
+    /// would pass its reserved CPUs or memory. The run reserves what it asked for, else the
+    /// node's `default`. The claim, its attempt row and its event are one transaction.
+    /// Answers the claimed run's id.
     pub(crate) async fn claim(
         &self,
         node: &str,
         max_runs: u32,
         largest: &Limits,
+        default: &Limits,
     ) -> Result<Option<Uuid>> {
         let claimed = lifecycle::next(RunStatus::Waiting, Event::Claimed)
             .map_err(Error::internal)?
@@ -52,9 +55,21 @@ impl QueueStore {
                     (largest.time.as_secs() as i64).into(),
                     RunStatus::Waiting.as_str().into(),
                     claimed.as_str().into(),
+                    (default.cpus as i32).into(),
+                    (default.memory_bytes as i64).into(),
                 ],
             ))
-            .await?;
+            .await;
+        let row = match row {
+            // Another claimer took the owner's last running or reserved room between this
+            // claim's read of the owner's usage and its write (the usage trigger refused it):
+            // the run waits for the next claim.
+            Err(e) if pirus_db::quota_exceeded(&e).is_some() => {
+                tracing::debug!(error = %e, "a claim passed its owner's limit; retrying later");
+                return Ok(None);
+            }
+            row => row?,
+        };
         let Some(row) = row else { return Ok(None) };
         let id: Uuid = row.try_get("", "id")?;
         let attempt: i32 = row.try_get("", "attempt")?;
@@ -183,10 +198,22 @@ pub(super) fn claim_sql() -> String {
               AND (r.disk_limit IS NULL OR r.disk_limit <= $5)
               AND (r.timeout_seconds IS NULL OR r.timeout_seconds <= $6)
               AND {}
+              -- The owner's running and reserved limits (quotas) hold the run back.
+              AND NOT EXISTS (
+                  SELECT FROM principal_for_runs p
+                  WHERE p.id = r.owner
+                    AND ((p.max_running_runs > 0 AND p.running_runs >= p.max_running_runs)
+                      OR (p.max_reserved_cpus > 0
+                          AND p.reserved_cpus + coalesce(r.cpu_limit, $9) > p.max_reserved_cpus)
+                      OR (p.max_reserved_memory_bytes > 0
+                          AND p.reserved_memory_bytes + coalesce(r.memory_limit, $10)
+                              > p.max_reserved_memory_bytes)))
             ORDER BY r.priority DESC, r.created_at, r.id
             FOR UPDATE SKIP LOCKED
             LIMIT 1)
          UPDATE runs SET status = $8, node = $1, attempt = runs.attempt + 1,
+                         reserved_cpus = coalesce(runs.cpu_limit, $9),
+                         reserved_memory_bytes = coalesce(runs.memory_limit, $10),
                          started_at = coalesce(runs.started_at, now()),
                          last_seq = runs.last_seq + 1, updated_at = now()
          FROM next WHERE runs.id = next.id

@@ -29,7 +29,8 @@ pub(super) fn columns(with_tes: bool, outputs: &str, logs: &str) -> String {
          r.input_file_ids, r.progress_value, r.progress_label, r.node, r.attempt, r.exit_code,
          r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
          r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at,
-         r.ended_at, r.owner, {}, {outputs} AS output_file_ids, {logs} AS log_file_ids",
+         r.ended_at, r.owner, (SELECT p.name FROM principal_names p WHERE p.id = r.owner),
+         {}, {outputs} AS output_file_ids, {logs} AS log_file_ids",
         if with_tes {
             "r.tes"
         } else {
@@ -66,6 +67,7 @@ pub(super) struct RunRow {
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
     owner: Option<Uuid>,
+    owner_name: Option<String>,
     tes: Option<serde_json::Value>,
     output_file_ids: Vec<Uuid>,
     log_file_ids: Vec<Uuid>,
@@ -110,6 +112,7 @@ impl RunRow {
             started_at: c.take()?,
             ended_at: c.take()?,
             owner: c.take()?,
+            owner_name: c.take()?,
             tes: c.take()?,
             output_file_ids: c.take()?,
             log_file_ids: c.take()?,
@@ -153,6 +156,7 @@ impl From<RunRow> for Run {
             started_at: r.started_at,
             ended_at: r.ended_at,
             owner: r.owner,
+            owner_name: r.owner_name,
             tes: r.tes,
         }
     }

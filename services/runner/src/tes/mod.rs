@@ -116,6 +116,8 @@ impl From<Error> for Failure {
             Error::AlreadyExists(_) => StatusCode::CONFLICT,
             Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // As a rate or quota refusal is answered over HTTP.
+            Error::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 return Self(

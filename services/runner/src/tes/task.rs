@@ -109,7 +109,7 @@ pub(super) async fn create(runs: &Runs, caller: &Caller, task: requests::Task) -
             requested,
             max_attempts: asked.max_attempts,
             pipeline,
-            owner: Some(caller.accessor),
+            owner: Some(caller.principal),
             plan: plan::of_task(&task),
             tes: Some(serde_json::to_value(&task).map_err(Error::internal)?),
         })

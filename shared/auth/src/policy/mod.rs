@@ -84,7 +84,7 @@ pub struct Forbidden {
 fn describe(action: Action) -> &'static str {
     use Action::*;
     match action {
-        ManageTokens => "manage tokens",
+        ManageTokens => "manage tokens or principals",
         ReadAudit => "read the audit trail",
         InstallPipelines => "install pipelines",
         DeletePipelines => "delete pipelines",
@@ -127,7 +127,7 @@ pub fn check(caller: &Caller, action: Action) -> Result<(), Forbidden> {
 pub enum Scope {
     /// Everyone's (admins; operators, for reading and run control).
     All,
-    /// Its own: those whose owner is this accessor (users).
+    /// Its own: those whose owner is this principal (users).
     Own(Uuid),
     /// Those of the runs this node holds (runners).
     Node(String),
@@ -136,7 +136,7 @@ pub enum Scope {
 pub fn scope(caller: &Caller) -> Scope {
     match caller.role {
         Role::Admin | Role::Operator => Scope::All,
-        Role::User => Scope::Own(caller.accessor),
+        Role::User => Scope::Own(caller.principal),
         Role::Runner => Scope::Node(caller.node.clone().unwrap_or_default()),
     }
 }
@@ -149,6 +149,20 @@ impl Scope {
             Scope::All => true,
             Scope::Own(me) => owner == Some(*me),
             Scope::Node(_) => false,
+        }
+    }
+
+    /// Whether the caller may read what the principal named `name` owns (a list filtered by
+    /// owner, its usage): operators and admins anyone's, a user only its own, a runner no
+    /// one's.
+    pub fn may_list_owner(&self, caller: &Caller, name: &str) -> Result<(), Forbidden> {
+        match self {
+            Scope::All => Ok(()),
+            Scope::Own(_) if name == caller.principal_name => Ok(()),
+            _ => Err(Forbidden {
+                role: caller.role.as_str(),
+                action: "read another principal's files, runs or usage",
+            }),
         }
     }
 

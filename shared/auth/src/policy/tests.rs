@@ -96,16 +96,18 @@ fn scopes() {
     let user = Caller {
         accessor: Uuid::now_v7(),
         name: "u".into(),
+        principal: Uuid::now_v7(),
+        principal_name: "u".into(),
         role: Role::User,
         node: None,
         credential: Default::default(),
         unrestricted: false,
     };
     let mine = scope(&user);
-    assert!(mine.owns(Some(user.accessor)));
+    assert!(mine.owns(Some(user.principal)));
     assert!(!mine.owns(Some(Uuid::now_v7())));
     assert!(!mine.owns(None));
-    assert_eq!(mine.owner_filter(), Some(user.accessor));
+    assert_eq!(mine.owner_filter(), Some(user.principal));
     let anyone = Caller::unauthenticated_admin();
     assert!(scope(&anyone).owns(None));
     // `--auth none` runs pipelines end to end: its caller registers a run's results too.

@@ -55,6 +55,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "m20261207_000009_run_plans",
         include_str!("m20261207_000009_run_plans.sql"),
     ),
+    (
+        "m20261207_000010_principals",
+        include_str!("m20261207_000010_principals.sql"),
+    ),
 ];
 
 #[async_trait::async_trait]
