@@ -21,7 +21,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // catalogue serves (and likewise for the runner).
     let services: [(&[&str], &str); 2] = [(&PROTOS[..2], "catalogue"), (&PROTOS[2..], "runner")];
     for (protos, name) in services {
-        let fds = protox::compile(protos, [&root])?;
+        let mut fds = protox::compile(protos, [&root])?;
+        // A file imported for its types only (AccessService's Usage names the runner's
+        // Resources) keeps its messages but not its services: reflection lists what this
+        // service serves.
+        for file in &mut fds.file {
+            if !protos.contains(&file.name()) {
+                file.service.clear();
+            }
+        }
         std::fs::write(
             out.join(format!("{name}_descriptor.bin")),
             fds.encode_to_vec(),

@@ -99,6 +99,10 @@ const METHODS: &[&str] = &[
     "/pirus.catalogue.v1.AccessService/RevokeToken",
     "/pirus.catalogue.v1.AccessService/WhoAmI",
     "/pirus.catalogue.v1.AccessService/ListAuditEvents",
+    "/pirus.catalogue.v1.AccessService/CreatePrincipal",
+    "/pirus.catalogue.v1.AccessService/ListPrincipals",
+    "/pirus.catalogue.v1.AccessService/UpdatePrincipal",
+    "/pirus.catalogue.v1.AccessService/GetUsage",
     "/pirus.runner.v1.RunnerService/SubmitRun",
     "/pirus.runner.v1.RunnerService/GetRun",
     "/pirus.runner.v1.RunnerService/ListRuns",
@@ -244,6 +248,31 @@ async fn call(method: &str, c: &Clients, f: &Fixtures) -> Result<(), tonic::Stat
         "WhoAmI" => access.who_am_i(cat::WhoAmIRequest {}).await.map(drop),
         "ListAuditEvents" => access
             .list_audit_events(cat::ListAuditEventsRequest::default())
+            .await
+            .map(drop),
+        "CreatePrincipal" => access
+            .create_principal(cat::CreatePrincipalRequest {
+                name: format!("p-{}", &unknown[..8]),
+                kind: cat::PrincipalKind::Person as i32,
+                role: cat::Role::User as i32,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "ListPrincipals" => access
+            .list_principals(cat::ListPrincipalsRequest {})
+            .await
+            .map(drop),
+        "UpdatePrincipal" => access
+            .update_principal(cat::UpdatePrincipalRequest {
+                name: "harness-admin".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        // The caller's own usage: any role.
+        "GetUsage" => access
+            .get_usage(cat::GetUsageRequest::default())
             .await
             .map(drop),
         _ => call_runner(name, &mut run, f).await,
@@ -490,12 +519,13 @@ fn expected(role: Role, method: &str) -> Expect {
     use Expect::*;
     let name = method.rsplit('/').next().unwrap_or_default();
     match (role, name) {
-        (_, "WhoAmI") => Allowed,
+        (_, "WhoAmI" | "GetUsage") => Allowed,
         (Role::Admin, _) => Allowed,
         (
             _,
             "CreatePipeline" | "InstallPipeline" | "DeletePipeline" | "CreateToken" | "ListTokens"
-            | "RevokeToken" | "ListAuditEvents",
+            | "RevokeToken" | "ListAuditEvents" | "CreatePrincipal" | "ListPrincipals"
+            | "UpdatePrincipal",
         ) => Denied,
         (
             Role::Operator,

@@ -52,6 +52,10 @@ pub(crate) struct Catalogue {
 }
 
 fn unavailable(e: tonic::Status) -> Error {
+    // A quota of the run's owner (its outputs would pass it): said as the catalogue said it.
+    if e.code() == tonic::Code::ResourceExhausted && e.message().starts_with("quota ") {
+        return Error::QuotaExceeded(e.message().to_owned());
+    }
     Error::Unavailable(format!(
         "the catalogue answered {:?}: {}",
         e.code(),

@@ -168,15 +168,24 @@ impl Transfer {
     pub(crate) async fn write(&mut self, data: Bytes) -> Result<()> {
         let end = self.position + data.len() as u64;
         if end > self.limit {
-            if let Some(refusal) = &self.quota_refusal {
-                return Err(Error::QuotaExceeded(refusal.clone()));
+            if let Some(refusal) = self.quota_refusal.clone() {
+                // Cut off at the owner's limit: the bytes up to it are taken (and kept, as
+                // what was written before any failure is), the rest refused.
+                let room = (self.limit - self.position) as usize;
+                self.take(&data[..room]).await?;
+                return Err(Error::QuotaExceeded(refusal));
             }
             return Err(Error::TooLarge(match self.upload.size {
                 Some(size) => format!("the data goes past the upload's length of {size} bytes"),
                 None => format!("the upload would exceed the limit of {} bytes", self.limit),
             }));
         }
-        let mut rest = &data[..];
+        self.take(&data).await
+    }
+
+    /// Takes bytes within the limit at the current position.
+    async fn take(&mut self, data: &[u8]) -> Result<()> {
+        let mut rest = data;
         while !rest.is_empty() {
             let block = match &mut self.block {
                 Some(block) => block,

@@ -153,12 +153,11 @@ impl Scope {
     }
 
     /// Whether the caller may read what the principal named `name` owns (a list filtered by
-    /// owner, its usage): operators and admins anyone's, a user only its own, a runner no
-    /// one's.
+    /// owner, its usage): operators and admins anyone's, others only their own.
     pub fn may_list_owner(&self, caller: &Caller, name: &str) -> Result<(), Forbidden> {
         match self {
             Scope::All => Ok(()),
-            Scope::Own(_) if name == caller.principal_name => Ok(()),
+            _ if name == caller.principal_name => Ok(()),
             _ => Err(Forbidden {
                 role: caller.role.as_str(),
                 action: "read another principal's files, runs or usage",
