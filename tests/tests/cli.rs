@@ -777,3 +777,75 @@ async fn a_plaintext_upload_url_is_refused_when_the_catalogue_speaks_tls() -> Re
     assert!(one_line(&refused).contains("not https"), "{refused:?}");
     Ok(())
 }
+
+/// Principals, their tokens and their usage from the command line: `principal create`, `token
+/// create --principal`, `principal update` of one limit (the others stay), `usage`, and
+/// `run list --owner` refused for a user naming another principal.
+#[tokio::test]
+async fn principals_and_usage_from_the_cli() -> Result<()> {
+    let db = TestDb::create().await?;
+    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
+    let admin = Cli::new(
+        &catalogue.grpc_url(),
+        "http://127.0.0.1:9",
+        db.admin_token.as_deref().unwrap_or_default(),
+    )?;
+    let made = admin
+        .json(&[
+            "principal",
+            "create",
+            "lab",
+            "--kind",
+            "service",
+            "--role",
+            "user",
+            "--max-stored-bytes",
+            "1000",
+            "--max-files",
+            "5",
+        ])
+        .await?;
+    assert_eq!(made["name"], "lab");
+    assert_eq!(made["kind"], "PRINCIPAL_KIND_SERVICE");
+    let token = admin
+        .json(&["token", "create", "lab-ci", "--principal", "lab"])
+        .await?;
+    assert_eq!(token["token"]["principal"], "lab");
+    assert_eq!(token["token"]["role"], "ROLE_USER");
+    let updated = admin
+        .json(&["principal", "update", "lab", "--max-queued-runs", "7"])
+        .await?;
+    assert_eq!(updated["quota"]["max_queued_runs"], 7);
+    assert_eq!(
+        updated["quota"]["max_stored_bytes"], 1000,
+        "the other limits stay"
+    );
+    let listed = admin.json(&["principal", "list"]).await?;
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p["name"] == "lab")),
+        "{listed}"
+    );
+
+    let secret = token["secret"].as_str().unwrap_or_default();
+    let lab = Cli::new(&catalogue.grpc_url(), "http://127.0.0.1:9", secret)?;
+    let dir = tempdir()?;
+    let file = write(&dir, "small.txt", b"hello")?;
+    lab.ok(&["file", "upload", text(&file)]).await?;
+    let usage = lab.json(&["usage"]).await?;
+    assert_eq!(usage["principal"], "lab");
+    assert_eq!(
+        (usage["stored_bytes"].as_i64(), usage["files"].as_i64()),
+        (Some(5), Some(1))
+    );
+    let table = lab.ok(&["usage"]).await?;
+    assert!(
+        table.contains("stored_bytes") && table.contains("1000 B"),
+        "{table}"
+    );
+    let other = lab.run(&["usage", "harness-admin"]).await?;
+    assert_eq!(other.status.code(), Some(1));
+    assert!(one_line(&other).contains("another principal"), "{other:?}");
+    Ok(())
+}

@@ -101,7 +101,11 @@ async fn create(
     .map(|r| r.into_inner())
 }
 
-async fn upload(c: &mut CatalogueServiceClient<Channel>, name: &str, data: &[u8]) -> Result<String> {
+async fn upload(
+    c: &mut CatalogueServiceClient<Channel>,
+    name: &str,
+    data: &[u8],
+) -> Result<String> {
     let file = create(c, name, data.len() as i64).await?;
     let message = cat::WriteUploadRequest {
         upload_id: file.id.clone(),
@@ -521,4 +525,74 @@ async fn a_run_whose_outputs_pass_the_quota_ends_in_error_with_its_logs() -> Res
     let u = usage(&s.catalogue, &gina).await?;
     assert!(u.stored_bytes <= 2000, "{u:?}");
     assert_no_drift(&s.db).await
+}
+
+/// A deployment upgraded to principals: every token made before gets a principal of its own
+/// (named after it, made valid) that owns what the token owned, so the old token keeps
+/// working and sees its files with their owner, and the usage counters start equal to a
+/// recount.
+#[tokio::test]
+async fn tokens_made_before_principals_keep_what_they_own() -> Result<()> {
+    let db = TestDb::create_empty().await?;
+    let client = db.client().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE seaql_migrations (version varchar PRIMARY KEY, applied_at bigint NOT NULL)",
+        )
+        .await?;
+    // The schema as it was before principals: migrations 1 to 9.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/db/src/migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    for file in files.iter().take(9) {
+        client
+            .batch_execute(&std::fs::read_to_string(file)?)
+            .await?;
+        let version = file.file_stem().unwrap().to_string_lossy().into_owned();
+        client
+            .execute(
+                "INSERT INTO seaql_migrations (version, applied_at) VALUES ($1, 0)",
+                &[&version],
+            )
+            .await?;
+    }
+    let minted = pirus_auth::token::mint();
+    client
+        .execute(
+            "INSERT INTO tokens (accessor_id, name, role, secret_hash)
+             VALUES ($1::text::uuid, 'Old Laptop!', 'user', $2)",
+            &[&minted.accessor.to_string(), &minted.digest.to_vec()],
+        )
+        .await?;
+    let file = uuid::Uuid::now_v7();
+    client
+        .execute(
+            "INSERT INTO files (id, name, status, size, owner)
+             VALUES ($1::text::uuid, 'old.txt', 'ready', 5, $2::text::uuid)",
+            &[&file.to_string(), &minted.accessor.to_string()],
+        )
+        .await?;
+    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
+    let mut c = catalogue_as(&catalogue, &minted.token).await?;
+    let got = c
+        .get_file(cat::GetFileRequest {
+            id: file.to_string(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(got.owner, "old-laptop");
+    let me = AccessServiceClient::new(catalogue.channel_as(&minted.token).await?)
+        .who_am_i(cat::WhoAmIRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(
+        (me.principal.as_str(), me.role),
+        ("old-laptop", cat::Role::User as i32)
+    );
+    let u = usage(&catalogue, &minted.token).await?;
+    assert_eq!((u.stored_bytes, u.files), (5, 1));
+    assert_no_drift(&db).await
 }

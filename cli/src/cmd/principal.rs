@@ -135,8 +135,9 @@ fn table(principals: &[Proto]) {
     ]);
     for p in principals {
         let q = p.quota.unwrap_or_default();
-        let kind = PrincipalKind::try_from(p.kind)
-            .map_or("?".to_owned(), |k| short(k.as_str_name(), "PRINCIPAL_KIND_"));
+        let kind = PrincipalKind::try_from(p.kind).map_or("?".to_owned(), |k| {
+            short(k.as_str_name(), "PRINCIPAL_KIND_")
+        });
         let role =
             Role::try_from(p.role).map_or("?".to_owned(), |r| short(r.as_str_name(), "ROLE_"));
         let state = if p.disabled_at.is_some() {
@@ -167,11 +168,27 @@ pub(crate) fn usage_table(usages: &[Usage]) {
         let q = u.quota.unwrap_or_default();
         let r = u.reserved.unwrap_or_default();
         let rows = [
-            ("stored_bytes", size(u.stored_bytes), limit(q.max_stored_bytes, true)),
+            (
+                "stored_bytes",
+                size(u.stored_bytes),
+                limit(q.max_stored_bytes, true),
+            ),
             ("files", u.files.to_string(), limit(q.max_files, false)),
-            ("queued_runs", u.queued_runs.to_string(), limit(q.max_queued_runs, false)),
-            ("running_runs", u.running_runs.to_string(), limit(q.max_running_runs, false)),
-            ("reserved_cpus", r.cpu.to_string(), limit(q.max_reserved_cpus, false)),
+            (
+                "queued_runs",
+                u.queued_runs.to_string(),
+                limit(q.max_queued_runs, false),
+            ),
+            (
+                "running_runs",
+                u.running_runs.to_string(),
+                limit(q.max_running_runs, false),
+            ),
+            (
+                "reserved_cpus",
+                r.cpu.to_string(),
+                limit(q.max_reserved_cpus, false),
+            ),
             (
                 "reserved_memory",
                 size(r.memory_bytes),
@@ -198,7 +215,12 @@ pub(crate) async fn usage(settings: &Settings, principal: Option<String>) -> Res
             None => "reading the usage of this token's principal".to_owned(),
         })?
         .into_inner();
-    emit(settings.json, &usage, "pirus.catalogue.v1.Usage", usage_table)
+    emit(
+        settings.json,
+        &usage,
+        "pirus.catalogue.v1.Usage",
+        usage_table,
+    )
 }
 
 impl Principal {

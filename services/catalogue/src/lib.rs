@@ -119,7 +119,10 @@ pub async fn run(
             })
             .max_decoding_message_size(16 << 20),
         )
-        .add_service(AccessServiceServer::new(grpc::access::Access { tokens, principals })),
+        .add_service(AccessServiceServer::new(grpc::access::Access {
+            tokens,
+            principals,
+        })),
         http: tus::router(uploads, files, pipelines, &public_url, &config.cors_origins),
     };
     let options = serve_options(&config, auth);

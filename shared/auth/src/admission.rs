@@ -133,7 +133,11 @@ impl Admission {
             Ok(Permit(count))
         } else {
             Err(Exhausted {
-                who: format!("{} principal '{}'", caller.role.as_str(), caller.principal_name),
+                who: format!(
+                    "{} principal '{}'",
+                    caller.role.as_str(),
+                    caller.principal_name
+                ),
                 limit,
             })
         }
@@ -165,7 +169,11 @@ mod tests {
         let _b = admission.admit(&user, None).unwrap();
         let refused = admission.admit(&user, None).unwrap_err();
         assert_eq!(refused.limit, 2);
-        assert!(refused.to_string().contains("user principal 't' holds 2 streams"));
+        assert!(
+            refused
+                .to_string()
+                .contains("user principal 't' holds 2 streams")
+        );
         // Another caller has a budget of its own; a runner a larger one.
         admission.admit(&other, None).unwrap();
         let runners: Vec<_> = (0..32)

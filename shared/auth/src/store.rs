@@ -77,7 +77,10 @@ pub enum TokenPrincipal {
     Existing(Uuid),
     /// A principal of its own, named after the token (made valid and unique), with this role
     /// and these quotas: what CreateToken without a principal has always meant.
-    New { role: Role, quota: crate::principals::Quota },
+    New {
+        role: Role,
+        quota: crate::principals::Quota,
+    },
 }
 
 /// A token to make.

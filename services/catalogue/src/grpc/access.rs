@@ -28,7 +28,10 @@ fn kind(value: i32) -> Result<Option<PrincipalKind>, Error> {
         Ok(pb::PrincipalKind::Unspecified) => Ok(None),
         Ok(pb::PrincipalKind::Person) => Ok(Some(PrincipalKind::Person)),
         Ok(pb::PrincipalKind::Service) => Ok(Some(PrincipalKind::Service)),
-        Err(_) => Err(Error::invalid("kind", format!("{value} is not a PrincipalKind"))),
+        Err(_) => Err(Error::invalid(
+            "kind",
+            format!("{value} is not a PrincipalKind"),
+        )),
     }
 }
 

@@ -13,7 +13,9 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::OffsetMismatch { .. } | Error::Locked => Status::aborted(e.to_string()),
             Error::ChecksumMismatch => Status::data_loss(e.to_string()),
-            Error::TooLarge(_) | Error::QuotaExceeded(_) | Error::StorageFull => Status::resource_exhausted(e.to_string()),
+            Error::TooLarge(_) | Error::QuotaExceeded(_) | Error::StorageFull => {
+                Status::resource_exhausted(e.to_string())
+            }
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
             Error::Busy(_) => pirus_auth::admission::exhausted(e.to_string()),
             Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),

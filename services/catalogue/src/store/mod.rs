@@ -92,7 +92,10 @@ impl Store {
     }
 
     /// The id of the principal named `name`, if there is one.
-    pub(crate) async fn principal_id(&self, name: &str) -> crate::domain::Result<Option<uuid::Uuid>> {
+    pub(crate) async fn principal_id(
+        &self,
+        name: &str,
+    ) -> crate::domain::Result<Option<uuid::Uuid>> {
         Ok(pirus_auth::principals::id_of(&self.db, name).await?)
     }
 }

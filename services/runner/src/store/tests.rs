@@ -88,7 +88,12 @@ async fn runs_record_the_lifecycle_with_gap_free_events_fenced_by_node_and_attem
     node(&s, "a", 30).await;
     let run = queued(&s, Requested::default(), 1).await;
     assert_eq!(run.status, RunStatus::Waiting);
-    let id = s.queue.claim("a", 2, &LARGE, &LARGE).await.unwrap().unwrap();
+    let id = s
+        .queue
+        .claim("a", 2, &LARGE, &LARGE)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(id, run.id);
     let claimed = s.runs.get(id).await.unwrap();
     assert_eq!(
@@ -177,7 +182,12 @@ async fn client_requests_follow_the_lifecycle() {
     );
 
     let running = queued(&s, Requested::default(), 1).await;
-    let id = s.queue.claim("a", 2, &LARGE, &LARGE).await.unwrap().unwrap();
+    let id = s
+        .queue
+        .claim("a", 2, &LARGE, &LARGE)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(id, running.id);
     s.runs
         .change(id, "a", 1, Change::new(Event::Started, ""))
@@ -221,8 +231,14 @@ async fn the_queue_keeps_to_slots_drains_and_limits() {
     let two = queued(&s, Requested::default(), 1).await;
     let three = queued(&s, Requested::default(), 1).await;
     // The big run is older, but too large for this node: skipped, not blocking.
-    assert_eq!(s.queue.claim("a", 2, &small, &small).await.unwrap(), Some(one.id));
-    assert_eq!(s.queue.claim("a", 2, &small, &small).await.unwrap(), Some(two.id));
+    assert_eq!(
+        s.queue.claim("a", 2, &small, &small).await.unwrap(),
+        Some(one.id)
+    );
+    assert_eq!(
+        s.queue.claim("a", 2, &small, &small).await.unwrap(),
+        Some(two.id)
+    );
     assert_eq!(
         s.queue.claim("a", 2, &small, &small).await.unwrap(),
         None,
@@ -239,8 +255,14 @@ async fn the_queue_keeps_to_slots_drains_and_limits() {
         "draining"
     );
     s.nodes.set_draining("a", false).await.unwrap();
-    assert_eq!(s.queue.claim("a", 5, &LARGE, &LARGE).await.unwrap(), Some(big.id));
-    assert_eq!(s.queue.claim("a", 5, &LARGE, &LARGE).await.unwrap(), Some(three.id));
+    assert_eq!(
+        s.queue.claim("a", 5, &LARGE, &LARGE).await.unwrap(),
+        Some(big.id)
+    );
+    assert_eq!(
+        s.queue.claim("a", 5, &LARGE, &LARGE).await.unwrap(),
+        Some(three.id)
+    );
 }
 
 #[tokio::test]
@@ -251,7 +273,11 @@ async fn lapsed_nodes_are_settled_once_with_retries_or_errors() {
     let retried = queued(&s, Requested::default(), 2).await;
     let ended = queued(&s, Requested::default(), 1).await;
     for _ in 0..2 {
-        s.queue.claim("lost", 2, &LARGE, &LARGE).await.unwrap().unwrap();
+        s.queue
+            .claim("lost", 2, &LARGE, &LARGE)
+            .await
+            .unwrap()
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(s.nodes.expire().await.unwrap(), vec!["lost".to_owned()]);
@@ -547,7 +573,10 @@ async fn sealed(db: &impl sea_orm::ConnectionTrait, run: Uuid) -> Option<(Vec<Uu
 /// A run claimed by node `a` whose command exited: FINISHING, registering its outputs.
 async fn finishing(s: &Stores) -> Uuid {
     let run = queued(s, Requested::default(), 1).await;
-    assert_eq!(s.queue.claim("a", 8, &LARGE, &LARGE).await.unwrap(), Some(run.id));
+    assert_eq!(
+        s.queue.claim("a", 8, &LARGE, &LARGE).await.unwrap(),
+        Some(run.id)
+    );
     for event in [Event::Started, Event::Exited] {
         assert!(
             s.runs
