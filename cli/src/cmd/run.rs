@@ -9,12 +9,14 @@ use clap::{Args, Subcommand};
 use pirus_proto::runner::v1::{
     CancelRunRequest, DeleteRunRequest, GetRunRequest, ListRunsRequest, PauseRunRequest,
     ResumeRunRequest, Run as Proto, RunStatus, SubmitRunRequest,
+    runner_service_client::RunnerServiceClient,
 };
 
 use super::{all_pages, file, find_pipeline, follow, is_id};
 use crate::{
     config::Settings,
-    connect, download,
+    connect::{self, Channel},
+    download,
     failure::NotQueued,
     output::{Table, ago, emit, emit_list, print_json, short, to_json},
 };
@@ -167,6 +169,31 @@ fn status_filter(text: &str) -> Result<i32> {
         .with_context(|| format!("--status: '{text}' is not a run status"))
 }
 
+/// Every run `filter` selects, all pages.
+async fn list(
+    settings: &Settings,
+    runner: &RunnerServiceClient<Channel>,
+    filter: ListRunsRequest,
+) -> Result<()> {
+    let runs = all_pages(|page_token| {
+        let mut r = runner.clone();
+        let request = ListRunsRequest {
+            page_token,
+            ..filter.clone()
+        };
+        async move {
+            let page = r
+                .list_runs(request)
+                .await
+                .context("listing runs")?
+                .into_inner();
+            Ok((page.runs, page.next_page_token))
+        }
+    })
+    .await?;
+    emit_list(settings.json, &runs, NAME, table)
+}
+
 impl Run {
     pub async fn run(self, settings: &Settings) -> Result<u8> {
         if let Run::Submit(submit) = self {
@@ -182,32 +209,19 @@ impl Run {
                 node,
                 owner,
             } => {
-                let status = status
-                    .as_deref()
-                    .map(status_filter)
-                    .transpose()?
-                    .unwrap_or(0);
-                let runs = all_pages(|page_token| {
-                    let mut r = runner.clone();
-                    let request = ListRunsRequest {
-                        page_size: 1000,
-                        page_token,
-                        status,
-                        pipeline_id: pipeline.clone().unwrap_or_default(),
-                        node: node.clone().unwrap_or_default(),
-                        owner: owner.clone().unwrap_or_default(),
-                    };
-                    async move {
-                        let page = r
-                            .list_runs(request)
-                            .await
-                            .context("listing runs")?
-                            .into_inner();
-                        Ok((page.runs, page.next_page_token))
-                    }
-                })
-                .await?;
-                emit_list(settings.json, &runs, NAME, table)?;
+                let filter = ListRunsRequest {
+                    page_size: 1000,
+                    page_token: String::new(),
+                    status: status
+                        .as_deref()
+                        .map(status_filter)
+                        .transpose()?
+                        .unwrap_or(0),
+                    pipeline_id: pipeline.unwrap_or_default(),
+                    node: node.unwrap_or_default(),
+                    owner: owner.unwrap_or_default(),
+                };
+                list(settings, &runner, filter).await?;
             }
             Run::Show { id } => {
                 let run = runner

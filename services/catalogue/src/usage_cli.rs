@@ -42,24 +42,36 @@ pub fn usage_command() -> ExitCode {
                 anyhow::Ok(PrincipalStore::new(db).drift().await?)
             })
         });
-    match drift {
-        Ok(drift) if drift.is_empty() => {
-            println!("usage counters match a recount of the rows");
-            ExitCode::SUCCESS
-        }
+    let (report, code) = match drift {
+        Ok(drift) if drift.is_empty() => (
+            "usage counters match a recount of the rows\n".to_owned(),
+            ExitCode::SUCCESS,
+        ),
         Ok(drift) => {
-            for d in &drift {
-                println!(
-                    "principal {}: counted {:?}, recounted {:?}",
-                    d.principal, d.counted, d.recounted
-                );
-            }
-            println!("{} principals' counters differ from a recount", drift.len());
-            ExitCode::FAILURE
+            let mut report: String = drift
+                .iter()
+                .map(|d| {
+                    format!(
+                        "principal {}: counted {:?}, recounted {:?}\n",
+                        d.principal, d.counted, d.recounted
+                    )
+                })
+                .collect();
+            report.push_str(&format!(
+                "{} principals' counters differ from a recount\n",
+                drift.len()
+            ));
+            (report, ExitCode::FAILURE)
         }
         Err(e) => {
             eprintln!("pirus-catalogue usage --check: {e:#}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(report.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => code,
+        Err(_) => ExitCode::FAILURE,
     }
 }

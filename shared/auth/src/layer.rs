@@ -233,14 +233,10 @@ where
                 let cancel = hold.token();
                 request = request.map(|body| GrpcBody::new(Revocable::request(body, cancel)));
             }
-            // Who made an audited call, for its event (a change: cloned only then).
+            // Who made an audited call and what it named, for its event (a change: only then).
             let who = audited.map(|_| caller.clone());
             request.extensions_mut().insert(caller);
-            let target = audited.map(|_| {
-                let target = AuditTarget(Some(Arc::default()));
-                request.extensions_mut().insert(target.clone());
-                target
-            });
+            let target = audited.map(|_| AuditTarget::insert(&mut request));
             let response = inner.call(request).await?;
             if let (Some(method), Some(target)) = (audited, target) {
                 let outcome = outcome(&response);
@@ -273,6 +269,13 @@ where
 pub struct AuditTarget(Option<Arc<Mutex<String>>>);
 
 impl AuditTarget {
+    /// A target for the audited call `request`, put in its extensions for the handler.
+    fn insert<B>(request: &mut http::Request<B>) -> Self {
+        let target = AuditTarget(Some(Arc::default()));
+        request.extensions_mut().insert(target.clone());
+        target
+    }
+
     /// The target of the audited call `request` (a no-op handle if the call is not audited).
     pub fn of<T>(request: &tonic::Request<T>) -> Self {
         request
