@@ -11,6 +11,7 @@
 #               the same database serving TLS, called with a token: what TLS adds
 #   ListFiles   a keyset page of 50
 #   CreateFile  one committed insert (an fsync of PostgreSQL's WAL per call, grouped by it)
+#   tus POST    an upload created over HTTP (the same insert, through the tus edge)
 #
 # BASELINE_BIN=<folder of another release build> also measures that build's catalogue, on a
 # database of its own, in turn with this build's (--auth none) three times, with the same
@@ -37,7 +38,7 @@ tls_grpc=$(start tls pirus-catalogue --data-dir "$work/tls-data" \
 export PIRUS_BENCH_TLS_CA=$work/tls/ca.pem
 
 printf 'catalogue RPC throughput (%s, release build)\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
-PIRUS_BENCH_SERVER_PIDS="$cat_pid,$(cat "$work/open.pid"),$(cat "$work/tls.pid")" \
+PIRUS_BENCH_TUS_URL="http://$(http_addr catalogue)/uploads/files/" PIRUS_BENCH_SERVER_PIDS="$cat_pid,$(cat "$work/open.pid"),$(cat "$work/tls.pid")" \
   "$bin/pirus-bench-rpc" "$grpc" "$concurrency" "$seconds" "$open_grpc" "https://$tls_grpc"
 printf 'pirus-catalogue peak RSS (VmHWM): %d MiB\n' "$(( $(awk '/VmHWM/ {print $2}' "/proc/$cat_pid/status") / 1024 ))"
 
@@ -49,15 +50,17 @@ if [ -n "${BASELINE_BIN:-}" ]; then
   base_grpc=$(START_BIN=$BASELINE_BIN START_DB=$extra_url start baseline pirus-catalogue \
     --data-dir "$work/base-data" ${BASELINE_ARGS---auth none})
   for round in 1 2 3; do
+    PIRUS_BENCH_TUS_URL="http://$(http_addr baseline)/uploads/files/" \
     PIRUS_BENCH_SERVER_PIDS=$(cat "$work/baseline.pid") "$bin/pirus-bench-rpc" "$base_grpc" \
       "$concurrency" "$seconds" | sed "s/^/base $round | /" >> "$work/ab.out"
+    PIRUS_BENCH_TUS_URL="http://$(http_addr open)/uploads/files/" \
     PIRUS_BENCH_SERVER_PIDS=$(cat "$work/open.pid") "$bin/pirus-bench-rpc" "$open_grpc" \
       "$concurrency" "$seconds" | sed "s/^/this $round | /" >> "$work/ab.out"
   done
   printf '\nA/B: %s/pirus-catalogue (base) and this build with --auth none (this), the same client in turn, 3 rounds\n' "$BASELINE_BIN"
   printf '%-30s %10s %10s %9s %14s %14s\n' "medians" "base /s" "this /s" this/base \
     "base us/call" "this us/call"
-  for rpc in "grpc.health.v1.Health/Check" GetFile ListFiles CreateFile; do
+  for rpc in "grpc.health.v1.Health/Check" GetFile ListFiles CreateFile "tus POST"; do
     # calls/s: the first number of the row; the server's CPU per call: its last field.
     med() { grep "^$1 [0-9] | $rpc" "$work/ab.out" | awk -F'|' -v last="$2" '{ n = split($2, f, " "); if (last) { print f[n]; next } for (i = 1; i <= n; i++) if (f[i] ~ /^[0-9]+$/ && f[i] > 0) { print f[i]; break } }' \
       | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }

@@ -451,6 +451,7 @@ async fn a_disabled_principal_is_refused_everywhere_within_five_seconds() -> Res
 async fn run_quotas_refuse_past_the_queue_and_hold_back_past_running() -> Result<()> {
     let mut s: Stack = stack::stack(4).await?;
     let pipeline = s.pipeline().await?;
+    s.install_version("alpine", "1.0.0").await?;
     let quota = cat::Quota {
         max_queued_runs: 1,
         max_running_runs: 1,
@@ -471,6 +472,24 @@ async fn run_quotas_refuse_past_the_queue_and_hold_back_past_running() -> Result
     let second = r.submit_run(submit(0)).await?.into_inner();
     let e = r.submit_run(submit(0)).await.unwrap_err();
     assert_quota(&e, "max_queued_runs", "1 used", "limit is 1");
+    // TES create counts against the same quota (429, as HTTP answers a quota).
+    let task = serde_json::json!({
+        "executors": [{"image": "alpine", "command": ["true"]}]
+    });
+    let auth = format!("Bearer {frank}");
+    let tes = Http::anonymous()
+        .send(
+            "POST",
+            &s.runner.http_url("/ga4gh/tes/v1/tasks"),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            task.to_string(),
+        )
+        .await?;
+    assert_eq!(tes.status, 429, "{}", tes.body);
+    assert!(tes.body.contains("max_queued_runs"), "{}", tes.body);
     // The second waits while the first runs (the runner has room for four).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let first_now = s.get(&first.id).await?;

@@ -144,6 +144,38 @@ async fn alternately<'a>(
         .collect())
 }
 
+/// tus creations (POST with Upload-Length) at `url`, over HTTP/1.1 keep-alive connections
+/// of one client, with the bench token when there is one.
+async fn tus_posts(
+    channels: &[Channel],
+    concurrency: usize,
+    seconds: u64,
+    url: String,
+    token: Option<String>,
+) -> Result<Outcome> {
+    let http = pirus_tests::http::Http::anonymous();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let shared = Arc::new((http, url, auth));
+    drive(channels, concurrency, seconds, server_cpu, move |_, n| {
+        let shared = Arc::clone(&shared);
+        async move {
+            let (http, url, auth) = &*shared;
+            let meta = format!(
+                "filename {}",
+                pirus_tests::http::b64(format!("tus-{n}.bin").as_bytes())
+            );
+            let mut headers = vec![("upload-length", "1"), ("upload-metadata", meta.as_str())];
+            if let Some(auth) = auth {
+                headers.push(("authorization", auth.as_str()));
+            }
+            http.tus("POST", url, &headers)
+                .await
+                .is_ok_and(|r| r.status == 201)
+        }
+    })
+    .await
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -243,6 +275,10 @@ async fn main() -> Result<()> {
     )
     .await?;
     rows.push(("CreateFile (a committed insert)", create));
+    if let Ok(url) = std::env::var("PIRUS_BENCH_TUS_URL") {
+        let tus = tus_posts(&channels, concurrency, seconds, url, token.clone()).await?;
+        rows.push(("tus POST (an upload created)", tus));
+    }
 
     let baseline = rows[0].1.rate();
     println!(
