@@ -36,3 +36,5 @@ say "run $run: its outputs, downloaded and verified:"
 ( cd "$scratch/outputs" && find . -type f | sort | while read -r f; do
     printf '    output %s: %s\n' "${f#./}" "$(head -c 200 "$f" | tr '\n' ' ')"
   done )
+say "what the admin's principal uses now (its quotas: unlimited unless set):"
+"$pirus" usage

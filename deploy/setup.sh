@@ -359,3 +359,6 @@ start_services
 say "Pirus is running over TLS (CA $tls_dir/ca.pem): catalogue gRPC localhost:50051 (tus https://localhost:8080), runner gRPC localhost:50052; admin token in /etc/pirus/admin.token"
 install_grpcurl
 "$here/demo.sh"
+# The usage counters the database keeps equal a recount of what exists.
+say "checking the usage counters against a recount of the rows"
+( load_env; /usr/local/bin/pirus-catalogue usage --check )
