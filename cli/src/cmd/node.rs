@@ -9,12 +9,13 @@ use pirus_proto::runner::v1::{
 use crate::{
     config::Settings,
     connect,
-    output::{Table, ago, emit, emit_list, short},
+    output::{Table, ago, emit, emit_list, short, size},
 };
 
 #[derive(Debug, Subcommand)]
 pub enum Node {
-    /// Lists every node: status, runs held of its slots, last heartbeat, LXD
+    /// Lists every node: status, runs held of its slots, CPUs and memory reserved of its
+    /// capacity, labels, last heartbeat, LXD
     #[command(after_help = "Example:\n  pirus node list")]
     List,
     /// Drains a node: it takes no new runs and finishes its own
@@ -32,7 +33,17 @@ pub enum Node {
 }
 
 fn table(nodes: &[Proto]) {
-    let mut table = Table::new(&["NAME", "STATUS", "RUNS", "HEARTBEAT", "LXD", "ADDRESS"]);
+    let mut table = Table::new(&[
+        "NAME",
+        "STATUS",
+        "RUNS",
+        "CPUS",
+        "MEMORY",
+        "LABELS",
+        "HEARTBEAT",
+        "LXD",
+        "ADDRESS",
+    ]);
     for n in nodes {
         let status = NodeStatus::try_from(n.status)
             .map_or("?".to_owned(), |s| short(s.as_str_name(), "NODE_STATUS_"));
@@ -41,10 +52,26 @@ fn table(nodes: &[Proto]) {
         } else {
             "unreachable".to_owned()
         };
+        let (capacity, reserved) = (
+            n.capacity.unwrap_or_default(),
+            n.reserved.unwrap_or_default(),
+        );
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         table.row(vec![
             n.name.clone(),
             status,
             format!("{}/{}", n.active_runs, n.max_runs),
+            format!("{}/{}", reserved.cpu, capacity.cpu),
+            format!(
+                "{}/{}",
+                size(reserved.memory_bytes),
+                size(capacity.memory_bytes)
+            ),
+            if labels.is_empty() {
+                "-".to_owned()
+            } else {
+                labels.join(",")
+            },
             ago(n.heartbeat_at.as_ref()),
             lxd,
             n.address.clone(),

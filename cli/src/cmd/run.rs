@@ -112,9 +112,18 @@ pub struct Submit {
     /// Queue priority (higher first)
     #[arg(long, default_value_t = 0)]
     priority: i32,
+    /// A label a node must have to take the run (over the pipeline's); repeatable
+    #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    node_selector: Vec<(String, String)>,
     /// Follow the run until it ends, and exit with its code
     #[arg(long)]
     follow: bool,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))
 }
 
 pub(crate) fn table(runs: &[Proto]) {
@@ -379,6 +388,7 @@ impl Submit {
             config_json,
             input_file_ids,
             priority: self.priority,
+            node_selector: self.node_selector.iter().cloned().collect(),
             ..Default::default()
         })
     }

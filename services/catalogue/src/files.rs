@@ -64,13 +64,26 @@ impl Files {
                 file.source_run_id.unwrap_or_default()
             )));
         }
-        Ok(file)
+        self.named(file).await
+    }
+
+    /// `file` with its owner's name (what clients are answered).
+    async fn named(&self, file: File) -> Result<File> {
+        self.store
+            .with_owner_names(vec![file])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::internal("a file lost while naming its owner"))
     }
 
     pub(crate) async fn get(&self, caller: &Caller, id: Uuid) -> Result<File> {
         access::require(caller, Action::ReadFiles)?;
         let file = self.store.get_file(id).await?;
-        self.access.file_for(caller, Action::ReadFiles, file).await
+        let file = self
+            .access
+            .file_for(caller, Action::ReadFiles, file)
+            .await?;
+        self.named(file).await
     }
 
     /// Files within the caller's scope: a user lists its own; a runner the results of one
@@ -106,7 +119,8 @@ impl Files {
                 }
             }
         }
-        self.store.list_files(&filter, page).await
+        let files = self.store.list_files(&filter, page).await?;
+        self.store.with_owner_names(files).await
     }
 
     /// A ranged read of a ready file's content, in chunks of at most 1 MiB.
@@ -129,7 +143,8 @@ impl Files {
         self.access
             .file_for(caller, Action::DeleteFiles, file)
             .await?;
-        self.remove(id).await
+        let removed = self.remove(id).await?;
+        self.named(removed).await
     }
 
     /// Deletes a file for the catalogue itself (a deleted pipeline's package and image).

@@ -112,6 +112,55 @@ pub struct Config {
 
     #[command(flatten)]
     pub run_limits: RunLimitOptions,
+
+    #[command(flatten)]
+    pub placement: PlacementOptions,
+}
+
+/// What this node has to give its runs, and what it is. A claim reserves a run's request
+/// (CPUs, memory, disk) against the capacity; runs held never ask for more than it has.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PlacementOptions {
+    /// CPUs the node's runs may hold in all (times --cpu-overcommit); default the host's CPUs.
+    #[arg(long, env = "PIRUS_CAPACITY_CPUS", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub capacity_cpus: Option<u32>,
+    /// Memory the node's runs may hold in all; default the host's memory less 1 GiB.
+    #[arg(long, env = "PIRUS_CAPACITY_MEMORY", value_parser = parse_positive_size)]
+    pub capacity_memory: Option<u64>,
+    /// Disk the node's runs may hold in all; default the size of the run storage pool.
+    #[arg(long, env = "PIRUS_CAPACITY_DISK", value_parser = parse_positive_size)]
+    pub capacity_disk: Option<u64>,
+    /// CPUs may be promised this many times over (at least 1.0); memory and disk never are.
+    #[arg(long, env = "PIRUS_CPU_OVERCOMMIT", default_value_t = 1.0, value_parser = parse_overcommit)]
+    pub cpu_overcommit: f64,
+    /// A label of this node, KEY=VALUE (repeatable): runs whose node selector names labels
+    /// go only to nodes that have them all.
+    #[arg(long = "node-label", env = "PIRUS_NODE_LABELS", value_delimiter = ',',
+          value_parser = crate::placement::parse_label)]
+    pub node_labels: Vec<(String, String)>,
+}
+
+fn parse_overcommit(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (1.0..=100.0).contains(&f) => Ok(f),
+        _ => Err("must be a number from 1.0 to 100.0".to_owned()),
+    }
+}
+
+impl PlacementOptions {
+    /// The node's capacity: what is given, else the host's CPUs, its memory less 1 GiB, and
+    /// `pool_size` (the run storage pool's size, when LXD says).
+    pub(crate) fn capacity(&self, pool_size: Option<u64>) -> crate::placement::Capacity {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        crate::placement::Capacity {
+            cpus: self.capacity_cpus.unwrap_or(cpus),
+            memory_bytes: self.capacity_memory.unwrap_or_else(|| {
+                host_memory().map_or(1 << 30, |m| m.saturating_sub(1 << 30).max(1 << 30))
+            }),
+            disk_bytes: self.capacity_disk.or(pool_size).unwrap_or(0),
+            cpu_overcommit: self.cpu_overcommit,
+        }
+    }
 }
 
 fn parse_root(s: &str) -> Result<PathBuf, String> {

@@ -47,6 +47,8 @@ pub(crate) struct Node {
     pub max_runs: u32,
     /// The largest run this node takes, registered with it.
     pub largest: Limits,
+    /// Its capacity and labels, registered with it.
+    pub placement: crate::placement::Placement,
     pub lease: Duration,
     pub lxd_gauge: Gauge,
     /// The database the lease is renewed in, over a connection of its own.
@@ -101,6 +103,7 @@ impl Node {
                 address: &self.address,
                 max_runs: self.max_runs,
                 largest: &self.largest,
+                placement: &self.placement,
                 lease_seconds: self.lease.as_secs().max(1),
                 incarnation,
                 lxd_version: version.clone(),

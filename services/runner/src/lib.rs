@@ -21,6 +21,7 @@ mod lease;
 mod lifecycle;
 mod limits;
 mod peers;
+mod placement;
 mod runs;
 mod scheduler;
 mod store;
@@ -52,6 +53,33 @@ const STREAMS: &[&str] = &[
     "/pirus.runner.v1.RunnerService/StreamRunLogs",
 ];
 
+/// The node's capacity (the run storage pool's size, asked of LXD for a few seconds, is the
+/// default disk) and labels.
+async fn placement(config: &Config, lxd: &pirus_lxd::Client) -> placement::Placement {
+    let pool = &config.lxd_storage_pool;
+    let pool_size = if config.placement.capacity_disk.is_some() {
+        None
+    } else {
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            lxd.storage_pool_size(pool),
+        )
+        .await
+        {
+            Ok(Ok(size)) => Some(size),
+            failed => {
+                tracing::warn!(?failed, %pool, "cannot read the run storage pool's size; \
+                               disk capacity not declared (give --capacity-disk)");
+                None
+            }
+        }
+    };
+    placement::Placement {
+        capacity: config.placement.capacity(pool_size),
+        labels: config.placement.node_labels.iter().cloned().collect(),
+    }
+}
+
 /// Connects to and migrates the database, registers the node, then serves and runs until
 /// `shutdown` is cancelled. LXD being unreachable does not stop the runner from serving: it is
 /// reported with the node, and no run is claimed until LXD answers.
@@ -69,9 +97,12 @@ pub async fn run(
     let max_runs = config.max_runs();
     let node_limits = config.run_limits.node_limits();
     let lxd = pirus_lxd::Client::new(config.lxd_socket(), config.lxd_project.clone());
+    let placement = placement(&config, &lxd).await;
     tracing::info!(
         node = %node_name,
         max_runs,
+        capacity = ?placement.capacity,
+        labels = ?placement.labels,
         lxd_socket = %lxd.socket().display(),
         work_dir = %work_dir.display(),
         "runner starting"
@@ -87,6 +118,7 @@ pub async fn run(
         address: advertised(&config, &listeners),
         max_runs,
         largest: node_limits.largest,
+        placement: placement.clone(),
         lease: config.node_lease,
         lxd_gauge: lxd_up,
         database_url: config.common.database_url.clone(),
@@ -113,6 +145,7 @@ pub async fn run(
         node: node_name.clone(),
         max_runs,
         limits: node_limits,
+        placement,
         state: node_state,
     };
     tokio::spawn(scheduler.run(notices.subscribe(), shutdown.clone()));

@@ -22,7 +22,13 @@ use tokio::sync::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{executor::Executor, lease::NodeState, limits::NodeLimits, store::Stores};
+use crate::{
+    executor::Executor,
+    lease::NodeState,
+    limits::NodeLimits,
+    placement::Placement,
+    store::{ClaimBounds, Stores},
+};
 
 pub(crate) struct Scheduler {
     pub stores: Stores,
@@ -31,6 +37,8 @@ pub(crate) struct Scheduler {
     pub max_runs: u32,
     /// The largest run this node takes, and what a run that asks for nothing gets.
     pub limits: NodeLimits,
+    /// What the node has to give its runs, and its labels.
+    pub placement: Placement,
     pub state: NodeState,
 }
 
@@ -112,9 +120,11 @@ impl Scheduler {
                 .queue
                 .claim(
                     &self.node,
-                    self.max_runs,
-                    &self.limits.largest,
-                    &self.limits.default,
+                    ClaimBounds {
+                        max_runs: self.max_runs,
+                        limits: &self.limits,
+                        placement: &self.placement,
+                    },
                 )
                 .await;
             let claimed = match claimed {

@@ -15,6 +15,7 @@ use crate::{
     domain::{Error, NewRun, Plan, Requested, Result, Run},
     inputs::input_names,
     limits::{Limits, excess},
+    placement::{self, Labels},
     store::{RunInsert, Stores},
 };
 
@@ -55,7 +56,10 @@ pub(crate) async fn submit(
         )));
     }
 
-    let requested = checked_request(stores, &new.requested, &pipeline).await?;
+    let Checked {
+        requested,
+        node_selector,
+    } = checked_request(stores, &new.requested, &new.node_selector, &pipeline).await?;
     let manifest = pipeline.manifest.as_ref().unwrap_or(&Value::Null);
     let plan = Plan::pipeline(manifest).ok_or_else(|| {
         Error::FailedPrecondition(format!("pipeline {} has no run command", pipeline.id))
@@ -96,6 +100,7 @@ pub(crate) async fn submit(
             owner: new.owner,
             plan,
             tes: None,
+            node_selector,
         })
         .await?;
     // Another run: a concurrent submission with the same key won the insert.
@@ -105,17 +110,56 @@ pub(crate) async fn submit(
     }
 }
 
-/// What a run asks of a node, its own request completed from its pipeline's manifest; refused
-/// when no registered node could ever take it. Every edge checks this before it queues.
+/// What a run asks of a node: its resources and its node selector.
+#[derive(Clone, Debug)]
+pub(crate) struct Checked {
+    pub requested: Requested,
+    pub node_selector: Labels,
+}
+
+/// What a run asks of a node, its own request and selector completed from its pipeline's
+/// manifest; refused when no registered node could ever take it (none matches the selector,
+/// or every matching one is too small). Every edge checks this before it queues.
 pub(crate) async fn checked_request(
     stores: &Stores,
     asked: &Requested,
+    selector: &Labels,
     pipeline: &PipelineView,
-) -> Result<Requested> {
+) -> Result<Checked> {
     let manifest = pipeline.manifest.as_ref().unwrap_or(&Value::Null);
     let requested = requested(asked, manifest);
+    let mut node_selector: Labels =
+        serde_json::from_value(manifest["node_selector"].clone()).unwrap_or_default();
+    node_selector.extend(selector.iter().map(|(k, v)| (k.clone(), v.clone())));
+    placement::check("node_selector", &node_selector)
+        .map_err(|problems| Error::invalid("node_selector", problems.join("; ")))?;
+    let nodes = stores.nodes.placements().await?;
+    let matching: Vec<&placement::Placement> = nodes
+        .iter()
+        .filter(|n| placement::matches(&n.labels, &node_selector))
+        .collect();
+    if !nodes.is_empty()
+        && let Some((field, message)) = placement::unmatched(
+            &node_selector,
+            &nodes.iter().map(|n| &n.labels).collect::<Vec<_>>(),
+        )
+    {
+        return Err(Error::InvalidArgument { field, message });
+    }
     fits_a_node(&requested, asked, &stores.nodes.largest_runs().await?)?;
-    Ok(requested)
+    let capacities: Vec<placement::Capacity> = matching.iter().map(|n| n.capacity).collect();
+    if let Some((field, why)) = placement::too_large(
+        requested.cpus,
+        requested.memory_bytes,
+        requested.disk_bytes,
+        &capacities,
+    ) {
+        return Err(Error::invalid(field, why));
+    }
+    Ok(Checked {
+        requested,
+        node_selector,
+    })
 }
 
 /// The run an earlier (or concurrent) submission with this `request_id` queued, when this one

@@ -3,6 +3,8 @@
 //! kept by the database's triggers (migration 10) in the transaction of what it counts; this
 //! module only reads it.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use pirus_db::stmt;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult, TransactionTrait};
@@ -211,6 +213,70 @@ pub async fn id_of(db: &impl ConnectionTrait, name: &str) -> Result<Option<Uuid>
         ))
         .await?;
     row.map(|r| r.try_get::<Uuid>("", "id")).transpose()
+}
+
+/// Principals' names by id, read once per process: a principal's name never changes and a
+/// principal is never deleted, so an entry never goes stale. What shows an owner (File.owner,
+/// Run.owner) reads it here rather than joining every row it answers with `principals`.
+#[derive(Clone, Debug)]
+pub struct Names {
+    db: DatabaseConnection,
+    cache: std::sync::Arc<std::sync::Mutex<HashMap<Uuid, std::sync::Arc<str>>>>,
+}
+
+/// Names kept at most; beyond, the cache starts again (a deployment has far fewer principals).
+const NAMES_KEPT: usize = 100_000;
+
+impl Names {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            cache: Default::default(),
+        }
+    }
+
+    /// The names of the principals among `ids` (an id with no principal, like the nil owner
+    /// of `--auth none`, has none).
+    pub async fn of(
+        &self,
+        ids: impl IntoIterator<Item = Uuid>,
+    ) -> Result<HashMap<Uuid, std::sync::Arc<str>>, DbErr> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                match cache.get(&id) {
+                    Some(name) => {
+                        found.insert(id, std::sync::Arc::clone(name));
+                    }
+                    None if !missing.contains(&id) => missing.push(id),
+                    None => {}
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let rows = self
+            .db
+            .query_all_raw(stmt(
+                "SELECT id, name FROM principal_names WHERE id = ANY($1)",
+                [missing.into()],
+            ))
+            .await?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() + rows.len() > NAMES_KEPT {
+            cache.clear();
+        }
+        for row in rows {
+            let id: Uuid = row.try_get("", "id")?;
+            let name: std::sync::Arc<str> = row.try_get::<String>("", "name")?.into();
+            cache.insert(id, std::sync::Arc::clone(&name));
+            found.insert(id, name);
+        }
+        Ok(found)
+    }
 }
 
 impl PrincipalStore {

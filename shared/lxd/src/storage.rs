@@ -35,6 +35,20 @@ impl Client {
             .ok_or_else(|| LxdError::Decode(format!("storage pool {pool} has no driver")))
     }
 
+    /// The size of a storage pool in bytes (its space's total, as LXD reports it).
+    pub async fn storage_pool_size(&self, pool: &str) -> Result<u64> {
+        let v = self
+            .json(
+                http::Method::GET,
+                &format!("/1.0/storage-pools/{pool}/resources"),
+                None,
+            )
+            .await?;
+        v["space"]["total"]
+            .as_u64()
+            .ok_or_else(|| LxdError::Decode(format!("storage pool {pool} has no size")))
+    }
+
     /// Creates a custom volume of `pool` with `config` (`size`, `user.*`...).
     pub async fn create_volume(
         &self,

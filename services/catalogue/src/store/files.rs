@@ -16,8 +16,7 @@ use crate::domain::{
 const FILE_COLUMNS: &str = r#"
     f.id, f.name, f.kind, f.status, f.size, f.expected_sha256, f.sha256, f.tags,
     f.source_run_id, f.error_message, f.created_at, f.owner,
-    u.id AS upload_id, u.endpoint AS upload_endpoint, u."offset" AS upload_offset,
-    (SELECT p.name FROM principals p WHERE p.id = f.owner) AS owner_name"#;
+    u.id AS upload_id, u.endpoint AS upload_endpoint, u."offset" AS upload_offset"#;
 
 /// A row of [`FILE_COLUMNS`], read by position (see [`pirus_db::row`]): the fields in the
 /// order the columns are selected.
@@ -37,7 +36,6 @@ struct FileRow {
     upload_id: Option<Uuid>,
     upload_endpoint: Option<String>,
     upload_offset: Option<i64>,
-    owner_name: Option<String>,
 }
 
 impl FromQueryResult for FileRow {
@@ -69,7 +67,6 @@ impl FileRow {
             upload_id: c.take()?,
             upload_endpoint: c.take()?,
             upload_offset: c.take()?,
-            owner_name: c.take()?,
         })
     }
 
@@ -96,7 +93,7 @@ impl FileRow {
             upload_id: self.upload_id,
             upload_endpoint: self.upload_endpoint.as_deref().and_then(Endpoint::parse),
             owner: self.owner,
-            owner_name: self.owner_name,
+            owner_name: None,
         }
     }
 }

@@ -55,6 +55,7 @@ pub(crate) use pipelines::{InstallRecord, NewPackage};
 #[derive(Clone)]
 pub(crate) struct Store {
     db: DatabaseConnection,
+    names: pirus_auth::principals::Names,
 }
 
 pub(crate) fn expiry_deadline(expiry: Duration) -> DateTime<Utc> {
@@ -63,7 +64,25 @@ pub(crate) fn expiry_deadline(expiry: Duration) -> DateTime<Utc> {
 
 impl Store {
     pub(crate) fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self {
+            names: pirus_auth::principals::Names::new(db.clone()),
+            db,
+        }
+    }
+
+    /// `files` with their owners' names.
+    pub(crate) async fn with_owner_names(
+        &self,
+        mut files: Vec<crate::domain::File>,
+    ) -> crate::domain::Result<Vec<crate::domain::File>> {
+        let names = self.names.of(files.iter().filter_map(|f| f.owner)).await?;
+        for file in &mut files {
+            file.owner_name = file
+                .owner
+                .and_then(|o| names.get(&o))
+                .map(|n| n.to_string());
+        }
+        Ok(files)
     }
 
     /// What `owner` stores and its max_stored_bytes, when it has that quota.

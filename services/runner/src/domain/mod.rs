@@ -92,6 +92,8 @@ pub(crate) struct Run {
     pub owner: Option<Uuid>,
     /// The owning principal's name.
     pub owner_name: Option<String>,
+    /// The labels a node must have to take it.
+    pub node_selector: crate::placement::Labels,
     /// A GA4GH TES task's own fields (executors, inputs, outputs, tags, ...), validated and
     /// normalised at submission; `None` for a run submitted over gRPC.
     pub tes: Option<serde_json::Value>,
@@ -122,6 +124,8 @@ pub(crate) struct NewRun {
     pub max_attempts: Option<u32>,
     /// Who submits it (set by the submit use case from the caller).
     pub owner: Option<Uuid>,
+    /// Labels a node must have to take it, over its pipeline's.
+    pub node_selector: crate::placement::Labels,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +146,11 @@ pub(crate) struct Node {
     pub started_at: DateTime<Utc>,
     pub lxd_version: Option<String>,
     pub lxd_available: bool,
+    /// What it has to give its runs (0s: a runner older than placement declared nothing).
+    pub capacity: crate::placement::Capacity,
+    /// What the runs it holds reserve.
+    pub reserved: crate::placement::Reserved,
+    pub labels: crate::placement::Labels,
 }
 
 /// One of a run's two logs.

@@ -85,6 +85,7 @@ pub(super) fn run_to_proto(r: Run) -> pb::Run {
             nanos: 0,
         }),
         owner: r.owner_name.unwrap_or_default(),
+        node_selector: r.node_selector.into_iter().collect(),
     }
 }
 
@@ -115,6 +116,20 @@ pub(super) fn node_to_proto(n: Node) -> pb::Node {
         lxd_version: n.lxd_version.unwrap_or_default(),
         lxd_available: n.lxd_available,
         started_at: Some(timestamp(n.started_at)),
+        capacity: Some(pb::Resources {
+            cpu: n.capacity.cpus,
+            memory_bytes: n.capacity.memory_bytes as i64,
+            processes: 0,
+            disk_bytes: n.capacity.disk_bytes as i64,
+        }),
+        reserved: Some(pb::Resources {
+            cpu: n.reserved.cpus.clamp(0, u32::MAX.into()) as u32,
+            memory_bytes: n.reserved.memory_bytes,
+            processes: 0,
+            disk_bytes: n.reserved.disk_bytes,
+        }),
+        labels: n.labels.into_iter().collect(),
+        cpu_overcommit: n.capacity.cpu_overcommit,
     }
 }
 

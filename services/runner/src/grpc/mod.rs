@@ -85,6 +85,7 @@ impl RunnerService for Runner {
                 time,
             },
             max_attempts: (r.max_attempts > 0).then_some(r.max_attempts as u32),
+            node_selector: r.node_selector.into_iter().collect(),
             owner: None,
         };
         let run = self.runs.submit(&caller, new).await?;

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 pub(crate) use attempts::AttemptLog;
 pub(crate) use nodes::{NodeRegistration, NodeStore};
-pub(crate) use queue::QueueStore;
+pub(crate) use queue::{ClaimBounds, QueueStore};
 pub(crate) use runs::{Change, RunInsert, RunStore};
 
 use crate::{

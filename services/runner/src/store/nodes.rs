@@ -9,6 +9,7 @@ use crate::{
     domain::{Error, Node, NodeStatus, Result, RunStatus},
     lifecycle::{self, Event},
     limits::Limits,
+    placement::{Capacity, Reserved},
 };
 
 /// What a runner says of its node when it starts.
@@ -17,6 +18,7 @@ pub(crate) struct NodeRegistration<'a> {
     pub address: &'a str,
     pub max_runs: u32,
     pub largest: &'a Limits,
+    pub placement: &'a crate::placement::Placement,
     pub lease_seconds: u64,
     pub incarnation: Uuid,
     pub lxd_version: Option<String>,
@@ -39,16 +41,22 @@ impl NodeStore {
             address,
             max_runs,
             largest,
+            placement,
             lease_seconds,
             incarnation,
             lxd_version,
         } = node;
+        let capacity = &placement.capacity;
+        let labels = serde_json::to_value(&placement.labels).map_err(Error::internal)?;
         self.db
             .execute_raw(stmt(
                 "INSERT INTO nodes (name, address, status, max_runs, lxd_version, lxd_available,
                                     lease_seconds, incarnation, started_at, heartbeat_at,
-                                    max_cpus, max_memory, max_processes, max_disk, max_time_seconds)
-                 VALUES ($1, $2, 'online', $3, $4, $5, $6, $7, now(), now(), $8, $9, $10, $11, $12)
+                                    max_cpus, max_memory, max_processes, max_disk, max_time_seconds,
+                                    capacity_cpus, capacity_memory, capacity_disk, cpu_overcommit,
+                                    labels)
+                 VALUES ($1, $2, 'online', $3, $4, $5, $6, $7, now(), now(), $8, $9, $10, $11, $12,
+                         $13, $14, $15, $16, $17)
                  ON CONFLICT (name) DO UPDATE SET
                     address = excluded.address,
                     status = CASE WHEN nodes.draining THEN 'draining' ELSE 'online' END,
@@ -57,7 +65,11 @@ impl NodeStore {
                     incarnation = excluded.incarnation, started_at = now(), heartbeat_at = now(),
                     max_cpus = excluded.max_cpus, max_memory = excluded.max_memory,
                     max_processes = excluded.max_processes, max_disk = excluded.max_disk,
-                    max_time_seconds = excluded.max_time_seconds",
+                    max_time_seconds = excluded.max_time_seconds,
+                    capacity_cpus = excluded.capacity_cpus,
+                    capacity_memory = excluded.capacity_memory,
+                    capacity_disk = excluded.capacity_disk,
+                    cpu_overcommit = excluded.cpu_overcommit, labels = excluded.labels",
                 [
                     (*name).into(),
                     (*address).into(),
@@ -71,6 +83,11 @@ impl NodeStore {
                     (largest.processes as i32).into(),
                     (largest.disk_bytes as i64).into(),
                     (largest.time.as_secs() as i64).into(),
+                    (capacity.cpus as i32).into(),
+                    (capacity.memory_bytes as i64).into(),
+                    (capacity.disk_bytes as i64).into(),
+                    capacity.cpu_overcommit.into(),
+                    labels.into(),
                 ],
             ))
             .await?;
@@ -100,6 +117,33 @@ impl NodeStore {
             ))
             .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    /// Every registered node's capacity and labels (offline ones included: they may come
+    /// back).
+    pub(crate) async fn placements(&self) -> Result<Vec<crate::placement::Placement>> {
+        let rows = self
+            .db
+            .query_all_raw(stmt(
+                "SELECT capacity_cpus, capacity_memory, capacity_disk, cpu_overcommit, labels
+                 FROM nodes",
+                [],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::placement::Placement {
+                    capacity: Capacity {
+                        cpus: r.try_get::<i32>("", "capacity_cpus")?.max(0) as u32,
+                        memory_bytes: r.try_get::<i64>("", "capacity_memory")?.max(0) as u64,
+                        disk_bytes: r.try_get::<i64>("", "capacity_disk")?.max(0) as u64,
+                        cpu_overcommit: r.try_get("", "cpu_overcommit")?,
+                    },
+                    labels: serde_json::from_value(r.try_get("", "labels")?)
+                        .map_err(Error::internal)?,
+                })
+            })
+            .collect()
     }
 
     /// The largest run of every node that says (runners older than run limits do not).
@@ -150,10 +194,17 @@ impl NodeStore {
             .query_all_raw(stmt(
                 &format!(
                     "SELECT n.name, n.address, n.draining, n.max_runs, n.heartbeat_at, n.started_at,
-                            n.lxd_version, n.lxd_available,
+                            n.lxd_version, n.lxd_available, n.capacity_cpus, n.capacity_memory,
+                            n.capacity_disk, n.cpu_overcommit, n.labels,
                             n.heartbeat_at + make_interval(secs => n.lease_seconds) < now() AS lapsed,
-                            (SELECT count(*) FROM runs r WHERE r.node = n.name AND r.status IN {active}) AS active
-                     FROM nodes n {filter} ORDER BY n.name",
+                            h.active, h.cpus, h.memory, h.disk
+                     FROM nodes n CROSS JOIN LATERAL (
+                         SELECT count(*) AS active,
+                                coalesce(sum(r.reserved_cpus), 0)::bigint AS cpus,
+                                coalesce(sum(r.reserved_memory_bytes), 0)::bigint AS memory,
+                                coalesce(sum(r.reserved_disk_bytes), 0)::bigint AS disk
+                         FROM runs r WHERE r.node = n.name AND r.status IN {active}) h
+                     {filter} ORDER BY n.name",
                     active = active_sql()
                 ),
                 values,
@@ -177,6 +228,20 @@ impl NodeStore {
                     started_at: r.try_get("", "started_at")?,
                     lxd_version: r.try_get("", "lxd_version")?,
                     lxd_available: r.try_get("", "lxd_available")?,
+                    capacity: Capacity {
+                        cpus: r.try_get::<i32>("", "capacity_cpus")?.max(0) as u32,
+                        memory_bytes: r.try_get::<i64>("", "capacity_memory")?.max(0) as u64,
+                        disk_bytes: r.try_get::<i64>("", "capacity_disk")?.max(0) as u64,
+                        cpu_overcommit: r.try_get("", "cpu_overcommit")?,
+                    },
+                    reserved: Reserved {
+                        runs: r.try_get("", "active")?,
+                        cpus: r.try_get("", "cpus")?,
+                        memory_bytes: r.try_get("", "memory")?,
+                        disk_bytes: r.try_get("", "disk")?,
+                    },
+                    labels: serde_json::from_value(r.try_get("", "labels")?)
+                        .map_err(Error::internal)?,
                 })
             })
             .collect()

@@ -9,8 +9,18 @@ use super::{EVENTS_CHANNEL, active_sql, notify, stmt};
 use crate::{
     domain::{Error, Result, RunStatus},
     lifecycle::{self, Desired, Event},
-    limits::Limits,
+    limits::NodeLimits,
+    placement::{Placement, Reserved},
 };
+
+/// What bounds a node's claims: its slots, the largest run it takes and what a run that asks
+/// for nothing gets, its capacity and its labels.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClaimBounds<'a> {
+    pub max_runs: u32,
+    pub limits: &'a NodeLimits,
+    pub placement: &'a Placement,
+}
 
 #[derive(Clone)]
 pub(crate) struct QueueStore {
@@ -22,26 +32,30 @@ impl QueueStore {
         Self { db }
     }
 
-    /// Claims the next waiting run for `node` if it holds fewer than `max_runs`: by priority
-    /// then age, skipping runs another runner is claiming, runs whose inputs are not all ready
-    /// yet, runs larger than `largest`, and runs whose owner is at its max_running_runs or
-    /// would pass its reserved CPUs or memory. The run reserves what it asked for, else the
-    /// node's `default`. The claim, its attempt row and its event are one transaction.
-    /// Answers the claimed run's id.
-    pub(crate) async fn claim(
-        &self,
-        node: &str,
-        max_runs: u32,
-        largest: &Limits,
-        default: &Limits,
-    ) -> Result<Option<Uuid>> {
+    /// Claims the next waiting run for `node` if it holds fewer than its `max_runs`: by
+    /// priority then age, skipping runs another runner is claiming, runs whose inputs are not
+    /// all ready yet, runs larger than the node's largest, runs whose node selector the node's
+    /// labels do not match, runs whose request does not fit in the node's free capacity, and
+    /// runs whose owner is at its max_running_runs or would pass its reserved CPUs or memory.
+    /// The run reserves what it asked for, else the node's default: what its container is
+    /// then given. The node's row is locked from the capacity's read to the claim's commit, so
+    /// no two claimers of one node both take its last room. The claim, its attempt row and its
+    /// event are one transaction. Answers the claimed run's id.
+    pub(crate) async fn claim(&self, node: &str, bounds: ClaimBounds<'_>) -> Result<Option<Uuid>> {
         let claimed = lifecycle::next(RunStatus::Waiting, Event::Claimed)
             .map_err(Error::internal)?
             .status;
         let txn = self.db.begin().await?;
-        if !free_slot(&txn, node, max_runs).await? {
+        let Some(reserved) = lock_node(&txn, node).await? else {
+            return Ok(None);
+        };
+        if reserved.runs >= i64::from(bounds.max_runs) {
             return Ok(None);
         }
+        let (largest, default) = (&bounds.limits.largest, &bounds.limits.default);
+        let capacity = &bounds.placement.capacity;
+        let free = |total: i64, used: i64| (total - used).max(0);
+        let labels = serde_json::to_value(&bounds.placement.labels).map_err(Error::internal)?;
         let sql = claim_sql();
         let row = txn
             .query_one_raw(stmt(
@@ -57,6 +71,13 @@ impl QueueStore {
                     claimed.as_str().into(),
                     (default.cpus as i32).into(),
                     (default.memory_bytes as i64).into(),
+                    (default.disk_bytes as i64).into(),
+                    labels.into(),
+                    free(capacity.promised_cpus().into(), reserved.cpus).into(),
+                    free(capacity.memory_bytes as i64, reserved.memory_bytes).into(),
+                    // 0: the disk is not declared, and not reserved against.
+                    (capacity.disk_bytes > 0).into(),
+                    free(capacity.disk_bytes as i64, reserved.disk_bytes).into(),
                 ],
             ))
             .await;
@@ -151,11 +172,11 @@ impl QueueStore {
     }
 }
 
-/// Whether `node` may claim now: it is not draining and holds fewer than `max_runs` runs. The
-/// node's row is locked for the rest of the transaction, which serialises its claims (two of
-/// its workers never both take the last slot) and reads the drain flag under the same lock (a
+/// Locks `node`'s row for the rest of the transaction and reads what its held runs reserve;
+/// `None` when it is draining (or unknown). The lock serialises the node's claims (two of its
+/// workers never both take its last slot or capacity) and reads the drain flag under it (a
 /// drain that lands between a check and a claim cannot be missed).
-async fn free_slot(txn: &DatabaseTransaction, node: &str, max_runs: u32) -> Result<bool> {
+async fn lock_node(txn: &DatabaseTransaction, node: &str) -> Result<Option<Reserved>> {
     let node_row = txn
         .query_one_raw(stmt(
             "SELECT draining FROM nodes WHERE name = $1 FOR UPDATE",
@@ -167,26 +188,41 @@ async fn free_slot(txn: &DatabaseTransaction, node: &str, max_runs: u32) -> Resu
         .transpose()?
         .unwrap_or(true);
     if draining {
-        return Ok(false);
+        return Ok(None);
     }
-    let active: i64 = txn
+    Ok(Some(reserved(txn, node).await?))
+}
+
+/// What `node`'s held runs reserve now (its unfinished runs, by `runs_active_by_node`).
+pub(super) async fn reserved(db: &impl ConnectionTrait, node: &str) -> Result<Reserved> {
+    let row = db
         .query_one_raw(stmt(
             &format!(
-                "SELECT count(*) AS n FROM runs WHERE node = $1 AND status IN {}",
+                "SELECT count(*) AS runs, coalesce(sum(reserved_cpus), 0)::bigint AS cpus,
+                        coalesce(sum(reserved_memory_bytes), 0)::bigint AS memory,
+                        coalesce(sum(reserved_disk_bytes), 0)::bigint AS disk
+                 FROM runs WHERE node = $1 AND status IN {}",
                 active_sql()
             ),
             [node.into()],
         ))
-        .await?
-        .map(|r| r.try_get("", "n"))
-        .transpose()?
-        .unwrap_or(0);
-    Ok(active < i64::from(max_runs))
+        .await?;
+    let Some(r) = row else {
+        return Ok(Reserved::default());
+    };
+    Ok(Reserved {
+        runs: r.try_get("", "runs")?,
+        cpus: r.try_get("", "cpus")?,
+        memory_bytes: r.try_get("", "memory")?,
+        disk_bytes: r.try_get("", "disk")?,
+    })
 }
 
 /// The claim: the next waiting run this node can take, by priority then age, skipping runs
-/// being claimed, runs whose inputs are not ready and runs larger than the node ($2..$6),
-/// moved to the claimed status ($8) on node $1.
+/// being claimed, runs whose inputs are not ready, runs larger than the node ($2..$6), runs
+/// whose selector its labels ($12) do not match and runs that do not fit its free CPUs,
+/// memory and (when $15) disk ($13, $14, $16; a run's request is its own, else the node's
+/// default $9..$11), moved to the claimed status ($8) on node $1 with its request reserved.
 pub(super) fn claim_sql() -> String {
     format!(
         "WITH next AS (
@@ -197,6 +233,10 @@ pub(super) fn claim_sql() -> String {
               AND (r.processes_limit IS NULL OR r.processes_limit <= $4)
               AND (r.disk_limit IS NULL OR r.disk_limit <= $5)
               AND (r.timeout_seconds IS NULL OR r.timeout_seconds <= $6)
+              AND r.node_selector <@ $12::jsonb
+              AND coalesce(r.cpu_limit, $9) <= $13
+              AND coalesce(r.memory_limit, $10) <= $14
+              AND (NOT $15 OR coalesce(r.disk_limit, $11) <= $16)
               AND {}
               -- The owner's running and reserved limits (quotas) hold the run back.
               AND NOT EXISTS (
@@ -214,6 +254,7 @@ pub(super) fn claim_sql() -> String {
          UPDATE runs SET status = $8, node = $1, attempt = runs.attempt + 1,
                          reserved_cpus = coalesce(runs.cpu_limit, $9),
                          reserved_memory_bytes = coalesce(runs.memory_limit, $10),
+                         reserved_disk_bytes = coalesce(runs.disk_limit, $11),
                          started_at = coalesce(runs.started_at, now()),
                          last_seq = runs.last_seq + 1, updated_at = now()
          FROM next WHERE runs.id = next.id

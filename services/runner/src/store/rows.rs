@@ -30,6 +30,7 @@ pub(super) fn columns(with_tes: bool, outputs: &str, logs: &str) -> String {
          r.error_message, r.priority, r.max_attempts, r.cpu_limit, r.memory_limit,
          r.processes_limit, r.disk_limit, r.timeout_seconds, r.created_at, r.started_at,
          r.ended_at, r.owner, (SELECT p.name FROM principal_names p WHERE p.id = r.owner),
+         r.node_selector,
          {}, {outputs} AS output_file_ids, {logs} AS log_file_ids",
         if with_tes {
             "r.tes"
@@ -68,6 +69,7 @@ pub(super) struct RunRow {
     ended_at: Option<DateTime<Utc>>,
     owner: Option<Uuid>,
     owner_name: Option<String>,
+    node_selector: serde_json::Value,
     tes: Option<serde_json::Value>,
     output_file_ids: Vec<Uuid>,
     log_file_ids: Vec<Uuid>,
@@ -113,6 +115,7 @@ impl RunRow {
             ended_at: c.take()?,
             owner: c.take()?,
             owner_name: c.take()?,
+            node_selector: c.take()?,
             tes: c.take()?,
             output_file_ids: c.take()?,
             log_file_ids: c.take()?,
@@ -157,6 +160,7 @@ impl From<RunRow> for Run {
             ended_at: r.ended_at,
             owner: r.owner,
             owner_name: r.owner_name,
+            node_selector: serde_json::from_value(r.node_selector).unwrap_or_default(),
             tes: r.tes,
         }
     }

@@ -32,12 +32,14 @@ pub(crate) struct RunInsert {
     pub request_id: Option<String>,
     pub requested: Requested,
     pub max_attempts: i32,
-    /// The accessor that submitted it.
+    /// The principal that submitted it.
     pub owner: Option<Uuid>,
     /// What it executes (stored as JSON).
     pub plan: crate::domain::Plan,
     /// A TES task's own fields, as the TES edge answers them.
     pub tes: Option<serde_json::Value>,
+    /// The labels a node must have to take it.
+    pub node_selector: crate::placement::Labels,
 }
 
 /// What a runner records of a run it holds: a lifecycle event, and what comes with it.
@@ -175,9 +177,9 @@ impl RunStore {
                                      image_sha256, name, status, config, input_file_ids,
                                      priority, request_id, cpu_limit, memory_limit,
                                      processes_limit, disk_limit, timeout_seconds,
-                                     max_attempts, owner, tes, plan, last_seq)
+                                     max_attempts, owner, tes, plan, node_selector, last_seq)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                           $16, $17, $18, $19, $20, 1)
+                           $16, $17, $18, $19, $20, $21, 1)
                    RETURNING *
                  ), first_event AS (
                    INSERT INTO run_events (run_id, seq, attempt, status, message)
@@ -194,6 +196,7 @@ impl RunStore {
         });
         let first = lifecycle::submitted();
         let plan = serde_json::to_value(&run.plan).map_err(Error::internal)?;
+        let selector = serde_json::to_value(&run.node_selector).map_err(Error::internal)?;
         let inserted = RunRow::find_by_statement(stmt(
             &SQL,
             [
@@ -217,6 +220,7 @@ impl RunStore {
                 run.owner.into(),
                 run.tes.into(),
                 plan.into(),
+                selector.into(),
             ],
         ))
         .one(&self.db)

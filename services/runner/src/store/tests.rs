@@ -22,6 +22,39 @@ const LARGE: Limits = Limits {
     time: Duration::from_secs(86_400),
 };
 
+/// A node with room for anything the tests queue, and no labels.
+static ROOMY: std::sync::LazyLock<crate::placement::Placement> =
+    std::sync::LazyLock::new(|| crate::placement::Placement {
+        capacity: crate::placement::Capacity {
+            cpus: 1024,
+            memory_bytes: 1 << 50,
+            disk_bytes: 1 << 50,
+            cpu_overcommit: 1.0,
+        },
+        labels: Default::default(),
+    });
+
+/// Claims for `node` with `max_runs` slots, taking runs up to `largest` (also the default
+/// of what a run does not ask for), with room for anything.
+async fn claim(
+    queue: &QueueStore,
+    node: &str,
+    max_runs: u32,
+    largest: &Limits,
+) -> crate::domain::Result<Option<Uuid>> {
+    let limits = crate::limits::NodeLimits::new(*largest, *largest);
+    queue
+        .claim(
+            node,
+            super::ClaimBounds {
+                max_runs,
+                limits: &limits,
+                placement: &ROOMY,
+            },
+        )
+        .await
+}
+
 fn pipeline() -> PipelineView {
     PipelineView {
         id: Uuid::now_v7(),
@@ -51,6 +84,7 @@ async fn queued(stores: &Stores, requested: Requested, max_attempts: i32) -> Run
             plan: crate::domain::Plan::default(),
             requested,
             max_attempts,
+            node_selector: Default::default(),
         })
         .await
         .unwrap()
@@ -64,6 +98,7 @@ async fn node(stores: &Stores, name: &str, lease: u64) {
             address: "127.0.0.1:1",
             max_runs: 2,
             largest: &LARGE,
+            placement: &ROOMY,
             lease_seconds: lease,
             incarnation: Uuid::now_v7(),
             lxd_version: Some("5.0".into()),
@@ -88,12 +123,7 @@ async fn runs_record_the_lifecycle_with_gap_free_events_fenced_by_node_and_attem
     node(&s, "a", 30).await;
     let run = queued(&s, Requested::default(), 1).await;
     assert_eq!(run.status, RunStatus::Waiting);
-    let id = s
-        .queue
-        .claim("a", 2, &LARGE, &LARGE)
-        .await
-        .unwrap()
-        .unwrap();
+    let id = claim(&s.queue, "a", 2, &LARGE).await.unwrap().unwrap();
     assert_eq!(id, run.id);
     let claimed = s.runs.get(id).await.unwrap();
     assert_eq!(
@@ -182,12 +212,7 @@ async fn client_requests_follow_the_lifecycle() {
     );
 
     let running = queued(&s, Requested::default(), 1).await;
-    let id = s
-        .queue
-        .claim("a", 2, &LARGE, &LARGE)
-        .await
-        .unwrap()
-        .unwrap();
+    let id = claim(&s.queue, "a", 2, &LARGE).await.unwrap().unwrap();
     assert_eq!(id, running.id);
     s.runs
         .change(id, "a", 1, Change::new(Event::Started, ""))
@@ -231,16 +256,10 @@ async fn the_queue_keeps_to_slots_drains_and_limits() {
     let two = queued(&s, Requested::default(), 1).await;
     let three = queued(&s, Requested::default(), 1).await;
     // The big run is older, but too large for this node: skipped, not blocking.
+    assert_eq!(claim(&s.queue, "a", 2, &small).await.unwrap(), Some(one.id));
+    assert_eq!(claim(&s.queue, "a", 2, &small).await.unwrap(), Some(two.id));
     assert_eq!(
-        s.queue.claim("a", 2, &small, &small).await.unwrap(),
-        Some(one.id)
-    );
-    assert_eq!(
-        s.queue.claim("a", 2, &small, &small).await.unwrap(),
-        Some(two.id)
-    );
-    assert_eq!(
-        s.queue.claim("a", 2, &small, &small).await.unwrap(),
+        claim(&s.queue, "a", 2, &small).await.unwrap(),
         None,
         "two slots"
     );
@@ -250,17 +269,14 @@ async fn the_queue_keeps_to_slots_drains_and_limits() {
     assert!(s.queue.holds(one.id, "a", 1).await.unwrap());
     s.nodes.set_draining("a", true).await.unwrap();
     assert_eq!(
-        s.queue.claim("a", 5, &LARGE, &LARGE).await.unwrap(),
+        claim(&s.queue, "a", 5, &LARGE).await.unwrap(),
         None,
         "draining"
     );
     s.nodes.set_draining("a", false).await.unwrap();
+    assert_eq!(claim(&s.queue, "a", 5, &LARGE).await.unwrap(), Some(big.id));
     assert_eq!(
-        s.queue.claim("a", 5, &LARGE, &LARGE).await.unwrap(),
-        Some(big.id)
-    );
-    assert_eq!(
-        s.queue.claim("a", 5, &LARGE, &LARGE).await.unwrap(),
+        claim(&s.queue, "a", 5, &LARGE).await.unwrap(),
         Some(three.id)
     );
 }
@@ -273,11 +289,7 @@ async fn lapsed_nodes_are_settled_once_with_retries_or_errors() {
     let retried = queued(&s, Requested::default(), 2).await;
     let ended = queued(&s, Requested::default(), 1).await;
     for _ in 0..2 {
-        s.queue
-            .claim("lost", 2, &LARGE, &LARGE)
-            .await
-            .unwrap()
-            .unwrap();
+        claim(&s.queue, "lost", 2, &LARGE).await.unwrap().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(s.nodes.expire().await.unwrap(), vec!["lost".to_owned()]);
@@ -299,7 +311,7 @@ async fn lapsed_nodes_are_settled_once_with_retries_or_errors() {
             .unwrap()
     );
     assert_eq!(
-        s.queue.claim("other", 2, &LARGE, &LARGE).await.unwrap(),
+        claim(&s.queue, "other", 2, &LARGE).await.unwrap(),
         Some(retried.id)
     );
     assert_eq!(s.runs.get(retried.id).await.unwrap().attempt, 2);
@@ -519,6 +531,12 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
         "initializing".into(),
         1i32.into(),
         (1i64 << 30).into(),
+        (8i64 << 30).into(),
+        serde_json::json!({}).into(),
+        4i64.into(),
+        (8i64 << 30).into(),
+        true.into(),
+        (64i64 << 30).into(),
     ];
     checked.push(("the claim".into(), plan(&db, &claim, claim_values).await));
     for (what, plan) in &checked {
@@ -573,10 +591,7 @@ async fn sealed(db: &impl sea_orm::ConnectionTrait, run: Uuid) -> Option<(Vec<Uu
 /// A run claimed by node `a` whose command exited: FINISHING, registering its outputs.
 async fn finishing(s: &Stores) -> Uuid {
     let run = queued(s, Requested::default(), 1).await;
-    assert_eq!(
-        s.queue.claim("a", 8, &LARGE, &LARGE).await.unwrap(),
-        Some(run.id)
-    );
+    assert_eq!(claim(&s.queue, "a", 8, &LARGE).await.unwrap(), Some(run.id));
     for event in [Event::Started, Event::Exited] {
         assert!(
             s.runs

@@ -86,7 +86,9 @@ pub(super) async fn create(runs: &Runs, caller: &Caller, task: requests::Task) -
         }
     }
     let stores = &runs.stores;
-    let requested = submit::checked_request(stores, &asked.requested, &pipeline).await?;
+    // A task names no node selector; its pipeline's manifest may.
+    let checked =
+        submit::checked_request(stores, &asked.requested, &Default::default(), &pipeline).await?;
     // Every catalogue input must be the caller's (another's is not found).
     submit::input_file_names(
         stores,
@@ -106,12 +108,13 @@ pub(super) async fn create(runs: &Runs, caller: &Caller, task: requests::Task) -
             input_file_ids: asked.files,
             priority: asked.priority,
             request_id: None,
-            requested,
+            requested: checked.requested,
             max_attempts: asked.max_attempts,
             pipeline,
             owner: Some(caller.principal),
             plan: plan::of_task(&task),
             tes: Some(serde_json::to_value(&task).map_err(Error::internal)?),
+            node_selector: checked.node_selector,
         })
         .await?;
     Ok(run.id)

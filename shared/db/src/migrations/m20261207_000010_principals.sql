@@ -81,14 +81,15 @@ UPDATE runs SET reserved_cpus = coalesce(cpu_limit, 1), reserved_memory_bytes = 
 WHERE status IN ('initializing', 'running', 'pause', 'finishing');
 
 -- Usage, as counters kept by triggers in the same transaction as what they count. A
--- principal's counters are spread over 16 rows (shards): a transaction adds to the one its
--- transaction id picks, so that one principal's concurrent writes do not queue on one row.
+-- principal's counters are spread over 64 rows (shards): a transaction adds to the one its
+-- session (backend) picks, so that one principal's concurrent writes, which come over
+-- different connections, do not queue on one row.
 -- The usage is the sum of the shards. A change that would take a principal with a limit past
 -- it locks the principal's row first, so that two such changes are checked one after the
 -- other against everything committed: racing requests never together pass a limit.
 CREATE TABLE principal_usage (
     principal_id          uuid     NOT NULL,
-    shard                 smallint NOT NULL CHECK (shard BETWEEN 0 AND 15),
+    shard                 smallint NOT NULL CHECK (shard BETWEEN 0 AND 63),
     stored_bytes          bigint   NOT NULL DEFAULT 0,
     files                 bigint   NOT NULL DEFAULT 0,
     queued_runs           bigint   NOT NULL DEFAULT 0,
@@ -128,8 +129,7 @@ CREATE FUNCTION pirus_charge(owner uuid, bytes bigint, nfiles bigint, queued big
                              running bigint, cpus bigint, memory bigint,
                              checked boolean, queued_checked boolean)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql
 AS $$
 DECLARE
     p public.principals;
@@ -171,7 +171,7 @@ BEGIN
     END IF;
     INSERT INTO public.principal_usage AS x (principal_id, shard, stored_bytes, files, queued_runs,
                                              running_runs, reserved_cpus, reserved_memory_bytes)
-    VALUES (owner, (txid_current() % 16)::smallint, bytes, nfiles, queued, running, cpus, memory)
+    VALUES (owner, (pg_backend_pid() % 64)::smallint, bytes, nfiles, queued, running, cpus, memory)
     ON CONFLICT (principal_id, shard) DO UPDATE SET
         stored_bytes = x.stored_bytes + excluded.stored_bytes,
         files = x.files + excluded.files,
@@ -185,9 +185,9 @@ REVOKE ALL ON FUNCTION pirus_charge(uuid, bigint, bigint, bigint, bigint, bigint
 
 -- A file counts once, with its size once known; a run's logs are charged but never refused
 -- (the run's own bounds cap them), so that a run past its owner's quota keeps its logs.
+-- Only the catalogue (the schema's owner) writes files and uploads: these run as it.
 CREATE FUNCTION pirus_charge_file() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql
 AS $$
 BEGIN
     IF TG_OP = 'UPDATE' AND OLD.owner IS NOT DISTINCT FROM NEW.owner THEN
@@ -205,8 +205,16 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER files_usage AFTER INSERT OR DELETE OR UPDATE OF size, owner ON files
+-- WHEN clauses spare the function call where nothing counted changes (checked by the server,
+-- not by PL/pgSQL): an upload's offset moving on a file of known size, a status change.
+CREATE TRIGGER files_usage_insert AFTER INSERT ON files
     FOR EACH ROW EXECUTE FUNCTION pirus_charge_file();
+CREATE TRIGGER files_usage_delete AFTER DELETE ON files
+    FOR EACH ROW EXECUTE FUNCTION pirus_charge_file();
+CREATE TRIGGER files_usage_update AFTER UPDATE OF size, owner ON files
+    FOR EACH ROW
+    WHEN (OLD.size IS DISTINCT FROM NEW.size OR OLD.owner IS DISTINCT FROM NEW.owner)
+    EXECUTE FUNCTION pirus_charge_file();
 
 -- What an upload holds beyond its file's size: a partial upload (tus concatenation, no file of
 -- its own) its length, or while it is not known the bytes received; an upload of deferred
@@ -220,8 +228,7 @@ AS $$
 $$;
 
 CREATE FUNCTION pirus_charge_upload() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql
 AS $$
 DECLARE
     before bigint := CASE WHEN TG_OP = 'INSERT' THEN 0 ELSE public.pirus_upload_charge(OLD) END;
@@ -237,8 +244,17 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER uploads_usage AFTER INSERT OR DELETE OR UPDATE OF size, "offset", owner ON uploads
-    FOR EACH ROW EXECUTE FUNCTION pirus_charge_upload();
+CREATE TRIGGER uploads_usage_insert AFTER INSERT ON uploads
+    FOR EACH ROW WHEN (NEW.file_id IS NULL OR NEW.size IS NULL)
+    EXECUTE FUNCTION pirus_charge_upload();
+CREATE TRIGGER uploads_usage_delete AFTER DELETE ON uploads
+    FOR EACH ROW WHEN (OLD.file_id IS NULL OR OLD.size IS NULL)
+    EXECUTE FUNCTION pirus_charge_upload();
+CREATE TRIGGER uploads_usage_update AFTER UPDATE OF size, "offset", owner ON uploads
+    FOR EACH ROW
+    WHEN (OLD.file_id IS NULL OR OLD.size IS NULL OR NEW.size IS NULL
+          OR OLD.owner IS DISTINCT FROM NEW.owner)
+    EXECUTE FUNCTION pirus_charge_upload();
 
 -- Runs: queued while waiting; running, with what they reserve, from their claim until they
 -- end (INITIALIZING, RUNNING, PAUSE, FINISHING). A new run is held to max_queued_runs, a claim
@@ -250,11 +266,6 @@ AS $$
 DECLARE
     active text[] := ARRAY['initializing', 'running', 'pause', 'finishing'];
 BEGIN
-    IF TG_OP = 'UPDATE' AND OLD.status = NEW.status AND OLD.owner IS NOT DISTINCT FROM NEW.owner
-       AND OLD.reserved_cpus = NEW.reserved_cpus
-       AND OLD.reserved_memory_bytes = NEW.reserved_memory_bytes THEN
-        RETURN NULL;
-    END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         PERFORM public.pirus_charge(OLD.owner, 0, 0, (OLD.status = 'waiting')::int * -1,
             (OLD.status = ANY (active))::int * -1,
@@ -272,9 +283,16 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER runs_usage AFTER INSERT OR DELETE
-    OR UPDATE OF status, owner, reserved_cpus, reserved_memory_bytes ON runs
+CREATE TRIGGER runs_usage_insert AFTER INSERT ON runs
     FOR EACH ROW EXECUTE FUNCTION pirus_charge_run();
+CREATE TRIGGER runs_usage_delete AFTER DELETE ON runs
+    FOR EACH ROW EXECUTE FUNCTION pirus_charge_run();
+CREATE TRIGGER runs_usage_update AFTER UPDATE OF status, owner, reserved_cpus, reserved_memory_bytes ON runs
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.owner IS DISTINCT FROM NEW.owner
+          OR OLD.reserved_cpus <> NEW.reserved_cpus
+          OR OLD.reserved_memory_bytes <> NEW.reserved_memory_bytes)
+    EXECUTE FUNCTION pirus_charge_run();
 
 -- Usage recounted from the rows: what the counters should hold. `pirus-catalogue usage
 -- --check` compares the two; they never differ unless something wrote around the triggers.

@@ -59,6 +59,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "m20261207_000010_principals",
         include_str!("m20261207_000010_principals.sql"),
     ),
+    (
+        "m20261207_000011_placement",
+        include_str!("m20261207_000011_placement.sql"),
+    ),
 ];
 
 #[async_trait::async_trait]

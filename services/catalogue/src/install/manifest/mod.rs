@@ -48,6 +48,40 @@ pub(super) struct Manifest {
     pub resources: Resources,
     pub network: bool,
     pub timeout_seconds: Option<u64>,
+    /// Labels a node must have to run the pipeline (each key with that value); a run's own
+    /// selector adds to it. Their syntax is the runner's to check, at submission.
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// `node_selector`: an object of at most 64 string values.
+fn node_selector(obj: &Map<String, Value>, p: &mut Problems) -> BTreeMap<String, String> {
+    let Some(value) = obj.get("node_selector") else {
+        return BTreeMap::new();
+    };
+    let Some(map) = value.as_object() else {
+        p.add(
+            "node_selector",
+            "must be an object of labels (\"disk\": \"ssd\")",
+        );
+        return BTreeMap::new();
+    };
+    if map.len() > 64 {
+        p.add("node_selector", format!("{} labels; at most 64", map.len()));
+    }
+    let mut selector = BTreeMap::new();
+    for (key, value) in map {
+        match value.as_str() {
+            Some(v) if key.len() <= 317 && v.len() <= 63 => {
+                selector.insert(key.clone(), v.to_owned());
+            }
+            Some(_) => p.add(
+                &format!("node_selector.{key}"),
+                "a key is at most 317 bytes and a value 63",
+            ),
+            None => p.add(&format!("node_selector.{key}"), "must be a string"),
+        }
+    }
+    selector
 }
 
 /// Problems found so far, each prefixed with where it was found.
@@ -270,6 +304,7 @@ fn common(
         resources: resources(obj, p),
         network,
         timeout_seconds,
+        node_selector: node_selector(obj, p),
     }
 }
 
