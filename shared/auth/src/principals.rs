@@ -216,12 +216,14 @@ pub async fn id_of(db: &impl ConnectionTrait, name: &str) -> Result<Option<Uuid>
 }
 
 /// Principals' names by id, read once per process: a principal's name never changes and a
-/// principal is never deleted, so an entry never goes stale. What shows an owner (File.owner,
-/// Run.owner) reads it here rather than joining every row it answers with `principals`.
+/// principal is never deleted, so an entry never goes stale. An id without a principal (the
+/// nil owner of `--auth none`) is remembered as such: ids of new principals are new. What
+/// shows an owner (File.owner, Run.owner) reads it here rather than joining every row it
+/// answers with `principals`.
 #[derive(Clone, Debug)]
 pub struct Names {
     db: DatabaseConnection,
-    cache: std::sync::Arc<std::sync::Mutex<HashMap<Uuid, std::sync::Arc<str>>>>,
+    cache: std::sync::Arc<std::sync::Mutex<HashMap<Uuid, Option<std::sync::Arc<str>>>>>,
 }
 
 /// Names kept at most; beyond, the cache starts again (a deployment has far fewer principals).
@@ -235,8 +237,7 @@ impl Names {
         }
     }
 
-    /// The names of the principals among `ids` (an id with no principal, like the nil owner
-    /// of `--auth none`, has none).
+    /// The names of the principals among `ids` (an id with no principal has none).
     pub async fn of(
         &self,
         ids: impl IntoIterator<Item = Uuid>,
@@ -247,9 +248,10 @@ impl Names {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             for id in ids {
                 match cache.get(&id) {
-                    Some(name) => {
+                    Some(Some(name)) => {
                         found.insert(id, std::sync::Arc::clone(name));
                     }
+                    Some(None) => {}
                     None if !missing.contains(&id) => missing.push(id),
                     None => {}
                 }
@@ -262,18 +264,24 @@ impl Names {
             .db
             .query_all_raw(stmt(
                 "SELECT id, name FROM principal_names WHERE id = ANY($1)",
-                [missing.into()],
+                [missing.clone().into()],
             ))
             .await?;
+        let mut named = HashMap::new();
+        for row in rows {
+            let name: std::sync::Arc<str> = row.try_get::<String>("", "name")?.into();
+            named.insert(row.try_get::<Uuid>("", "id")?, name);
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() + rows.len() > NAMES_KEPT {
+        if cache.len() + missing.len() > NAMES_KEPT {
             cache.clear();
         }
-        for row in rows {
-            let id: Uuid = row.try_get("", "id")?;
-            let name: std::sync::Arc<str> = row.try_get::<String>("", "name")?.into();
-            cache.insert(id, std::sync::Arc::clone(&name));
-            found.insert(id, name);
+        for id in missing {
+            let name = named.remove(&id);
+            if let Some(name) = &name {
+                found.insert(id, std::sync::Arc::clone(name));
+            }
+            cache.insert(id, name);
         }
         Ok(found)
     }

@@ -13,6 +13,7 @@
 //! `FromQueryResult` or `try_get` (docs/architecture.md says why).
 
 mod attempts;
+mod claim;
 mod nodes;
 mod queue;
 mod rows;
@@ -23,8 +24,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
 use uuid::Uuid;
 
 pub(crate) use attempts::AttemptLog;
+pub(crate) use claim::ClaimBounds;
 pub(crate) use nodes::{NodeRegistration, NodeStore};
-pub(crate) use queue::{ClaimBounds, QueueStore};
+pub(crate) use queue::QueueStore;
 pub(crate) use runs::{Change, RunInsert, RunStore};
 
 use crate::{

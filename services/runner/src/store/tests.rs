@@ -519,7 +519,7 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
         "an unsealed run's files".into(),
         generic_plan(&db, &body, 2).await,
     ));
-    let claim = queue::claim_sql();
+    let claim = claim::claim_sql(false);
     let claim_values: Vec<sea_orm::Value> = vec![
         "n".into(),
         4i32.into(),
@@ -538,6 +538,12 @@ async fn hot_queries_read_through_indexes_on_a_seeded_database() {
         true.into(),
         (64i64 << 30).into(),
     ];
+    let mut owner_values = claim_values.clone();
+    owner_values.push(Uuid::now_v7().into());
+    checked.push((
+        "a claim of one owner's runs (fair share)".into(),
+        plan(&db, &claim::claim_sql(true), owner_values).await,
+    ));
     checked.push(("the claim".into(), plan(&db, &claim, claim_values).await));
     for (what, plan) in &checked {
         let mut scans = Vec::new();
