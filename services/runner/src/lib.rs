@@ -54,8 +54,19 @@ const STREAMS: &[&str] = &[
 ];
 
 /// The node's capacity (the run storage pool's size, asked of LXD for a few seconds, is the
-/// default disk) and labels.
-async fn placement(config: &Config, lxd: &pirus_lxd::Client) -> placement::Placement {
+/// default disk) and labels, logged with what the runner starts with.
+async fn placement(
+    config: &Config,
+    lxd: &pirus_lxd::Client,
+    work_dir: &std::path::Path,
+) -> placement::Placement {
+    tracing::info!(
+        node = %config.node_name(),
+        max_runs = config.max_runs(),
+        lxd_socket = %lxd.socket().display(),
+        work_dir = %work_dir.display(),
+        "runner starting"
+    );
     let pool = &config.lxd_storage_pool;
     let pool_size = if config.placement.capacity_disk.is_some() {
         None
@@ -74,10 +85,12 @@ async fn placement(config: &Config, lxd: &pirus_lxd::Client) -> placement::Place
             }
         }
     };
-    placement::Placement {
+    let placement = placement::Placement {
         capacity: config.placement.capacity(pool_size),
         labels: config.placement.node_labels.iter().cloned().collect(),
-    }
+    };
+    tracing::info!(capacity = ?placement.capacity, labels = ?placement.labels, "node placement");
+    placement
 }
 
 /// Connects to and migrates the database, registers the node, then serves and runs until
@@ -97,16 +110,7 @@ pub async fn run(
     let max_runs = config.max_runs();
     let node_limits = config.run_limits.node_limits();
     let lxd = pirus_lxd::Client::new(config.lxd_socket(), config.lxd_project.clone());
-    let placement = placement(&config, &lxd).await;
-    tracing::info!(
-        node = %node_name,
-        max_runs,
-        capacity = ?placement.capacity,
-        labels = ?placement.labels,
-        lxd_socket = %lxd.socket().display(),
-        work_dir = %work_dir.display(),
-        "runner starting"
-    );
+    let placement = placement(&config, &lxd, &work_dir).await;
 
     let (metrics, lxd_up) = metrics();
     let (stores, work) = open_stores(&config, &db, batches, pages, max_runs).await?;
@@ -150,13 +154,14 @@ pub async fn run(
     };
     tokio::spawn(scheduler.run(notices.subscribe(), shutdown.clone()));
 
+    let peers = peers::Peers::new(
+        stores.nodes.clone(),
+        node_name.clone(),
+        credential,
+        client_tls,
+    );
     let runs = runs::Runs {
-        peers: peers::Peers::new(
-            stores.nodes.clone(),
-            node_name.clone(),
-            credential,
-            client_tls,
-        ),
+        peers,
         feeds: follow::events::Feeds::new(stores.runs.clone(), notices),
         tails: follow::logs::Tails::new(stores.runs.clone(), executor.clone(), node_name.clone()),
         stores,

@@ -228,7 +228,7 @@ const EVENTS: [Event; 12] = [
 fn cause(event: Event) -> &'static str {
     match event {
         Event::Claimed => {
-            "a node's claim (inputs all READY, a free slot, the run within the node's limits, node not draining, LXD up)"
+            "a node's claim (inputs all READY, a free slot, the run within the node's limits and free capacity, its node selector matched, its owner within its quotas, node not draining, LXD up)"
         }
         Event::Started => "the command started",
         Event::Noted => "progress, or a note",

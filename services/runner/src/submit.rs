@@ -45,16 +45,7 @@ pub(crate) async fn submit(
     {
         return same_submission(request_id, &new, run);
     }
-    let pipeline = views::pipeline(stores.db(), new.pipeline_id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("pipeline {}", new.pipeline_id)))?;
-    if pipeline.state != PipelineState::Ready {
-        return Err(Error::FailedPrecondition(format!(
-            "pipeline {} is not ready (it is {})",
-            pipeline.id,
-            pipeline.state.as_str()
-        )));
-    }
+    let pipeline = ready_pipeline(stores, new.pipeline_id).await?;
 
     let Checked {
         requested,
@@ -108,6 +99,21 @@ pub(crate) async fn submit(
         Some(request_id) if run.id != id => same_submission(request_id, &new, run),
         _ => Ok(run),
     }
+}
+
+/// The READY pipeline `id` (NOT_FOUND, or FAILED_PRECONDITION when it is not ready).
+async fn ready_pipeline(stores: &Stores, id: Uuid) -> Result<PipelineView> {
+    let pipeline = views::pipeline(stores.db(), id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("pipeline {id}")))?;
+    if pipeline.state != PipelineState::Ready {
+        return Err(Error::FailedPrecondition(format!(
+            "pipeline {} is not ready (it is {})",
+            pipeline.id,
+            pipeline.state.as_str()
+        )));
+    }
+    Ok(pipeline)
 }
 
 /// What a run asks of a node: its resources and its node selector.

@@ -363,24 +363,5 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION pirus_token(uuid) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION pirus_grant_runner() RETURNS void
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pirus_runner') THEN
-        RETURN;
-    END IF;
-    REVOKE ALL ON ALL TABLES IN SCHEMA public FROM pirus_runner;
-    GRANT SELECT, INSERT, UPDATE, DELETE ON runs, run_attempts TO pirus_runner;
-    GRANT SELECT, INSERT ON run_events TO pirus_runner;
-    GRANT SELECT, INSERT, UPDATE ON nodes TO pirus_runner;
-    GRANT INSERT ON audit_events TO pirus_runner;
-    GRANT SELECT ON pipeline_for_runs, file_for_runs, principal_names, principal_for_runs,
-                    seaql_migrations
-        TO pirus_runner;
-    GRANT EXECUTE ON FUNCTION pirus_token(uuid) TO pirus_runner;
-END
-$$;
-REVOKE ALL ON FUNCTION pirus_grant_runner() FROM PUBLIC;
-
-SELECT pirus_grant_runner();
+-- The runner's role gets the new views (and EXECUTE on pirus_token again) from
+-- pirus_grant_runner(), redefined by migration 11, which always applies with this one.
