@@ -830,7 +830,8 @@ async fn services_run_as_their_own_unprivileged_users() -> Result<()> {
 
 #[tokio::test]
 async fn runs_started_together_get_id_ranges_of_their_own() -> Result<()> {
-    let mut s = stack(4).await?;
+    // Four runs of 1 CPU at once, whatever the host's CPUs (capacity defaults to them).
+    let mut s = stack_with(4, &[], &["--capacity-cpus", "4"]).await?;
     let pipeline = s
         .install("idle", "#!/bin/sh\nsleep 6\n", NO_FORM, "")
         .await?;

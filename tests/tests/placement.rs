@@ -49,7 +49,7 @@ async fn a_node_never_promises_more_than_its_capacity() -> Result<()> {
         });
         ids.push(s.submit(r).await?.id);
     }
-    let (mut most_running, mut waiting_seen) = (0, false);
+    let (mut most_running, mut waiting_seen, mut capacity_said) = (0, false, false);
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let node = s
@@ -69,7 +69,18 @@ async fn a_node_never_promises_more_than_its_capacity() -> Result<()> {
         );
         let mut statuses = Vec::new();
         for id in &ids {
-            statuses.push(status(s.get(id).await?.status));
+            let now = s.get(id).await?;
+            // A waiting run says why, with the numbers: no room (or, for the moment between
+            // a run's end and the next claim, that it fits and waits its turn).
+            if now.pending_reason == run::PendingReason::Capacity as i32 {
+                assert!(
+                    now.pending_message.starts_with("needs 2 CPUs and 16.0 GiB"),
+                    "{}",
+                    now.pending_message
+                );
+                capacity_said = true;
+            }
+            statuses.push(status(now.status));
         }
         let holding = statuses
             .iter()
@@ -100,6 +111,7 @@ async fn a_node_never_promises_more_than_its_capacity() -> Result<()> {
     }
     assert_eq!(most_running, 2, "two runs of 2 CPUs at once on 4 CPUs");
     assert!(waiting_seen, "two waited while two ran");
+    assert!(capacity_said, "a waiting run said PENDING_REASON_CAPACITY");
     Ok(())
 }
 
@@ -141,6 +153,17 @@ async fn a_selector_run_waits_for_a_matching_node_then_runs_there() -> Result<()
         status(waiting.status),
         run::RunStatus::Waiting,
         "the other node does not match"
+    );
+    assert_eq!(
+        waiting.pending_reason,
+        run::PendingReason::NoMatchingNode as i32,
+        "{}",
+        waiting.pending_message
+    );
+    assert!(
+        waiting.pending_message.contains("disk=ssd"),
+        "{}",
+        waiting.pending_message
     );
     b.undrain_node(run::UndrainNodeRequest { name: ssd.clone() })
         .await?;

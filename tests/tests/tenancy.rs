@@ -496,6 +496,17 @@ async fn run_quotas_refuse_past_the_queue_and_hold_back_past_running() -> Result
     let second_now = s.get(&second.id).await?;
     assert_eq!(stack::status(first_now.status), run::RunStatus::Running);
     assert_eq!(stack::status(second_now.status), run::RunStatus::Waiting);
+    assert_eq!(
+        second_now.pending_reason,
+        run::PendingReason::Quota as i32,
+        "{}",
+        second_now.pending_message
+    );
+    assert!(
+        second_now.pending_message.contains("max_running_runs"),
+        "{}",
+        second_now.pending_message
+    );
     let u = usage(&s.catalogue, &frank).await?;
     assert_eq!((u.queued_runs, u.running_runs), (1, 1));
     assert_eq!(u.reserved.expect("reserved").cpu, 1);

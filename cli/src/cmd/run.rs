@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use pirus_proto::runner::v1::{
     CancelRunRequest, DeleteRunRequest, GetRunRequest, ListRunsRequest, PauseRunRequest,
-    ResumeRunRequest, Run as Proto, RunStatus, SubmitRunRequest,
+    PendingReason, ResumeRunRequest, Run as Proto, RunStatus, SubmitRunRequest,
     runner_service_client::RunnerServiceClient,
 };
 
@@ -129,8 +129,17 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 pub(crate) fn table(runs: &[Proto]) {
     let mut table = Table::new(&["ID", "NAME", "STATUS", "PROGRESS", "NODE", "CREATED"]);
     for r in runs {
-        let status = RunStatus::try_from(r.status)
+        let mut status = RunStatus::try_from(r.status)
             .map_or("?".into(), |s| short(s.as_str_name(), "RUN_STATUS_"));
+        // A waiting run says why: `waiting (capacity)`.
+        if let Ok(reason) = PendingReason::try_from(r.pending_reason)
+            && reason != PendingReason::Unspecified
+        {
+            status = format!(
+                "{status} ({})",
+                short(reason.as_str_name(), "PENDING_REASON_")
+            );
+        }
         let progress = r
             .progress
             .as_ref()
@@ -156,6 +165,9 @@ fn show(settings: &Settings, run: &Proto) -> Result<()> {
         table(runs);
         if !run.error_message.is_empty() {
             eprintln!("{}", run.error_message);
+        }
+        if !run.pending_message.is_empty() {
+            eprintln!("waiting: {}", run.pending_message);
         }
     })
 }

@@ -21,6 +21,7 @@ mod lease;
 mod lifecycle;
 mod limits;
 mod peers;
+mod pending;
 mod placement;
 mod runs;
 mod scheduler;

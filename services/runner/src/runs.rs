@@ -68,11 +68,48 @@ impl Runs {
         access::require(caller, Action::SubmitRuns)?;
         new.owner = Some(caller.principal);
         let inputs_of = policy::scope(caller).owner_filter();
-        submit::submit(&self.stores, self.databases_dir.as_deref(), new, inputs_of).await
+        let run =
+            submit::submit(&self.stores, self.databases_dir.as_deref(), new, inputs_of).await?;
+        self.explained(run).await
     }
 
     pub(crate) async fn get(&self, caller: &Caller, id: Uuid) -> Result<Run> {
-        access::allowed(caller, Action::ReadRuns, self.stores.runs.get(id)).await
+        let run = access::allowed(caller, Action::ReadRuns, self.stores.runs.get(id)).await?;
+        self.explained(run).await
+    }
+
+    /// `run`, saying why it waits if it does.
+    async fn explained(&self, run: Run) -> Result<Run> {
+        let mut runs = self.explain(vec![run]).await?;
+        runs.pop()
+            .ok_or_else(|| Error::internal("a run lost while saying why it waits"))
+    }
+
+    /// `runs`, each WAITING one saying why it waits (`crate::pending`), from the nodes as they
+    /// are now and its owner's usage: three reads for any number of runs, none when none waits.
+    async fn explain(&self, mut runs: Vec<Run>) -> Result<Vec<Run>> {
+        let waiting: Vec<Uuid> = runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Waiting)
+            .map(|r| r.id)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(runs);
+        }
+        let owners: Vec<Uuid> = runs.iter().filter_map(|r| r.owner).collect();
+        let nodes = self.stores.nodes.list().await?;
+        let (not_ready, rooms) = self.stores.queue.waiting_facts(&waiting, &owners).await?;
+        for run in runs.iter_mut().filter(|r| r.status == RunStatus::Waiting) {
+            let owner = run.owner.and_then(|o| rooms.get(&o));
+            run.pending = Some(crate::pending::why(
+                &run.requested,
+                &run.node_selector,
+                !not_ready.contains(&run.id),
+                &nodes,
+                owner,
+            ));
+        }
+        Ok(runs)
     }
 
     /// Runs within the caller's scope.
@@ -90,7 +127,8 @@ impl Runs {
                 None => return Ok(Vec::new()),
             }
         }
-        self.stores.runs.list(&filter, page).await
+        let runs = self.stores.runs.list(&filter, page).await?;
+        self.explain(runs).await
     }
 
     /// Every event of a run after `after`, then live ones, until the terminal event: through

@@ -94,6 +94,8 @@ pub(crate) struct Run {
     pub owner_name: Option<String>,
     /// The labels a node must have to take it.
     pub node_selector: crate::placement::Labels,
+    /// Why it waits, while it is WAITING (worked out when it is read).
+    pub pending: Option<crate::pending::Pending>,
     /// A GA4GH TES task's own fields (executors, inputs, outputs, tags, ...), validated and
     /// normalised at submission; `None` for a run submitted over gRPC.
     pub tes: Option<serde_json::Value>,

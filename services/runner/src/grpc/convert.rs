@@ -86,6 +86,21 @@ pub(super) fn run_to_proto(r: Run) -> pb::Run {
         }),
         owner: r.owner_name.unwrap_or_default(),
         node_selector: r.node_selector.into_iter().collect(),
+        pending_reason: r
+            .pending
+            .as_ref()
+            .map_or(pb::PendingReason::Unspecified, |p| {
+                use crate::pending::PendingReason as R;
+                match p.reason {
+                    R::Inputs => pb::PendingReason::Inputs,
+                    R::NoMatchingNode => pb::PendingReason::NoMatchingNode,
+                    R::Capacity => pb::PendingReason::Capacity,
+                    R::Quota => pb::PendingReason::Quota,
+                    R::Priority => pb::PendingReason::Priority,
+                    R::NoNodeOnline => pb::PendingReason::NoNodeOnline,
+                }
+            }) as i32,
+        pending_message: r.pending.map(|p| p.message).unwrap_or_default(),
     }
 }
 

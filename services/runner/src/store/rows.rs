@@ -161,6 +161,7 @@ impl From<RunRow> for Run {
             owner: r.owner,
             owner_name: r.owner_name,
             node_selector: serde_json::from_value(r.node_selector).unwrap_or_default(),
+            pending: None,
             tes: r.tes,
         }
     }

@@ -754,3 +754,66 @@ async fn rows_read_by_position_check_each_columns_type_once() {
     assert!(e.contains("column 0 (v)"), "{e}");
     assert!(read_all(&[], strict).unwrap().is_empty());
 }
+
+/// Claimers of one node racing (the scheduler's claims, a restarted process's, several
+/// workers) never take more than the node's capacity: 8 claimers at once, round after round,
+/// on a node of 4 CPUs, runs of 2 CPUs each; each round exactly two are claimed and the node's
+/// reservation is exactly its capacity. Between rounds the runs end.
+#[tokio::test]
+async fn racing_claimers_of_one_node_never_pass_its_capacity() {
+    let (_db, s) = stores().await;
+    node(&s, "a", 30).await;
+    let placement = crate::placement::Placement {
+        capacity: crate::placement::Capacity {
+            cpus: 4,
+            memory_bytes: 64 << 30,
+            disk_bytes: 0,
+            cpu_overcommit: 1.0,
+        },
+        labels: Default::default(),
+    };
+    let limits = crate::limits::NodeLimits::new(LARGE, LARGE);
+    let two_cpus = Requested {
+        cpus: Some(2),
+        ..Requested::default()
+    };
+    for round in 0..10 {
+        for _ in 0..5 {
+            queued(&s, two_cpus, 1).await;
+        }
+        let claims = (0..8).map(|_| {
+            let (queue, placement, limits) = (s.queue.clone(), placement.clone(), limits);
+            tokio::spawn(async move {
+                queue
+                    .claim(
+                        "a",
+                        super::ClaimBounds {
+                            max_runs: 100,
+                            limits: &limits,
+                            placement: &placement,
+                        },
+                    )
+                    .await
+                    .unwrap()
+            })
+        });
+        let mut claimed = Vec::new();
+        for claim in claims.collect::<Vec<_>>() {
+            claimed.extend(claim.await.unwrap());
+        }
+        assert_eq!(
+            claimed.len(),
+            2,
+            "round {round}: two runs of 2 CPUs fit 4 CPUs"
+        );
+        let reserved = super::claim::reserved(s.db(), "a").await.unwrap();
+        assert_eq!((reserved.runs, reserved.cpus), (2, 4), "round {round}");
+        // The claimed runs end; the waiting ones stay for the next round.
+        for id in claimed {
+            s.runs
+                .change(id, "a", 1, Change::new(Event::Canceled, "round over"))
+                .await
+                .unwrap();
+        }
+    }
+}
