@@ -137,3 +137,57 @@ pub async fn connect_from_env(addr: &str) -> Result<Channel> {
         .await?;
     Ok(with_token(channel, token.as_deref()))
 }
+
+/// Makes principal `name` (a user) with `quota` through `catalogue`'s AccessService, as its
+/// admin, and a token of it (named after it); answers the token's secret.
+pub async fn principal(
+    catalogue: &crate::Process,
+    name: &str,
+    quota: pirus_proto::catalogue::v1::Quota,
+) -> Result<String> {
+    use pirus_proto::catalogue::v1::{self as cat, access_service_client::AccessServiceClient};
+    let mut access = AccessServiceClient::new(catalogue.channel().await?);
+    access
+        .create_principal(cat::CreatePrincipalRequest {
+            name: name.into(),
+            kind: cat::PrincipalKind::Person as i32,
+            role: cat::Role::User as i32,
+            quota: Some(quota),
+            ..Default::default()
+        })
+        .await?;
+    token_of(catalogue, name, &format!("{name} laptop")).await
+}
+
+/// A new token, labelled `label`, of principal `name`; answers its secret.
+pub async fn token_of(catalogue: &crate::Process, name: &str, label: &str) -> Result<String> {
+    use pirus_proto::catalogue::v1::{self as cat, access_service_client::AccessServiceClient};
+    let made = AccessServiceClient::new(catalogue.channel().await?)
+        .create_token(cat::CreateTokenRequest {
+            name: label.into(),
+            principal: name.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let token = made.token.context("CreateToken answered no token")?;
+    anyhow::ensure!(
+        token.principal == name,
+        "the token acts for {}",
+        token.principal
+    );
+    Ok(made.secret)
+}
+
+/// The catalogue, and a runner that cannot reach LXD (enough for everything but runs), on
+/// `db`.
+pub async fn services_without_lxd(db: &crate::TestDb) -> Result<(crate::Process, crate::Process)> {
+    let catalogue = crate::Launch::new(crate::Kind::Catalogue, &db.url)
+        .start()
+        .await?;
+    let runner = crate::Launch::new(crate::Kind::Runner, &db.url)
+        .args(["--lxd-socket", "/nonexistent/lxd.socket"])
+        .start()
+        .await?;
+    Ok((catalogue, runner))
+}

@@ -531,3 +531,13 @@ pub fn test_package() -> Result<Vec<u8>> {
         r#""resources": {"cpu": 1, "memory": "256MiB"}"#,
     )
 }
+
+/// `r` waits for `reason`, and its message says `says`.
+pub fn assert_pending(r: &run::Run, reason: run::PendingReason, says: &str) {
+    assert_eq!(r.pending_reason, reason as i32, "{}", r.pending_message);
+    assert!(
+        r.pending_message.contains(says),
+        "'{says}' in: {}",
+        r.pending_message
+    );
+}

@@ -924,12 +924,7 @@ async fn planted_outputs_never_replace_a_run_s_result_and_runner_tokens_stay_on_
 
 /// A catalogue, and a runner without LXD (these tests make no runs).
 async fn services(db: &TestDb) -> Result<(Process, Process)> {
-    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
-    let runner = Launch::new(Kind::Runner, &db.url)
-        .args(["--lxd-socket", "/nonexistent/lxd.socket"])
-        .start()
-        .await?;
-    Ok((catalogue, runner))
+    pirus_tests::identity::services_without_lxd(db).await
 }
 
 /// A token revoked on the catalogue is refused by the runner within 5 s, and by the

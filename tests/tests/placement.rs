@@ -154,17 +154,7 @@ async fn a_selector_run_waits_for_a_matching_node_then_runs_there() -> Result<()
         run::RunStatus::Waiting,
         "the other node does not match"
     );
-    assert_eq!(
-        waiting.pending_reason,
-        run::PendingReason::NoMatchingNode as i32,
-        "{}",
-        waiting.pending_message
-    );
-    assert!(
-        waiting.pending_message.contains("disk=ssd"),
-        "{}",
-        waiting.pending_message
-    );
+    pirus_tests::stack::assert_pending(&waiting, run::PendingReason::NoMatchingNode, "disk=ssd");
     b.undrain_node(run::UndrainNodeRequest { name: ssd.clone() })
         .await?;
     let events = s.watch(&queued.id, 0).await?;
@@ -202,29 +192,6 @@ async fn a_selector_run_waits_for_a_matching_node_then_runs_there() -> Result<()
     Ok(())
 }
 
-/// A principal's token, for a new principal `name` (a user) made by the admin.
-async fn principal_token(s: &pirus_tests::stack::Stack, name: &str) -> Result<String> {
-    use pirus_proto::catalogue::v1::{self as cat, access_service_client::AccessServiceClient};
-    let mut access = AccessServiceClient::new(s.catalogue.channel().await?);
-    access
-        .create_principal(cat::CreatePrincipalRequest {
-            name: name.into(),
-            kind: cat::PrincipalKind::Person as i32,
-            role: cat::Role::User as i32,
-            ..Default::default()
-        })
-        .await?;
-    Ok(access
-        .create_token(cat::CreateTokenRequest {
-            name: format!("{name} token"),
-            principal: name.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .secret)
-}
-
 /// Fair share: one principal holds the node's only slot and has 200 more runs queued; a
 /// second principal's one run, submitted after them all, is the next to run.
 #[tokio::test]
@@ -233,7 +200,8 @@ async fn a_second_principal_runs_next_although_the_first_queued_200_earlier() ->
     let (pipeline, _) = s.ready().await?;
     let runs_of =
         async |name: &str| -> Result<(RunnerServiceClient<pirus_tests::Channel>, String)> {
-            let token = principal_token(&s, name).await?;
+            let token =
+                pirus_tests::identity::principal(&s.catalogue, name, Default::default()).await?;
             let mut files =
                 pirus_proto::catalogue::v1::catalogue_service_client::CatalogueServiceClient::new(
                     s.catalogue.channel_as(&token).await?,

@@ -31,49 +31,7 @@ async fn assert_no_drift(db: &TestDb) -> Result<()> {
     Ok(())
 }
 
-/// The catalogue, and a runner without LXD (enough for everything but runs).
-async fn services(db: &TestDb) -> Result<(Process, Process)> {
-    let catalogue = Launch::new(Kind::Catalogue, &db.url).start().await?;
-    let runner = Launch::new(Kind::Runner, &db.url)
-        .args(["--lxd-socket", "/nonexistent/lxd.socket"])
-        .start()
-        .await?;
-    Ok((catalogue, runner))
-}
-
-/// Makes principal `name` (a user) with `quota`, and a token of it; answers the token.
-async fn principal(catalogue: &Process, name: &str, quota: cat::Quota) -> Result<String> {
-    let mut access = AccessServiceClient::new(catalogue.channel().await?);
-    let made = access
-        .create_principal(cat::CreatePrincipalRequest {
-            name: name.into(),
-            kind: cat::PrincipalKind::Person as i32,
-            role: cat::Role::User as i32,
-            quota: Some(quota),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    assert_eq!(made.name, name);
-    token_of(catalogue, name, &format!("{name} laptop")).await
-}
-
-/// A new token of principal `name`.
-async fn token_of(catalogue: &Process, name: &str, label: &str) -> Result<String> {
-    let mut access = AccessServiceClient::new(catalogue.channel().await?);
-    let made = access
-        .create_token(cat::CreateTokenRequest {
-            name: label.into(),
-            principal: name.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let token = made.token.expect("token");
-    assert_eq!(token.principal, name);
-    assert_eq!(token.role, cat::Role::User as i32, "the principal's role");
-    Ok(made.secret)
-}
+use pirus_tests::identity::{principal, services_without_lxd as services, token_of};
 
 async fn catalogue_as(p: &Process, token: &str) -> Result<CatalogueServiceClient<Channel>> {
     Ok(CatalogueServiceClient::new(p.channel_as(token).await?))
@@ -496,17 +454,7 @@ async fn run_quotas_refuse_past_the_queue_and_hold_back_past_running() -> Result
     let second_now = s.get(&second.id).await?;
     assert_eq!(stack::status(first_now.status), run::RunStatus::Running);
     assert_eq!(stack::status(second_now.status), run::RunStatus::Waiting);
-    assert_eq!(
-        second_now.pending_reason,
-        run::PendingReason::Quota as i32,
-        "{}",
-        second_now.pending_message
-    );
-    assert!(
-        second_now.pending_message.contains("max_running_runs"),
-        "{}",
-        second_now.pending_message
-    );
+    stack::assert_pending(&second_now, run::PendingReason::Quota, "max_running_runs");
     let u = usage(&s.catalogue, &frank).await?;
     assert_eq!((u.queued_runs, u.running_runs), (1, 1));
     assert_eq!(u.reserved.expect("reserved").cpu, 1);
