@@ -254,10 +254,14 @@ pub fn run_files_sql(run: &str, kind: RunFileKind) -> String {
 }
 
 /// SQL that is true when every input of the run whose input ids are `inputs` is READY, to
-/// embed in a query.
+/// embed in a query. A run without inputs is said so first: PostgreSQL estimates the probe of
+/// an empty array to find rows, and so judged that almost no waiting run was ready; a claim
+/// of one principal's runs then read and sorted all of them (15 ms for 1,000 waiting) rather
+/// than walk `runs_queue_by_owner` to the first (0.13 ms).
 pub fn inputs_ready_sql(inputs: &str) -> String {
     format!(
-        "NOT EXISTS (SELECT 1 FROM file_for_runs f WHERE f.id = ANY ({inputs}) AND f.status <> '{}')",
+        "({inputs} = '{{}}' OR NOT EXISTS (SELECT 1 FROM file_for_runs f \
+         WHERE f.id = ANY ({inputs}) AND f.status <> '{}'))",
         FileState::Ready.as_str()
     )
 }
