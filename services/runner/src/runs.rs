@@ -96,7 +96,9 @@ impl Runs {
         if waiting.is_empty() {
             return Ok(runs);
         }
-        let owners: Vec<Uuid> = runs.iter().filter_map(|r| r.owner).collect();
+        let mut owners: Vec<Uuid> = runs.iter().filter_map(|r| r.owner).collect();
+        owners.sort_unstable();
+        owners.dedup();
         let nodes = self.stores.nodes.list().await?;
         let (not_ready, rooms) = self.stores.queue.waiting_facts(&waiting, &owners).await?;
         for run in runs.iter_mut().filter(|r| r.status == RunStatus::Waiting) {
@@ -142,7 +144,10 @@ impl Runs {
     ) -> Result<mpsc::Receiver<Result<RunEvent>>> {
         // A run that had ended before this read has all its events written: one read answers
         // the rest (none when `after` is at or past its terminal event), then the stream ends.
-        let ended = self.get(caller, id).await?.status.is_terminal();
+        let ended = access::allowed(caller, Action::ReadRuns, self.stores.runs.get(id))
+            .await?
+            .status
+            .is_terminal();
         let (tx, rx) = mpsc::channel(64);
         let feeds = self.feeds.clone();
         tokio::spawn(async move { feeds.watch(id, after, ended, tx).await });
