@@ -388,6 +388,29 @@ async fn a_disabled_principal_is_refused_everywhere_within_five_seconds() -> Res
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("disabling seen everywhere after {:?}", start.elapsed());
+    // The change is in the audit trail (written within about a second).
+    let start = Instant::now();
+    loop {
+        let events = admin
+            .list_audit_events(cat::ListAuditEventsRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .events;
+        if events
+            .iter()
+            .any(|e| e.action.ends_with("/UpdatePrincipal") && e.target == updated.id)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "UpdatePrincipal not audited"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     admin
         .update_principal(cat::UpdatePrincipalRequest {
             name: "erin".into(),

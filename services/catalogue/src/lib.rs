@@ -42,6 +42,8 @@ const CHANGES: &[&str] = &[
     "/pirus.catalogue.v1.CatalogueService/DeleteFile",
     "/pirus.catalogue.v1.AccessService/CreateToken",
     "/pirus.catalogue.v1.AccessService/RevokeToken",
+    "/pirus.catalogue.v1.AccessService/CreatePrincipal",
+    "/pirus.catalogue.v1.AccessService/UpdatePrincipal",
 ];
 
 /// The long-lived calls, counted against each caller's stream budget.

@@ -162,6 +162,11 @@ pub struct PrincipalStore {
     db: DatabaseConnection,
 }
 
+/// A weight as stored: at least 1, at most what the column holds (a larger one is that).
+fn weight_value(weight: u32) -> i32 {
+    i32::try_from(weight.max(1)).unwrap_or(i32::MAX)
+}
+
 /// Whether a principal name is valid: 1 to 100 of `[a-z0-9._-]`.
 pub fn valid_name(name: &str) -> bool {
     (1..=100).contains(&name.len())
@@ -299,7 +304,7 @@ impl PrincipalStore {
             new.name.into(),
             new.kind.as_str().into(),
             new.role.as_str().into(),
-            (new.weight.max(1) as i32).into(),
+            weight_value(new.weight).into(),
         ];
         values.extend(new.quota.values());
         let sql = format!(
@@ -364,7 +369,7 @@ impl PrincipalStore {
             [
                 name.into(),
                 change.role.map(|r| r.as_str().to_owned()).into(),
-                change.weight.map(|w| w.max(1) as i32).into(),
+                change.weight.map(weight_value).into(),
                 q(0).unwrap_or_else(none),
                 q(1).unwrap_or_else(none),
                 q(2).unwrap_or_else(none),
